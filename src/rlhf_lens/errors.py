@@ -1,0 +1,9 @@
+"""The one exception type for mistakes a user can fix.
+
+Stages raise `UserError` with one line saying what is wrong and what to do;
+the CLI prints it without a traceback and exits non-zero.
+"""
+
+
+class UserError(Exception):
+    """Bad input: a wrong path, a malformed file, an option out of range."""
