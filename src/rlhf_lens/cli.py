@@ -98,15 +98,201 @@ def tiny_model(
 
 # --- divergence and harvest (divergence.py, harvest.py, store.py) -------------------------------
 # [section: harvest]
+from .harvest import HarvestConfig as _HarvestConfig  # noqa: E402  (field docstrings are the --help text)
+
+
+@app.command()
+def divergence(
+    base: str = typer.Argument(..., help="Base model: a save_pretrained folder, a hub id or smollm2."),
+    tuned: str = typer.Argument(..., help="Tuned model of the same architecture."),
+    top_n: int = typer.Option(5, "--top-n", help="How many of the most divergent blocks to select (the paper: 5)."),
+    as_json: bool = typer.Option(False, "--json", help='Print the top-n as JSON: [{"layer": i, "divergence": x}], descending.'),
+    plot: Path = typer.Option(None, "--plot", help="Write a bar chart (PNG) of the divergence of every block."),
+    detail: bool = typer.Option(False, "--detail", help="Add per-tensor divergences to each block (with --json)."),
+    dtype: str = typer.Option("float32", help="Dtype both models are loaded in (the same for both)."),
+    device: str = typer.Option("cpu", help="Device to load the models on: cpu or cuda."),
+) -> None:
+    """Rank blocks by how far tuning moved their parameters (sum of Frobenius norms of base - tuned)."""
+    from .divergence import divergence_from_specs, divergence_spread, plot_divergence, top_layers
+
+    if top_n < 1:  # checked before loading two models
+        raise UserError(f"--top-n must be at least 1 (got {top_n})")
+    rows = divergence_from_specs(base, tuned, dtype=dtype, device=device, detail=detail)
+    chosen = top_layers(rows, top_n)
+    if plot is not None:
+        plot_divergence(rows, plot, top_n=top_n)
+    if as_json:
+        print_json(rows[:len(chosen)])
+        return
+    spread = divergence_spread(rows)
+    for row in rows:
+        mark = "*" if row["layer"] in chosen else " "
+        typer.echo(f"{mark} block {row['layer']:>3}  {row['divergence']:.6g}")
+    typer.echo(f"top {len(chosen)}: {','.join(map(str, chosen))}   spread: min {spread['min']:.4g}, "
+               f"max {spread['max']:.4g}, std/mean {100 * spread['cv']:.2g}%")
+
+
+@app.command("harvest")
+def harvest_command(
+    model: str = typer.Argument(..., help="Model to harvest: a save_pretrained folder, a hub id or smollm2."),
+    layers: str = typer.Option(..., "--layers", help=doc(_HarvestConfig, "layers")),
+    corpus: str = typer.Option(..., "--corpus", help=doc(_HarvestConfig, "corpus")),
+    out: Path = typer.Option(..., "--out", help="Folder of the activation store (created; a rerun resumes it)."),
+    split: str = typer.Option("test", help=doc(_HarvestConfig, "split")),
+    max_docs: int = typer.Option(None, "--max-docs", help=doc(_HarvestConfig, "max_docs")),
+    max_tokens: int = typer.Option(_HarvestConfig.max_tokens, "--max-tokens", help=doc(_HarvestConfig, "max_tokens")),
+    batch_size: int = typer.Option(_HarvestConfig.batch_size, "--batch-size", help=doc(_HarvestConfig, "batch_size")),
+    dtype: str = typer.Option(_HarvestConfig.dtype, help=doc(_HarvestConfig, "dtype")),
+    shard_tokens: int = typer.Option(_HarvestConfig.shard_tokens, "--shard-tokens",
+                                     help=doc(_HarvestConfig, "shard_tokens")),
+    device: str = typer.Option(_HarvestConfig.device, help=doc(_HarvestConfig, "device")),
+    text_column: str = typer.Option(_HarvestConfig.text_column, "--text-column",
+                                    help=doc(_HarvestConfig, "text_column")),
+    model_dtype: str = typer.Option(_HarvestConfig.model_dtype, "--model-dtype",
+                                    help=doc(_HarvestConfig, "model_dtype")),
+) -> None:
+    """Collect MLP activations of chosen blocks over a corpus split into a sharded activation store."""
+    from .harvest import HarvestConfig, harvest
+
+    config = HarvestConfig(layers=parse_ints(layers), corpus=corpus, split=split, max_docs=max_docs,
+                           max_tokens=max_tokens, batch_size=batch_size, dtype=dtype, shard_tokens=shard_tokens,
+                           device=device, text_column=text_column, model_dtype=model_dtype)
+    store = harvest(model, config, out)
+    typer.echo(f"{store.n_tokens} tokens from {store.n_docs} documents, layers {','.join(map(str, store.layers))} "
+               f"(d={store.d}, {store.dtype}), {len(store.manifest['shards'])} shards in {out}")
 
 # --- sparse autoencoders and dictionaries (sae.py, dictionaries.py, synthetic.py) ---------------
 # [section: sae]
 
 # --- explanations and utility scores (interp/) ------------------------------------------------
 # [section: interp]
+from .interp.examples import ExampleConfig as _ExampleConfig  # noqa: E402  (field docstrings are the --help text)
+from .interp.llm import LLMConfig as _LLMConfig  # noqa: E402
+
+
+@app.command()
+def explain(
+    sae_dir: Path = typer.Argument(..., help="SAE folder (cfg.json + sae_weights.safetensors) whose features to explain."),
+    model: str = typer.Option(..., "--model", help="Model the SAE was trained on: a save_pretrained folder, a hub id or smollm2."),
+    layer: int = typer.Option(..., "--layer", help="Block whose MLP output the SAE encodes."),
+    out: Path = typer.Option(..., "--out", help="Feature records (JSON list, docs/interp.md)."),
+    corpus: str = typer.Option(None, "--corpus", help="Corpus to run the model over (harvested into the user cache once)."),
+    acts: Path = typer.Option(None, "--acts", help="Reuse this activation store (from `rlhf-lens harvest`) instead of --corpus."),
+    split: str = typer.Option("test", help="Corpus split (with --corpus)."),
+    max_docs: int = typer.Option(None, "--max-docs", help="Use only the first N documents of the split (with --corpus)."),
+    features: str = typer.Option(None, "--features", help="Feature indices to explain, e.g. 3,17,40."),
+    top_k: int = typer.Option(None, "--top-k", help="Explain the SAE's top-k features by max cosine against --mmcs-with."),
+    mmcs_with: Path = typer.Option(None, "--mmcs-with", help="The larger SAE of the same model and layer (with --top-k)."),
+    explainer: str = typer.Option("offline", help="offline (no LLM), openai (OpenAI-compatible API) or hf:MODEL (local LM)."),
+    llm_model: str = typer.Option(_LLMConfig.model, "--llm-model", help=doc(_LLMConfig, "model")),
+    base_url: str = typer.Option(_LLMConfig.base_url, "--base-url", help=doc(_LLMConfig, "base_url")),
+    api_key_env: str = typer.Option(_LLMConfig.api_key_env, "--api-key-env", help=doc(_LLMConfig, "api_key_env")),
+    concurrency: int = typer.Option(_LLMConfig.concurrency, help=doc(_LLMConfig, "concurrency")),
+    timeout: float = typer.Option(_LLMConfig.timeout, help=doc(_LLMConfig, "timeout")),
+    retries: int = typer.Option(_LLMConfig.retries, help=doc(_LLMConfig, "retries")),
+    n_top: int = typer.Option(_ExampleConfig.n_top, "--n-top", help=doc(_ExampleConfig, "n_top")),
+    n_holdout: int = typer.Option(_ExampleConfig.n_holdout, "--n-holdout", help=doc(_ExampleConfig, "n_holdout")),
+    n_random: int = typer.Option(_ExampleConfig.n_random, "--n-random", help=doc(_ExampleConfig, "n_random")),
+    max_tokens: int = typer.Option(_ExampleConfig.max_tokens, "--max-tokens", help=doc(_ExampleConfig, "max_tokens")),
+    seed: int = typer.Option(_ExampleConfig.seed, help=doc(_ExampleConfig, "seed")),
+    table: str = typer.Option("vader", help="Utility table for the utility fields: vader or a CSV/TSV/JSON file."),
+    aggregate: str = typer.Option("mean", help="Per-explanation aggregate of table values: mean (the authors') or sum."),
+    label: str = typer.Option(None, help="Model label written into the records (default: the model folder's name)."),
+    device: str = typer.Option("cpu", help="Device for the model and SAE: cpu or cuda."),
+) -> None:
+    """Explain SAE features from their top-activating texts, score each explanation by simulation."""
+    from .interp import ExampleConfig, LLMConfig, get_explainer
+    from .interp.explain import explain_sae
+    from .interp.utility import AGGREGATES
+    from .io import write_json
+    from .rewards import load_utility_table
+
+    if aggregate not in AGGREGATES:
+        raise UserError(f"unknown --aggregate {aggregate!r}; use mean or sum")
+    llm = LLMConfig(model=llm_model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
+                    timeout=timeout, retries=retries)
+    chosen_explainer = get_explainer(explainer, llm, device=device)
+    utility_table = load_utility_table(table)
+    config = ExampleConfig(n_top=n_top, n_holdout=n_holdout, n_random=n_random, max_tokens=max_tokens, seed=seed)
+    records = explain_sae(
+        sae_dir, model, layer, chosen_explainer, features=parse_ints(features, "features") if features else None,
+        top_k=top_k, mmcs_with=mmcs_with, corpus=corpus, acts=acts, split=split, max_docs=max_docs, config=config,
+        label=label, table=utility_table, aggregate=aggregate, device=device)
+    write_json(out, records)
+    for r in records:
+        typer.echo(f"feature {r['feature']:>5}  score {r['score']:+.2f}  utility {r['utility']:.2f}  {r['explanation']}")
+    mean = sum(r["score"] for r in records) / len(records)
+    typer.echo(f"{len(records)} features explained ({chosen_explainer.name}), mean score {mean:+.3f} -> {out}")
+
+
+@app.command("utility-score")
+def utility_score(
+    features_base: Path = typer.Argument(..., help="Feature records of the base model (from `rlhf-lens explain`)."),
+    features_tuned: Path = typer.Argument(..., help="Feature records of the tuned model."),
+    table: str = typer.Option("vader", help="Utility table: vader or a CSV/TSV/JSON word -> value file."),
+    aggregate: str = typer.Option("mean", help="Per-explanation aggregate of table values: mean (the authors' notebook) or sum."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
+    out: Path = typer.Option(None, "--out", help="Also write the full result as JSON to this file."),
+) -> None:
+    """Utility of the explained features, base vs tuned, per block and in total (paper Table 3)."""
+    from .interp.utility import AGGREGATES, format_table, load_feature_records, utility_scores
+    from .io import write_json
+    from .rewards import load_utility_table
+
+    if aggregate not in AGGREGATES:
+        raise UserError(f"unknown --aggregate {aggregate!r}; use mean or sum")
+    records = {"base": load_feature_records(features_base), "tuned": load_feature_records(features_tuned)}
+    result = utility_scores(records, load_utility_table(table), aggregate)
+    result["table"] = table
+    if out is not None:
+        write_json(out, result)
+    if as_json:
+        print_json(result)
+    else:
+        typer.echo(format_table(result))
 
 # --- the whole pipeline (pipeline.py, report.py) ------------------------------------------------
 # [section: pipeline]
+
+
+@app.command("report")
+def report_command(
+    run_dir: Path = typer.Argument(..., help="Run folder holding results.json (the --out of `rlhf-lens run`)."),
+) -> None:
+    """Render RUN_DIR/results.json into a self-contained report.html and a summary.md."""
+    from .report import write_report
+
+    html_path, md_path = write_report(run_dir)
+    typer.echo(f"report: {html_path}\nsummary: {md_path}")
+
+
+@app.command()
+def presets() -> None:
+    """List the presets `run --preset` takes (TOML files inside the package)."""
+    from .pipeline import preset_description, preset_names
+
+    for name in preset_names():
+        typer.echo(f"{name:24s} {preset_description(name)}")
+
+
+@app.command()
+def run(
+    out: Path = typer.Option(..., "--out", help="Run folder: config, artifacts, report. Rerun to resume."),
+    preset: str = typer.Option(None, "--preset", help="A preset name (see `rlhf-lens presets`)."),
+    config: Path = typer.Option(None, "--config", help="A TOML config file (sections as in the presets)."),
+    set_: list[str] = typer.Option([], "--set", help="Override one setting: section.key=value (repeatable)."),
+    show_config: bool = typer.Option(False, "--show-config", help="Print the resolved config and exit."),
+) -> None:
+    """Run the whole method: PPO, divergence, harvest, SAEs, MMCS, explanations, scores, report."""
+    from .pipeline import config_toml, load_config
+    from .pipeline import run as run_pipeline
+
+    resolved = load_config(preset, config, set_)
+    if show_config:
+        typer.echo(config_toml(resolved))
+        return
+    report = run_pipeline(resolved, out)
+    typer.echo(f"report: {report}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,702 @@
+"""The whole method in one resumable run.
+
+Stages, each recorded in `RUN_DIR/stages/<stage>.json` with a key that hashes its
+config and the keys of the stages it reads from:
+
+    base -> rlhf -> divergence -> control -> harvest -> saes -> mmcs -> features -> scores -> report
+
+Rerunning the same command skips finished stages (whose key still matches) and resumes
+the unfinished one (PPO, harvest and SAE training checkpoint themselves); changing a
+stage's config changes its key, so it and every stage after it run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from .errors import UserError
+from .io import read_json, write_json, write_text
+from .models import TinyModelConfig
+from .progress import console
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG_FILE = "config.toml"
+STAGES = ("base", "rlhf", "divergence", "control", "harvest", "saes", "mmcs", "features", "scores", "report")
+# Test hook: `stage:n` raises KeyboardInterrupt after n units of that stage finished (a killed run).
+INTERRUPT_ENV = "RLHF_LENS_INTERRUPT_AFTER"
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+@dataclass
+class ModelSection:
+    base: str = "tiny"
+    """Base model: a hub id, a local save_pretrained folder, `smollm2`, or `tiny` (built from [tiny])."""
+    tuned: str = ""
+    """An already tuned model to analyse instead of running PPO; empty: tune the base with [rlhf]."""
+    device: str = "cpu"
+    """Device for every stage: cpu or cuda."""
+    dtype: str = "float32"
+    """Model dtype for every stage (both models of a comparison always share it)."""
+    seed: int = 0
+    """Seed of the run (tiny model, control model, example sampling)."""
+
+
+@dataclass
+class DataSection:
+    corpus: str = "pang-lee"
+    """Corpus name (imdb, pang-lee, ...) or file: prompts come from its train split, activations from its test split."""
+    text_column: str = "text"
+    """Text column of a file corpus."""
+    train_split: str = "train"
+    """Split the PPO prompts are drawn from."""
+    test_split: str = "test"
+    """Split activations are harvested from (paper: IMDB test)."""
+
+
+@dataclass
+class RewardSection:
+    spec: str = "vader"
+    """Reward: vader, table:FILE, classifier:MODEL, or sentiment (the offline classifier)."""
+    table: str = "vader"
+    """Utility table the explanations are scored against (vader or a file)."""
+    aggregate: str = "mean"
+    """Per-explanation aggregate of the utilities of its words: mean (the authors' notebook) or sum."""
+
+
+@dataclass
+class DivergenceSection:
+    top_n: int = 5
+    """Number of most-moved blocks to analyse (paper: 5)."""
+
+
+@dataclass
+class HarvestSection:
+    max_docs: int = 0
+    """Documents of the test split to harvest (0: all)."""
+    max_tokens: int = 256
+    """Truncate each document to this many tokens (paper: 256)."""
+    batch_size: int = 16
+    """Documents per forward pass."""
+    dtype: str = "float32"
+    """Storage dtype of activations: float32 or bfloat16."""
+
+
+@dataclass
+class SAESection:
+    dict_ratios: list[int] = field(default_factory=lambda: [1, 2])
+    """Dictionary sizes as multiples of the MLP width; the first is the small one (paper: 1x and 2x)."""
+    arch: str = "tied"
+    """SAE architecture: tied (the paper's), untied or topk."""
+    k: int = 0
+    """Active codes per token for arch = topk."""
+    l1: float = 1e-3
+    """L1 coefficient (paper: 1e-3); ignored when target_l0 > 0."""
+    target_l0: float = 0.0
+    """If > 0, search the l1 that gives this mean L0 instead of using l1."""
+    epochs: int = 3
+    """Passes over the activations (paper: 3)."""
+    lr: float = 1e-3
+    """Adam learning rate (paper: 1e-3)."""
+    batch_size: int = 256
+    """Tokens per training batch."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """One SAE pair per seed: MMCS and scores are reported as mean +- spread over seeds."""
+
+
+@dataclass
+class InterpSection:
+    top_k: int = 10
+    """Features explained per model and block: the small dictionary's top-k by max cosine (paper: 10)."""
+    explainer: str = "offline"
+    """Explainer: offline, openai, or hf:MODEL."""
+    base_url: str = ""
+    """Base URL of an OpenAI-compatible API (explainer = openai)."""
+    llm_model: str = "gpt-4"
+    """Model name for the openai explainer."""
+    new_feature_threshold: float = 0.5
+    """A tuned feature whose best base match has a cosine below this counts as new."""
+
+
+@dataclass
+class ControlSection:
+    random_init: bool = False
+    """Also analyse a randomly initialised model of the base architecture, as a control."""
+
+
+def _ppo_config_type():
+    from .rlhf import PPOConfig
+
+    return PPOConfig
+
+
+@dataclass
+class RunConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    data: DataSection = field(default_factory=DataSection)
+    reward: RewardSection = field(default_factory=RewardSection)
+    rlhf: typing.Any = None  # rlhf.PPOConfig, imported lazily (it pulls in torch-heavy code)
+    divergence: DivergenceSection = field(default_factory=DivergenceSection)
+    harvest: HarvestSection = field(default_factory=HarvestSection)
+    sae: SAESection = field(default_factory=SAESection)
+    interp: InterpSection = field(default_factory=InterpSection)
+    controls: ControlSection = field(default_factory=ControlSection)
+
+    def __post_init__(self):
+        if self.rlhf is None:
+            self.rlhf = _ppo_config_type()()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _section_types() -> dict[str, type]:
+    types = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+    resolved = typing.get_type_hints(RunConfig)
+    out = {name: resolved[name] for name in types}
+    out["rlhf"] = _ppo_config_type()
+    return out
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("rlhf_lens.presets").iterdir() if p.name.endswith(".toml"))
+
+
+def preset_text(name: str) -> str:
+    if name not in preset_names():
+        raise UserError(f"unknown preset {name!r}; available: {', '.join(preset_names())} (see `rlhf-lens presets`)")
+    return resources.files("rlhf_lens.presets").joinpath(f"{name}.toml").read_text(encoding="utf-8")
+
+
+def preset_description(name: str) -> str:
+    first = preset_text(name).splitlines()[0] if preset_text(name) else ""
+    return first.lstrip("# ").strip()
+
+
+def load_config(preset: str | None = None, config_file: str | os.PathLike | None = None,
+                overrides: list[str] = ()) -> RunConfig:
+    """Build a RunConfig from defaults, then a preset or a TOML file, then `key=value` overrides."""
+    if preset and config_file:
+        raise UserError("give either --preset or --config, not both")
+    data: dict = {}
+    if preset:
+        data = tomllib.loads(preset_text(preset))
+    elif config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"{path}: not valid TOML ({e})") from None
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise UserError(f"--set takes section.key=value (e.g. rlhf.steps=10), got {item!r}")
+        section, name = key.strip().split(".", 1)
+        data.setdefault(section, {})[name] = _parse_value(value.strip())
+    return config_from_dict(data)
+
+
+def _parse_value(text: str):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare string such as smollm2 or a path
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    types = _section_types()
+    sections = {}
+    for section, values in data.items():
+        if section not in types:
+            raise UserError(f"unknown config section [{section}]; sections: {', '.join(types)}")
+        if not isinstance(values, dict):
+            raise UserError(f"[{section}] must be a table of key = value")
+        cls = types[section]
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in values.items():
+            if key not in hints:
+                raise UserError(f"unknown key {section}.{key}; keys of [{section}]: {', '.join(hints)}")
+            kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
+        sections[section] = cls(**kwargs)
+    return RunConfig(**sections)
+
+
+def _coerce(name: str, value, hint):
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list):
+            raise UserError(f"{name} must be a list, got {value!r}")
+        return [_coerce(name, v, item) for v in value]
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return None if value is None else _coerce(name, value, args[0])
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{name} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{name} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise UserError(f"{name} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def config_toml(config: RunConfig) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(_drop_none(config.to_dict()))
+
+
+def _drop_none(obj):
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    return obj
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Ledger:
+    """Which stages finished, under which key, with what outputs."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = run_dir / "stages"
+
+    def done(self, stage: str, key: str) -> dict | None:
+        path = self.dir / f"{stage}.json"
+        if not path.is_file():
+            return None
+        record = read_json(path)
+        return record["outputs"] if record.get("key") == key else None
+
+    def finish(self, stage: str, key: str, outputs: dict, seconds: float) -> None:
+        write_json(self.dir / f"{stage}.json", {"stage": stage, "key": key, "seconds": round(seconds, 2),
+                                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "outputs": outputs})
+
+
+def _interrupt_point(stage: str, units_done: int) -> None:
+    target = os.environ.get(INTERRUPT_ENV, "")
+    if target and target == f"{stage}:{units_done}":
+        raise KeyboardInterrupt(f"{INTERRUPT_ENV}={target}")
+
+
+def _identity(config: RunConfig) -> dict:
+    """What makes a run this run: another value here is another run, not a changed stage."""
+    return {"base": config.model.base, "tuned": config.model.tuned, "corpus": config.data.corpus,
+            "reward": config.reward.spec}
+
+
+def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
+    """Check inputs and the run folder before any work starts; then save the resolved config."""
+    from .data import load_corpus
+    from .models import SMOLLM2, load_tokenizer
+    from .rewards import load_reward, load_utility_table
+
+    existing = run_dir / CONFIG_FILE
+    if existing.is_file():
+        try:
+            old = tomllib.loads(existing.read_text(encoding="utf-8"))
+            old_identity = _identity(config_from_dict(old))
+        except (tomllib.TOMLDecodeError, UserError):
+            raise UserError(f"{existing} is not a readable rlhf-lens config; use another --out") from None
+        if old_identity != _identity(config):
+            diff = ", ".join(f"{k}: {old_identity[k]!r} -> {v!r}" for k, v in _identity(config).items()
+                             if old_identity[k] != v)
+            raise UserError(f"{run_dir} holds another run ({diff}); use another --out or delete that folder")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"{run_dir} exists and is not an rlhf-lens run folder; use another --out")
+    if config.sae.arch not in ("tied", "untied", "topk"):
+        raise UserError(f"sae.arch must be tied, untied or topk, got {config.sae.arch!r}")
+    if not config.sae.dict_ratios or not config.sae.seeds:
+        raise UserError("sae.dict_ratios and sae.seeds need at least one value each")
+    if config.divergence.top_n < 1 or config.interp.top_k < 1:
+        raise UserError("divergence.top_n and interp.top_k must be >= 1")
+    load_corpus(config.data.corpus, text_column=config.data.text_column).documents(config.data.test_split)
+    for spec in (config.model.base, config.model.tuned):
+        if spec and spec != "tiny":
+            if spec == SMOLLM2:
+                from .models import smollm2_path
+
+                smollm2_path()
+            else:
+                load_tokenizer(spec)
+    if not config.model.tuned:
+        load_reward(config.reward.spec)
+    load_utility_table(config.reward.table)
+    write_text(existing, config_toml(config))
+
+
+def run(config: RunConfig, run_dir: str | os.PathLike) -> Path:
+    """Run (or resume) every stage; returns the report's path."""
+    run_dir = Path(run_dir)
+    prepare_run_dir(config, run_dir)
+    ledger = Ledger(run_dir)
+    state: dict = {}
+    key = ""
+    for stage in STAGES:
+        fn = _STAGE_FUNCTIONS[stage]
+        key = _key(stage, _stage_config(config, stage), key)
+        outputs = ledger.done(stage, key)
+        if outputs is not None:
+            console.print(f"[dim]{stage}: done earlier, skipped[/dim]")
+        else:
+            console.print(f"[bold]{stage}[/bold]")
+            start = time.perf_counter()
+            outputs = fn(config, run_dir, state)
+            ledger.finish(stage, key, outputs, time.perf_counter() - start)
+        state[stage] = outputs
+    return run_dir / "report.html"
+
+
+def _stage_config(config: RunConfig, stage: str) -> dict:
+    c = config.to_dict()
+    return {
+        "base": [c["model"], c["tiny"], c["data"]],
+        "rlhf": [c["rlhf"], c["reward"]["spec"]],
+        "divergence": [c["divergence"]],
+        "control": [c["controls"]],
+        "harvest": [c["harvest"], c["data"]["test_split"]],
+        "saes": [c["sae"]],
+        "mmcs": [c["interp"]["new_feature_threshold"]],
+        "features": [c["interp"]],
+        "scores": [c["reward"]["table"], c["reward"]["aggregate"]],
+        "report": [],
+    }[stage]
+
+
+# --- stages -----------------------------------------------------------------------------------
+# Each takes (config, run_dir, state) and returns its outputs (JSON-able), which later stages
+# read from `state[stage]`.
+
+
+def _stage_base(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    if config.model.base != "tiny":
+        return {"spec": config.model.base}
+    from .data import load_corpus
+    from .models import build_tiny_model, save_model
+
+    texts = load_corpus(config.data.corpus, text_column=config.data.text_column).texts(config.data.train_split)
+    model, tokenizer = build_tiny_model(texts, config.tiny)
+    return {"spec": str(save_model(model, tokenizer, run_dir / "models" / "base"))}
+
+
+def _stage_rlhf(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    if config.model.tuned:
+        return {"spec": config.model.tuned, "trained": False}
+    from .rlhf import train_ppo
+
+    out = run_dir / "rlhf"
+    model_dir = train_ppo(state["base"]["spec"], config.reward.spec, config.data.corpus, out, config.rlhf)
+    return {"spec": str(model_dir), "trained": True}
+
+
+def _stage_divergence(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    from .divergence import divergence_from_specs, divergence_spread, plot_divergence, top_layers
+
+    rows = divergence_from_specs(state["base"]["spec"], state["rlhf"]["spec"], dtype=config.model.dtype)
+    top = top_layers(rows, config.divergence.top_n)
+    write_json(run_dir / "divergence.json", rows)
+    plot_divergence(rows, run_dir / "divergence.png", top_n=config.divergence.top_n)
+    return {"top_layers": top, "spread": divergence_spread(rows)}
+
+
+def _stage_control(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    """A randomly initialised model of the base architecture: what SAEs find without any training."""
+    if not config.controls.random_init:
+        return {"spec": None}
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .models import load_model, save_model
+
+    base, tokenizer = load_model(state["base"]["spec"], dtype=config.model.dtype)
+    torch.manual_seed(config.model.seed + 1)
+    model = AutoModelForCausalLM.from_config(base.config)
+    return {"spec": str(save_model(model, tokenizer, run_dir / "models" / "control"))}
+
+
+def _analysed_models(state: dict) -> dict[str, str]:
+    models = {"base": state["base"]["spec"], "tuned": state["rlhf"]["spec"]}
+    if state["control"]["spec"]:
+        models["control"] = state["control"]["spec"]
+    return models
+
+
+def _stage_harvest(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    from .harvest import HarvestConfig, harvest
+
+    stores = {}
+    for name, spec in _analysed_models(state).items():
+        hc = HarvestConfig(
+            layers=state["divergence"]["top_layers"], corpus=config.data.corpus, split=config.data.test_split,
+            max_docs=config.harvest.max_docs or None, max_tokens=config.harvest.max_tokens,
+            batch_size=config.harvest.batch_size, dtype=config.harvest.dtype, device=config.model.device,
+            text_column=config.data.text_column,
+        )
+        out = run_dir / "acts" / name
+        harvest(spec, hc, out)
+        stores[name] = str(out)
+    return {"stores": stores}
+
+
+def _sae_dir(run_dir: Path, model: str, layer: int, size: int, seed: int) -> Path:
+    return run_dir / "saes" / model / f"layer{layer}" / f"m{size}-s{seed}"
+
+
+def _stage_saes(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    from .sae import SAEConfig, train_saes
+    from .store import ActivationStore
+
+    saes = []
+    units = 0
+    for name, store_dir in state["harvest"]["stores"].items():
+        store = ActivationStore(store_dir)
+        for layer in state["divergence"]["top_layers"]:
+            configs, dirs = [], []
+            for ratio in config.sae.dict_ratios:
+                for seed in config.sae.seeds:
+                    size = ratio * store.d
+                    configs.append(SAEConfig(
+                        d_in=store.d, dict_size=size, arch=config.sae.arch, k=config.sae.k or None,
+                        l1=config.sae.l1, target_l0=config.sae.target_l0 or None, lr=config.sae.lr,
+                        epochs=config.sae.epochs, batch_size=config.sae.batch_size, seed=seed,
+                    ))
+                    dirs.append(_sae_dir(run_dir, name, layer, size, seed))
+                    saes.append({"model": name, "layer": layer, "dict_size": size, "ratio": ratio, "seed": seed,
+                                 "dir": str(dirs[-1])})
+            train_saes(store.source(layer), configs, dirs)
+            units += 1
+            _interrupt_point("saes", units)
+    return {"saes": saes}
+
+
+def _small_and_large(state: dict, model: str, layer: int, seed: int) -> tuple[dict, dict]:
+    rows = [s for s in state["saes"]["saes"] if s["model"] == model and s["layer"] == layer and s["seed"] == seed]
+    rows.sort(key=lambda s: s["dict_size"])
+    return rows[0], rows[-1]
+
+
+def _stage_mmcs(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    from .dictionaries import max_cosine, mmcs, new_features, top_features
+    from .sae import SparseAutoencoder
+
+    models = list(state["harvest"]["stores"])
+    layers = state["divergence"]["top_layers"]
+    dictionaries: dict[str, object] = {}
+
+    def dictionary(row: dict):
+        if row["dir"] not in dictionaries:
+            dictionaries[row["dir"]] = SparseAutoencoder.load(row["dir"]).dictionary.detach()
+        return dictionaries[row["dir"]]
+
+    within, across, top, new = [], [], [], []
+    for model in models:
+        for layer in layers:
+            for seed in config.sae.seeds:
+                small, large = _small_and_large(state, model, layer, seed)
+                within.append({"model": model, "layer": layer, "seed": seed, "small": small["dict_size"],
+                               "large": large["dict_size"], "mmcs": mmcs(dictionary(small), dictionary(large))})
+                top.append({"model": model, "layer": layer, "seed": seed, "sae": small["dir"],
+                            "features": top_features(dictionary(small), dictionary(large), config.interp.top_k)})
+    for other in (m for m in models if m != "base"):
+        for layer in layers:
+            for seed in config.sae.seeds:
+                mine, _ = _small_and_large(state, other, layer, seed)
+                base, _ = _small_and_large(state, "base", layer, seed)
+                across.append({"model": other, "against": "base", "layer": layer, "seed": seed,
+                               "mmcs": mmcs(dictionary(mine), dictionary(base))})
+                if other == "tuned" and seed == config.sae.seeds[0]:
+                    values, match = max_cosine(dictionary(mine), dictionary(base))
+                    new += [{"layer": layer, **row} for row in
+                            new_features(dictionary(mine), dictionary(base), config.interp.new_feature_threshold)]
+    result = {"within": within, "across": across, "top": top, "new": new}
+    write_json(run_dir / "mmcs.json", result)
+    return {"file": str(run_dir / "mmcs.json")}
+
+
+def _stage_features(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    from .interp import ExampleConfig, LLMConfig, explain_features, get_explainer
+    from .models import load_tokenizer
+    from .rewards import load_utility_table
+    from .sae import SparseAutoencoder
+    from .store import ActivationStore
+
+    mmcs_result = read_json(state["mmcs"]["file"])
+    llm = LLMConfig(base_url=config.interp.base_url, model=config.interp.llm_model) if config.interp.base_url else None
+    explainer = get_explainer(config.interp.explainer, llm=llm, device=config.model.device)
+    table = load_utility_table(config.reward.table)
+    models = _analysed_models(state)
+    files = {}
+    units = 0
+    for name, store_dir in state["harvest"]["stores"].items():
+        store = ActivationStore(store_dir)
+        tokenizer = load_tokenizer(models[name])
+        records = []
+        for layer in state["divergence"]["top_layers"]:
+            tops = [t for t in mmcs_result["top"] if t["model"] == name and t["layer"] == layer]
+            saes = {f"s{t['seed']}": SparseAutoencoder.load(t["sae"]) for t in tops}
+            features = {f"s{t['seed']}": [f["feature"] for f in t["features"]] for t in tops}
+            cosines = {f"s{t['seed']}": {f["feature"]: f["max_cosine"] for f in t["features"]} for t in tops}
+            records += explain_features(store, layer, saes, features, tokenizer, explainer,
+                                        ExampleConfig(seed=config.model.seed), model=name, max_cosine=cosines,
+                                        table=table, aggregate=config.reward.aggregate)
+            units += 1
+            _interrupt_point("features", units)
+        files[name] = str(run_dir / "features" / f"{name}.json")
+        write_json(files[name], records)
+    return {"files": files}
+
+
+def _mean_std(values: list[float]) -> dict:
+    import numpy as np
+
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(arr.mean()) if arr.size else None, "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+            "values": [float(v) for v in arr], "n": int(arr.size)}
+
+
+def _stage_scores(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    """Utility score (Table 3), reward alignment, simulation and MMCS per model, as mean +- spread over seeds."""
+    from .interp import utility_scores
+    from .report import verdict
+    from .rewards import load_utility_table
+
+    table = load_utility_table(config.reward.table)
+    records = {name: read_json(path) for name, path in state["features"]["files"].items()}
+    mmcs_result = read_json(state["mmcs"]["file"])
+    seeds = config.sae.seeds
+    per_seed = {}
+    for seed in seeds:
+        per_seed[seed] = utility_scores({m: [r for r in rs if r["sae"] == f"s{seed}"] for m, rs in records.items()},
+                                        table, config.reward.aggregate)
+    models = list(records)
+    metrics = {
+        "MMCS (within)": lambda m, s: _mean([w["mmcs"] for w in mmcs_result["within"]
+                                             if w["model"] == m and w["seed"] == s]),
+        "simulation score": lambda m, s: per_seed[s]["total"][m]["mean_simulation_score"],
+        "utility score": lambda m, s: per_seed[s]["total"][m]["utility"],
+        "reward alignment": lambda m, s: per_seed[s]["total"][m]["reward_score"],
+    }
+    headline = []
+    for name, metric in metrics.items():
+        row = {"name": name, "n_seeds": len(seeds)}
+        for m in models:
+            row[m] = _mean_std([metric(m, s) for s in seeds])
+        row["verdict"] = verdict(row["base"], row["tuned"])
+        headline.append(row)
+    layers = state["divergence"]["top_layers"]
+    per_block = []
+    for layer in layers:
+        entry = {"layer": layer}
+        for m in models:
+            values = [next(b[m]["utility"] for b in per_seed[s]["blocks"] if b["layer"] == layer) for s in seeds]
+            entry[m] = _mean_std(values)["mean"]
+            entry[f"{m}_reward_alignment"] = _mean([next(b[m]["reward_score"] for b in per_seed[s]["blocks"]
+                                                         if b["layer"] == layer) for s in seeds])
+        per_block.append(entry)
+    utility = {"aggregate": config.reward.aggregate, "table": config.reward.table, "per_block": per_block,
+               "total": {m: next(h for h in headline if h["name"] == "utility score")[m]["mean"] for m in models},
+               "per_seed": {str(s): per_seed[s] for s in seeds}}
+    write_json(run_dir / "utility.json", utility)
+    return {"headline": headline, "utility": str(run_dir / "utility.json")}
+
+
+def _mean(values: list[float]) -> float:
+    return float(sum(values) / len(values)) if values else 0.0
+
+
+def _stage_report(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    from .report import write_report
+
+    write_json(run_dir / "results.json", collect_results(config, run_dir, state))
+    html, summary = write_report(run_dir)
+    return {"html": str(html), "summary": str(summary)}
+
+
+def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    """Everything the report shows, in one JSON document (docs/report.md)."""
+    ppo = None
+    if state["rlhf"]["trained"]:
+        rlhf_dir = run_dir / "rlhf"
+        log = [json.loads(line) for line in (rlhf_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+        ppo = {"log": log, "eval": read_json(rlhf_dir / "eval.json") if (rlhf_dir / "eval.json").is_file() else None}
+    rows = read_json(run_dir / "divergence.json")
+    mmcs_result = read_json(state["mmcs"]["file"])
+    sae_rows = []
+    for s in state["saes"]["saes"]:
+        metrics = read_json(Path(s["dir"]) / "metrics.json")
+        sae_rows.append({**{k: s[k] for k in ("model", "layer", "dict_size", "seed")}, "arch": config.sae.arch,
+                         **{k: metrics.get(k) for k in ("l1", "mse", "fvu", "l0", "dead_fraction", "tokens_per_s",
+                                                         "warnings")}})
+    mmcs_rows = []
+    groups: dict[tuple, list[float]] = {}
+    for w in mmcs_result["within"]:
+        groups.setdefault((w["model"], w["layer"], "within"), []).append(w["mmcs"])
+    for a in mmcs_result["across"]:
+        groups.setdefault((f"{a['model']}-vs-base", a["layer"], "across"), []).append(a["mmcs"])
+    for (model, layer, kind), values in groups.items():
+        stats = _mean_std(values)
+        mmcs_rows.append({"model": model, "layer": layer, "kind": kind, "values": values, "mean": stats["mean"],
+                          "std": stats["std"]})
+    features = []
+    first_seed = f"s{config.sae.seeds[0]}"
+    for path in state["features"]["files"].values():
+        features += [{k: v for k, v in r.items() if k != "scoring_examples"} for r in read_json(path)
+                     if r["sae"] == first_seed]
+    models = _analysed_models(state)
+    return {
+        "title": f"rlhf-lens: {config.model.base} vs its RLHF-tuned copy",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "run_dir": str(run_dir),
+        "config": config.to_dict(),
+        "models": {"base": models["base"], "tuned": models["tuned"], "control": models.get("control")},
+        "ppo": ppo,
+        "divergence": {"rows": rows, "top_layers": state["divergence"]["top_layers"],
+                       "spread": state["divergence"]["spread"]},
+        "saes": sae_rows,
+        "mmcs": mmcs_rows,
+        "features": features,
+        "new_features": mmcs_result["new"],
+        "utility": {k: v for k, v in read_json(state["scores"]["utility"]).items() if k != "per_seed"},
+        "headline": state["scores"]["headline"],
+    }
+
+
+_STAGE_FUNCTIONS = {
+    "base": _stage_base, "rlhf": _stage_rlhf, "divergence": _stage_divergence, "control": _stage_control,
+    "harvest": _stage_harvest, "saes": _stage_saes, "mmcs": _stage_mmcs, "features": _stage_features,
+    "scores": _stage_scores, "report": _stage_report,
+}

@@ -1,0 +1,161 @@
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlhf_lens.errors import UserError
+from rlhf_lens.harvest import HarvestConfig, harvest
+from rlhf_lens.models import load_tokenizer
+from rlhf_lens.store import ActivationStore
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tiny_model_dir, corpus_file) -> ActivationStore:
+    """Layers 1 and 2 of the tiny GPT-NeoX over the 40 test reviews, in shards of ~300 tokens."""
+    config = HarvestConfig(layers=[1, 2], corpus=str(corpus_file), max_tokens=32, batch_size=8, shard_tokens=300)
+    return harvest(str(tiny_model_dir), config, tmp_path_factory.mktemp("store") / "acts")
+
+
+@pytest.fixture
+def copy(store, tmp_path):
+    """A private copy to damage."""
+    return shutil.copytree(store.path, tmp_path / "copy")
+
+
+def _all_rows(store: ActivationStore, layer: int) -> torch.Tensor:
+    return torch.cat([shard.acts for shard in store.iter_shards(layer)])
+
+
+def test_layout_is_plain_safetensors(store):
+    manifest = json.loads((store.path / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["layers"] == [1, 2] and manifest["d"] == 32 and manifest["n_docs"] == 40
+    total = 0
+    for entry in manifest["shards"]:
+        tensors = load_file(str(store.path / entry["file"]))
+        n = entry["n_tokens"]
+        assert set(tensors) == {"layer1", "layer2", "token_ids", "doc", "pos"}
+        assert tensors["layer1"].shape == (n, 32) and tensors["layer1"].dtype == torch.float32
+        assert (tensors["token_ids"].dtype, tensors["doc"].dtype, tensors["pos"].dtype) == \
+            (torch.int32, torch.int64, torch.int32)
+        assert tensors["doc"].min() >= entry["doc_start"] and tensors["doc"].max() < entry["doc_end"]
+        key = tensors["doc"] * 1000 + tensors["pos"]
+        assert torch.all(key[1:] > key[:-1])  # ordered by (doc, pos)
+        total += n
+    assert total == manifest["n_tokens"] == store.n_tokens
+    assert len(manifest["shards"]) >= 4
+
+
+def test_batches_cover_each_row_once_and_are_seeded(store):
+    source = store.source(2, window_shards=2)
+    assert (source.d, source.n) == (32, store.n_tokens)
+    batches = list(source.batches(64, seed=0, epoch=0))
+    assert all(len(b) == 64 for b in batches[:-1]) and 0 < len(batches[-1]) <= 64
+    assert all(b.dtype == torch.float32 and b.shape[1] == 32 for b in batches)
+    seen = torch.cat(batches)
+    expected = _all_rows(store, 2)
+    assert seen.shape == expected.shape
+    # the same multiset of rows: sort both by a row key
+    key = torch.randn(32)
+    torch.testing.assert_close(seen[torch.argsort(seen @ key)], expected[torch.argsort(expected @ key)], rtol=0, atol=0)
+    again = torch.cat(list(source.batches(64, seed=0, epoch=0)))
+    assert torch.equal(seen, again)
+    assert not torch.equal(seen, torch.cat(list(source.batches(64, seed=0, epoch=1))))
+    assert not torch.equal(seen, torch.cat(list(source.batches(64, seed=1, epoch=0))))
+    assert not torch.equal(seen[:200], expected[:200])  # shuffled, not in store order
+
+
+def test_batches_read_a_window_of_shards_at_a_time(store, monkeypatch):
+    source = store.source(1, window_shards=2)
+    reads = []
+    real_read = ActivationStore._read
+
+    def counting_read(self, k, keys):
+        reads.append(k)
+        return real_read(self, k, keys)
+
+    monkeypatch.setattr(ActivationStore, "_read", counting_read)
+    iterator = source.batches(16, seed=3, epoch=0)
+    next(iterator)
+    assert len(reads) == 2  # the first batch needed only the first window
+    list(iterator)
+    assert sorted(reads) == list(range(len(store.manifest["shards"])))
+
+
+def test_document_tokens_and_iter_shards(store, corpus_file):
+    from rlhf_lens.data import load_corpus
+
+    tok = load_tokenizer(store.manifest["tokenizer"])
+    texts = load_corpus(str(corpus_file)).texts("test")
+    for doc in (0, 13, 39):
+        assert store.document_tokens(doc).tolist() == tok(texts[doc], truncation=True, max_length=32)["input_ids"]
+    shards = list(store.iter_shards(1))
+    assert [s.index for s in shards] == list(range(len(shards)))
+    assert torch.equal(torch.cat([s.doc for s in shards]).unique(), torch.arange(40))
+    with pytest.raises(UserError, match="documents 0..39"):
+        store.document_tokens(40)
+    with pytest.raises(UserError, match=r"layer 0 is not in the store.*\[1, 2\]"):
+        store.source(0)
+
+
+def test_garbage_shard_header(copy):
+    shard = copy / "shard-00002.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[8:40] = b"x" * 32
+    shard.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"shard-00002.safetensors: corrupt or truncated.*rerun"):
+        ActivationStore(copy)
+    assert shard.read_bytes() == bytes(data)  # a reader never rewrites
+
+
+def test_truncated_and_missing_shards(copy):
+    shard = copy / "shard-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:50])
+    with pytest.raises(UserError, match=r"shard-00001.safetensors: .*truncated"):
+        ActivationStore(copy)
+    shard.unlink()
+    with pytest.raises(UserError, match=r"shard-00001.safetensors: missing"):
+        ActivationStore(copy)
+
+
+def test_manifest_that_does_not_match_its_shards(copy):
+    original = json.loads((copy / "manifest.json").read_text())
+
+    def broken(edit) -> None:
+        manifest = json.loads(json.dumps(original))
+        edit(manifest)
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+
+    broken(lambda m: m.update(d=64))
+    with pytest.raises(UserError, match=r"shard-00000.safetensors: layer1 is F32 \[\d+, 32\].*expects F32 \[\d+, 64\]"):
+        ActivationStore(copy)
+    broken(lambda m: m.update(layers=[1, 2, 3]))
+    with pytest.raises(UserError, match="manifest expects"):
+        ActivationStore(copy)
+
+    def shift_tokens(m):
+        m["shards"][0]["n_tokens"] += 1
+        m["shards"][0].pop("bytes")
+        m["n_tokens"] += 1
+
+    broken(shift_tokens)
+    with pytest.raises(UserError, match="shard-00000.safetensors"):
+        ActivationStore(copy)
+    broken(lambda m: m.update(n_tokens=m["n_tokens"] + 5))
+    with pytest.raises(UserError, match="totals do not match"):
+        ActivationStore(copy)
+    def drop_last_shard(m):
+        m["n_tokens"] -= m["shards"].pop()["n_tokens"]
+
+    broken(drop_last_shard)
+    with pytest.raises(UserError, match="says complete"):
+        ActivationStore(copy)
+    broken(lambda m: m.update(format="something else"))
+    with pytest.raises(UserError, match="not an rlhf-lens activation manifest"):
+        ActivationStore(copy)
+
+
+def test_not_a_store(tmp_path):
+    with pytest.raises(UserError, match="run `rlhf-lens harvest` first"):
+        ActivationStore(tmp_path)
