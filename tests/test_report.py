@@ -1,0 +1,293 @@
+"""The report: results.json -> a self-contained report.html and summary.md, checked as text and in Chromium."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import assert_user_error, run_cli
+from rlhf_lens.errors import UserError
+from rlhf_lens.report import SECTIONS, verdict, write_report
+
+SECTION_IDS = [sid for sid, _ in SECTIONS]
+HEADLINE_NAMES = ["MMCS (within)", "simulation score", "utility score", "reward alignment"]
+
+
+def _stat(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values), "values": values}
+
+
+def make_results(seed: int = 0) -> dict:
+    """A results.json as the pipeline writes it: 3 of 6 blocks analysed, 2 SAE seeds, base/tuned/control."""
+    rng = np.random.RandomState(seed)
+    layers = [1, 3, 4]
+    steps = 25
+    log = [{"step": s + 1, "reward_mean": 0.05 + 0.04 * s + 0.02 * rng.randn(), "reward_std": 0.3 + 0.01 * rng.rand(),
+            "kl": 0.3 * s + 0.1 * rng.rand(), "beta": 0.5 * (1 + 0.002 * s), "policy_loss": float(rng.randn() * 0.01),
+            "value_loss": float(rng.rand()), "entropy": 3.1 - 0.02 * s} for s in range(steps)]
+    divergence = [{"layer": i, "divergence": 2.05 + 0.1 * rng.rand() + (0.05 if i in layers else 0.0)} for i in range(6)]
+    saes = []
+    for model in ("base", "tuned", "control"):
+        for layer in layers:
+            for size in (32, 64):
+                for sae_seed in (0, 1):
+                    saes.append({"model": model, "layer": layer, "dict_size": size, "seed": sae_seed, "arch": "tied",
+                                 "l1": 1e-3, "mse": 0.01 + 0.002 * rng.rand(), "fvu": 0.2 + 0.05 * rng.rand(),
+                                 "l0": 10 + 4 * rng.rand(), "dead_fraction": 0.1 * rng.rand(),
+                                 "tokens_per_s": 1e5 * (1 + rng.rand()),
+                                 "warnings": ["dead fraction above 50%: raise lr or lower l1"] if size == 64 and model == "control" else []})
+    mmcs = [{"model": m, "layer": layer, "kind": "within", **_stat([0.8 + 0.05 * rng.rand() for _ in range(2)])}
+            for m in ("base", "tuned", "control") for layer in layers]
+    mmcs += [{"model": "tuned-vs-base", "layer": layer, "kind": "across", **_stat([0.6 + 0.1 * rng.rand()])} for layer in layers]
+    tokens = ["The", " movie", " was", " <b>", "great", "</b>", " &", "\n", " fun", "\t", "!"]
+    features = []
+    for model in ("base", "tuned"):
+        for layer in layers:
+            for feature in rng.choice(32, size=3, replace=False):
+                acts = [int(a) for a in rng.randint(0, 11, size=len(tokens))]
+                features.append({
+                    "model": model, "layer": layer, "feature": int(feature), "max_cosine": 0.9 + 0.1 * rng.rand(),
+                    "explanation": "words like 'great' & <b>fun</b> in praise", "score": 0.3 + 0.2 * rng.rand(),
+                    "explainer": "offline", "utility": 1.5 + rng.rand(), "reward_corr": 0.3 * rng.randn(),
+                    "sign_share": rng.rand() - 0.5,
+                    "examples": [{"doc": int(d), "tokens": tokens, "activations": acts, "max_activation": 3.2 - d / 10}
+                                 for d in range(3)]})
+    return {
+        "title": "rlhf-lens run <tiny>",
+        "created": "2024-05-01T12:00:00",
+        "run_dir": "runs/test",
+        "config": {"model": {"base": "tiny", "seed": 0}, "sae": {"seeds": [0, 1]}, "interp": {"base_url": "http://localhost:8000/v1"}},
+        "models": {"base": "runs/test/models/base", "tuned": "runs/test/rlhf/model", "control": "random-init GPT-NeoX"},
+        "ppo": {"log": log, "eval": {"n": 64, "base": {"mean": 0.06, "se": 0.02, "positive_frac": 0.31},
+                                     "tuned": {"mean": 1.1, "se": 0.04, "positive_frac": 0.9},
+                                     "examples": [{"prompt": "This film", "base": " is a <script>x</script> mess",
+                                                   "tuned": " is wonderful and delightful"}]}},
+        "divergence": {"rows": sorted(divergence, key=lambda r: -r["divergence"]), "top_layers": layers},
+        "saes": saes,
+        "mmcs": mmcs,
+        "features": features,
+        "new_features": [{"layer": 3, "feature": 7, "max_cosine_to_base": 0.31, "explanation": "praise <i>words</i>"},
+                         {"layer": 4, "feature": 2, "max_cosine_to_base": 0.28, "explanation": None}],
+        "utility": {"aggregate": "mean", "table": "vader",
+                    "per_block": [{"layer": layer, "base": 5 + rng.rand(), "tuned": 8 + rng.rand(), "control": 4 + rng.rand()}
+                                  for layer in layers],
+                    "total": {"base": 16.1, "tuned": 24.9, "control": 12.3}},
+        "headline": [
+            {"name": "MMCS (within)", "base": _stat([0.81, 0.83]), "tuned": _stat([0.80, 0.84]),
+             "control": _stat([0.70, 0.72]), "n_seeds": 2},
+            {"name": "simulation score", "base": _stat([0.30, 0.34]), "tuned": _stat([0.41, 0.45]),
+             "control": _stat([0.1, 0.12]), "n_seeds": 2},
+            {"name": "utility score", "base": _stat([15.0, 17.2]), "tuned": _stat([24.1, 25.7]),
+             "control": _stat([12.0, 12.6]), "n_seeds": 2, "verdict": "tuned - base = 8.8 (precomputed line)"},
+            {"name": "reward alignment", "base": _stat([1.2]), "tuned": _stat([2.9]), "control": None, "n_seeds": 1},
+        ],
+    }
+
+
+class _Page(HTMLParser):
+    """Ids, image sources, links and text of an HTML page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: list[str] = []
+        self.img_src: list[str] = []
+        self.urls: list[str] = []
+        self.tags: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        if "id" in attrs:
+            self.ids.append(attrs["id"])
+        if tag == "img":
+            self.img_src.append(attrs.get("src", ""))
+        self.urls += [v for k, v in attrs.items() if k in ("src", "href") and v]
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _parse(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+def _section(html_text: str, sid: str) -> str:
+    match = re.search(rf'<section id="{sid}">(.*?)</section>', html_text, re.S)
+    assert match, f"no section {sid}"
+    return match.group(1)
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    (tmp_path / "results.json").write_text(json.dumps(make_results()))
+    return tmp_path
+
+
+def test_report_has_every_section_and_is_self_contained(run_dir):
+    html_path, md_path = write_report(run_dir)
+    assert html_path == run_dir / "report.html" and md_path == run_dir / "summary.md"
+    text = html_path.read_text(encoding="utf-8")
+    page = _parse(html_path)
+    for sid in SECTION_IDS:
+        assert sid in page.ids
+        assert "not run" not in _section(text, sid), sid
+    # Plots: headline, PPO, divergence, MMCS, utility; every one an embedded, decodable PNG.
+    assert len(page.img_src) >= 5
+    for src in page.img_src:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(u.startswith(("data:", "#")) for u in page.urls), [u for u in page.urls if not u.startswith(("data:", "#"))]
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*https?:""", text, re.I)
+    assert "<script" not in text.lower() and "<link rel=\"stylesheet\"" not in text
+    # Text from the run is escaped: tokens, explanations, completions, the title.
+    assert "b" not in page.tags and "i" not in page.tags
+    assert "&lt;b&gt;" in text and "&lt;script&gt;x&lt;/script&gt;" in text and "&lt;tiny&gt;" in text
+    # Token highlights: background alpha = activation / 10; newline and tab shown as symbols.
+    features = _section(text, "features")
+    acts = make_results()["features"][0]["examples"][0]["activations"]
+    for a in set(acts):
+        assert f"rgba(255, 127, 14, {a / 10:.2f})" in features
+    assert "\u21b5" in features and "\u21e5" in features
+    # Headline: mean +- std, control beside it, a verdict line for every measure (the given one kept).
+    headline = _section(text, "headline")
+    for name in HEADLINE_NAMES:
+        assert name in headline
+    assert "\u00b1" in headline and "precomputed line" in headline
+    assert "one seed: no spread to compare against" in headline
+    assert headline.count('class="verdict') == len(HEADLINE_NAMES)
+
+
+def test_summary_has_the_tables(run_dir):
+    results = make_results()
+    _, md_path = write_report(run_dir)
+    md = md_path.read_text(encoding="utf-8")
+    for _, title in SECTIONS[:-1]:  # the config is only in the HTML
+        assert f"## {title}" in md
+    assert "_not run_" not in md
+    for name in HEADLINE_NAMES:
+        assert re.search(rf"^\| {re.escape(name)} \|", md, re.M), name
+    assert md.count("tuned - base") >= len(HEADLINE_NAMES)
+    # Every feature appears; SAEs one row per model, block and size (seeds aggregated); utility totals.
+    feature_rows = [line for line in md.splitlines() if line.startswith("| ") and "\\<b\\>fun" in line]
+    assert len(feature_rows) == len(results["features"])
+    sae_rows = [line for line in md.splitlines() if line.startswith("| ") and "| tied |" in line]
+    assert len(sae_rows) == len({(r["model"], r["layer"], r["dict_size"]) for r in results["saes"]})
+    assert all(f"| {len({r['seed'] for r in results['saes']})} |" in line for line in sae_rows)
+    total = next(line for line in md.splitlines() if line.startswith("| total |"))
+    for value in results["utility"]["total"].values():
+        assert f"{value:.3g}" in total
+    assert "<b>" not in md and "|" not in results["features"][0]["explanation"]
+
+
+def test_missing_sections_say_not_run(tmp_path):
+    full = make_results()
+    partial = {"title": full["title"], "models": {"base": "tiny", "tuned": "tuned", "control": None},
+               "ppo": None, "divergence": full["divergence"], "saes": [], "new_features": []}
+    (tmp_path / "results.json").write_text(json.dumps(partial))
+    html_path, md_path = write_report(tmp_path)
+    text = html_path.read_text(encoding="utf-8")
+    assert "not run" not in _section(text, "divergence")
+    for sid in ("headline", "ppo", "saes", "mmcs", "features", "utility", "config"):
+        assert "not run" in _section(text, sid), sid
+    assert "No tuned feature" in _section(text, "new-features")  # ran, found none: not "not run"
+    md = md_path.read_text(encoding="utf-8")
+    assert md.count("_not run_") == 6
+
+
+def test_verdict_rule():
+    clear = verdict({"mean": 58.1, "std": 3.0, "n": 3}, {"mean": 90.9, "std": 4.0, "n": 3})
+    assert "tuned - base = +32.8" in clear and "larger than seed noise" in clear and "(5)" in clear
+    weak = verdict({"mean": 10.0, "std": 3.0}, {"mean": 16.0, "std": 4.0})
+    assert "suggestive, not conclusive" in weak
+    within = verdict({"mean": 10.0, "std": 3.0}, {"mean": 8.0, "std": 4.0})
+    assert "tuned - base = -2" in within and "not distinguishable from seed noise" in within
+    assert "one seed: no spread to compare against" in verdict({"mean": 1.0, "std": 0.0, "n": 1}, {"mean": 2.0, "std": 0.0, "n": 1})
+    assert "one seed: no spread to compare against" in verdict({"mean": 1.0}, {"mean": 2.0})
+    assert "one seed" in verdict({"mean": 1.0, "values": [1.0]}, {"mean": 2.0, "values": [2.0]})
+    assert "spread is 0" in verdict({"mean": 1.0, "std": 0.0, "n": 3}, {"mean": 2.0, "std": 0.0, "n": 3})
+    assert "missing" in verdict({"mean": None}, {"mean": 2.0, "std": 1.0})
+    # The rule is symmetric in sign and uses the combined spread sqrt(3^2 + 4^2) = 5: 10.1 > 2 x 5.
+    assert "larger than seed noise" in verdict({"mean": 20.1, "std": 3.0}, {"mean": 10.0, "std": 4.0})
+    assert "suggestive" in verdict({"mean": 19.9, "std": 3.0}, {"mean": 10.0, "std": 4.0})
+    assert not math.isnan(float(verdict({"mean": 0.0, "std": 1.0}, {"mean": 0.0, "std": 1.0}).split("=")[1].split(",")[0]))
+
+
+def test_same_results_give_the_same_files(run_dir):
+    first = [p.read_bytes() for p in write_report(run_dir)]
+    second = [p.read_bytes() for p in write_report(run_dir)]
+    assert first == second
+
+
+def test_bad_input_is_one_line_and_damages_nothing(tmp_path, run_dir):
+    assert_user_error(run_cli("report", tmp_path / "nowhere"), "no such run folder")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_user_error(run_cli("report", empty), "results.json", "rlhf-lens run")
+
+    result = run_cli("report", run_dir, check=True)
+    assert "report.html" in result.stdout
+    before = {name: (run_dir / name).read_bytes() for name in ("report.html", "summary.md")}
+    (run_dir / "results.json").write_text(json.dumps({**make_results(), "saes": "oops"}))
+    with pytest.raises(UserError, match="'saes'"):
+        write_report(run_dir)
+    (run_dir / "results.json").write_text('{"title": ')
+    assert_user_error(run_cli("report", run_dir), "not valid JSON")
+    (run_dir / "results.json").write_text("[1, 2]")
+    assert_user_error(run_cli("report", run_dir), "JSON object")
+    assert before == {name: (run_dir / name).read_bytes() for name in before}
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None
+
+
+def test_report_in_headless_chromium(run_dir, tmp_path_factory):
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("chromium not found (CI installs Debian's chromium in .ci/run; `apt-get install chromium`)")
+    html_path, _ = write_report(run_dir)
+    out = tmp_path_factory.mktemp("browser")
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-extensions", "--enable-logging=stderr", "--v=0"]
+    url = html_path.resolve().as_uri()
+
+    screenshot = out / "report.png"
+    shot = subprocess.run([*flags, f"--user-data-dir={out / 'profile-1'}", f"--screenshot={screenshot}",
+                           "--window-size=1200,2000", "--hide-scrollbars", url],
+                          capture_output=True, text=True, timeout=180)
+    assert screenshot.is_file(), shot.stderr[-2000:]
+    png = screenshot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000  # a full page of text and plots, not a blank one
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == (1200, 2000)
+
+    dom = subprocess.run([*flags, f"--user-data-dir={out / 'profile-2'}", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=180)
+    page = _Page()
+    page.feed(dom.stdout)
+    assert set(SECTION_IDS) <= set(page.ids), dom.stderr[-2000:]
+    assert len(page.img_src) >= 5
+    # The page has no script, so any console line (a CSP violation, a failed load) is a defect.
+    for log in (shot.stderr, dom.stderr):
+        problems = [line for line in log.splitlines() if ":CONSOLE" in line or "Uncaught" in line
+                    or "Content Security Policy" in line or "ERR_" in line]
+        assert not problems, problems
