@@ -32,7 +32,7 @@ def make_results(seed: int = 0) -> dict:
     rng = np.random.RandomState(seed)
     layers = [1, 3, 4]
     steps = 25
-    log = [{"step": s + 1, "reward_mean": 0.05 + 0.04 * s + 0.02 * rng.randn(), "reward_std": 0.3 + 0.01 * rng.rand(),
+    log = [{"step": s + 1, "reward": 0.05 + 0.04 * s + 0.02 * rng.randn(), "reward_std": 0.3 + 0.01 * rng.rand(),
             "kl": 0.3 * s + 0.1 * rng.rand(), "beta": 0.5 * (1 + 0.002 * s), "policy_loss": float(rng.randn() * 0.01),
             "value_loss": float(rng.rand()), "entropy": 3.1 - 0.02 * s} for s in range(steps)]
     divergence = [{"layer": i, "divergence": 2.05 + 0.1 * rng.rand() + (0.05 if i in layers else 0.0)} for i in range(6)]

@@ -95,6 +95,107 @@ def tiny_model(
 
 # --- rewards and RLHF (rewards.py, rlhf.py) ----------------------------------------------------
 # [section: rlhf]
+from .rlhf import PPOConfig as _PPO  # noqa: E402  (field docstrings are the --help text)
+
+_REWARD_HELP = ("Reward: vader, table:FILE (CSV/TSV/JSON word, value), classifier:MODEL (a sequence classifier), "
+                "sentiment or sentiment:CORPUS (offline logistic regression); options as ,key=value "
+                "(e.g. vader,scale=5,clip=10 or classifier:MODEL,index=1). See docs/rewards.md.")
+
+
+@app.command()
+def rlhf(
+    base: str = typer.Option(..., "--base", help="Base model: a save_pretrained folder, a hub id or smollm2."),
+    reward: str = typer.Option(..., "--reward", help=_REWARD_HELP),
+    corpus: str = typer.Option(..., "--corpus", help="Prompt corpus: imdb, pang-lee, pang-lee-reviews, "
+                                                      "pang-lee-sentences or a file (train split: prompts; test: eval)."),
+    out: Path = typer.Option(..., "--out", help="Output folder (model/, log.jsonl, ppo.png, eval.json). Rerun to resume."),
+    steps: int = typer.Option(_PPO.steps, help=doc(_PPO, "steps")),
+    batch_size: int = typer.Option(_PPO.batch_size, "--batch-size", help=doc(_PPO, "batch_size")),
+    mini_batch_size: int = typer.Option(_PPO.mini_batch_size, "--mini-batch-size", help=doc(_PPO, "mini_batch_size")),
+    ppo_epochs: int = typer.Option(_PPO.ppo_epochs, "--ppo-epochs", help=doc(_PPO, "ppo_epochs")),
+    lr: float = typer.Option(_PPO.lr, help=doc(_PPO, "lr")),
+    warmup_steps: int = typer.Option(_PPO.warmup_steps, "--warmup-steps", help=doc(_PPO, "warmup_steps")),
+    weight_decay: float = typer.Option(_PPO.weight_decay, "--weight-decay", help=doc(_PPO, "weight_decay")),
+    max_grad_norm: float = typer.Option(_PPO.max_grad_norm, "--max-grad-norm", help=doc(_PPO, "max_grad_norm")),
+    gamma: float = typer.Option(_PPO.gamma, help=doc(_PPO, "gamma")),
+    lam: float = typer.Option(_PPO.lam, help=doc(_PPO, "lam")),
+    cliprange: float = typer.Option(_PPO.cliprange, help=doc(_PPO, "cliprange")),
+    cliprange_value: float = typer.Option(_PPO.cliprange_value, "--cliprange-value", help=doc(_PPO, "cliprange_value")),
+    vf_coef: float = typer.Option(_PPO.vf_coef, "--vf-coef", help=doc(_PPO, "vf_coef")),
+    ratio_threshold: float = typer.Option(_PPO.ratio_threshold, "--ratio-threshold", help=doc(_PPO, "ratio_threshold")),
+    value_dropout: float = typer.Option(_PPO.value_dropout, "--value-dropout", help=doc(_PPO, "value_dropout")),
+    adaptive_kl: bool = typer.Option(_PPO.adaptive_kl, "--adaptive-kl/--fixed-kl", help=doc(_PPO, "adaptive_kl")),
+    init_kl_coef: float = typer.Option(_PPO.init_kl_coef, "--init-kl-coef", help=doc(_PPO, "init_kl_coef")),
+    kl_target: float = typer.Option(_PPO.kl_target, "--kl-target", help=doc(_PPO, "kl_target")),
+    kl_horizon: int = typer.Option(_PPO.kl_horizon, "--kl-horizon", help=doc(_PPO, "kl_horizon")),
+    min_new_tokens: int = typer.Option(_PPO.min_new_tokens, "--min-new-tokens", help=doc(_PPO, "min_new_tokens")),
+    max_new_tokens: int = typer.Option(_PPO.max_new_tokens, "--max-new-tokens", help=doc(_PPO, "max_new_tokens")),
+    top_k: int = typer.Option(_PPO.top_k, "--top-k", help=doc(_PPO, "top_k")),
+    top_p: float = typer.Option(_PPO.top_p, "--top-p", help=doc(_PPO, "top_p")),
+    score_query: bool = typer.Option(_PPO.score_query, "--score-query/--score-response", help=doc(_PPO, "score_query")),
+    prompt_min_chars: int = typer.Option(_PPO.prompt_min_chars, "--prompt-min-chars", help=doc(_PPO, "prompt_min_chars")),
+    prompt_min_tokens: int = typer.Option(_PPO.prompt_min_tokens, "--prompt-min-tokens", help=doc(_PPO, "prompt_min_tokens")),
+    prompt_max_tokens: int = typer.Option(_PPO.prompt_max_tokens, "--prompt-max-tokens", help=doc(_PPO, "prompt_max_tokens")),
+    text_column: str = typer.Option(_PPO.text_column, "--text-column", help=doc(_PPO, "text_column")),
+    eval_prompts: int = typer.Option(_PPO.eval_prompts, "--eval-prompts", help=doc(_PPO, "eval_prompts")),
+    eval_examples: int = typer.Option(_PPO.eval_examples, "--eval-examples", help=doc(_PPO, "eval_examples")),
+    checkpoint_every: int = typer.Option(_PPO.checkpoint_every, "--checkpoint-every", help=doc(_PPO, "checkpoint_every")),
+    seed: int = typer.Option(_PPO.seed, help=doc(_PPO, "seed")),
+    device: str = typer.Option(_PPO.device, help=doc(_PPO, "device")),
+    dtype: str = typer.Option(_PPO.dtype, help=doc(_PPO, "dtype")),
+) -> None:
+    """Fine-tune a causal LM with PPO against a reward (TRL 0.7 semantics, see docs/rlhf.md)."""
+    from .io import read_json
+    from .rlhf import PPOConfig, train_ppo
+
+    settings = dict(locals())
+    config = PPOConfig(**{k: settings[k] for k in PPOConfig.__dataclass_fields__})
+    model_dir = train_ppo(base, reward, corpus, out, config)
+    result = read_json(out / "eval.json")
+    b, t = result["base"], result["tuned"]
+    typer.echo(f"mean reward on {result['n']} held-out prompts: base {b['mean']:+.3f} (se {b['se']:.3f}, "
+               f"{100 * b['positive_frac']:.0f}% positive) -> tuned {t['mean']:+.3f} (se {t['se']:.3f}, "
+               f"{100 * t['positive_frac']:.0f}% positive); final KL {result['final_kl']:.3g}")
+    typer.echo(f"tuned model: {model_dir}")
+
+
+@app.command("reward")
+def reward_command(
+    texts: list[str] = typer.Argument(None, help="Texts to score (or use --file)."),
+    reward: str = typer.Option(..., "--reward", help=_REWARD_HELP),
+    file: Path = typer.Option(None, "--file", help="Score each non-empty line of this UTF-8 file ('-': stdin)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of numbers, in input order."),
+    device: str = typer.Option("cpu", help="Device for a classifier reward: cpu or cuda."),
+) -> None:
+    """Score texts with a reward: one number per text, in input order."""
+    from .rewards import load_reward
+
+    items = list(texts or [])
+    if file is not None:
+        if str(file) == "-":
+            lines = sys.stdin.read().splitlines()
+        elif not file.is_file():
+            raise UserError(f"--file {file} does not exist; give a text file with one text per line")
+        else:
+            try:
+                lines = file.read_text(encoding="utf-8").splitlines()
+            except UnicodeDecodeError:
+                raise UserError(f"--file {file} is not UTF-8 text") from None
+        items += [line for line in lines if line.strip()]
+    if not items:
+        raise UserError("no text to score; give texts as arguments or --file FILE")
+    scorer = load_reward(reward, device=device)
+    info = getattr(scorer, "info", {})
+    if "test_accuracy" in info:
+        typer.echo(f"sentiment classifier: held-out accuracy {info['test_accuracy']:.3f} on {info['n_test']} "
+                   f"documents of {info['corpus']}", err=True)
+    scores = scorer(items)
+    if as_json:
+        typer.echo(json.dumps(scores))
+    else:
+        for score in scores:
+            typer.echo(f"{score:.6g}")
+
 
 # --- divergence and harvest (divergence.py, harvest.py, store.py) -------------------------------
 # [section: harvest]

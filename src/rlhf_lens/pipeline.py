@@ -419,7 +419,10 @@ def _stage_rlhf(config: RunConfig, run_dir: Path, state: dict) -> dict:
     from .rlhf import train_ppo
 
     out = run_dir / "rlhf"
-    model_dir = train_ppo(state["base"]["spec"], config.reward.spec, config.data.corpus, out, config.rlhf)
+    # [model] device/dtype and [data] text_column apply to every stage, PPO included.
+    ppo = dataclasses.replace(config.rlhf, device=config.model.device, dtype=config.model.dtype,
+                              text_column=config.data.text_column)
+    model_dir = train_ppo(state["base"]["spec"], config.reward.spec, config.data.corpus, out, ppo)
     return {"spec": str(model_dir), "trained": True}
 
 

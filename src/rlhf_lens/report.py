@@ -340,7 +340,7 @@ def _ppo_html(results: dict) -> str:
     log = [r for r in (ppo.get("log") or []) if isinstance(r, dict)]
     if log:
         last = log[-1]
-        parts.append(f'<p>{len(log)} PPO steps; last step: reward {_num(_float(last.get("reward_mean")))}, '
+        parts.append(f'<p>{len(log)} PPO steps; last step: reward {_num(_float(last.get("reward")))}, '
                      f'KL {_num(_float(last.get("kl")))} nats, \u03b2 {_num(_float(last.get("beta")))}.</p>')
         parts.append(_ppo_plot(log))
     else:
@@ -369,7 +369,7 @@ def _ppo_plot(log: list[dict]) -> str:
     steps = [_float(r.get("step")) for r in log]
     steps = [s if s is not None else float(i + 1) for i, s in enumerate(steps)]
     fig, (ax_reward, ax_kl) = _figure(10.5, 3.0, ncols=2)
-    reward = [_float(r.get("reward_mean")) for r in log]
+    reward = [_float(r.get("reward")) for r in log]
     pts = [(s, m, _float(r.get("reward_std"))) for s, m, r in zip(steps, reward, log) if m is not None]
     if pts:
         xs, ms, sds = zip(*pts)
@@ -793,7 +793,7 @@ def render_markdown(results: dict) -> str:
     log = [r for r in (ppo.get("log") or []) if isinstance(r, dict)]
     if log:
         last = log[-1]
-        body.append(f"{len(log)} PPO steps; last step: reward {_md(_float(last.get('reward_mean')))}, "
+        body.append(f"{len(log)} PPO steps; last step: reward {_md(_float(last.get('reward')))}, "
                     f"KL {_md(_float(last.get('kl')))}, beta {_md(_float(last.get('beta')))}.")
     evaluation = ppo.get("eval")
     if evaluation:
