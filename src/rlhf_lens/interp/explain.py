@@ -1,0 +1,149 @@
+"""Explain features end to end: examples -> explanation -> simulation -> score (-> utility)."""
+
+from __future__ import annotations
+
+from .examples import ExampleConfig, Record, collect_examples, normalise
+from .explainers import Explainer
+from .scoring import simulation_score
+from .utility import annotate
+
+
+def _example(record: Record, activations: list[int], simulated: list[float] | None = None) -> dict:
+    out = {"doc": record.doc, "kind": record.kind, "tokens": record.tokens, "activations": activations,
+           "max_activation": round(record.max_activation, 6), "values": [round(v, 6) for v in record.values]}
+    if simulated is not None:
+        out["simulated"] = [round(v, 4) for v in simulated]
+    return out
+
+
+def explain_features(store, layer: int, saes: dict, features: dict[str, list[int]], tokenizer,
+                     explainer: Explainer, config: ExampleConfig = ExampleConfig(), model: str = "model",
+                     max_cosine: dict[str, dict[int, float]] | None = None,
+                     table: dict[str, float] | None = None, aggregate: str = "mean") -> list[dict]:
+    """Feature records (docs/interp.md) for every requested feature of every SAE at `layer` of `store`.
+
+    `saes` maps a name (recorded as "sae") to a SparseAutoencoder, `features` the same names to
+    feature indices, `max_cosine` optionally name -> feature -> MMCS max cosine. With `table`,
+    the utility and reward-alignment fields are filled too.
+    """
+    examples = collect_examples(store, layer, saes, features, tokenizer, config,
+                                corpus_stats=explainer.capabilities.corpus_statistics)
+    items = list(examples.features.values())
+    shown = [item.shown() for item in items]
+    explanations = explainer.explain_many(
+        [(str(item.feature), tokens, acts) for item, (tokens, acts) in zip(items, shown)], examples.corpus)
+    simulated = explainer.simulate_many(
+        [(text, [r.tokens for r in item.scoring()]) for text, item in zip(explanations, items)])
+    records = []
+    for item, (_, acts), text, sims in zip(items, shown, explanations, simulated):
+        scoring = item.scoring()
+        cosine = (max_cosine or {}).get(item.sae, {}).get(item.feature)
+        records.append({
+            "model": model, "layer": layer, "sae": item.sae, "feature": item.feature,
+            "max_cosine": None if cosine is None else float(cosine),
+            "explanation": text, "score": simulation_score(sims, [r.values for r in scoring]),
+            "explainer": explainer.name,
+            "examples": [_example(r, a) for r, a in zip(item.top, acts)],
+            "scoring_examples": [_example(r, a, s) for r, a, s in
+                                 zip(scoring, normalise([r.values for r in scoring]), sims)],
+        })
+    if table is not None:
+        annotate(records, table, aggregate)
+    return records
+
+
+def feature_selection(sae, features: list[int] | None = None, top_k: int | None = None,
+                      mmcs_with=None) -> tuple[list[int], dict[int, float]]:
+    """Feature indices to explain and their max cosine: given indices, or the top-k of `sae` by max cosine
+    against the dictionary `mmcs_with` (another SAE of the same model and layer, usually twice as wide)."""
+    from ..errors import UserError
+
+    if features and (top_k is not None or mmcs_with is not None):
+        raise UserError("give either --features or --top-k with --mmcs-with, not both")
+    if features:
+        size = int(sae.cfg.dict_size)
+        bad = [f for f in features if not 0 <= f < size]
+        if bad:
+            raise UserError(f"feature index {bad[0]} out of range: the SAE has features 0..{size - 1}")
+        return list(dict.fromkeys(features)), {}
+    if mmcs_with is None:
+        raise UserError("choose features: --features 1,2,3, or --top-k K with --mmcs-with SAE_DIR2 (the larger "
+                        "dictionary of the same model and layer)")
+    if top_k is None or top_k < 1:
+        raise UserError("--top-k must be at least 1 when --mmcs-with is given")
+    from ..dictionaries import top_features
+
+    if int(mmcs_with.cfg.d_in) != int(sae.cfg.d_in):
+        raise UserError(f"--mmcs-with SAE has width {mmcs_with.cfg.d_in} but the SAE has {sae.cfg.d_in}; give an "
+                        "SAE of the same model and layer")
+    top = top_features(sae.dictionary, mmcs_with.dictionary, min(top_k, int(sae.cfg.dict_size)))
+    return [int(t["feature"]) for t in top], {int(t["feature"]): float(t["max_cosine"]) for t in top}
+
+
+def explain_sae(sae_dir, model_spec: str, layer: int, explainer: Explainer, *, features: list[int] | None = None,
+                top_k: int | None = None, mmcs_with=None, corpus: str | None = None, acts=None,
+                split: str = "test", max_docs: int | None = None, config: ExampleConfig = ExampleConfig(),
+                label: str | None = None, table: dict[str, float] | None = None, aggregate: str = "mean",
+                device: str = "cpu") -> list[dict]:
+    """The `explain` command: load the SAE(s), harvest `corpus` (or open `acts`), explain, score.
+
+    Everything a user can get wrong (widths, layer, feature indices) is checked before the harvest.
+    A harvest goes to `cache_dir()/interp-acts/<key>` (key: model fingerprint, layer, corpus, split,
+    max_docs, max_tokens = config.max_tokens) and resumes there.
+    """
+    from pathlib import Path
+
+    from ..errors import UserError
+    from ..models import load_tokenizer
+    from ..sae import SparseAutoencoder
+    from ..store import ActivationStore
+
+    sae = SparseAutoencoder.load(sae_dir)
+    other = SparseAutoencoder.load(mmcs_with) if mmcs_with is not None else None
+    chosen, cosines = feature_selection(sae, features, top_k, other)
+    if acts is not None:
+        store = ActivationStore(acts)
+        if layer not in store.layers:
+            raise UserError(f"layer {layer} is not in the store {acts}: it holds layers {store.layers}")
+        _check_width(sae, store.d, layer, sae_dir)
+        tokenizer = load_tokenizer(model_spec)
+    else:
+        if corpus is None:
+            raise UserError("give --corpus NAME to harvest, or --acts STORE_DIR to reuse an activation store")
+        store, tokenizer = _harvest_cached(sae, sae_dir, model_spec, layer, corpus, split, max_docs, config, device)
+    name = str(sae_dir)
+    return explain_features(store, layer, {name: sae}, {name: chosen}, tokenizer, explainer, config,
+                            model=label or Path(str(model_spec)).name, max_cosine={name: cosines},
+                            table=table, aggregate=aggregate)
+
+
+def _check_width(sae, d: int, layer: int, sae_dir) -> None:
+    from ..errors import UserError
+
+    if int(sae.cfg.d_in) != int(d):
+        raise UserError(f"SAE {sae_dir} expects activations of width {sae.cfg.d_in} but layer {layer} has width {d}; "
+                        "use an SAE trained on this model and layer")
+
+
+def _harvest_cached(sae, sae_dir, model_spec, layer, corpus, split, max_docs, config, device):
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from ..harvest import HarvestConfig, harvest, model_fingerprint
+    from ..io import cache_dir
+    from ..models import check_layers, load_model, mlp_width
+
+    model, tokenizer = load_model(model_spec, device=device)
+    check_layers(model, [layer])
+    _check_width(sae, mlp_width(model), layer, sae_dir)
+    hconfig = HarvestConfig(layers=[layer], corpus=corpus, split=split, max_docs=max_docs,
+                            max_tokens=config.max_tokens, device=device)
+    source = Path(corpus)
+    # a corpus file is keyed by its place and content stamp, so an edited file is harvested afresh
+    corpus_key = [str(source.resolve()), source.stat().st_size, source.stat().st_mtime_ns] if source.is_file() \
+        else corpus
+    key = json.dumps([model_fingerprint(model), layer, corpus_key, split, max_docs, config.max_tokens])
+    out = cache_dir() / "interp-acts" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    store = harvest(model_spec, hconfig, out, model=model, tokenizer=tokenizer)
+    return store, tokenizer

@@ -1,0 +1,239 @@
+"""Chat back-ends for LLM explainers: an OpenAI-compatible HTTP API and a local Hugging Face LM.
+
+Both sit behind `ChatClient`, which caches every answer on disk under
+`cache_dir()/llm-cache/`, keyed by the sha256 of (model, messages, sampling params), written
+atomically as soon as it arrives: a run that dies half way (or an API that goes away)
+keeps what it already paid for, and a rerun asks only for what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from ..io import cache_dir, write_json
+
+Messages = list[dict]
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+@dataclass
+class LLMConfig:
+    model: str = "gpt-4"
+    """Model name sent to the API (e.g. gpt-4, or the name a local vLLM / llama.cpp / Ollama server serves)."""
+    base_url: str = "https://api.openai.com/v1"
+    """OpenAI-compatible endpoint; requests go to BASE_URL/chat/completions (Ollama: http://127.0.0.1:11434/v1)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key (local servers usually need none)."""
+    temperature: float = 0.0
+    """Sampling temperature (0: the most likely answer, as reproducible as the server allows)."""
+    max_tokens: int = 800
+    """Longest answer asked for, in tokens (a simulation of 50 tokens needs a few hundred)."""
+    timeout: float = 120.0
+    """Seconds to wait for one answer before retrying."""
+    retries: int = 5
+    """Retries after a timeout, a dropped connection, HTTP 429 or 5xx."""
+    backoff: float = 2.0
+    """Seconds before the first retry; doubled after each (a Retry-After header is honoured up to 60 s)."""
+    concurrency: int = 4
+    """Requests in flight at once."""
+    cache: bool = True
+    """Keep answers on disk and reuse them (keyed by model, prompt and params)."""
+
+
+class AnswerCache:
+    """One JSON file per answer, named by the sha256 of the request."""
+
+    def __init__(self, folder: Path | None = None):
+        self.folder = folder or cache_dir() / "llm-cache"
+
+    @staticmethod
+    def key(model: str, messages: Messages, params: dict) -> str:
+        blob = json.dumps({"model": model, "messages": messages, "params": params}, sort_keys=True)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> str | None:
+        path = self.path(key)
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+        answer = entry.get("answer") if isinstance(entry, dict) else None
+        return answer if isinstance(answer, str) else None
+
+    def put(self, key: str, model: str, messages: Messages, params: dict, answer: str) -> None:
+        write_json(self.path(key), {"model": model, "params": params, "messages": messages, "answer": answer})
+
+    def drop(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+
+class ChatClient:
+    """Cached, concurrent chat completions over one back-end (`send(messages, params) -> str`)."""
+
+    def __init__(self, model_id: str, send: Callable[[Messages, dict], str], params: dict,
+                 concurrency: int = 1, cache: AnswerCache | None = None):
+        self.model_id = model_id
+        self.send = send
+        self.params = params
+        self.concurrency = max(1, int(concurrency))
+        self.cache = cache
+        self.requests = 0
+        """Answers fetched from the back-end (not the cache) by this client."""
+
+    def complete(self, messages: Messages, refresh: bool = False) -> str:
+        key = AnswerCache.key(self.model_id, messages, self.params)
+        if self.cache is not None and not refresh:
+            cached = self.cache.get(key)
+            if cached is not None:
+                return cached
+        answer = self.send(messages, self.params)
+        self.requests += 1
+        if self.cache is not None:
+            self.cache.put(key, self.model_id, messages, self.params, answer)
+        return answer
+
+    def complete_many(self, batch: list[Messages]) -> list[str]:
+        """Answers in order; each is cached as soon as it arrives, so a failure keeps the others."""
+        if self.concurrency == 1 or len(batch) <= 1:
+            return [self.complete(m) for m in batch]
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(self.complete, batch))
+
+    def forget(self, messages: Messages) -> None:
+        """Drop a cached answer (one that turned out malformed), so a rerun asks again."""
+        if self.cache is not None:
+            self.cache.drop(AnswerCache.key(self.model_id, messages, self.params))
+
+
+# --- OpenAI-compatible HTTP API --------------------------------------------------------------
+
+
+def openai_client(config: LLMConfig) -> ChatClient:
+    """A client for BASE_URL/chat/completions with retries and backoff."""
+    url = config.base_url.rstrip("/") + "/chat/completions"
+    if not url.startswith(("http://", "https://")):
+        raise UserError(f"--base-url must start with http:// or https:// (got {config.base_url!r})")
+    key = os.environ.get(config.api_key_env, "").strip()
+    if not key and "api.openai.com" in url:
+        raise UserError(f"set ${config.api_key_env} to your OpenAI API key, or point --base-url at a local "
+                        "OpenAI-compatible server")
+    folder = cache_dir() / "llm-cache" if config.cache else None
+
+    def send(messages: Messages, params: dict) -> str:
+        body = json.dumps({"model": config.model, "messages": messages, **params}).encode("utf-8")
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        last = "no answer"
+        for attempt in range(config.retries + 1):
+            if attempt:
+                time.sleep(_delay(config.backoff, attempt, last))
+            request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=config.timeout) as response:
+                    return _content(response.read(), url)
+            except urllib.error.HTTPError as e:
+                detail = _error_detail(e)
+                if e.code not in RETRY_STATUS:
+                    raise UserError(f"the explainer API at {url} answered HTTP {e.code} ({detail}); check "
+                                    f"--explainer-model, --base-url and ${config.api_key_env}") from None
+                last = f"HTTP {e.code}"
+                retry_after = e.headers.get("Retry-After") if e.headers else None
+                if retry_after and retry_after.strip().isdigit():
+                    last = f"HTTP {e.code}, retry after {min(60, int(retry_after))} s"
+            except TimeoutError:
+                last = f"no answer within {config.timeout:g} s"
+            except urllib.error.URLError as e:
+                last = f"{e.reason}" if not isinstance(e.reason, TimeoutError) else "timed out"
+            except (ConnectionError, OSError) as e:
+                last = f"{type(e).__name__}: {e}"
+        kept = f"; answers already received are cached in {folder}" if folder else ""
+        raise UserError(f"could not get an answer from {url} after {config.retries + 1} tries ({last}); check "
+                        f"--base-url and that the server is up{kept}")
+
+    params = {"temperature": config.temperature, "max_tokens": config.max_tokens}
+    return ChatClient(f"openai:{config.model}", send, params, config.concurrency,
+                      AnswerCache(folder) if folder else None)
+
+
+def _delay(backoff: float, attempt: int, last: str) -> float:
+    if "retry after" in last:
+        return float(last.rsplit("retry after ", 1)[1].split()[0])
+    return backoff * 2 ** (attempt - 1)
+
+
+def _content(raw: bytes, url: str) -> str:
+    try:
+        content = json.loads(raw.decode("utf-8"))["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise UserError(f"{url} did not answer like an OpenAI chat completion (no choices[0].message.content); "
+                        "check --base-url") from None
+    if not isinstance(content, str):
+        raise UserError(f"{url} answered without text content; check --explainer-model")
+    return content
+
+
+def _error_detail(e: urllib.error.HTTPError) -> str:
+    try:
+        body = e.read().decode("utf-8", "replace")
+        message = json.loads(body).get("error", {})
+        text = message.get("message") if isinstance(message, dict) else str(message)
+    except Exception:  # the body is only for the message: any shape will do
+        text = e.reason
+    return " ".join(str(text or e.reason).split())[:200]
+
+
+# --- a local Hugging Face causal LM ----------------------------------------------------------
+
+
+def hf_client(spec: str, max_new_tokens: int = 800, device: str = "cpu", cache: bool = True) -> ChatClient:
+    """Greedy chat completions from a local causal LM (`smollm2`, a folder, or a hub id).
+
+    Uses the tokenizer's chat template when it has one, else plain "System:/User:/Assistant:" turns.
+    The model is loaded on the first request that the cache cannot answer.
+    """
+    from ..models import load_model
+
+    loaded: dict = {}
+
+    def send(messages: Messages, params: dict) -> str:
+        import torch
+
+        if not loaded:
+            loaded["model"], loaded["tok"] = load_model(spec, device=device)
+        model, tok = loaded["model"], loaded["tok"]
+        if getattr(tok, "chat_template", None):
+            ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+        else:
+            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+        ids = list(ids)
+        # a model with a short context (the tiny test models) sees the end of the prompt and answers briefly
+        context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        max_new = min(params["max_tokens"], context // 2) if context else params["max_tokens"]
+        if context and len(ids) > context - max_new:
+            ids = ids[-(context - max_new):]
+        input_ids = torch.tensor([ids], device=model.device)
+        with torch.inference_mode():
+            out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
+                                 max_new_tokens=max_new, pad_token_id=tok.pad_token_id)
+        return tok.decode(out[0, len(ids):], skip_special_tokens=True)
+
+    model_id = f"hf:{Path(spec).resolve() if Path(spec).is_dir() else spec}"
+    return ChatClient(model_id, send, {"max_tokens": max_new_tokens, "greedy": True}, 1,
+                      AnswerCache() if cache else None)
