@@ -209,12 +209,27 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     )
 
 
+TINY_TRAIN_CHARS = 1_000_000  # a tiny model's tokenizer and pretraining need no more text than this
+
+
+def _sample_texts(texts: list[str], max_chars: int) -> list[str]:
+    """The first documents up to `max_chars` characters in all (at least one)."""
+    out, total = [], 0
+    for text in texts:
+        if out and total + len(text) > max_chars:
+            break
+        out.append(text)
+        total += len(text)
+    return out
+
+
 def build_tiny_model(texts: list[str], config: TinyModelConfig = TinyModelConfig()):
     """A small GPT-NeoX (Pythia architecture) and a BPE tokenizer trained on `texts`."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     if not texts:
         raise UserError("cannot build a tiny model from an empty corpus")
+    texts = _sample_texts(texts, TINY_TRAIN_CHARS)
     tokenizer = train_tokenizer(texts, config.vocab_size)
     torch.manual_seed(config.seed)
     hf_config = GPTNeoXConfig(

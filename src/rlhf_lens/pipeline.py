@@ -662,8 +662,9 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
     for s in state["saes"]["saes"]:
         metrics = read_json(Path(s["dir"]) / "metrics.json")
         sae_rows.append({**{k: s[k] for k in ("model", "layer", "dict_size", "seed")}, "arch": config.sae.arch,
-                         **{k: metrics.get(k) for k in ("l1", "mse", "fvu", "l0", "dead_fraction", "tokens_per_s",
-                                                         "warnings")}})
+                         "l0": metrics.get("mean_l0"),
+                         **{k: metrics.get(k) for k in ("l1", "target_l0", "mse", "fvu", "dead_fraction",
+                                                         "tokens_per_s", "warnings")}})
     mmcs_rows = []
     groups: dict[tuple, list[float]] = {}
     for w in mmcs_result["within"]:

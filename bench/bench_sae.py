@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""SAE training throughput (tokens/s) beside the matmul-bound limit for the same shapes, in one run.
+
+For each dictionary size m (default d=512, m=1024 and 2048, batch 4096: Pythia-70m's sizes):
+
+  bound        the five GEMMs of one dense SAE step (x W^T, f W, f^T g, g W^T, dpre^T x), timed back to
+               back into preallocated outputs; B / t(chain) is the matmul-bound tokens/s of a dense step.
+  dense        our training step (hand-written backward + fused Adam) forced onto its dense path.
+  trained      our step with its automatic path, from a trained state where the codes are sparse
+               (warm-up: --warmup-steps steps of batch --warmup-batch on the same data); the sparse path
+               can pass the dense bound since only x W^T stays a dense GEMM.
+  eager        a plain eager-PyTorch step (autograd + Adam) of the same tied SAE, for reference.
+  end-to-end   `train_saes` over --e2e-epochs epochs from initialisation (data shuffling, statistics,
+               checkpoints excluded), 1x and 2x dictionaries in one pass; tokens/s per SAE from metrics.json.
+
+With --anchors, also runs ../shared/anchors (SAELens's trainer and the roofline script) on the same
+activations, so the figures share one machine state (ANCHORS_VENV defaults to /tmp/saelens-venv if present).
+
+Data: --acts FILE (safetensors, key `activations`) or synthetic (d, 4d features, firing probability 0.005,
+65536 rows; like the anchors' data). Each figure is printed as `FIGURE name=value unit`.
+
+    .venv/bin/python bench/bench_sae.py                # full (~5 min on 2 cores)
+    .venv/bin/python bench/bench_sae.py --quick        # small settings, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from rlhf_lens.sae import SAEConfig, SparseAutoencoder, TensorSource, _Stepper, train_saes
+from rlhf_lens.synthetic import SyntheticConfig, write_synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+ANCHORS = ROOT.parent / "shared" / "anchors"
+
+
+def median_time(fn, reps: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def gemm_chain(batch: int, d: int, m: int, reps: int) -> float:
+    x, w = torch.randn(batch, d), torch.randn(m, d) / d**0.5
+    f, g, dpre = torch.relu(torch.randn(batch, m)), torch.randn(batch, d), torch.randn(batch, m)
+    o_bm, o_bd, o_md, o_bm2, o_md2 = (torch.empty(batch, m), torch.empty(batch, d), torch.empty(m, d),
+                                      torch.empty(batch, m), torch.empty(m, d))
+
+    def chain():
+        torch.mm(x, w.t(), out=o_bm)
+        torch.mm(f, w, out=o_bd)
+        torch.mm(f.t(), g, out=o_md)
+        torch.mm(g, w.t(), out=o_bm2)
+        torch.mm(dpre.t(), x, out=o_md2)
+
+    return median_time(chain, reps)
+
+
+def eager_step_time(x: torch.Tensor, m: int, reps: int) -> float:
+    d = x.shape[1]
+    w = torch.nn.Parameter(torch.randn(m, d) / d**0.5)
+    b_enc, b_dec = torch.nn.Parameter(torch.zeros(m)), torch.nn.Parameter(torch.zeros(d))
+    opt = torch.optim.Adam([w, b_enc, b_dec], lr=1e-3)
+
+    def step():
+        wn = w / w.norm(dim=1, keepdim=True)
+        f = torch.relu(x @ wn.t() + b_enc)
+        loss = (f @ wn + b_dec - x).pow(2).mean() + 1e-3 * f.sum(-1).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return median_time(step, reps)
+
+
+def our_step_time(stepper: _Stepper, batches: list[torch.Tensor], sparse: bool | None, reps: int) -> tuple[float, float]:
+    """Median time of a full step (grads + Adam); also the code density seen."""
+    it = iter(range(10**9))
+
+    def step():
+        x = batches[next(it) % len(batches)]
+        stepper.grads(x, sparse=sparse)
+        stepper.opt.step()
+
+    t = median_time(step, reps)
+    return t, stepper.density
+
+
+def run_anchor(script: str, args: list[str]) -> str | None:
+    path = ANCHORS / script
+    if not path.is_file():
+        return None
+    env = dict(os.environ)
+    if "ANCHORS_VENV" not in env and Path("/tmp/saelens-venv/bin/python").exists():
+        env["ANCHORS_VENV"] = "/tmp/saelens-venv"
+    result = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, env=env)
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("FIGURE", "INFO eager", "INFO after"))]
+    return "\n".join(lines) if result.returncode == 0 else f"(anchor failed: {result.stderr.strip().splitlines()[-1:]})"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--d", type=int, default=512)
+    p.add_argument("--dicts", default="1024,2048", help="comma-separated dictionary sizes")
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--acts", default=None, help="safetensors file with key 'activations' (default: synthetic)")
+    p.add_argument("--n", type=int, default=65536, help="synthetic rows")
+    p.add_argument("--reps", type=int, default=10, help="timed steps per figure (median)")
+    p.add_argument("--warmup-steps", type=int, default=400, help="training steps before the 'trained' figure")
+    p.add_argument("--warmup-batch", type=int, default=256)
+    p.add_argument("--e2e-epochs", type=int, default=1)
+    p.add_argument("--anchors", action="store_true", help="also run SAELens and the roofline anchor side by side")
+    p.add_argument("--quick", action="store_true", help="small settings: d=128, m=256,512, batch 1024, few reps")
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args()
+    if args.quick:
+        args.d, args.dicts, args.batch, args.n, args.reps, args.warmup_steps = 128, "256,512", 1024, 8192, 4, 100
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("RLHF_LENS_QUIET", "1")
+    dicts = [int(v) for v in args.dicts.split(",")]
+    print(f"INFO torch={torch.__version__} threads={torch.get_num_threads()} cpus={os.cpu_count()}")
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-sae-"))
+    if args.acts:
+        acts_path = Path(args.acts)
+        source = TensorSource(acts_path)
+    else:
+        cfg = SyntheticConfig(d=args.d, features=4 * args.d, sparsity=0.005, n=args.n, seed=0)
+        acts_path = write_synthetic(cfg, tmp / "acts.safetensors")
+        source = TensorSource(acts_path)
+    d, batch = source.d, args.batch
+    print(f"INFO data={acts_path} rows={source.n} d={d} batch={batch}")
+    batches = [x for x, _ in zip(source.batches(batch, 0, 0), range(4))]
+
+    for m in dicts:
+        t_chain = gemm_chain(batch, d, m, args.reps)
+        bound = batch / t_chain
+        print(f"INFO m={m} gemm chain {1e3 * t_chain:.1f} ms ({5 * 2 * batch * d * m / t_chain / 1e9:.1f} GFLOP/s)")
+        print(f"FIGURE sae_matmul_bound_m{m}_tokens_per_s={bound:.1f} tokens/s")
+
+        sae = SparseAutoencoder(SAEConfig(d_in=d, dict_size=m))
+        stepper = _Stepper(sae, 1e-3, 1e-3)
+        t_dense, _ = our_step_time(stepper, batches, False, args.reps)
+        print(f"FIGURE ours_dense_m{m}_tokens_per_s={batch / t_dense:.1f} tokens/s ({100 * t_chain / t_dense:.0f}% of bound)")
+
+        t_eager = eager_step_time(batches[0], m, args.reps)
+        print(f"FIGURE eager_torch_m{m}_tokens_per_s={batch / t_eager:.1f} tokens/s ({100 * t_chain / t_eager:.0f}% of bound)")
+
+        # a trained state: sparse codes (the paper's l1 on these data)
+        warm = SparseAutoencoder(SAEConfig(d_in=d, dict_size=m))
+        warm_stepper = _Stepper(warm, 1e-3, 1e-3)
+        done = 0
+        while done < args.warmup_steps:
+            for x in source.batches(args.warmup_batch, 1, done):
+                warm_stepper.step(x)
+                done += 1
+                if done >= args.warmup_steps:
+                    break
+        warm_stepper.grads(batches[0], sparse=False)  # measure the density at the full batch
+        t_auto, density = our_step_time(warm_stepper, batches, None, args.reps)
+        print(f"INFO m={m} trained state after {done} steps: code density {density:.3f} (L0 {density * m:.1f})")
+        print(f"FIGURE ours_trained_m{m}_tokens_per_s={batch / t_auto:.1f} tokens/s ({100 * t_chain / t_auto:.0f}% of bound)")
+
+    # end to end: 1x and 2x trained in one pass over the data, from initialisation
+    configs = [SAEConfig(d_in=d, dict_size=m, epochs=args.e2e_epochs, batch_size=batch) for m in dicts]
+    saes = train_saes(source, configs, None, quiet=True)
+    for m, sae in zip(dicts, saes):
+        metrics = sae.metrics
+        print(f"INFO e2e m={m}: L0 {metrics['mean_l0']:.1f} fvu {metrics['fvu']:.3f} after {metrics['tokens_seen']} tokens")
+        print(f"FIGURE ours_e2e_m{m}_tokens_per_s={metrics['tokens_per_s']:.1f} tokens/s")
+
+    if args.anchors:
+        for m in dicts:
+            steps = "100" if m <= 1024 else "50"
+            out = run_anchor("saelens_sae_throughput.py", ["--acts", str(acts_path), "--dict", str(m),
+                                                            "--batch", str(batch), "--steps", steps])
+            print(f"ANCHOR saelens m={m}:\n{out}" if out else "ANCHOR saelens: anchors not found")
+            out = run_anchor("torch_sae_roofline.py", ["--d", str(d), "--dict", str(m), "--batch", str(batch)])
+            print(f"ANCHOR roofline m={m}:\n{out}" if out else "ANCHOR roofline: anchors not found")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Compare dictionaries (unit-norm feature rows [m, d]) by max cosine similarity and MMCS.
+
+MMCS(D, D') = mean over rows d of D of max over rows d' of D' of cos(d, d')  (Sharkey et al. 2022).
+It is not symmetric: D is the dictionary whose features are scored (paper: the small one; across models:
+the tuned one), and every index reported is an index of D, with its best match in D'.
+
+Every function takes tensors [m, d] (rows are normalised here), SparseAutoencoder objects or SAE folders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .sae import SparseAutoencoder, load_dictionary
+
+Dictionary = torch.Tensor | SparseAutoencoder | str | Path
+
+NEW_FEATURE_THRESHOLD = 0.7
+"""A feature of D whose best cosine in D' is below this has "no close counterpart" (new_features)."""
+
+
+def _pair(a: Dictionary, b: Dictionary) -> tuple[torch.Tensor, torch.Tensor]:
+    da, db = load_dictionary(a), load_dictionary(b)
+    if da.shape[1] != db.shape[1]:
+        raise UserError(f"dictionaries have different widths (d = {da.shape[1]} vs {db.shape[1]}): "
+                        "compare SAEs trained on activations of the same width (same block of same-size models)")
+    return da, db
+
+
+def max_cosine(a: Dictionary, b: Dictionary, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every feature i of `a`: (the largest cosine with any feature of `b`, the index j of that feature)."""
+    da, db = _pair(a, b)
+    values, match = [], []
+    for start in range(0, da.shape[0], chunk):  # bounded memory for large dictionaries
+        sims = da[start:start + chunk] @ db.t()
+        v, j = sims.max(dim=1)
+        values.append(v)
+        match.append(j)
+    return torch.cat(values), torch.cat(match)
+
+
+def mmcs(a: Dictionary, b: Dictionary) -> float:
+    """Mean max cosine similarity of `a`'s features against `b`."""
+    return float(max_cosine(a, b)[0].mean())
+
+
+def top_features(a: Dictionary, b: Dictionary, k: int = 10) -> list[dict]:
+    """The k features of `a` with the highest max cosine against `b` (ties: lower index first):
+    [{"feature": i (index in a), "max_cosine": c, "match": j (index in b)}, ...]."""
+    if k < 1:
+        raise UserError(f"--top-k must be >= 1 (got {k})")
+    values, match = max_cosine(a, b)
+    order = torch.sort(values, descending=True, stable=True).indices[:k]
+    return [{"feature": int(i), "max_cosine": float(values[i]), "match": int(match[i])} for i in order]
+
+
+def hungarian_matching(a: Dictionary, b: Dictionary) -> list[dict]:
+    """One-to-one matching of features of `a` to features of `b` maximising the total cosine
+    (min(m, m') pairs): [{"feature": i, "match": j, "cosine": c}, ...] ordered by i."""
+    from scipy.optimize import linear_sum_assignment
+
+    da, db = _pair(a, b)
+    sims = (da @ db.t()).double().numpy()
+    rows, cols = linear_sum_assignment(sims, maximize=True)
+    return [{"feature": int(i), "match": int(j), "cosine": float(sims[i, j])} for i, j in zip(rows, cols)]
+
+
+def new_features(tuned: Dictionary, base: Dictionary, threshold: float = NEW_FEATURE_THRESHOLD) -> list[dict]:
+    """Features of `tuned` with no close counterpart in `base` (max cosine < threshold), least similar first:
+    [{"feature": i, "max_cosine": c, "match": j}, ...]. Same block of base and tuned model."""
+    values, match = max_cosine(tuned, base)
+    order = torch.sort(values, stable=True).indices
+    return [{"feature": int(i), "max_cosine": float(values[i]), "match": int(match[i])}
+            for i in order if float(values[i]) < threshold]
+
+
+def compare(a: Dictionary, b: Dictionary, top_k: int = 10, hungarian: bool = False,
+            new_below: float | None = None) -> dict:
+    """The `rlhf-lens mmcs` JSON: {"mmcs", "top_features", ["hungarian"], ["new_features"]}."""
+    da, db = _pair(a, b)
+    out: dict = {"mmcs": mmcs(da, db), "size_a": da.shape[0], "size_b": db.shape[0], "d": da.shape[1],
+                 "top_features": top_features(da, db, top_k)}
+    if hungarian:
+        pairs = hungarian_matching(da, db)
+        out["hungarian"] = {"mean_cosine": sum(p["cosine"] for p in pairs) / max(len(pairs), 1), "pairs": pairs}
+    if new_below is not None:
+        out["new_threshold"] = new_below
+        out["new_features"] = new_features(da, db, new_below)
+    return out

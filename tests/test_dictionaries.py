@@ -1,0 +1,106 @@
+"""Dictionary comparison: max cosine, MMCS, top features, Hungarian matching, new features, the mmcs command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import assert_user_error, run_cli
+from rlhf_lens.dictionaries import compare, hungarian_matching, max_cosine, mmcs, new_features, top_features
+from rlhf_lens.errors import UserError
+
+
+def _direct_max_cos(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    an = a / np.linalg.norm(a, axis=1, keepdims=True)
+    bn = b / np.linalg.norm(b, axis=1, keepdims=True)
+    sims = an @ bn.T
+    return sims.max(1), sims.argmax(1)
+
+
+def _sae_dir(path, w_dec: torch.Tensor):
+    """A folder in SAELens's layout holding this decoder."""
+    path.mkdir(parents=True)
+    m, d = w_dec.shape
+    save_file({"W_enc": w_dec.t().contiguous(), "b_enc": torch.zeros(m), "W_dec": w_dec.contiguous(),
+               "b_dec": torch.zeros(d)}, str(path / "sae_weights.safetensors"))
+    (path / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": d, "d_sae": m}))
+    return path
+
+
+def test_max_cosine_and_mmcs_equal_numpy():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(20, 8)) * 3, rng.normal(size=(35, 8))
+    values, match = max_cosine(torch.tensor(a), torch.tensor(b), chunk=7)  # chunking must not matter
+    want_v, want_j = _direct_max_cos(a, b)
+    np.testing.assert_allclose(values.numpy(), want_v, rtol=1e-5)
+    np.testing.assert_array_equal(match.numpy(), want_j)
+    assert mmcs(torch.tensor(a), torch.tensor(b)) == pytest.approx(want_v.mean(), rel=1e-5)
+
+
+def test_top_features_are_indices_of_the_first_dictionary():
+    rng = np.random.default_rng(1)
+    b = rng.normal(size=(40, 6))
+    a = rng.normal(size=(10, 6))
+    a[3] = b[17] * 2.0  # an exact copy of a feature of b, scaled
+    a[7] = b[5] + 0.01 * rng.normal(size=6)
+    top = top_features(torch.tensor(a), torch.tensor(b), k=3)
+    assert [t["feature"] for t in top[:2]] == [3, 7] and [t["match"] for t in top[:2]] == [17, 5]
+    assert top[0]["max_cosine"] == pytest.approx(1.0, abs=1e-6)
+    want_v, _ = _direct_max_cos(a, b)
+    assert [t["feature"] for t in top] == list(np.argsort(-want_v, kind="stable")[:3])
+
+
+def test_hungarian_matching_is_one_to_one_and_optimal():
+    from itertools import permutations
+
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(4, 5)), rng.normal(size=(4, 5))
+    pairs = hungarian_matching(torch.tensor(a), torch.tensor(b))
+    assert sorted(p["match"] for p in pairs) == [0, 1, 2, 3]
+    an = a / np.linalg.norm(a, axis=1, keepdims=True)
+    bn = b / np.linalg.norm(b, axis=1, keepdims=True)
+    sims = an @ bn.T
+    best = max(sum(sims[i, p[i]] for i in range(4)) for p in permutations(range(4)))
+    assert sum(p["cosine"] for p in pairs) == pytest.approx(best, rel=1e-6)
+
+
+def test_new_features_lists_tuned_features_without_base_counterpart():
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(30, 16))
+    tuned = base[:10] + 0.05 * rng.normal(size=(10, 16))
+    tuned = np.vstack([tuned, rng.normal(size=(2, 16))])  # two features RLHF "added"
+    new = new_features(torch.tensor(tuned), torch.tensor(base), threshold=0.7)
+    want_v, _ = _direct_max_cos(tuned, base)
+    assert sorted(r["feature"] for r in new) == sorted(np.nonzero(want_v < 0.7)[0].tolist())
+    assert {10, 11} <= {r["feature"] for r in new}
+    assert [r["max_cosine"] for r in new] == sorted(r["max_cosine"] for r in new)
+
+
+def test_different_widths_raise():
+    with pytest.raises(UserError, match="different widths"):
+        mmcs(torch.randn(5, 8), torch.randn(5, 9))
+
+
+def test_mmcs_cli_json_and_errors(tmp_path):
+    rng = np.random.default_rng(4)
+    small = torch.tensor(rng.normal(size=(12, 8)), dtype=torch.float32)
+    large = torch.tensor(rng.normal(size=(24, 8)), dtype=torch.float32)
+    a, b = _sae_dir(tmp_path / "a", small), _sae_dir(tmp_path / "b", large)
+    result = run_cli("mmcs", a, b, "--top-k", "4", "--json", "--hungarian", "--new-below", "0.5", check=True)
+    data = json.loads(result.stdout)
+    want_v, want_j = _direct_max_cos(small.double().numpy(), large.double().numpy())
+    assert data["mmcs"] == pytest.approx(want_v.mean(), rel=1e-5)
+    order = np.argsort(-want_v, kind="stable")[:4]
+    assert [r["feature"] for r in data["top_features"]] == order.tolist()
+    assert [r["match"] for r in data["top_features"]] == want_j[order].tolist()
+    assert len(data["hungarian"]["pairs"]) == 12
+    assert data["new_features"] == compare(a, b, new_below=0.5)["new_features"]
+    text = run_cli("mmcs", a, b, check=True)
+    assert "MMCS" in text.stdout
+    wide = _sae_dir(tmp_path / "wide", torch.randn(12, 10))
+    assert_user_error(run_cli("mmcs", a, wide), "different widths")
+    assert_user_error(run_cli("mmcs", a, tmp_path / "nothing"), "not an SAE folder")
