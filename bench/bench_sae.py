@@ -42,19 +42,13 @@ ROOT = Path(__file__).resolve().parents[1]
 ANCHORS = ROOT.parent / "shared" / "anchors"
 
 
-def median_time(fn, reps: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
+def median(values: list[float]) -> float:
+    values = sorted(values)
+    return values[len(values) // 2]
 
 
-def gemm_chain(batch: int, d: int, m: int, reps: int) -> float:
+def gemm_chain_fn(batch: int, d: int, m: int):
+    """The five GEMMs of one dense step, into preallocated outputs (same transposed views as a real step)."""
     x, w = torch.randn(batch, d), torch.randn(m, d) / d**0.5
     f, g, dpre = torch.relu(torch.randn(batch, m)), torch.randn(batch, d), torch.randn(batch, m)
     o_bm, o_bd, o_md, o_bm2, o_md2 = (torch.empty(batch, m), torch.empty(batch, d), torch.empty(m, d),
@@ -67,10 +61,11 @@ def gemm_chain(batch: int, d: int, m: int, reps: int) -> float:
         torch.mm(g, w.t(), out=o_bm2)
         torch.mm(dpre.t(), x, out=o_md2)
 
-    return median_time(chain, reps)
+    return chain
 
 
-def eager_step_time(x: torch.Tensor, m: int, reps: int) -> float:
+def eager_step_fn(x: torch.Tensor, m: int):
+    """A plain eager-PyTorch step of the same tied SAE (autograd + Adam)."""
     d = x.shape[1]
     w = torch.nn.Parameter(torch.randn(m, d) / d**0.5)
     b_enc, b_dec = torch.nn.Parameter(torch.zeros(m)), torch.nn.Parameter(torch.zeros(d))
@@ -84,20 +79,32 @@ def eager_step_time(x: torch.Tensor, m: int, reps: int) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return median_time(step, reps)
+    return step
 
 
-def our_step_time(stepper: _Stepper, batches: list[torch.Tensor], sparse: bool | None, reps: int) -> tuple[float, float]:
-    """Median time of a full step (grads + Adam); also the code density seen."""
-    it = iter(range(10**9))
+def our_step_fn(stepper: _Stepper, batches: list[torch.Tensor], sparse: bool | None):
+    """One full step of ours (gradients + Adam) on the next batch; sparse=None: the automatic path."""
+    counter = iter(range(10**9))
 
     def step():
-        x = batches[next(it) % len(batches)]
-        stepper.grads(x, sparse=sparse)
+        stepper.grads(batches[next(counter) % len(batches)], sparse=sparse)
         stepper.opt.step()
 
-    t = median_time(step, reps)
-    return t, stepper.density
+    return step
+
+
+def interleaved(fns: dict, reps: int, warmup: int = 2) -> dict[str, float]:
+    """Median time of each function, timed in turn within every rep, so all see the same machine state."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: median(ts) for name, ts in times.items()}
 
 
 def run_anchor(script: str, args: list[str]) -> str | None:
@@ -148,20 +155,7 @@ def main() -> int:
     batches = [x for x, _ in zip(source.batches(batch, 0, 0), range(4))]
 
     for m in dicts:
-        t_chain = gemm_chain(batch, d, m, args.reps)
-        bound = batch / t_chain
-        print(f"INFO m={m} gemm chain {1e3 * t_chain:.1f} ms ({5 * 2 * batch * d * m / t_chain / 1e9:.1f} GFLOP/s)")
-        print(f"FIGURE sae_matmul_bound_m{m}_tokens_per_s={bound:.1f} tokens/s")
-
-        sae = SparseAutoencoder(SAEConfig(d_in=d, dict_size=m))
-        stepper = _Stepper(sae, 1e-3, 1e-3)
-        t_dense, _ = our_step_time(stepper, batches, False, args.reps)
-        print(f"FIGURE ours_dense_m{m}_tokens_per_s={batch / t_dense:.1f} tokens/s ({100 * t_chain / t_dense:.0f}% of bound)")
-
-        t_eager = eager_step_time(batches[0], m, args.reps)
-        print(f"FIGURE eager_torch_m{m}_tokens_per_s={batch / t_eager:.1f} tokens/s ({100 * t_chain / t_eager:.0f}% of bound)")
-
-        # a trained state: sparse codes (the paper's l1 on these data)
+        # a trained state: sparse codes (the paper's l1 on these data), reached with small batches
         warm = SparseAutoencoder(SAEConfig(d_in=d, dict_size=m))
         warm_stepper = _Stepper(warm, 1e-3, 1e-3)
         done = 0
@@ -171,10 +165,20 @@ def main() -> int:
                 done += 1
                 if done >= args.warmup_steps:
                     break
-        warm_stepper.grads(batches[0], sparse=False)  # measure the density at the full batch
-        t_auto, density = our_step_time(warm_stepper, batches, None, args.reps)
-        print(f"INFO m={m} trained state after {done} steps: code density {density:.3f} (L0 {density * m:.1f})")
-        print(f"FIGURE ours_trained_m{m}_tokens_per_s={batch / t_auto:.1f} tokens/s ({100 * t_chain / t_auto:.0f}% of bound)")
+        warm_stepper.grads(batches[0], sparse=False)  # the density at the full batch decides the path
+        density = warm_stepper.density
+        fresh = _Stepper(SparseAutoencoder(SAEConfig(d_in=d, dict_size=m)), 1e-3, 1e-3)
+        t = interleaved({"bound": gemm_chain_fn(batch, d, m), "dense": our_step_fn(fresh, batches, False),
+                         "trained": our_step_fn(warm_stepper, batches, None),
+                         "eager": eager_step_fn(batches[0], m)}, args.reps)
+        bound = batch / t["bound"]
+        print(f"INFO m={m} gemm chain {1e3 * t['bound']:.1f} ms ({5 * 2 * batch * d * m / t['bound'] / 1e9:.1f} GFLOP/s); "
+              f"trained state after {done} steps of {args.warmup_batch}: code density {density:.3f} (L0 {density * m:.1f})")
+        print(f"FIGURE sae_matmul_bound_m{m}_tokens_per_s={bound:.1f} tokens/s")
+        for name in ("dense", "trained", "eager"):
+            label = {"dense": "ours_dense", "trained": "ours_trained", "eager": "eager_torch"}[name]
+            print(f"FIGURE {label}_m{m}_tokens_per_s={batch / t[name]:.1f} tokens/s "
+                  f"({100 * t['bound'] / t[name]:.0f}% of bound)")
 
     # end to end: 1x and 2x trained in one pass over the data, from initialisation
     configs = [SAEConfig(d_in=d, dict_size=m, epochs=args.e2e_epochs, batch_size=batch) for m in dicts]

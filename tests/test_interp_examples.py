@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import types
 from collections import Counter
 
 import pytest
 import torch
-from torch import nn
 
 from rlhf_lens.errors import UserError
 from rlhf_lens.interp import ExampleConfig, collect_examples, normalise
 from rlhf_lens.interp.text import unit_counts
 from rlhf_lens.io import save_safetensors, write_json
+from rlhf_lens.sae import SAEConfig, SparseAutoencoder
 from rlhf_lens.store import FORMAT, VERSION, ActivationStore
 
-# Feature activations by hand: doc -> per-token rows of 3 features (an identity SAE reads them as is).
+# Feature activations by hand: doc -> per-token rows of 3 features (an identity SAE reads their ReLU).
 # Feature 0's document maxima over the first 3 tokens: d0 2, d1 5, d2 5, d3 0.5, d4 9, d5 0, d6 3, d7 1
 # (d7 has 100 at position 3, beyond max_tokens=3: it must not count).
 DOCS = {
@@ -32,16 +31,12 @@ SHARDS = [(0, 4), (4, 8)]
 D = 3
 
 
-class IdentitySAE(nn.Module):
-    """The codes are the ReLU of the activations: feature i is activation column i."""
-
-    def __init__(self, d: int, scale: float = 1.0):
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(scale), requires_grad=False)
-        self.cfg = types.SimpleNamespace(d_in=d, dict_size=d)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x * self.scale)
+def identity_sae(d: int, order: list[int] | None = None) -> SparseAutoencoder:
+    """The paper's tied SAE with dictionary rows = unit vectors: feature j is ReLU(activation column order[j])."""
+    sae = SparseAutoencoder(SAEConfig(d_in=d, dict_size=d))
+    with torch.no_grad():
+        sae.decoder.copy_(torch.eye(d)[order or list(range(d))])
+    return sae.eval()
 
 
 def write_store(folder, token_ids: dict[int, list[int]]) -> ActivationStore:
@@ -84,7 +79,7 @@ CONFIG = ExampleConfig(n_top=2, n_holdout=2, n_random=2, max_tokens=3, seed=0)
 
 def test_top_and_holdout_documents_by_max_activation_in_the_first_tokens(hand_store, tokenizer):
     store, ids = hand_store
-    examples = collect_examples(store, 2, {"id": IdentitySAE(D)}, {"id": [0, 1]}, tokenizer, CONFIG)
+    examples = collect_examples(store, 2, {"id": identity_sae(D)}, {"id": [0, 1]}, tokenizer, CONFIG)
     f0 = examples.features[("id", 0)]
     # doc 4 (9) first; docs 1 and 2 tie at 5 (lower index first); doc 6 (3); doc 7's 100 is past max_tokens
     assert [r.doc for r in f0.top] == [4, 1]
@@ -103,8 +98,8 @@ def test_top_and_holdout_documents_by_max_activation_in_the_first_tokens(hand_st
 def test_random_documents_are_seeded_and_skip_the_top_ones(hand_store, tokenizer):
     store, _ = hand_store
     features = {"id": [0, 1, 2]}
-    first = collect_examples(store, 2, {"id": IdentitySAE(D)}, features, tokenizer, CONFIG)
-    again = collect_examples(store, 2, {"id": IdentitySAE(D)}, features, tokenizer, CONFIG)
+    first = collect_examples(store, 2, {"id": identity_sae(D)}, features, tokenizer, CONFIG)
+    again = collect_examples(store, 2, {"id": identity_sae(D)}, features, tokenizer, CONFIG)
     for key, item in first.features.items():
         chosen = {r.doc for r in item.top + item.holdout}
         docs = [r.doc for r in item.random]
@@ -114,7 +109,7 @@ def test_random_documents_are_seeded_and_skip_the_top_ones(hand_store, tokenizer
             expected = [max(0.0, float(row[key[1]])) for row in DOCS[r.doc][:3]]
             assert r.values == expected and r.kind == "random"
         assert item.scoring() == item.holdout + item.random
-    other = collect_examples(store, 2, {"id": IdentitySAE(D)}, features, tokenizer,
+    other = collect_examples(store, 2, {"id": identity_sae(D)}, features, tokenizer,
                              ExampleConfig(n_top=1, n_holdout=0, n_random=6, max_tokens=3, seed=1))
     assert len(other.features[("id", 0)].random) == 6
 
@@ -124,11 +119,13 @@ def test_one_pass_serves_every_feature_of_every_sae(hand_store, tokenizer, monke
     reads = []
     original = store.read_shard
     monkeypatch.setattr(store, "read_shard", lambda k, layer: reads.append(k) or original(k, layer))
-    examples = collect_examples(store, 2, {"a": IdentitySAE(D), "b": IdentitySAE(D, scale=2.0)},
+    examples = collect_examples(store, 2, {"a": identity_sae(D), "b": identity_sae(D, [2, 0, 1])},
                                 {"a": [0, 1, 2], "b": [0, 2]}, tokenizer, CONFIG)
     assert reads == [0, 1]
     assert sorted(examples.features) == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 2)]
-    assert examples.features[("b", 0)].top[0].values == [0.0, 18.0, 6.0]
+    # SAE b's feature 2 is SAE a's feature 1 (activation column 1)
+    b2, a1 = examples.features[("b", 2)], examples.features[("a", 1)]
+    assert [(r.doc, r.values) for r in b2.top + b2.holdout] == [(r.doc, r.values) for r in a1.top + a1.holdout]
     # corpus statistics: units of each document's first max_tokens tokens, counted in the same pass
     expected = Counter()
     for doc in DOCS:
@@ -139,10 +136,10 @@ def test_one_pass_serves_every_feature_of_every_sae(hand_store, tokenizer, monke
 def test_bad_input(hand_store, tokenizer):
     store, _ = hand_store
     with pytest.raises(UserError, match="width 4 but layer 2 has width 3"):
-        collect_examples(store, 2, {"s": IdentitySAE(4)}, {"s": [0]}, tokenizer, CONFIG)
+        collect_examples(store, 2, {"s": identity_sae(4)}, {"s": [0]}, tokenizer, CONFIG)
     with pytest.raises(UserError, match="feature index 3 out of range: SAE s has features 0..2"):
-        collect_examples(store, 2, {"s": IdentitySAE(D)}, {"s": [0, 3]}, tokenizer, CONFIG)
+        collect_examples(store, 2, {"s": identity_sae(D)}, {"s": [0, 3]}, tokenizer, CONFIG)
     with pytest.raises(UserError, match="layer 1 is not in the store"):
-        collect_examples(store, 1, {"s": IdentitySAE(D)}, {"s": [0]}, tokenizer, CONFIG)
+        collect_examples(store, 1, {"s": identity_sae(D)}, {"s": [0]}, tokenizer, CONFIG)
     with pytest.raises(UserError, match="no features to explain"):
-        collect_examples(store, 2, {"s": IdentitySAE(D)}, {"s": []}, tokenizer, CONFIG)
+        collect_examples(store, 2, {"s": identity_sae(D)}, {"s": []}, tokenizer, CONFIG)

@@ -102,6 +102,8 @@ def test_explain_and_simulate_through_the_api(server):
     first = server.requests[0]
     assert first["path"] == "/v1/chat/completions" and first["auth"] == "Bearer sk-test"
     assert first["body"]["model"] == "test-model" and first["body"]["temperature"] == 0.0
+    assert first["body"]["max_tokens"] == 100  # an explanation is one sentence
+    assert server.requests[1]["body"]["max_tokens"] == 40 + 2 * 4 + len(" good") // 2
     assert first["body"]["messages"][0]["role"] == "system"
 
 
@@ -181,3 +183,12 @@ def test_openai_without_a_key_for_the_real_api_is_a_user_error(monkeypatch):
         get_explainer("openai", LLMConfig())
     with pytest.raises(UserError, match="--base-url must start with http"):
         get_explainer("openai", LLMConfig(base_url="localhost:8000"))
+
+
+def test_a_failing_server_fails_once_not_once_per_request(server):
+    server.script = [(503, "down", 0.0)] * 100
+    explainer = make(server, retries=2, concurrency=2)
+    jobs = [(f"explanation {i}", [["a", " good"]]) for i in range(10)]
+    with pytest.raises(UserError, match="could not get an answer"):
+        explainer.simulate_many(jobs)
+    assert len(server.requests) < 15  # 10 requests x 3 tries = 30 without cancelling the pending ones

@@ -508,7 +508,12 @@ def run(
     if show_config:
         typer.echo(config_toml(resolved))
         return
-    report = run_pipeline(resolved, out)
+    try:
+        report = run_pipeline(resolved, out)
+    except KeyboardInterrupt:
+        # Typer turns KeyboardInterrupt into a silent exit; say how to go on.
+        typer.echo(f"interrupted: rerun the same command to resume the run in {out}", err=True)
+        raise typer.Exit(130) from None
     typer.echo(f"report: {report}")
 
 

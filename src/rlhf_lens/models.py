@@ -79,6 +79,10 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32", tokenizer
     """Load a causal LM (and its tokenizer). Returns `(model, tokenizer)`; model in eval mode."""
     from transformers import AutoModelForCausalLM
 
+    if os.environ.get("RLHF_LENS_QUIET") == "1":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     kwargs: dict = {"dtype": torch_dtype(dtype)}
     source: str | Path = spec
     if spec == SMOLLM2:

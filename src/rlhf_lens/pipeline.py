@@ -59,11 +59,9 @@ class ModelSection:
 @dataclass
 class DataSection:
     corpus: str = "pang-lee"
-    """Corpus name (imdb, pang-lee, ...) or file: prompts come from its train split, activations from its test split."""
+    """Corpus name (imdb, pang-lee, ...) or file: PPO prompts come from its train split (and are evaluated on test)."""
     text_column: str = "text"
     """Text column of a file corpus."""
-    train_split: str = "train"
-    """Split the PPO prompts are drawn from."""
     test_split: str = "test"
     """Split activations are harvested from (paper: IMDB test)."""
 
@@ -295,15 +293,26 @@ class Ledger:
     def __init__(self, run_dir: Path):
         self.dir = run_dir / "stages"
 
-    def done(self, stage: str, key: str) -> dict | None:
+    def record(self, stage: str) -> dict | None:
         path = self.dir / f"{stage}.json"
-        if not path.is_file():
-            return None
-        record = read_json(path)
-        return record["outputs"] if record.get("key") == key else None
+        return read_json(path) if path.is_file() else None
+
+    def done(self, stage: str, key: str) -> dict | None:
+        record = self.record(stage)
+        if record and record.get("key") == key and record.get("status") == "finished":
+            return record["outputs"]
+        return None
+
+    def start(self, stage: str, key: str) -> bool:
+        """Mark `stage` running under `key`; True if this resumes an unfinished run of the same key."""
+        record = self.record(stage)
+        resuming = bool(record) and record.get("key") == key
+        write_json(self.dir / f"{stage}.json", {"stage": stage, "key": key, "status": "running"})
+        return resuming
 
     def finish(self, stage: str, key: str, outputs: dict, seconds: float) -> None:
-        write_json(self.dir / f"{stage}.json", {"stage": stage, "key": key, "seconds": round(seconds, 2),
+        write_json(self.dir / f"{stage}.json", {"stage": stage, "key": key, "status": "finished",
+                                                 "seconds": round(seconds, 2),
                                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "outputs": outputs})
 
 
@@ -373,12 +382,35 @@ def run(config: RunConfig, run_dir: str | os.PathLike) -> Path:
         if outputs is not None:
             console.print(f"[dim]{stage}: done earlier, skipped[/dim]")
         else:
+            if not ledger.start(stage, key):
+                # New settings (or a first run): outputs left by other settings would be refused
+                # or, worse, reused by the stage's own resume logic.
+                _remove_outputs(run_dir, stage)
             console.print(f"[bold]{stage}[/bold]")
             start = time.perf_counter()
             outputs = fn(config, run_dir, state)
             ledger.finish(stage, key, outputs, time.perf_counter() - start)
         state[stage] = outputs
     return run_dir / "report.html"
+
+
+# What each stage writes, relative to the run folder.
+STAGE_OUTPUTS = {
+    "base": ["models/base"], "rlhf": ["rlhf"], "divergence": ["divergence.json", "divergence.png"],
+    "control": ["models/control"], "harvest": ["acts"], "saes": ["saes"], "mmcs": ["mmcs.json"],
+    "features": ["features"], "scores": ["utility.json"], "report": ["results.json", "report.html", "summary.md"],
+}
+
+
+def _remove_outputs(run_dir: Path, stage: str) -> None:
+    import shutil
+
+    for rel in STAGE_OUTPUTS[stage]:
+        path = run_dir / rel
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _stage_config(config: RunConfig, stage: str) -> dict:
@@ -390,7 +422,7 @@ def _stage_config(config: RunConfig, stage: str) -> dict:
         "control": [c["controls"]],
         "harvest": [c["harvest"], c["data"]["test_split"]],
         "saes": [c["sae"]],
-        "mmcs": [c["interp"]["new_feature_threshold"]],
+        "mmcs": [c["interp"]["new_feature_threshold"], c["interp"]["top_k"]],
         "features": [c["interp"]],
         "scores": [c["reward"]["table"], c["reward"]["aggregate"]],
         "report": [],
@@ -408,7 +440,7 @@ def _stage_base(config: RunConfig, run_dir: Path, state: dict) -> dict:
     from .data import load_corpus
     from .models import build_tiny_model, save_model
 
-    texts = load_corpus(config.data.corpus, text_column=config.data.text_column).texts(config.data.train_split)
+    texts = load_corpus(config.data.corpus, text_column=config.data.text_column).texts("train")
     model, tokenizer = build_tiny_model(texts, config.tiny)
     return {"spec": str(save_model(model, tokenizer, run_dir / "models" / "base"))}
 
@@ -479,6 +511,10 @@ def _sae_dir(run_dir: Path, model: str, layer: int, size: int, seed: int) -> Pat
     return run_dir / "saes" / model / f"layer{layer}" / f"m{size}-s{seed}"
 
 
+def _init_seed(seed: int, model: str, layer: int, size: int) -> int:
+    return int(_key("sae-init", seed, model, layer, size)[:8], 16)
+
+
 def _stage_saes(config: RunConfig, run_dir: Path, state: dict) -> dict:
     from .sae import SAEConfig, train_saes
     from .store import ActivationStore
@@ -492,10 +528,14 @@ def _stage_saes(config: RunConfig, run_dir: Path, state: dict) -> dict:
             for ratio in config.sae.dict_ratios:
                 for seed in config.sae.seeds:
                     size = ratio * store.d
+                    # Every dictionary starts from its own random init: with one init seed for all,
+                    # the 2x dictionary's first rows (and base vs tuned) would start identical and
+                    # MMCS would partly measure the shared start. Batches follow `seed` alone.
                     configs.append(SAEConfig(
                         d_in=store.d, dict_size=size, arch=config.sae.arch, k=config.sae.k or None,
                         l1=config.sae.l1, target_l0=config.sae.target_l0 or None, lr=config.sae.lr,
-                        epochs=config.sae.epochs, batch_size=config.sae.batch_size, seed=seed,
+                        epochs=config.sae.epochs, batch_size=config.sae.batch_size,
+                        seed=_init_seed(seed, name, layer, size), data_seed=seed,
                     ))
                     dirs.append(_sae_dir(run_dir, name, layer, size, seed))
                     saes.append({"model": name, "layer": layer, "dict_size": size, "ratio": ratio, "seed": seed,

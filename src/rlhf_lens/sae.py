@@ -75,7 +75,7 @@ class SAEConfig:
     epochs: int = 3
     """Passes over the activations."""
     batch_size: int = 256
-    """Tokens per optimiser step."""
+    """Tokens per optimiser step (the paper does not give one)."""
     seed: int = 0
     """Seed of the initial dictionary."""
     data_seed: int = 0

@@ -90,6 +90,9 @@ class CorpusStats:
         return (self.counts.get(key, 0) + 1) / (self.total + 1)
 
 
+_CORPUS_STATS: dict[tuple, CorpusStats] = {}
+
+
 @dataclass
 class ExampleSet:
     layer: int
@@ -149,11 +152,18 @@ def collect_examples(store, layer: int, saes: dict, features: dict[str, list[int
     random_pool = {int(d) for d in order}
     decoder = TokenDecoder(tokenizer)
     counts: Counter = Counter()
+    # corpus statistics do not depend on the layer: count them once per store (the pipeline asks per layer)
+    stats_key = (str(store.path.resolve()), store.n_tokens, config.max_tokens,
+                 getattr(tokenizer, "name_or_path", ""), len(tokenizer))
+    cached_stats = _CORPUS_STATS.get(stats_key) if corpus_stats else None
+    count_units = corpus_stats and cached_stats is None
 
     # name -> per feature: list of (max, doc, token_ids, values), sorted by (-max, doc)
     best: dict[str, list[list[tuple[float, int, list[int], list[float]]]]] = {
         name: [[] for _ in feats] for name, feats in features.items()}
     random_rows: dict[str, dict[int, tuple[list[int], torch.Tensor]]] = {name: {} for name in features}
+    # per feature, the activation a document must reach to enter a full running list
+    floor_values = {name: np.full(len(feats), -np.inf) for name, feats in features.items()}
     n_shards = len(store.manifest["shards"])
     with torch.inference_mode(), progress_bar() as bar:
         task = bar.add_task(f"examples layer {layer}", total=n_shards)
@@ -166,7 +176,7 @@ def collect_examples(store, layer: int, saes: dict, features: dict[str, list[int
             # rows are ordered by (doc, pos): each document is one contiguous run
             doc_ids, inverse, lengths = torch.unique_consecutive(docs, return_inverse=True, return_counts=True)
             starts = torch.cumsum(lengths, 0) - lengths
-            if corpus_stats:
+            if count_units:
                 for s, n in zip(starts.tolist(), lengths.tolist()):
                     counts.update(unit_counts("".join(decoder.pieces(ids[s:s + n].tolist()))))
             here_random = [(i, int(d)) for i, d in enumerate(doc_ids.tolist()) if int(d) in random_pool]
@@ -178,7 +188,10 @@ def collect_examples(store, layer: int, saes: dict, features: dict[str, list[int
                 doc_max = doc_max.scatter_reduce(0, inverse[:, None].expand_as(codes), codes, "amax")
                 doc_max_np = doc_max.numpy()
                 doc_ids_np = doc_ids.numpy()
-                for j, running in enumerate(best[name]):
+                # only features whose best document here can enter their running list need a look
+                floors = floor_values[name]
+                for j in np.nonzero(doc_max_np.max(axis=0) >= floors)[0].tolist():
+                    running = best[name][j]
                     # this shard's best documents for feature j, ties broken by document index
                     ranked = np.lexsort((doc_ids_np, -doc_max_np[:, j]))[:keep]
                     floor = running[-1][:2] if len(running) >= keep else None
@@ -193,6 +206,8 @@ def collect_examples(store, layer: int, saes: dict, features: dict[str, list[int
                     if added:
                         running.sort(key=lambda e: (-e[0], e[1]))
                         del running[keep:]
+                        if len(running) >= keep:
+                            floors[j] = running[-1][0]
                 for u, doc in here_random:
                     s, n = int(starts[u]), int(lengths[u])
                     random_rows[name][doc] = (ids[s:s + n].tolist(), codes[s:s + n].clone())
@@ -216,7 +231,12 @@ def collect_examples(store, layer: int, saes: dict, features: dict[str, list[int
             for record in top + holdout + rand:
                 record.tokens = decoder.pieces(record.token_ids)
             result[(name, feature)] = FeatureExamples(name, feature, top, holdout, rand)
-    stats = CorpusStats(counts, sum(counts.values())) if corpus_stats else None
+    stats = cached_stats
+    if count_units:
+        stats = CorpusStats(counts, sum(counts.values()))
+        if len(_CORPUS_STATS) >= 8:
+            _CORPUS_STATS.clear()
+        _CORPUS_STATS[stats_key] = stats
     return ExampleSet(layer, config.max_tokens, result, stats)
 
 

@@ -107,6 +107,10 @@ def explain_sae(sae_dir, model_spec: str, layer: int, explainer: Explainer, *, f
             raise UserError(f"layer {layer} is not in the store {acts}: it holds layers {store.layers}")
         _check_width(sae, store.d, layer, sae_dir)
         tokenizer = load_tokenizer(model_spec)
+        stored_vocab = store.manifest.get("vocab_size")
+        if stored_vocab is not None and int(stored_vocab) != len(tokenizer):
+            raise UserError(f"the store {acts} was harvested with a tokenizer of {stored_vocab} tokens but {model_spec} "
+                            f"has {len(tokenizer)}; give the --model the store was harvested from")
     else:
         if corpus is None:
             raise UserError("give --corpus NAME to harvest, or --acts STORE_DIR to reuse an activation store")

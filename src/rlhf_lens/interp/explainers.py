@@ -9,7 +9,8 @@ records. `get_explainer(spec)` gives:
   unit that most often precedes them; the simulator predicts activation on the units the
   explanation quotes. Deterministic.
 - `openai`: an OpenAI-compatible chat API (GPT-4 as in the paper, or a local server).
-- `hf:MODEL`: a local Hugging Face causal LM (e.g. `hf:smollm2`), greedy decoding.
+- `hf:MODEL`: a local Hugging Face causal LM (e.g. `hf:smollm2`), greedy decoding; its
+  simulations are decoded under the answer's grammar, so they are always well formed.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from .examples import CorpusStats
-from .llm import ChatClient, LLMConfig, hf_client, openai_client
+from .llm import ChatClient, LLMConfig, LocalLM, hf_client, openai_client
 from .prompts import explanation_messages, parse_explanation, parse_simulation, simulation_messages
-from .text import token_keys, token_units
+from .text import show_token, token_keys, token_units
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,15 @@ def simulate_offline(explanation: str, tokens: list[str]) -> list[float]:
 # --- LLM explainers ---------------------------------------------------------------------------
 
 
+EXPLANATION_TOKENS = 100
+"""Answer length asked for an explanation (one sentence)."""
+
+
+def simulation_tokens(tokens: list[str]) -> int:
+    """Answer length asked for a simulation: room for every "token<TAB>value" line."""
+    return 40 + sum(4 + len(t) // 2 for t in tokens)
+
+
 class LLMExplainer(Explainer):
     """Explain and simulate with chat prompts (prompts.py) through a cached `ChatClient`."""
 
@@ -164,30 +174,55 @@ class LLMExplainer(Explainer):
 
     def explain_many(self, features, corpus=None):
         batch = [explanation_messages(label, tokens, acts) for label, tokens, acts in features]
-        return [parse_explanation(answer) for answer in self.client.complete_many(batch)]
+        answers = self.client.complete_many(batch, [EXPLANATION_TOKENS] * len(batch))
+        return [parse_explanation(answer) for answer in answers]
 
     def simulate_many(self, jobs):
         batch = [(explanation, tokens) for explanation, records in jobs for tokens in records]
         messages = [simulation_messages(explanation, tokens) for explanation, tokens in batch]
-        answers = self.client.complete_many(messages)
+        limits = [simulation_tokens(tokens) for _, tokens in batch]
+        answers = self.client.complete_many(messages, limits)
         flat: list[list[float]] = []
-        for (_, tokens), message, answer in zip(batch, messages, answers):
+        for (_, tokens), message, limit, answer in zip(batch, messages, limits, answers):
             try:
                 values = parse_simulation(answer, tokens)
             except UserError:
                 # one fresh try (the cached answer may be the bad one), then give up
-                self.client.forget(message)
-                answer = self.client.complete(message, refresh=True)
+                self.client.forget(message, limit)
+                answer = self.client.complete(message, refresh=True, max_tokens=limit)
                 try:
                     values = parse_simulation(answer, tokens)
                 except UserError:
-                    self.client.forget(message)
+                    self.client.forget(message, limit)
                     raise
             flat.append([float(v) for v in values])
         out, at = [], 0
         for _, records in jobs:
             out.append(flat[at:at + len(records)])
             at += len(records)
+        return out
+
+
+class HFExplainer(LLMExplainer):
+    """A local LM: explanations by greedy generation; simulations by greedy decoding under the answer's
+    grammar (the model picks each value among 0..10), so even a small model gives a well-formed answer."""
+
+    def __init__(self, name: str, client: ChatClient, local: LocalLM):
+        super().__init__(name, client, Capabilities(deterministic=True, uses_llm=True, network=False,
+                                                    corpus_statistics=False, parallel=False))
+        self.local = local
+
+    def simulate_many(self, jobs):
+        out = []
+        for explanation, records in jobs:
+            predictions = []
+            for tokens in records:
+                shown = [show_token(t) for t in tokens]
+                answer = self.client.complete(simulation_messages(explanation, tokens), extra={"grammar": True},
+                                              send=lambda messages, params, shown=shown:
+                                              self.local.fill_values(messages, shown))
+                predictions.append([float(v) for v in parse_simulation(answer, tokens)])
+            out.append(predictions)
         return out
 
 
@@ -201,7 +236,6 @@ def get_explainer(spec: str, llm: LLMConfig | None = None, device: str = "cpu") 
                                          parallel=True))
     if spec.startswith("hf:") and spec[3:].strip():
         config = llm or LLMConfig()
-        return LLMExplainer(spec, hf_client(spec[3:].strip(), config.max_tokens, device, config.cache),
-                            Capabilities(deterministic=True, uses_llm=True, network=False, corpus_statistics=False,
-                                         parallel=False))
+        local = LocalLM(spec[3:].strip(), device)
+        return HFExplainer(spec, hf_client(local, config.max_tokens, config.cache), local)
     raise UserError(f"unknown explainer {spec!r}; use offline, openai, or hf:MODEL (e.g. hf:smollm2)")

@@ -9,13 +9,14 @@ keeps what it already paid for, and a rerun asks only for what is missing.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,7 @@ class LLMConfig:
     temperature: float = 0.0
     """Sampling temperature (0: the most likely answer, as reproducible as the server allows)."""
     max_tokens: int = 800
-    """Longest answer asked for, in tokens (a simulation of 50 tokens needs a few hundred)."""
+    """Cap on an answer's length in tokens (an explanation asks for at most 100, a simulation about 5 per token shown)."""
     timeout: float = 120.0
     """Seconds to wait for one answer before retrying."""
     retries: int = 5
@@ -93,29 +94,51 @@ class ChatClient:
         self.requests = 0
         """Answers fetched from the back-end (not the cache) by this client."""
 
-    def complete(self, messages: Messages, refresh: bool = False) -> str:
-        key = AnswerCache.key(self.model_id, messages, self.params)
+    def _params(self, max_tokens: int | None) -> dict:
+        if max_tokens is None:
+            return self.params
+        return {**self.params, "max_tokens": min(int(max_tokens), int(self.params["max_tokens"]))}
+
+    def complete(self, messages: Messages, refresh: bool = False, max_tokens: int | None = None,
+                 send: Callable[[Messages, dict], str] | None = None, extra: dict | None = None) -> str:
+        """One answer; `max_tokens` lowers the configured limit for this request. `send` and `extra`
+        (added to the params, so to the cache key) let a back-end answer some requests its own way."""
+        params = {**self._params(max_tokens), **(extra or {})}
+        key = AnswerCache.key(self.model_id, messages, params)
         if self.cache is not None and not refresh:
             cached = self.cache.get(key)
             if cached is not None:
                 return cached
-        answer = self.send(messages, self.params)
+        answer = (send or self.send)(messages, params)
         self.requests += 1
         if self.cache is not None:
-            self.cache.put(key, self.model_id, messages, self.params, answer)
+            self.cache.put(key, self.model_id, messages, params, answer)
         return answer
 
-    def complete_many(self, batch: list[Messages]) -> list[str]:
-        """Answers in order; each is cached as soon as it arrives, so a failure keeps the others."""
-        if self.concurrency == 1 or len(batch) <= 1:
-            return [self.complete(m) for m in batch]
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(self.complete, batch))
+    def complete_many(self, batch: list[Messages], max_tokens: list[int] | None = None) -> list[str]:
+        """Answers in order; each is cached as soon as it arrives, so a failure keeps the others.
 
-    def forget(self, messages: Messages) -> None:
+        The first request that fails for good cancels those not yet started (an unreachable
+        server fails once, not once per request) and its error is raised.
+        """
+        limits = max_tokens if max_tokens is not None else [None] * len(batch)
+        if self.concurrency == 1 or len(batch) <= 1:
+            return [self.complete(m, max_tokens=n) for m, n in zip(batch, limits)]
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            futures = [pool.submit(self.complete, m, False, n) for m, n in zip(batch, limits)]
+            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in futures if f in done and f.exception() is not None), None)
+            if failed is not None:
+                for f in pending:
+                    f.cancel()
+                raise failed.exception()
+            return [f.result() for f in futures]
+
+    def forget(self, messages: Messages, max_tokens: int | None = None, extra: dict | None = None) -> None:
         """Drop a cached answer (one that turned out malformed), so a rerun asks again."""
         if self.cache is not None:
-            self.cache.drop(AnswerCache.key(self.model_id, messages, self.params))
+            params = {**self._params(max_tokens), **(extra or {})}
+            self.cache.drop(AnswerCache.key(self.model_id, messages, params))
 
 
 # --- OpenAI-compatible HTTP API --------------------------------------------------------------
@@ -199,41 +222,107 @@ def _error_detail(e: urllib.error.HTTPError) -> str:
 # --- a local Hugging Face causal LM ----------------------------------------------------------
 
 
-def hf_client(spec: str, max_new_tokens: int = 800, device: str = "cpu", cache: bool = True) -> ChatClient:
-    """Greedy chat completions from a local causal LM (`smollm2`, a folder, or a hub id).
+class LocalLM:
+    """A local causal LM (`smollm2`, a folder, or a hub id) answering chat messages, loaded on first use.
 
-    Uses the tokenizer's chat template when it has one, else plain "System:/User:/Assistant:" turns.
-    The model is loaded on the first request that the cache cannot answer.
+    Messages go through the tokenizer's chat template when it has one, else plain
+    "System:/User:/Assistant:" turns. `generate` decodes greedily; `fill_values` writes a
+    simulation answer under a grammar: the "token<TAB>" part of each line is given, and the
+    value is the most likely of 0..10 at that point (greedy decoding restricted to the only
+    valid continuations), so the answer is well formed whatever the model's size.
     """
-    from ..models import load_model
 
-    loaded: dict = {}
+    def __init__(self, spec: str, device: str = "cpu"):
+        self.spec = spec
+        self.device = device
+        self._loaded: tuple | None = None
 
-    def send(messages: Messages, params: dict) -> str:
-        import torch
+    def load(self):
+        if self._loaded is None:
+            from ..models import load_model
 
-        if not loaded:
-            loaded["model"], loaded["tok"] = load_model(spec, device=device)
-        model, tok = loaded["model"], loaded["tok"]
+            self._loaded = load_model(self.spec, device=self.device)
+        return self._loaded
+
+    def prompt_ids(self, messages: Messages, reserve: int) -> list[int]:
+        """The prompt's token ids; with a short context (tiny test models) only its end, leaving `reserve`."""
+        model, tok = self.load()
         if getattr(tok, "chat_template", None):
             ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-            if isinstance(ids, dict) or hasattr(ids, "keys"):
+            if hasattr(ids, "keys"):
                 ids = ids["input_ids"]
         else:
             text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
             ids = tok(text, add_special_tokens=False)["input_ids"]
-        ids = list(ids)
-        # a model with a short context (the tiny test models) sees the end of the prompt and answers briefly
+        ids = [int(i) for i in ids]
         context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
-        max_new = min(params["max_tokens"], context // 2) if context else params["max_tokens"]
-        if context and len(ids) > context - max_new:
-            ids = ids[-(context - max_new):]
+        if context and len(ids) > context - reserve:
+            ids = ids[-max(1, context - reserve):]
+        return ids
+
+    def _room(self, wanted: int) -> int:
+        model, _ = self.load()
+        context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        return min(wanted, context // 2) if context else wanted
+
+    def generate(self, messages: Messages, params: dict) -> str:
+        import torch
+
+        model, tok = self.load()
+        max_new = self._room(int(params["max_tokens"]))
+        ids = self.prompt_ids(messages, max_new)
         input_ids = torch.tensor([ids], device=model.device)
         with torch.inference_mode():
             out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
                                  max_new_tokens=max_new, pad_token_id=tok.pad_token_id)
         return tok.decode(out[0, len(ids):], skip_special_tokens=True)
 
+    def fill_values(self, messages: Messages, shown: list[str]) -> str:
+        """The simulation answer for the tokens `shown` (as show_token writes them), one value per line."""
+        import torch
+
+        model, tok = self.load()
+
+        def encode(text: str) -> list[int]:
+            return tok.encode(text, add_special_tokens=False)
+
+        digits = {v: encode(str(v)) for v in range(11)}
+        if any(len(digits[v]) != 1 for v in range(10)):
+            raise UserError(f"the tokenizer of {self.spec} does not write digits as single tokens, which the hf "
+                            "simulator needs; use --explainer openai with a local server instead")
+        newline = encode("\n")[-1]
+        ids = self.prompt_ids(messages, self._room(sum(len(encode(t)) + 3 for t in shown)))
+        lines: list[str] = []
+        pending = ids
+        past = None
+        # transformers 5.x names the KV cache `cache`; earlier versions `past_key_values`
+        cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        with torch.inference_mode():
+            def step(new: list[int]) -> torch.Tensor:
+                nonlocal past
+                out = model(input_ids=torch.tensor([new], device=model.device), use_cache=True, **{cache_arg: past})
+                past = out[cache_arg]
+                return out.logits[0, -1].float()
+
+            for n, token in enumerate(shown):
+                logits = step(pending + encode(("\n" if n else "") + token + "\t"))
+                scores = {v: float(logits[digits[v][0]]) for v in range(11) if len(digits[v]) == 1}
+                value = max(scores, key=lambda v: (scores[v], -v))
+                pending = []
+                if value == 1 and len(digits[10]) == 2 and digits[10][0] == digits[1][0]:
+                    # "10" is "1" then "0": take the 0 if it beats ending the line
+                    after_one = step([digits[1][0]])
+                    if after_one[digits[10][1]] > after_one[newline]:
+                        value, pending = 10, [digits[10][1]]
+                else:
+                    pending = [digits[value][0]]
+                lines.append(f"{token}\t{value}")
+        return "\n".join(lines)
+
+
+def hf_client(local: LocalLM, max_new_tokens: int = 800, cache: bool = True) -> ChatClient:
+    """Greedy chat completions from a local causal LM, cached like the API's."""
+    spec = local.spec
     model_id = f"hf:{Path(spec).resolve() if Path(spec).is_dir() else spec}"
-    return ChatClient(model_id, send, {"max_tokens": max_new_tokens, "greedy": True}, 1,
+    return ChatClient(model_id, local.generate, {"max_tokens": max_new_tokens, "greedy": True}, 1,
                       AnswerCache() if cache else None)

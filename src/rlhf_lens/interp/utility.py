@@ -149,16 +149,20 @@ def format_table(result: dict) -> str:
     """Table 3 style: utility per block and in total, models side by side, then the reward alignment."""
     models = result["models"]
     width = max(12, *(len(m) + 2 for m in models))
-    head = f"{'block':>8}" + "".join(f"{m:>{width}}" for m in models)
-    lines = [f"utility score (|{result['aggregate']}| of table values per explanation, summed)", head]
+    head = f"{'block':>14}" + "".join(f"{m:>{width}}" for m in models)
+    lines = [f"utility score (|{result['aggregate']}| of table values per explanation, summed over features)", head]
     for block in result["blocks"]:
-        lines.append(f"{block['layer']:>8}" + "".join(f"{block[m]['utility']:>{width}.2f}" for m in models))
-    lines.append(f"{'total':>8}" + "".join(f"{result['total'][m]['utility']:>{width}.2f}" for m in models))
-    lines += ["", "reward alignment (explainer-independent, summed over features)", head]
-    for label, key in (("reward", "reward_score"), ("|corr|", "reward_corr_abs"), ("pos", "positive_share"),
-                       ("neg", "negative_share"), ("top U", "top_utility"), ("features", "n_features"),
-                       ("sim", "mean_simulation_score")):
-        lines.append(f"{label:>8}" + "".join(f"{result['total'][m][key]:>{width}.2f}" for m in models))
+        lines.append(f"{block['layer']:>14}" + "".join(f"{block[m]['utility']:>{width}.2f}" for m in models))
+    lines.append(f"{'total':>14}" + "".join(f"{result['total'][m]['utility']:>{width}.2f}" for m in models))
+    lines += ["", "reward alignment (no explainer; summed over features; top = 20 most active tokens)",
+              f"{'':>14}" + "".join(f"{m:>{width}}" for m in models)]
+    for label, key in (("reward score", "reward_score"), ("top U>0", "positive_share"),
+                       ("top U<0", "negative_share"), ("|corr(a, U)|", "reward_corr_abs"),
+                       ("|mean U| top", "top_utility"), ("features", "n_features"),
+                       ("mean sim.", "mean_simulation_score")):
+        digits = 0 if key == "n_features" else 2
+        lines.append(f"{label:>14}" + "".join(f"{result['total'][m][key]:>{width}.{digits}f}" for m in models))
+    lines.append("reward score = top U>0 - top U<0 (shares of each feature's top tokens the table favours / penalises)")
     return "\n".join(lines)
 
 

@@ -1,0 +1,543 @@
+"""The whole pipeline, `rlhf-lens run`, end to end on the `tiny` preset (as CI runs it).
+
+One uninterrupted run is shared by the artifact tests. A copy of it as it stood before its SAE
+stage is killed during that stage (RLHF_LENS_INTERRUPT_AFTER) and resumed, and must end with the
+same artifacts. Reruns and changed settings run on copies; bad input must fail before any work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import assert_user_error, run_cli
+from rlhf_lens.errors import UserError
+from rlhf_lens.pipeline import INTERRUPT_ENV, STAGES, config_toml, load_config, preset_names, preset_text
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PRESET = "tiny"
+# The tiny preset as it ships; nothing shrunk, so the test runs exactly what CI promises.
+RUN_ARGS = ("run", "--preset", PRESET)
+MODELS = ("base", "tuned", "control")
+# Keys whose values are wall-clock measurements: they differ between two equal runs.
+TIMING_KEYS = {"tokens_per_s", "seconds", "train_seconds", "wall_seconds", "finished", "created"}
+
+
+@dataclass
+class Run:
+    out: Path
+    stdout: str
+    stderr: str
+
+
+def _run(out: Path, *extra: str, env: dict[str, str] | None = None):
+    saved = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        return run_cli(*RUN_ARGS, *extra, "--out", str(out))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _ok(result, what: str):
+    assert result.returncode == 0, f"{what} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def _hashes(root: Path, under: tuple[str, ...] = ()) -> dict[str, str]:
+    """sha256 of every file below `root` (optionally only below the given top-level entries)."""
+    files = [p for p in sorted(root.rglob("*")) if p.is_file()]
+    if under:
+        files = [p for p in files if p.relative_to(root).parts[0] in under]
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def _portable(obj, run_dir: Path):
+    """JSON content with the run folder replaced by <RUN> and timing values dropped."""
+    if isinstance(obj, dict):
+        return {k: _portable(v, run_dir) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [_portable(v, run_dir) for v in obj]
+    if isinstance(obj, str):
+        return obj.replace(str(run_dir.resolve()), "<RUN>").replace(str(run_dir), "<RUN>")
+    return obj
+
+
+def _json(path: Path, run_dir: Path):
+    return _portable(json.loads(path.read_text()), run_dir)
+
+
+def _stage_lines(stderr: str) -> dict[str, str]:
+    """stage -> "skipped" | "ran", from the pipeline's progress lines on stderr."""
+    seen = {}
+    for line in stderr.splitlines():
+        line = line.strip()
+        for stage in STAGES:
+            if line == f"{stage}: done earlier, skipped":
+                seen[stage] = "skipped"
+            elif line == stage:
+                seen[stage] = "ran"
+    return seen
+
+
+def _sae_dirs(run_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in (run_dir / "saes").rglob("cfg.json"))
+
+
+def _top_layers(run_dir: Path) -> list[int]:
+    return json.loads((run_dir / "stages" / "divergence.json").read_text())["outputs"]["top_layers"]
+
+
+def _config(run_dir: Path) -> dict:
+    return tomllib.loads((run_dir / "config.toml").read_text())
+
+
+# --- the shared runs ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Run:
+    """`rlhf-lens run --preset tiny`, uninterrupted."""
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    result = _ok(_run(out), "rlhf-lens run --preset tiny")
+    return Run(out, result.stdout, result.stderr)
+
+
+def _copy_run(src: Path, dst: Path, before: str | None = None) -> Path:
+    """A copy of a finished run folder; with `before`, as it was when that stage was about to start.
+
+    Stage records name their inputs by absolute path, so a copy's finished stages still read the
+    original's files (same bytes); what a copy's rerun writes goes into the copy.
+    """
+    later = set(STAGES[STAGES.index(before):]) if before else set()
+    outputs = {"saes": {"saes"}, "mmcs": {"mmcs.json"}, "features": {"features"}, "scores": {"utility.json"},
+               "report": {"results.json", "report.html", "summary.md"}}
+    assert later <= set(outputs), "only stages from saes on can be dropped"
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        if Path(folder) == src:
+            return {name for stage in later for name in outputs[stage]} & set(names)
+        if Path(folder) == src / "stages":
+            return {f"{stage}.json" for stage in later} & set(names)
+        return set()
+
+    shutil.copytree(src, dst, ignore=ignore)
+    return dst
+
+
+@dataclass
+class Resumed:
+    killed: object          # the interrupted process
+    after_kill: dict        # file hashes right after the interrupt
+    resumed: Run
+    snapshot: dict          # content of the resumed run's artifacts
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory, tiny_run) -> Resumed:
+    """The tiny run from the SAE stage on, killed after the first (model, block) SAE group, then rerun.
+
+    It starts from a copy of the uninterrupted run as it was before its SAE stage (same command, same
+    seed, finished stages recorded), so its SAEs and everything after must equal that run's.
+    """
+    out = _copy_run(tiny_run.out, tmp_path_factory.mktemp("pipeline-resumed") / "run", before="saes")
+    killed = _run(out, env={INTERRUPT_ENV: "saes:1"})
+    after_kill = _hashes(out)
+    result = _ok(_run(out), "the resumed run")
+    resumed = Run(out, result.stdout, result.stderr)
+    return Resumed(killed, after_kill, resumed, _artifacts(out))
+
+
+def _artifacts(run_dir: Path) -> dict:
+    """Everything the SAE stage and later wrote, as comparable values (paths made relative)."""
+    content: dict = {}
+    for sae in _sae_dirs(run_dir):
+        rel = str(sae.relative_to(run_dir))
+        content[f"{rel}/weights"] = {k: v.clone() for k, v in load_file(sae / "sae_weights.safetensors").items()}
+        content[f"{rel}/cfg"] = _json(sae / "cfg.json", run_dir)
+        content[f"{rel}/metrics"] = _json(sae / "metrics.json", run_dir)
+    content["mmcs.json"] = _json(run_dir / "mmcs.json", run_dir)
+    for path in sorted((run_dir / "features").glob("*.json")):
+        content[f"features/{path.name}"] = _json(path, run_dir)
+    content["utility.json"] = _json(run_dir / "utility.json", run_dir)
+    results = _json(run_dir / "results.json", run_dir)
+    content["headline"] = results["headline"]
+    content["features"] = results["features"]
+    return content
+
+
+# --- artifacts of one run -------------------------------------------------------------------------
+
+
+def test_run_writes_the_resolved_config_and_a_record_per_stage(tiny_run):
+    out = tiny_run.out
+    assert tiny_run.stdout.strip().splitlines()[-1] == f"report: {out / 'report.html'}"
+    config = _config(out)
+    preset = tomllib.loads(preset_text(PRESET))
+    for section, values in preset.items():  # every preset value is in the resolved config, plus all defaults
+        for key, value in values.items():
+            assert config[section][key] == value, (section, key)
+    assert {"model", "tiny", "data", "reward", "rlhf", "divergence", "harvest", "sae", "interp", "controls"} <= set(config)
+    assert _stage_lines(tiny_run.stderr) == {stage: "ran" for stage in STAGES}
+    keys = set()
+    for stage in STAGES:
+        record = json.loads((out / "stages" / f"{stage}.json").read_text())
+        assert record["stage"] == stage
+        assert re.fullmatch(r"[0-9a-f]{16}", record["key"])
+        assert record["seconds"] >= 0 and record["finished"]
+        assert isinstance(record["outputs"], dict)
+        keys.add(record["key"])
+    assert len(keys) == len(STAGES)
+
+
+def test_rlhf_and_divergence_artifacts(tiny_run):
+    out = tiny_run.out
+    config = _config(out)
+    assert (out / "rlhf/model/config.json").is_file() and (out / "rlhf/model/model.safetensors").is_file()
+    log = [json.loads(line) for line in (out / "rlhf/log.jsonl").read_text().splitlines() if line.strip()]
+    assert [row["step"] for row in log] == list(range(1, config["rlhf"]["steps"] + 1))
+    evaluation = json.loads((out / "rlhf/eval.json").read_text())
+    for name in ("base", "tuned"):
+        assert {"mean", "se", "positive_frac"} <= set(evaluation[name])
+    assert evaluation["n"] > 0 and evaluation["examples"]
+    assert (out / "rlhf/ppo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    rows = json.loads((out / "divergence.json").read_text())
+    assert sorted(r["layer"] for r in rows) == list(range(config["tiny"]["layers"]))
+    assert all(r["divergence"] > 0 for r in rows), "PPO moved no block"
+    top = _top_layers(out)
+    assert len(top) == config["divergence"]["top_n"]
+    ranked = sorted(rows, key=lambda r: -r["divergence"])
+    assert top == [r["layer"] for r in ranked[: len(top)]]
+    assert (out / "divergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_activations_of_base_tuned_and_control_at_the_top_blocks(tiny_run):
+    from rlhf_lens.store import ActivationStore
+
+    out = tiny_run.out
+    config = _config(out)
+    stores = {m: ActivationStore(out / "acts" / m) for m in MODELS}
+    for store in stores.values():
+        assert sorted(store.layers) == sorted(_top_layers(out))
+        assert store.d == config["tiny"]["width"]
+        assert store.n_docs == config["harvest"]["max_docs"]
+    # The same corpus rows for every model: only the activations differ.
+    shards = {m: next(iter(s.iter_shards(_top_layers(out)[0]))) for m, s in stores.items()}
+    assert torch.equal(shards["base"].token_ids, shards["tuned"].token_ids)
+    assert not torch.equal(shards["base"].acts, shards["tuned"].acts)
+    assert not torch.equal(shards["base"].acts, shards["control"].acts)
+
+
+def test_saes_1x_and_2x_per_model_block_and_seed(tiny_run):
+    out = tiny_run.out
+    config = _config(out)
+    width = config["tiny"]["width"]
+    expected = {f"saes/{m}/layer{layer}/m{ratio * width}-s{seed}" for m in MODELS for layer in _top_layers(out)
+                for ratio in config["sae"]["dict_ratios"] for seed in config["sae"]["seeds"]}
+    assert {str(p.relative_to(out)) for p in _sae_dirs(out)} == expected
+    for sae in _sae_dirs(out):
+        size = int(re.search(r"/m(\d+)-s\d+$", str(sae)).group(1))
+        weights = load_file(sae / "sae_weights.safetensors")
+        assert {"W_enc", "b_enc", "W_dec", "b_dec"} <= set(weights)
+        assert tuple(weights["W_dec"].shape) == (size, width)
+        assert json.loads((sae / "cfg.json").read_text())
+        metrics = json.loads((sae / "metrics.json").read_text())
+        for key in ("mse", "fvu", "dead_fraction"):
+            assert isinstance(metrics[key], (int, float)), (sae, key)
+
+
+def test_mmcs_within_and_across_models(tiny_run):
+    out = tiny_run.out
+    config = _config(out)
+    result = json.loads((out / "mmcs.json").read_text())
+    layers, seeds = _top_layers(out), config["sae"]["seeds"]
+    assert {(w["model"], w["layer"], w["seed"]) for w in result["within"]} == {
+        (m, layer, s) for m in MODELS for layer in layers for s in seeds}
+    assert {(a["model"], a["against"], a["layer"], a["seed"]) for a in result["across"]} == {
+        (m, "base", layer, s) for m in ("tuned", "control") for layer in layers for s in seeds}
+    for row in result["within"] + result["across"]:
+        assert -1.0 <= row["mmcs"] <= 1.0
+    for row in result["top"]:
+        assert len(row["features"]) == config["interp"]["top_k"]
+        cosines = [f["max_cosine"] for f in row["features"]]
+        assert cosines == sorted(cosines, reverse=True)
+
+
+def test_dictionaries_compared_by_mmcs_start_from_different_random_dictionaries(tiny_run):
+    """MMCS must measure what training found, not a random start the two dictionaries share.
+
+    Each SAE's initial dictionary is rebuilt from its saved config (initialisation is seeded). Two
+    independent random dictionaries of this width score an MMCS far below 1.
+    """
+    from rlhf_lens.dictionaries import mmcs
+    from rlhf_lens.sae import SAEConfig, SparseAutoencoder
+
+    out = tiny_run.out
+    result = json.loads((out / "mmcs.json").read_text())
+    saes = json.loads((out / "stages" / "saes.json").read_text())["outputs"]["saes"]
+
+    def initial(model: str, layer: int, seed: int, size: int):
+        row = next(s for s in saes if (s["model"], s["layer"], s["seed"], s["dict_size"]) == (model, layer, seed, size))
+        cfg = json.loads((Path(row["dir"]) / "cfg.json").read_text())["rlhf_lens"]["config"]
+        return SparseAutoencoder(SAEConfig.from_dict(cfg)).dictionary
+
+    shared = []
+    for w in result["within"]:
+        at_init = mmcs(initial(w["model"], w["layer"], w["seed"], w["small"]),
+                       initial(w["model"], w["layer"], w["seed"], w["large"]))
+        if at_init > 0.9:
+            shared.append(f"within {w['model']} layer {w['layer']} seed {w['seed']}: {at_init:.2f} before training")
+    small = min(s["dict_size"] for s in saes)
+    for a in result["across"]:
+        at_init = mmcs(initial(a["model"], a["layer"], a["seed"], small), initial("base", a["layer"], a["seed"], small))
+        if at_init > 0.9:
+            shared.append(f"{a['model']} vs base layer {a['layer']} seed {a['seed']}: {at_init:.2f} before training")
+    assert not shared, f"{len(shared)} MMCS pairs share their initial dictionary, e.g. {shared[0]}"
+
+
+def test_features_are_explained_and_scored(tiny_run):
+    out = tiny_run.out
+    config = _config(out)
+    top_k, seeds = config["interp"]["top_k"], config["sae"]["seeds"]
+    for model in MODELS:
+        records = json.loads((out / "features" / f"{model}.json").read_text())
+        groups: dict = {}
+        for r in records:
+            assert r["model"] == model and r["explainer"] == "offline"
+            assert isinstance(r["explanation"], str) and r["explanation"]
+            assert -1.0 <= r["score"] <= 1.0
+            assert r["examples"] and all(0 <= a <= 10 for e in r["examples"] for a in e["activations"])
+            assert isinstance(r["utility"], float) and r["utility"] >= 0
+            groups.setdefault((r["layer"], r["sae"]), []).append(r["feature"])
+        assert set(groups) == {(layer, f"s{s}") for layer in _top_layers(out) for s in seeds}
+        assert all(len(f) == top_k for f in groups.values())
+    utility = json.loads((out / "utility.json").read_text())
+    assert set(utility["total"]) == set(MODELS)
+    assert {b["layer"] for b in utility["per_block"]} == set(_top_layers(out))
+
+
+def test_results_headline_has_every_model_with_its_seed_spread(tiny_run):
+    results = json.loads((tiny_run.out / "results.json").read_text())
+    n_seeds = len(_config(tiny_run.out)["sae"]["seeds"])
+    names = [row["name"] for row in results["headline"]]
+    assert {"MMCS (within)", "simulation score", "utility score", "reward alignment"} <= set(names)
+    for row in results["headline"]:
+        assert row["n_seeds"] == n_seeds and row["verdict"]
+        for model in MODELS:
+            assert isinstance(row[model]["mean"], float) and isinstance(row[model]["std"], float), (row["name"], model)
+            assert len(row[model]["values"]) == n_seeds
+    assert results["models"]["control"]  # the random-init control is part of the run
+    assert {s["model"] for s in results["saes"]} == set(MODELS)
+    for row in results["saes"]:  # the report's SAE table: every metric filled from metrics.json
+        for key in ("mse", "fvu", "l0", "dead_fraction"):
+            assert isinstance(row[key], (int, float)), f"results.json saes[].{key} is {row[key]!r}"
+
+
+def test_report_has_every_section_and_the_controls(tiny_run):
+    from rlhf_lens.report import NOT_RUN, SECTIONS
+
+    html = (tiny_run.out / "report.html").read_text()
+    summary = (tiny_run.out / "summary.md").read_text()
+    for sid, title in SECTIONS:
+        body = re.search(rf'<section id="{sid}">(.*?)</section>', html, re.S)
+        assert body, sid
+        if sid != "config":  # summary.md has every table but the config (docs/report.md)
+            assert f"## {title}" in summary
+        if sid != "new-features":  # the tiny run may find no new features; every other section has content
+            assert NOT_RUN not in body.group(1), f"report section {sid} says {NOT_RUN}"
+    assert "control" in re.search(r'<section id="headline">(.*?)</section>', html, re.S).group(1)
+    # The PPO section shows the last step's reward from rlhf/log.jsonl, not a missing value.
+    log = [json.loads(line) for line in (tiny_run.out / "rlhf/log.jsonl").read_text().splitlines() if line.strip()]
+    assert f"{len(log)} PPO steps; last step: reward -," not in summary, \
+        "report.py reads `reward_mean` from log.jsonl rows, rlhf.py writes `reward`"
+
+
+# --- rerun, change, resume ----------------------------------------------------------------------
+
+
+def test_rerunning_the_same_command_skips_every_stage_and_changes_nothing(tiny_run):
+    before = _hashes(tiny_run.out)
+    result = _ok(_run(tiny_run.out), "the rerun")
+    assert _stage_lines(result.stderr) == {stage: "skipped" for stage in STAGES}
+    assert _hashes(tiny_run.out) == before
+
+
+def test_a_killed_run_says_how_to_resume(resumed_run):
+    killed = resumed_run.killed
+    assert killed.returncode == 130
+    assert "Traceback" not in killed.stderr, killed.stderr
+    last = killed.stderr.strip().splitlines()[-1]
+    assert "interrupted" in last and "rerun" in last, f"last line on stderr: {last!r}"
+
+
+def test_a_killed_run_keeps_what_it_finished(resumed_run):
+    # Finished stages have their records; the interrupted one has a "running" record (so a rerun
+    # under the same key resumes it instead of wiping it); nothing after it has one.
+    recorded = {Path(p).stem for p in resumed_run.after_kill if p.startswith("stages/")}
+    assert recorded == set(STAGES[: STAGES.index("saes") + 1])
+    # Exactly the first (model, block) group of SAEs was finished when the run stopped.
+    groups = {tuple(Path(p).parts[1:3]) for p in resumed_run.after_kill if p.endswith("sae_weights.safetensors")}
+    assert len(groups) == 1
+    assert not any(p in resumed_run.after_kill for p in ("mmcs.json", "results.json", "report.html"))
+
+
+def test_the_resumed_run_skips_what_was_finished(resumed_run):
+    lines = _stage_lines(resumed_run.resumed.stderr)
+    saes = STAGES.index("saes")
+    assert lines == {**{s: "skipped" for s in STAGES[:saes]}, **{s: "ran" for s in STAGES[saes:]}}
+
+
+def test_the_resumed_run_equals_an_uninterrupted_one(resumed_run, tiny_run):
+    mine, theirs = resumed_run.snapshot, _artifacts(tiny_run.out)
+    assert set(mine) == set(theirs)
+    for name, value in theirs.items():
+        if name.endswith("/weights"):
+            assert set(mine[name]) == set(value), name
+            for tensor in value:
+                assert torch.equal(mine[name][tensor], value[tensor]), f"{name}: {tensor} differs"
+        else:
+            assert mine[name] == value, f"{name} differs"
+
+
+def test_changing_a_late_setting_reruns_only_what_depends_on_it(tiny_run, tmp_path):
+    """interp.top_k: the features and everything after them run again; earlier stages and files stay."""
+    out = _copy_run(tiny_run.out, tmp_path / "run")
+    early = ("models", "rlhf", "acts", "saes", "divergence.json", "divergence.png")
+    early_files = _hashes(out, early)
+    early_records = {s: (out / "stages" / f"{s}.json").read_bytes() for s in STAGES[: STAGES.index("saes") + 1]}
+    result = _ok(_run(out, "--set", "interp.top_k=3"), "the run with interp.top_k=3")
+    lines = _stage_lines(result.stderr)
+    assert all(lines[s] == "skipped" for s in early_records), lines
+    assert all(lines[s] == "ran" for s in ("features", "scores", "report")), lines
+    assert _hashes(out, early) == early_files
+    assert {s: (out / "stages" / f"{s}.json").read_bytes() for s in early_records} == early_records
+    assert _config(out)["interp"]["top_k"] == 3
+    for model in MODELS:
+        groups: dict = {}
+        for r in json.loads((out / "features" / f"{model}.json").read_text()):
+            groups.setdefault((r["layer"], r["sae"]), []).append(r["feature"])
+        assert groups and all(len(f) == 3 for f in groups.values()), \
+            f"{model}: {[len(f) for f in groups.values()]} features per SAE after interp.top_k=3"
+
+
+def test_changing_a_middle_setting_reruns_that_stage_over_its_old_outputs(tiny_run, tmp_path):
+    """harvest.max_docs: the stage runs again in the same folder (whose old store has other settings)."""
+    out = _copy_run(tiny_run.out, tmp_path / "run")
+    before = _hashes(out, ("models", "rlhf", "divergence.json"))
+    max_docs = _config(out)["harvest"]["max_docs"] // 2
+    result = _run(out, "--set", f"harvest.max_docs={max_docs}")
+    assert result.returncode == 0, result.stderr.strip().splitlines()[-1]
+    lines = _stage_lines(result.stderr)
+    harvest = STAGES.index("harvest")
+    assert lines == {**{s: "skipped" for s in STAGES[:harvest]}, **{s: "ran" for s in STAGES[harvest:]}}
+    assert _hashes(out, ("models", "rlhf", "divergence.json")) == before
+    from rlhf_lens.store import ActivationStore
+
+    for model in MODELS:
+        assert ActivationStore(out / "acts" / model).n_docs == max_docs
+
+
+# --- bad input: a clear error before any work ---------------------------------------------------
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (("run", "--preset", "no-such-preset"), ("unknown preset", "no-such-preset", "tiny")),
+    ((*RUN_ARGS, "--set", "rlhf.nonexistent=1"), ("rlhf.nonexistent",)),
+    ((*RUN_ARGS, "--set", "sae.epochs=abc"), ("sae.epochs", "integer")),
+    ((*RUN_ARGS, "--set", "model.base=/no/such/dir"), ("/no/such/dir",)),
+    ((*RUN_ARGS, "--set", "data.corpus=/no/such.txt"), ("/no/such.txt",)),
+])
+def test_bad_input_fails_before_any_work(tmp_path, args, fragments):
+    out = tmp_path / "run"
+    result = run_cli(*args, "--out", str(out))
+    assert_user_error(result, *fragments)
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"preset": PRESET, "overrides": ["nosection.key=1"]}, "nosection"),
+    ({"preset": PRESET, "overrides": ["sae.epochs"]}, "section.key=value"),
+    ({"preset": PRESET, "overrides": ["sae.seeds=[0, 'a']"]}, "sae.seeds"),
+    ({"preset": PRESET, "overrides": ["controls.random_init=1"]}, "true or false"),
+    ({"preset": PRESET, "config_file": "x.toml"}, "not both"),
+    ({"config_file": "/no/such/config.toml"}, "/no/such/config.toml"),
+])
+def test_bad_config_values_are_one_line_errors(kwargs, fragment):
+    with pytest.raises(UserError) as error:
+        load_config(**kwargs)
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_folder_holding_another_run_is_refused_untouched(tiny_run, corpus_file):
+    before = _hashes(tiny_run.out)
+    result = _run(tiny_run.out, "--set", f"data.corpus={corpus_file}")
+    assert_user_error(result, "another run", str(tiny_run.out), str(corpus_file))
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr
+    assert _hashes(tiny_run.out) == before
+
+
+def test_a_folder_that_is_not_a_run_is_refused_untouched(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    assert_user_error(run_cli(*RUN_ARGS, "--out", str(out)), "not an rlhf-lens run")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "my notes"
+
+
+def test_a_bad_config_file_is_refused(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[sae]\nepochs = \n")
+    assert_user_error(run_cli("run", "--config", str(path), "--out", str(tmp_path / "run")), str(path), "TOML")
+    assert not (tmp_path / "run").exists()
+
+
+# --- presets and --show-config ------------------------------------------------------------------
+
+
+def test_presets_lists_every_preset_with_a_description():
+    result = run_cli("presets", check=True)
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == len(preset_names())
+    assert {"demo", "tiny"} <= set(preset_names())
+    for name, line in zip(preset_names(), lines):
+        assert line.split()[0] == name
+        assert len(line.split(maxsplit=1)[1]) > 20, line
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_preset_resolves_to_a_valid_config(name):
+    """Each preset's keys exist (including [rlhf] against rlhf.PPOConfig) and its resolved TOML parses."""
+    config = tomllib.loads(config_toml(load_config(preset=name)))
+    shipped = tomllib.loads(preset_text(name))
+    for section, values in shipped.items():
+        for key, value in values.items():
+            assert config[section][key] == value, (name, section, key)
+
+
+def test_show_config_applies_overrides_and_round_trips(tmp_path):
+    args = ("--set", "interp.top_k=3", "--set", "sae.seeds=[4, 5]", "--set", "model.base=smollm2")
+    shown = run_cli(*RUN_ARGS, *args, "--show-config", "--out", str(tmp_path / "run"), check=True).stdout
+    config = tomllib.loads(shown)
+    assert config["interp"]["top_k"] == 3 and config["sae"]["seeds"] == [4, 5] and config["model"]["base"] == "smollm2"
+    path = tmp_path / "config.toml"
+    path.write_text(shown)
+    again = run_cli("run", "--config", str(path), "--show-config", "--out", str(tmp_path / "run"), check=True).stdout
+    assert again == shown
+    assert not (tmp_path / "run").exists()
