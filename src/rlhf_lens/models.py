@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .io import cache_dir
 
 SMOLLM2 = "smollm2"
@@ -69,7 +69,7 @@ def load_tokenizer(spec: str):
     try:
         tok = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as e:
-        raise UserError(f"could not load a tokenizer from {spec!r} ({_first_line(e)})") from None
+        raise UserError(f"could not load a tokenizer from {spec!r} ({first_line(e)})") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -91,7 +91,7 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32", tokenizer
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"could not load a causal LM from {spec!r} ({_first_line(e)})") from None
+        raise UserError(f"could not load a causal LM from {spec!r} ({first_line(e)})") from None
     # A GGUF-loaded model is de-quantised to plain tensors; without this it refuses save_pretrained.
     model.hf_quantizer = None
     model.to(resolve_device(device)).eval()
@@ -109,11 +109,6 @@ def _check_source(spec: str) -> None:
 def _looks_like_hub_id(spec: str) -> bool:
     parts = spec.split("/")
     return len(parts) == 2 and all(parts) and not Path(spec).exists()
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
 
 
 # --- blocks and MLPs ------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 SPEC_HELP = "use vader, table:FILE, classifier:MODEL, sentiment or sentiment:CORPUS"
 DEFAULT_SCALE = 5.0
@@ -222,7 +222,7 @@ class ClassifierReward:
         try:
             config = AutoConfig.from_pretrained(source)
         except (OSError, ValueError) as e:
-            raise UserError(f"could not load a classifier config from {model_spec!r} ({_first_line(e)})") from None
+            raise UserError(f"could not load a classifier config from {model_spec!r} ({first_line(e)})") from None
         architectures = getattr(config, "architectures", None) or []
         if not any(a.endswith("ForSequenceClassification") for a in architectures):
             raise UserError(f"{model_spec} is not a sequence classifier (architecture {', '.join(architectures) or 'unknown'}); "
@@ -232,7 +232,7 @@ class ClassifierReward:
             self.tokenizer = AutoTokenizer.from_pretrained(source)
             self.model = AutoModelForSequenceClassification.from_pretrained(source).to(self.device).eval()
         except (OSError, ValueError) as e:
-            raise UserError(f"could not load the classifier {model_spec!r} ({_first_line(e)})") from None
+            raise UserError(f"could not load the classifier {model_spec!r} ({first_line(e)})") from None
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         limits = [n for n in (self.tokenizer.model_max_length, getattr(config, "max_position_embeddings", None))
@@ -268,11 +268,6 @@ def _class_index(config, index: int | str, spec: str) -> int:
     if not 0 <= index < n:
         raise UserError(f"class index {index} out of range: classifier {spec} has {n} classes (0..{n - 1})")
     return index
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
 
 
 # --- the offline sentiment classifier ------------------------------------------------------
