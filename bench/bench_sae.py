@@ -189,12 +189,13 @@ def main() -> int:
         print(f"FIGURE ours_e2e_m{m}_tokens_per_s={metrics['tokens_per_s']:.1f} tokens/s")
 
     if args.anchors:
+        threads = ["--threads", str(args.threads)] if args.threads else []
         for m in dicts:
             steps = "100" if m <= 1024 else "50"
             out = run_anchor("saelens_sae_throughput.py", ["--acts", str(acts_path), "--dict", str(m),
-                                                            "--batch", str(batch), "--steps", steps])
+                                                            "--batch", str(batch), "--steps", steps, *threads])
             print(f"ANCHOR saelens m={m}:\n{out}" if out else "ANCHOR saelens: anchors not found")
-            out = run_anchor("torch_sae_roofline.py", ["--d", str(d), "--dict", str(m), "--batch", str(batch)])
+            out = run_anchor("torch_sae_roofline.py", ["--d", str(d), "--dict", str(m), "--batch", str(batch), *threads])
             print(f"ANCHOR roofline m={m}:\n{out}" if out else "ANCHOR roofline: anchors not found")
     return 0
 
