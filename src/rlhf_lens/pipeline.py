@@ -553,7 +553,7 @@ def _small_and_large(state: dict, model: str, layer: int, seed: int) -> tuple[di
 
 
 def _stage_mmcs(config: RunConfig, run_dir: Path, state: dict) -> dict:
-    from .dictionaries import max_cosine, mmcs, new_features, top_features
+    from .dictionaries import mmcs, new_features, top_features
     from .sae import SparseAutoencoder
 
     models = list(state["harvest"]["stores"])
@@ -582,8 +582,8 @@ def _stage_mmcs(config: RunConfig, run_dir: Path, state: dict) -> dict:
                 across.append({"model": other, "against": "base", "layer": layer, "seed": seed,
                                "mmcs": mmcs(dictionary(mine), dictionary(base))})
                 if other == "tuned" and seed == config.sae.seeds[0]:
-                    values, match = max_cosine(dictionary(mine), dictionary(base))
-                    new += [{"layer": layer, **row} for row in
+                    new += [{"layer": layer, "feature": row["feature"], "max_cosine_to_base": row["max_cosine"],
+                             "match": row["match"]} for row in
                             new_features(dictionary(mine), dictionary(base), config.interp.new_feature_threshold)]
     result = {"within": within, "across": across, "top": top, "new": new}
     write_json(run_dir / "mmcs.json", result)
@@ -666,12 +666,14 @@ def _stage_scores(config: RunConfig, run_dir: Path, state: dict) -> dict:
         entry = {"layer": layer}
         for m in models:
             values = [next(b[m]["utility"] for b in per_seed[s]["blocks"] if b["layer"] == layer) for s in seeds]
-            entry[m] = _mean_std(values)["mean"]
-            entry[f"{m}_reward_alignment"] = _mean([next(b[m]["reward_score"] for b in per_seed[s]["blocks"]
-                                                         if b["layer"] == layer) for s in seeds])
+            entry[m] = {"utility": _mean_std(values)["mean"],
+                        "reward_score": _mean([next(b[m]["reward_score"] for b in per_seed[s]["blocks"]
+                                                    if b["layer"] == layer) for s in seeds])}
         per_block.append(entry)
     utility = {"aggregate": config.reward.aggregate, "table": config.reward.table, "per_block": per_block,
-               "total": {m: next(h for h in headline if h["name"] == "utility score")[m]["mean"] for m in models},
+               "total": {m: {key: next(h for h in headline if h["name"] == name)[m]["mean"]
+                             for key, name in (("utility", "utility score"), ("reward_score", "reward alignment"))}
+                         for m in models},
                "per_seed": {str(s): per_seed[s] for s in seeds}}
     write_json(run_dir / "utility.json", utility)
     return {"headline": headline, "utility": str(run_dir / "utility.json")}

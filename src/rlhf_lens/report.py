@@ -647,8 +647,8 @@ def _utility_html(results: dict) -> str:
     numeric = set(range(len(headers)))
     intro = (f'<p>Per explanation: |{_esc(utility.get("aggregate", "mean"))}| of the utility-table '
              f'({_esc(utility.get("table", "?"))}) values of its words; per model: the sum over explained features. '
-             "Reward alignment is the explainer-independent score: the sum over features of |corr(activation, "
-             "token utility)|.</p>")
+             "Reward alignment is the explainer-independent score: the sum over features of the share of their "
+             "top-activating tokens with positive utility minus the share with negative utility.</p>")
     per_block = [(layer, util, align) for layer, util, align in rows if layer != "total"]
     plot = ""
     if per_block:
@@ -849,7 +849,8 @@ def render_markdown(results: dict) -> str:
         models, rows = _utility_rows(results)
         utility = results["utility"]
         section("utility", (f"|{_md(utility.get('aggregate', 'mean'))}| of {_md(utility.get('table', '?'))} values "
-                            "per explanation, summed; reward alignment: sum of |corr(activation, token utility)|.\n\n"
+                            "per explanation, summed; reward alignment: sum over features of (share of top tokens with U > 0 "
+                            "minus share with U < 0).\n\n"
                             + _md_table(["block"] + [f"utility: {m}" for m in models]
                                         + [f"reward alignment: {m}" for m in models],
                                         [[layer] + [u[m] for m in models] + [a[m] for m in models]
