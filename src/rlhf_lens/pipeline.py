@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -164,11 +165,8 @@ class RunConfig:
 
 
 def _section_types() -> dict[str, type]:
-    types = {f.name: f.type for f in dataclasses.fields(RunConfig)}
-    resolved = typing.get_type_hints(RunConfig)
-    out = {name: resolved[name] for name in types}
-    out["rlhf"] = _ppo_config_type()
-    return out
+    # `rlhf` is annotated Any (PPOConfig is imported lazily); every other section's hint is its class.
+    return {**typing.get_type_hints(RunConfig), "rlhf": _ppo_config_type()}
 
 
 def preset_names() -> list[str]:
@@ -219,14 +217,14 @@ def _parse_value(text: str):
 
 
 def config_from_dict(data: dict) -> RunConfig:
-    types = _section_types()
+    section_types = _section_types()
     sections = {}
     for section, values in data.items():
-        if section not in types:
-            raise UserError(f"unknown config section [{section}]; sections: {', '.join(types)}")
+        if section not in section_types:
+            raise UserError(f"unknown config section [{section}]; sections: {', '.join(section_types)}")
         if not isinstance(values, dict):
             raise UserError(f"[{section}] must be a table of key = value")
-        cls = types[section]
+        cls = section_types[section]
         hints = typing.get_type_hints(cls)
         kwargs = {}
         for key, value in values.items():
@@ -246,7 +244,7 @@ def _coerce(name: str, value, hint):
         if not isinstance(value, list):
             raise UserError(f"{name} must be a list, got {value!r}")
         return [_coerce(name, v, item) for v in value]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return None if value is None else _coerce(name, value, args[0])
     if hint is bool:
