@@ -67,8 +67,9 @@ def test_version_and_help():
     assert_user_error(run_cli("fetch", "nothing"), "unknown source")
 
 
-def test_smollm2_offline_loads_and_resolves():
+def test_smollm2_offline_loads_and_resolves(monkeypatch, capfd):
     pytest.importorskip("gguf")
+    monkeypatch.setenv("RLHF_LENS_QUIET", "1")
     from rlhf_lens.models import smollm2_path
 
     try:
@@ -79,3 +80,4 @@ def test_smollm2_offline_loads_and_resolves():
     assert model.config.model_type == "llama" and num_blocks(model) == 30
     assert isinstance(mlp_module(model, 29), torch.nn.Module)
     assert tok("hello")["input_ids"]
+    assert "de-quantizing" not in capfd.readouterr().err  # quiet means no GGUF progress bar either

@@ -83,6 +83,8 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32", tokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        if spec == SMOLLM2:
+            _silence_gguf_progress()
     kwargs: dict = {"dtype": torch_dtype(dtype)}
     source: str | Path = spec
     if spec == SMOLLM2:
@@ -96,6 +98,19 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32", tokenizer
     model.hf_quantizer = None
     model.to(resolve_device(device)).eval()
     return model, (load_tokenizer(spec) if tokenizer else None)
+
+
+def _silence_gguf_progress() -> None:
+    """transformers' GGUF de-quantisation calls tqdm directly, past its progress-bar switch."""
+    import functools
+
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # an older or newer layout: nothing to silence
+        return
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None and not isinstance(bar, functools.partial):
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
 
 
 def _check_source(spec: str) -> None:

@@ -65,6 +65,8 @@ class PPOConfig:
     """Skip a minibatch (zero loss) when its mean policy ratio exceeds this (TRL's guard against spikes)."""
     value_dropout: float = 0.1
     """Dropout before the value head's linear layer (in training passes)."""
+    value_init: str = "default"
+    """Value head init: default (PyTorch's uniform, as TRL) or zero (its first values add no noise to the advantages)."""
     adaptive_kl: bool = True
     """Adapt the KL coefficient towards kl_target (Ziegler et al.); off: keep init_kl_coef."""
     init_kl_coef: float = 0.5
@@ -122,6 +124,7 @@ def check_config(config: PPOConfig) -> None:
         (c.cliprange > 0 and c.cliprange_value > 0, "cliprange and cliprange_value must be positive"),
         (c.vf_coef >= 0 and c.ratio_threshold > 1, "vf_coef must be >= 0 and ratio_threshold > 1"),
         (0 <= c.value_dropout < 1, f"value_dropout must be in [0, 1) (got {c.value_dropout})"),
+        (c.value_init in ("default", "zero"), f"value_init must be default or zero (got {c.value_init!r})"),
         (c.init_kl_coef >= 0 and c.kl_target > 0 and c.kl_horizon > 0,
          "init_kl_coef must be >= 0, kl_target and kl_horizon positive"),
         (1 <= c.min_new_tokens <= c.max_new_tokens,
@@ -414,6 +417,11 @@ class _Trainer:
         self.device = next(policy.parameters()).device
         torch.manual_seed(_seed(config.seed, 2**30 + 2))
         self.value_head = ValueHead(policy.config.hidden_size, config.value_dropout).to(self.device)
+        if config.value_init == "zero":
+            # An untrained head's values differ from token to token, and GAE turns those
+            # differences into advantage noise as large as the reward signal on a small model.
+            nn.init.zeros_(self.value_head.linear.weight)
+            nn.init.zeros_(self.value_head.linear.bias)
         self.optimizer = torch.optim.AdamW(self.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.kl = KLController(config.init_kl_coef, config.kl_target, config.kl_horizon, config.adaptive_kl)
         self.step = 0
