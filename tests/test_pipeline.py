@@ -121,8 +121,7 @@ def tiny_run(tmp_path_factory) -> Run:
 def _copy_run(src: Path, dst: Path, before: str | None = None) -> Path:
     """A copy of a finished run folder; with `before`, as it was when that stage was about to start.
 
-    Stage records name their inputs by absolute path, so a copy's finished stages still read the
-    original's files (same bytes); what a copy's rerun writes goes into the copy.
+    Stage records name their files relative to the run folder, so a copy reads and writes its own.
     """
     later = set(STAGES[STAGES.index(before):]) if before else set()
     outputs = {"saes": {"saes"}, "mmcs": {"mmcs.json"}, "features": {"features"}, "scores": {"utility.json"},
@@ -294,7 +293,7 @@ def test_dictionaries_compared_by_mmcs_start_from_different_random_dictionaries(
 
     def initial(model: str, layer: int, seed: int, size: int):
         row = next(s for s in saes if (s["model"], s["layer"], s["seed"], s["dict_size"]) == (model, layer, seed, size))
-        cfg = json.loads((Path(row["dir"]) / "cfg.json").read_text())["rlhf_lens"]["config"]
+        cfg = json.loads((out / row["dir"] / "cfg.json").read_text())["rlhf_lens"]["config"]
         return SparseAutoencoder(SAEConfig.from_dict(cfg)).dictionary
 
     shared = []
@@ -330,6 +329,61 @@ def test_features_are_explained_and_scored(tiny_run):
     utility = json.loads((out / "utility.json").read_text())
     assert set(utility["total"]) == set(MODELS)
     assert {b["layer"] for b in utility["per_block"]} == set(_top_layers(out))
+
+
+def test_new_tuned_features_are_explained_apart_from_the_top_k(tiny_run):
+    """The tuned model's most novel features (mmcs.json `new`, first seed) are explained and scored too,
+    in their own records: the top-k records, which the headline is computed from, stay as they were."""
+    from html import escape
+
+    from rlhf_lens.interp import ExampleConfig, explain_features, get_explainer
+    from rlhf_lens.models import load_tokenizer
+    from rlhf_lens.rewards import load_utility_table
+    from rlhf_lens.sae import SparseAutoencoder
+    from rlhf_lens.store import ActivationStore
+
+    out = tiny_run.out
+    config = _config(out)
+    top_k, first = config["interp"]["top_k"], f"s{config['sae']['seeds'][0]}"
+    found = json.loads((out / "mmcs.json").read_text())["new"]
+    assert found, "the tiny run found no new tuned feature; this test needs some"
+    records = json.loads((out / "features" / "tuned-new.json").read_text())
+    for layer in _top_layers(out):
+        novel = sorted((r for r in found if r["layer"] == layer), key=lambda r: (r["max_cosine_to_base"], r["feature"]))
+        assert [r["feature"] for r in records if r["layer"] == layer] == [r["feature"] for r in novel[:top_k]]
+    for r in records:
+        assert r["new"] is True and r["model"] == "tuned" and r["sae"] == first
+        assert r["max_cosine_to_base"] < config["interp"]["new_feature_threshold"]
+        assert isinstance(r["explanation"], str) and r["explanation"] and -1.0 <= r["score"] <= 1.0
+        assert isinstance(r["utility"], float) and isinstance(r["sign_share"], float) and r["examples"]
+
+    # The top-k records equal what explaining the top-k alone gives (one block is enough to check).
+    tuned = json.loads((out / "features" / "tuned.json").read_text())
+    assert not any("new" in r for r in tuned)
+    layer = _top_layers(out)[0]
+    tops = [t for t in json.loads((out / "mmcs.json").read_text())["top"] if t["model"] == "tuned" and t["layer"] == layer]
+    alone = explain_features(
+        ActivationStore(out / "acts" / "tuned"), layer,
+        {f"s{t['seed']}": SparseAutoencoder.load(out / t["sae"]) for t in tops},
+        {f"s{t['seed']}": [f["feature"] for f in t["features"]] for t in tops}, load_tokenizer(str(out / "rlhf" / "model")),
+        get_explainer("offline"), ExampleConfig(seed=config["model"]["seed"]), model="tuned",
+        max_cosine={f"s{t['seed']}": {f["feature"]: f["max_cosine"] for f in t["features"]} for t in tops},
+        table=load_utility_table(config["reward"]["table"]), aggregate=config["reward"]["aggregate"])
+    assert [r for r in tuned if r["layer"] == layer] == json.loads(json.dumps(alone))
+
+    # results.json, the report and summary.md show them with their explanations and scores.
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["layer"], r["feature"], r["explanation"]) for r in results["new_features"]] == \
+        [(r["layer"], r["feature"], r["explanation"]) for r in records]
+    html = re.search(r'<section id="new-features">(.*?)</section>', (out / "report.html").read_text(), re.S).group(1)
+    assert html.count('<div class="example">') >= len(records) and "rgba(255, 127, 14," in html
+    for r in records:
+        assert escape(r["explanation"]) in html
+    summary = (out / "summary.md").read_text().split("## Features new in the tuned model")[1].split("\n## ")[0]
+    rows = [line for line in summary.splitlines() if re.match(r"\| \d+ \| \d+ \|", line)]
+    assert len(rows) == len(records)
+    assert all(len(line.split(" | ")) == 7 for line in rows)  # block .. reward corr, every cell filled
+    assert "Explanations with utility-table words" in summary
 
 
 def test_results_headline_has_every_model_with_its_seed_spread(tiny_run):
@@ -376,6 +430,27 @@ def test_rerunning_the_same_command_skips_every_stage_and_changes_nothing(tiny_r
     result = _ok(_run(tiny_run.out), "the rerun")
     assert _stage_lines(result.stderr) == {stage: "skipped" for stage in STAGES}
     assert _hashes(tiny_run.out) == before
+
+
+def test_a_moved_run_folder_is_still_that_run(tiny_run, tmp_path, corpus_file):
+    """Records hold paths relative to the run folder: moved, the same command skips every stage in the new place."""
+    first = _copy_run(tiny_run.out, tmp_path / "first")
+    moved = Path(shutil.move(first, tmp_path / "moved"))
+    before = _hashes(moved)
+    result = _ok(_run(moved), "the rerun in the moved folder")
+    assert _stage_lines(result.stderr) == {stage: "skipped" for stage in STAGES}
+    assert _hashes(moved) == before
+    recorded = [*(moved / "stages").glob("*.json"), *(moved / "features").glob("*.json"),
+                *(moved / name for name in ("mmcs.json", "utility.json", "results.json", "report.html", "summary.md"))]
+    for path in recorded:
+        text = path.read_text()
+        for old in (tiny_run.out, tiny_run.out.resolve(), first):
+            assert str(old) not in text, f"{path.relative_to(moved)} names {old}"
+    results = json.loads((moved / "results.json").read_text())
+    assert all((moved / results["models"][m]).is_dir() for m in MODELS), results["models"]
+    # Still recognised as a run, and another run's settings are still refused there.
+    assert_user_error(_run(moved, "--set", f"data.corpus={corpus_file}"), "another run", str(moved))
+    assert _hashes(moved) == before
 
 
 def test_a_killed_run_says_how_to_resume(resumed_run):
@@ -428,6 +503,9 @@ def test_changing_a_late_setting_reruns_only_what_depends_on_it(tiny_run, tmp_pa
     assert _hashes(out, early) == early_files
     assert {s: (out / "stages" / f"{s}.json").read_bytes() for s in early_records} == early_records
     assert _config(out)["interp"]["top_k"] == 3
+    # the new features are capped by interp.top_k too, so they were explained again
+    new = json.loads((out / "features" / "tuned-new.json").read_text())
+    assert new and all(sum(r["layer"] == layer for r in new) <= 3 for layer in _top_layers(out))
     for model in MODELS:
         groups: dict = {}
         for r in json.loads((out / "features" / f"{model}.json").read_text()):

@@ -58,10 +58,16 @@ def make_results(seed: int = 0) -> dict:
                 features.append({
                     "model": model, "layer": layer, "feature": int(feature), "max_cosine": 0.9 + 0.1 * rng.rand(),
                     "explanation": "words like 'great' & <b>fun</b> in praise", "score": 0.3 + 0.2 * rng.rand(),
-                    "explainer": "offline", "utility": 1.5 + rng.rand(), "reward_corr": 0.3 * rng.randn(),
-                    "sign_share": rng.rand() - 0.5,
+                    "explainer": "offline", "utility": 1.5 + rng.rand(), "utility_words": {"great": 3.1, "fun": 2.3},
+                    "reward_corr": 0.3 * rng.randn(), "sign_share": rng.rand() - 0.5,
                     "examples": [{"doc": int(d), "tokens": tokens, "activations": acts, "max_activation": 3.2 - d / 10}
                                  for d in range(3)]})
+    # The tuned model's most novel features (first seed), explained like the top ones: records of the same shape.
+    tuned = [f for f in features if f["model"] == "tuned"]
+    new_features = [{**tuned[3], "layer": 3, "feature": 7, "max_cosine": None, "max_cosine_to_base": 0.31, "match": 5,
+                     "new": True, "explanation": "praise <i>words</i>", "utility_words": {"praise": 1.2}},
+                    {**tuned[6], "layer": 4, "feature": 2, "max_cosine": None, "max_cosine_to_base": 0.28, "match": 9,
+                     "new": True, "explanation": "a film's year", "utility": 0.0, "utility_words": {}}]
     return {
         "title": "rlhf-lens run <tiny>",
         "created": "2024-05-01T12:00:00",
@@ -76,8 +82,10 @@ def make_results(seed: int = 0) -> dict:
         "saes": saes,
         "mmcs": mmcs,
         "features": features,
-        "new_features": [{"layer": 3, "feature": 7, "max_cosine_to_base": 0.31, "explanation": "praise <i>words</i>"},
-                         {"layer": 4, "feature": 2, "max_cosine_to_base": 0.28, "explanation": None}],
+        "new_features": new_features,
+        "new_feature_counts": {"threshold": 0.5, "seed": 0, "per_block": [{"layer": 1, "found": 0, "explained": 0},
+                                                                          {"layer": 3, "found": 12, "explained": 1},
+                                                                          {"layer": 4, "found": 1, "explained": 1}]},
         "utility": {"aggregate": "mean", "table": "vader",
                     "per_block": [{"layer": layer, "base": 5 + rng.rand(), "tuned": 8 + rng.rand(), "control": 4 + rng.rand()}
                                   for layer in layers],
@@ -168,6 +176,12 @@ def test_report_has_every_section_and_is_self_contained(run_dir):
     assert "\u00b1" in headline and "precomputed line" in headline
     assert "one seed: no spread to compare against" in headline
     assert headline.count('class="verdict') == len(HEADLINE_NAMES)
+    # New features: explanation (escaped), scores and highlighted top example, like the top features.
+    new = _section(text, "new-features")
+    assert "praise &lt;i&gt;words&lt;/i&gt;" in new and new.count('<div class="example">') >= 2
+    assert "rgba(255, 127, 14," in new and "sign share" in new
+    assert "block 1: none; block 3: 12 found, the 1 most novel explained; block 4: 1 found, all explained" in new
+    assert "new features 1 of 2" in new and "top-k features 9 of 9" in new
 
 
 def test_summary_has_the_tables(run_dir):
@@ -185,11 +199,29 @@ def test_summary_has_the_tables(run_dir):
     assert len(feature_rows) == len(results["features"])
     sae_rows = [line for line in md.splitlines() if line.startswith("| ") and "| tied |" in line]
     assert len(sae_rows) == len({(r["model"], r["layer"], r["dict_size"]) for r in results["saes"]})
-    assert all(f"| {len({r['seed'] for r in results['saes']})} |" in line for line in sae_rows)
+    assert all(f"| 0.001 | {len({r['seed'] for r in results['saes']})} |" in line for line in sae_rows)
+    # New features: one row each with the explanation and its scores, and the comparison with the top-k.
+    new = md.split("## Features new in the tuned model")[1].split("\n## ")[0]
+    assert "| 3 | 7 | 0.31 | praise \\<i\\>words\\</i\\> |" in new and "| 4 | 2 | 0.28 | a film's year |" in new
+    assert "new features 1 of 2" in new
     total = next(line for line in md.splitlines() if line.startswith("| total |"))
     for value in results["utility"]["total"].values():
         assert f"{value:.3g}" in total
     assert "<b>" not in md and "|" not in results["features"][0]["explanation"]
+
+
+def test_sae_table_has_one_row_per_model_block_and_size_over_seeds(tmp_path):
+    """Seeds are folded into mean \u00b1 std (sample std); a per-seed l1 (target_l0) shows as a range."""
+    rows = [{"model": "base", "layer": 2, "dict_size": 64, "seed": seed, "arch": "tied", "l1": l1, "l0": l0,
+             "fvu": fvu, "dead_fraction": dead, "mse": 0.1, "warnings": []}
+            for seed, l1, l0, fvu, dead in ((0, 0.002, 7.0, 0.3, 0.0), (1, 0.004, 9.0, 0.5, 0.1), (2, 0.003, 8.0, 0.4, 0.05))]
+    (tmp_path / "results.json").write_text(json.dumps({"saes": rows}))
+    html_path, md_path = write_report(tmp_path)
+    md_rows = [line for line in md_path.read_text().splitlines() if line.startswith("| base |")]
+    assert md_rows == ["| base | 2 | 64 | tied | 0.002\u20130.004 | 3 | 0.1 \u00b1 0 | 0.4 \u00b1 0.1 | 8 \u00b1 1 | "
+                       "5.0% \u00b1 5 | - |"]
+    saes = _section(html_path.read_text(), "saes")
+    assert saes.count("<tr>") == 2 and "0.002\u20130.004" in saes and "8 \u00b1 1" in saes
 
 
 def test_missing_sections_say_not_run(tmp_path):

@@ -285,6 +285,29 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _rel(run_dir: Path, path: str | os.PathLike) -> str:
+    """How a path is recorded: relative to the run folder when inside it, so a moved or copied folder
+    still finds its files (read back with `_abs`); a path outside it is recorded absolute."""
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(run_dir.resolve()).as_posix()
+    except ValueError:
+        return str(resolved)
+
+
+def _abs(run_dir: Path, recorded: str) -> Path:
+    """A recorded path in the run folder as it is now (absolute ones, as older runs recorded, stay as they are)."""
+    return run_dir / recorded
+
+
+def _model(outputs: dict, run_dir: Path | None = None) -> str | None:
+    """The model a stage recorded: a folder it saved in the run (`dir`, resolved against `run_dir` when given)
+    or the spec the user gave (`spec`: a hub id or path, kept as given)."""
+    if outputs.get("dir"):
+        return str(_abs(run_dir, outputs["dir"])) if run_dir is not None else outputs["dir"]
+    return outputs.get("spec")
+
+
 class Ledger:
     """Which stages finished, under which key, with what outputs."""
 
@@ -421,7 +444,8 @@ def _stage_config(config: RunConfig, stage: str) -> dict:
         "harvest": [c["harvest"], c["data"]["test_split"]],
         "saes": [c["sae"]],
         "mmcs": [c["interp"]["new_feature_threshold"], c["interp"]["top_k"]],
-        "features": [c["interp"]],
+        # reward.table/aggregate: the feature records (new features' included) carry utility fields
+        "features": [c["interp"], c["reward"]["table"], c["reward"]["aggregate"]],
         "scores": [c["reward"]["table"], c["reward"]["aggregate"]],
         "report": [],
     }[stage]
@@ -440,7 +464,7 @@ def _stage_base(config: RunConfig, run_dir: Path, state: dict) -> dict:
 
     texts = load_corpus(config.data.corpus, text_column=config.data.text_column).texts("train")
     model, tokenizer = build_tiny_model(texts, config.tiny)
-    return {"spec": str(save_model(model, tokenizer, run_dir / "models" / "base"))}
+    return {"dir": _rel(run_dir, save_model(model, tokenizer, run_dir / "models" / "base"))}
 
 
 def _stage_rlhf(config: RunConfig, run_dir: Path, state: dict) -> dict:
@@ -452,14 +476,15 @@ def _stage_rlhf(config: RunConfig, run_dir: Path, state: dict) -> dict:
     # [model] device/dtype and [data] text_column apply to every stage, PPO included.
     ppo = dataclasses.replace(config.rlhf, device=config.model.device, dtype=config.model.dtype,
                               text_column=config.data.text_column)
-    model_dir = train_ppo(state["base"]["spec"], config.reward.spec, config.data.corpus, out, ppo)
-    return {"spec": str(model_dir), "trained": True}
+    model_dir = train_ppo(_model(state["base"], run_dir), config.reward.spec, config.data.corpus, out, ppo)
+    return {"dir": _rel(run_dir, model_dir), "trained": True}
 
 
 def _stage_divergence(config: RunConfig, run_dir: Path, state: dict) -> dict:
     from .divergence import divergence_from_specs, divergence_spread, plot_divergence, top_layers
 
-    rows = divergence_from_specs(state["base"]["spec"], state["rlhf"]["spec"], dtype=config.model.dtype)
+    rows = divergence_from_specs(_model(state["base"], run_dir), _model(state["rlhf"], run_dir),
+                                 dtype=config.model.dtype)
     top = top_layers(rows, config.divergence.top_n)
     write_json(run_dir / "divergence.json", rows)
     plot_divergence(rows, run_dir / "divergence.png", top_n=config.divergence.top_n)
@@ -475,16 +500,18 @@ def _stage_control(config: RunConfig, run_dir: Path, state: dict) -> dict:
 
     from .models import load_model, save_model
 
-    base, tokenizer = load_model(state["base"]["spec"], dtype=config.model.dtype)
+    base, tokenizer = load_model(_model(state["base"], run_dir), dtype=config.model.dtype)
     torch.manual_seed(config.model.seed + 1)
     model = AutoModelForCausalLM.from_config(base.config)
-    return {"spec": str(save_model(model, tokenizer, run_dir / "models" / "control"))}
+    return {"dir": _rel(run_dir, save_model(model, tokenizer, run_dir / "models" / "control"))}
 
 
-def _analysed_models(state: dict) -> dict[str, str]:
-    models = {"base": state["base"]["spec"], "tuned": state["rlhf"]["spec"]}
-    if state["control"]["spec"]:
-        models["control"] = state["control"]["spec"]
+def _analysed_models(state: dict, run_dir: Path | None = None) -> dict[str, str]:
+    """Model name -> spec (see `_model`: folders of the run resolved against `run_dir` when given, else as recorded)."""
+    models = {"base": _model(state["base"], run_dir), "tuned": _model(state["rlhf"], run_dir)}
+    control = _model(state["control"], run_dir)
+    if control:
+        models["control"] = control
     return models
 
 
@@ -492,7 +519,7 @@ def _stage_harvest(config: RunConfig, run_dir: Path, state: dict) -> dict:
     from .harvest import HarvestConfig, harvest
 
     stores = {}
-    for name, spec in _analysed_models(state).items():
+    for name, spec in _analysed_models(state, run_dir).items():
         hc = HarvestConfig(
             layers=state["divergence"]["top_layers"], corpus=config.data.corpus, split=config.data.test_split,
             max_docs=config.harvest.max_docs or None, max_tokens=config.harvest.max_tokens,
@@ -501,7 +528,7 @@ def _stage_harvest(config: RunConfig, run_dir: Path, state: dict) -> dict:
         )
         out = run_dir / "acts" / name
         harvest(spec, hc, out)
-        stores[name] = str(out)
+        stores[name] = _rel(run_dir, out)
     return {"stores": stores}
 
 
@@ -520,7 +547,7 @@ def _stage_saes(config: RunConfig, run_dir: Path, state: dict) -> dict:
     saes = []
     units = 0
     for name, store_dir in state["harvest"]["stores"].items():
-        store = ActivationStore(store_dir)
+        store = ActivationStore(_abs(run_dir, store_dir))
         for layer in state["divergence"]["top_layers"]:
             configs, dirs = [], []
             for ratio in config.sae.dict_ratios:
@@ -537,7 +564,7 @@ def _stage_saes(config: RunConfig, run_dir: Path, state: dict) -> dict:
                     ))
                     dirs.append(_sae_dir(run_dir, name, layer, size, seed))
                     saes.append({"model": name, "layer": layer, "dict_size": size, "ratio": ratio, "seed": seed,
-                                 "dir": str(dirs[-1])})
+                                 "dir": _rel(run_dir, dirs[-1])})
             train_saes(store.source(layer), configs, dirs)
             units += 1
             _interrupt_point("saes", units)
@@ -560,7 +587,7 @@ def _stage_mmcs(config: RunConfig, run_dir: Path, state: dict) -> dict:
 
     def dictionary(row: dict):
         if row["dir"] not in dictionaries:
-            dictionaries[row["dir"]] = SparseAutoencoder.load(row["dir"]).dictionary.detach()
+            dictionaries[row["dir"]] = SparseAutoencoder.load(_abs(run_dir, row["dir"])).dictionary.detach()
         return dictionaries[row["dir"]]
 
     within, across, top, new = [], [], [], []
@@ -585,40 +612,57 @@ def _stage_mmcs(config: RunConfig, run_dir: Path, state: dict) -> dict:
                             new_features(dictionary(mine), dictionary(base), config.interp.new_feature_threshold)]
     result = {"within": within, "across": across, "top": top, "new": new}
     write_json(run_dir / "mmcs.json", result)
-    return {"file": str(run_dir / "mmcs.json")}
+    return {"file": _rel(run_dir, run_dir / "mmcs.json")}
 
 
 def _stage_features(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    """Explain the top-k features of every seed's small SAE, and the tuned model's most novel features."""
     from .interp import ExampleConfig, LLMConfig, explain_features, get_explainer
     from .models import load_tokenizer
     from .rewards import load_utility_table
     from .sae import SparseAutoencoder
     from .store import ActivationStore
 
-    mmcs_result = read_json(state["mmcs"]["file"])
+    mmcs_result = read_json(_abs(run_dir, state["mmcs"]["file"]))
     llm = LLMConfig(base_url=config.interp.base_url, model=config.interp.llm_model) if config.interp.base_url else None
     explainer = get_explainer(config.interp.explainer, llm=llm, device=config.model.device)
     table = load_utility_table(config.reward.table)
-    models = _analysed_models(state)
-    files = {}
+    models = _analysed_models(state, run_dir)
+    first = f"s{config.sae.seeds[0]}"  # mmcs.json's `new` compares the first seed's dictionaries
+    files, new_records = {}, []
     units = 0
     for name, store_dir in state["harvest"]["stores"].items():
-        store = ActivationStore(store_dir)
+        store = ActivationStore(_abs(run_dir, store_dir))
         tokenizer = load_tokenizer(models[name])
         records = []
         for layer in state["divergence"]["top_layers"]:
             tops = [t for t in mmcs_result["top"] if t["model"] == name and t["layer"] == layer]
-            saes = {f"s{t['seed']}": SparseAutoencoder.load(t["sae"]) for t in tops}
+            saes = {f"s{t['seed']}": SparseAutoencoder.load(_abs(run_dir, t["sae"])) for t in tops}
             features = {f"s{t['seed']}": [f["feature"] for f in t["features"]] for t in tops}
             cosines = {f"s{t['seed']}": {f["feature"]: f["max_cosine"] for f in t["features"]} for t in tops}
-            records += explain_features(store, layer, saes, features, tokenizer, explainer,
-                                        ExampleConfig(seed=config.model.seed), model=name, max_cosine=cosines,
-                                        table=table, aggregate=config.reward.aggregate)
+            novel = _most_novel(mmcs_result["new"], layer, config.interp.top_k) if name == "tuned" else []
+            # The new features ride along in the first seed's pass (one read of the store, one explainer
+            # batch); each feature's examples and explanation do not depend on the others asked for, and
+            # the top-k records are split off unchanged, so the headline is computed exactly as before.
+            wanted = {**features, first: list(dict.fromkeys(features[first] + [r["feature"] for r in novel]))}
+            explained = explain_features(store, layer, saes, wanted, tokenizer, explainer,
+                                         ExampleConfig(seed=config.model.seed), model=name, max_cosine=cosines,
+                                         table=table, aggregate=config.reward.aggregate)
+            records += [r for r in explained if r["feature"] in features[r["sae"]]]
+            by_feature = {r["feature"]: r for r in explained if r["sae"] == first}
+            new_records += [{**by_feature[row["feature"]], "new": True, "max_cosine_to_base": row["max_cosine_to_base"],
+                             "match": row["match"]} for row in novel]
             units += 1
             _interrupt_point("features", units)
-        files[name] = str(run_dir / "features" / f"{name}.json")
-        write_json(files[name], records)
-    return {"files": files}
+        write_json(run_dir / "features" / f"{name}.json", records)
+        files[name] = _rel(run_dir, run_dir / "features" / f"{name}.json")
+    write_json(run_dir / "features" / "tuned-new.json", new_records)
+    return {"files": files, "new": _rel(run_dir, run_dir / "features" / "tuned-new.json")}
+
+
+def _most_novel(new: list[dict], layer: int, k: int) -> list[dict]:
+    """mmcs.json's `new` rows of `layer`, the k farthest from every base feature (lowest max cosine) first."""
+    return sorted((r for r in new if r["layer"] == layer), key=lambda r: (r["max_cosine_to_base"], r["feature"]))[:k]
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -636,8 +680,8 @@ def _stage_scores(config: RunConfig, run_dir: Path, state: dict) -> dict:
     from .rewards import load_utility_table
 
     table = load_utility_table(config.reward.table)
-    records = {name: read_json(path) for name, path in state["features"]["files"].items()}
-    mmcs_result = read_json(state["mmcs"]["file"])
+    records = {name: read_json(_abs(run_dir, path)) for name, path in state["features"]["files"].items()}
+    mmcs_result = read_json(_abs(run_dir, state["mmcs"]["file"]))
     seeds = config.sae.seeds
     per_seed = {}
     for seed in seeds:
@@ -674,7 +718,7 @@ def _stage_scores(config: RunConfig, run_dir: Path, state: dict) -> dict:
                          for m in models},
                "per_seed": {str(s): per_seed[s] for s in seeds}}
     write_json(run_dir / "utility.json", utility)
-    return {"headline": headline, "utility": str(run_dir / "utility.json")}
+    return {"headline": headline, "utility": _rel(run_dir, run_dir / "utility.json")}
 
 
 def _mean(values: list[float]) -> float:
@@ -686,7 +730,7 @@ def _stage_report(config: RunConfig, run_dir: Path, state: dict) -> dict:
 
     write_json(run_dir / "results.json", collect_results(config, run_dir, state))
     html, summary = write_report(run_dir)
-    return {"html": str(html), "summary": str(summary)}
+    return {"html": _rel(run_dir, html), "summary": _rel(run_dir, summary)}
 
 
 def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
@@ -697,10 +741,10 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
         log = [json.loads(line) for line in (rlhf_dir / "log.jsonl").read_text().splitlines() if line.strip()]
         ppo = {"log": log, "eval": read_json(rlhf_dir / "eval.json") if (rlhf_dir / "eval.json").is_file() else None}
     rows = read_json(run_dir / "divergence.json")
-    mmcs_result = read_json(state["mmcs"]["file"])
+    mmcs_result = read_json(_abs(run_dir, state["mmcs"]["file"]))
     sae_rows = []
     for s in state["saes"]["saes"]:
-        metrics = read_json(Path(s["dir"]) / "metrics.json")
+        metrics = read_json(_abs(run_dir, s["dir"]) / "metrics.json")
         sae_rows.append({**{k: s[k] for k in ("model", "layer", "dict_size", "seed")}, "arch": config.sae.arch,
                          "l0": metrics.get("mean_l0"),
                          **{k: metrics.get(k) for k in ("l1", "target_l0", "mse", "fvu", "dead_fraction",
@@ -718,13 +762,15 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
     features = []
     first_seed = f"s{config.sae.seeds[0]}"
     for path in state["features"]["files"].values():
-        features += [{k: v for k, v in r.items() if k != "scoring_examples"} for r in read_json(path)
-                     if r["sae"] == first_seed]
-    models = _analysed_models(state)
+        features += [_shown(r) for r in read_json(_abs(run_dir, path)) if r["sae"] == first_seed]
+    new_features = [_shown(r) for r in read_json(_abs(run_dir, state["features"]["new"]))]
+    found: dict[int, int] = {}
+    for row in mmcs_result["new"]:
+        found[row["layer"]] = found.get(row["layer"], 0) + 1
+    models = _analysed_models(state)  # as recorded: run folders relative to it, so results.json moves with it
     return {
         "title": f"rlhf-lens: {config.model.base} vs its RLHF-tuned copy",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "run_dir": str(run_dir),
         "config": config.to_dict(),
         "models": {"base": models["base"], "tuned": models["tuned"], "control": models.get("control")},
         "ppo": ppo,
@@ -733,10 +779,19 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
         "saes": sae_rows,
         "mmcs": mmcs_rows,
         "features": features,
-        "new_features": mmcs_result["new"],
-        "utility": {k: v for k, v in read_json(state["scores"]["utility"]).items() if k != "per_seed"},
+        "new_features": new_features,
+        "new_feature_counts": {"threshold": config.interp.new_feature_threshold, "seed": config.sae.seeds[0],
+                               "per_block": [{"layer": layer, "found": found.get(layer, 0),
+                                              "explained": sum(r["layer"] == layer for r in new_features)}
+                                             for layer in state["divergence"]["top_layers"]]},
+        "utility": {k: v for k, v in read_json(_abs(run_dir, state["scores"]["utility"])).items() if k != "per_seed"},
         "headline": state["scores"]["headline"],
     }
+
+
+def _shown(record: dict) -> dict:
+    """A feature record as results.json holds it: without the scoring examples (bulky, not shown)."""
+    return {k: v for k, v in record.items() if k != "scoring_examples"}
 
 
 _STAGE_FUNCTIONS = {

@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ SECTIONS = (
 )
 NOT_RUN = "not run"
 _LIST_SECTIONS = ("saes", "mmcs", "features", "new_features", "headline")
-_DICT_SECTIONS = ("models", "config", "ppo", "divergence", "utility")
+_DICT_SECTIONS = ("models", "config", "ppo", "divergence", "utility", "new_feature_counts")
 _MODEL_ORDER = ("base", "tuned", "control", "tuned-vs-base", "control-vs-base")
 _COLORS = {"base": "#1f77b4", "tuned": "#d62728", "control": "#7f7f7f", "tuned-vs-base": "#9467bd",
            "control-vs-base": "#bcbd22"}
@@ -440,27 +441,31 @@ _SAE_METRICS = ("mse", "fvu", "l0", "dead_fraction", "tokens_per_s")
 
 
 def _sae_groups(saes: list[dict]) -> list[dict]:
-    """SAE rows grouped over seeds: one per (model, block, size, arch, l1), metrics as (mean, std|None)."""
+    """SAE rows grouped over seeds: one per (model, block, size, arch), metrics as (mean, std|None).
+
+    The l1 used is shown per group as one value, or a range when target_l0 calibrated it per seed."""
     groups: dict[tuple, list[dict]] = {}
     for r in saes:
-        key = (str(r.get("model", "?")), _layer(r), r.get("dict_size"), r.get("arch"), r.get("l1"))
+        key = (str(r.get("model", "?")), _layer(r), r.get("dict_size"), r.get("arch"))
         groups.setdefault(key, []).append(r)
     out = []
-    for key in sorted(groups, key=lambda k: (_model_key(k[0]), k[1], _float(k[2]) or 0.0, str(k[3]), _float(k[4]) or 0.0)):
+    for key in sorted(groups, key=lambda k: (_model_key(k[0]), k[1], _float(k[2]) or 0.0, str(k[3]))):
         rows = groups[key]
         metrics = {}
         for name in _SAE_METRICS:
             values = [v for v in (_float(r.get(name)) for r in rows) if v is not None]
-            mean = sum(values) / len(values) if values else None
-            std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values)) if len(values) > 1 else None
-            metrics[name] = (mean, std)
+            # sample std (n - 1), as the pipeline's headline and MMCS spreads
+            metrics[name] = (statistics.mean(values) if values else None,
+                             statistics.stdev(values) if len(values) > 1 else None)
+        l1 = sorted({v for v in (_float(r.get("l1")) for r in rows) if v is not None})
         seeds_of: dict[str, list] = {}  # a warning every seed gave is shown once
         for r in rows:
             for w in r.get("warnings") or []:
                 seeds_of.setdefault(str(w), []).append(r.get("seed"))
         warnings = [w if len(seeds) == len(rows) else f"seed {', '.join(map(str, seeds))}: {w}"
                     for w, seeds in seeds_of.items()]
-        out.append({"model": key[0], "layer": key[1], "dict_size": key[2], "arch": key[3], "l1": _float(key[4]),
+        out.append({"model": key[0], "layer": key[1], "dict_size": key[2], "arch": key[3],
+                    "l1": "-" if not l1 else _num(l1[0]) if len(l1) == 1 else f"{_num(l1[0])}\u2013{_num(l1[-1])}",
                     "seeds": [r.get("seed") for r in rows], "metrics": metrics, "warnings": warnings})
     return out
 
@@ -482,14 +487,16 @@ def _saes_html(results: dict) -> str:
     for g in _sae_groups(saes):
         m = g["metrics"]
         warnings = g["warnings"]
-        table_rows.append([g["model"], g["layer"], g["dict_size"], g["arch"], g["l1"], len(g["seeds"]),
+        table_rows.append([g["model"], g["layer"], g["dict_size"], g["arch"], _Raw(_esc(g["l1"])), len(g["seeds"]),
                            *(_Raw(_esc(_metric_text(m[name], percent=name == "dead_fraction")))
                              for name in _SAE_METRICS),
                            _Raw('<span class="warn">' + "<br>".join(map(_esc, warnings)) + "</span>" if warnings else "")])
     return (_table(["model", "block", "dict size", "arch", "l1", "seeds", "MSE", "FVU", "L0", "dead", "tokens/s",
                     "warnings"], table_rows, numeric={1, 2, 4, 5, 6, 7, 8, 9, 10}, cls="saes")
-            + '<p class="note">Mean \u00b1 std over seeds. FVU: fraction of variance unexplained; L0: mean active '
-              "features per token; dead: share of features that never fired on the training tokens.</p>")
+            + '<p class="note">One row per model, block and size: mean \u00b1 std over seeds (per-seed rows are in '
+              "results.json); l1: the value used, a range when target_l0 calibrated it per seed. FVU: fraction of "
+              "variance unexplained; L0: mean active features per token; dead: share of features that never fired on "
+              "the training tokens.</p>")
 
 
 def _mmcs_html(results: dict) -> str:
@@ -580,6 +587,9 @@ def _features_html(results: dict) -> str:
     return "".join(parts)
 
 
+_NEW_HEADERS = ["block", "feature", "max cos to base", "explanation", "sim. score", "utility", "reward corr"]
+
+
 def _new_features_html(results: dict) -> str:
     new = results.get("new_features")
     if new is None:
@@ -587,11 +597,44 @@ def _new_features_html(results: dict) -> str:
     if not new:
         return "<p>No tuned feature is far from every base feature at the chosen threshold.</p>"
     rows = sorted(new, key=lambda r: (_layer(r), _float(r.get("max_cosine_to_base")) or 0.0))
+    notes = [_new_counts_text(results), _table_words_text(results)]
     return ('<p class="note">Tuned-model features whose closest base feature (same block) has a low cosine: what RLHF '
-            "added.</p>"
-            + _table(["block", "feature", "max cos to base", "explanation"],
-                     [[r.get("layer"), r.get("feature"), _float(r.get("max_cosine_to_base")),
-                       r.get("explanation") or _Raw("<em>not explained</em>")] for r in rows], numeric={0, 1, 2}))
+            "added; explained and scored like the top features, but not part of the headline numbers.</p>"
+            + "".join(f"<p>{_esc(note)}</p>" for note in notes if note)
+            + _table([*_NEW_HEADERS[:3], "explanation and top examples", *_NEW_HEADERS[4:], "sign share"],
+                     [[r.get("layer"), r.get("feature"), _float(r.get("max_cosine_to_base")), _explanation_cell(r),
+                       _float(r.get("score")), _float(r.get("utility")), _float(r.get("reward_corr")),
+                       _float(r.get("sign_share"))] for r in rows],
+                     numeric={0, 1, 2, 4, 5, 6, 7}, cls="features"))
+
+
+def _new_counts_text(results: dict) -> str | None:
+    """"Below cosine 0.5 (seed 0): block 2: 14 found, the 5 most novel explained; ..." from new_feature_counts."""
+    counts = results.get("new_feature_counts") or {}
+    blocks = [b for b in (counts.get("per_block") or []) if isinstance(b, dict)]
+    if not blocks:
+        return None
+    parts = [f"block {b.get('layer')}: " + ("none" if not b.get("found") else f"{_num(b.get('found'))} found, "
+             + (f"the {_num(b.get('explained'))} most novel explained" if b.get("explained") != b.get("found")
+                else "all explained")) for b in sorted(blocks, key=_layer)]
+    return (f"Max cosine to base below {_num(_float(counts.get('threshold')))} (seed {counts.get('seed', '?')}'s "
+            f"small dictionaries): {'; '.join(parts)}.")
+
+
+def _table_words_text(results: dict) -> str | None:
+    """How many new features' explanations hold utility-table words, beside the tuned model's top-k features."""
+    new = [r for r in results.get("new_features") or [] if isinstance(r, dict)]
+    top = [f for f in results.get("features") or [] if f.get("model") == "tuned"]
+    if not new or not top or not all("utility_words" in r for r in new + top):
+        return None
+
+    def share(rows: list[dict]) -> str:
+        utilities = [u for u in (_float(r.get("utility")) for r in rows) if u is not None]
+        mean = sum(utilities) / len(utilities) if utilities else None
+        return f"{sum(1 for r in rows if r.get('utility_words'))} of {len(rows)} (mean utility {_num(mean)})"
+
+    return (f"Explanations with utility-table words: new features {share(new)}; "
+            f"the tuned model's top-k features {share(top)}.")
 
 
 def _utility_value(entry: Any, key: str) -> float | None:
@@ -816,8 +859,8 @@ def render_markdown(results: dict) -> str:
 
     saes = results.get("saes")
     section("saes", _md_table(
-        ["model", "block", "dict size", "arch", "seeds", "MSE", "FVU", "L0", "dead", "warnings"],
-        [[g["model"], g["layer"], g["dict_size"], g["arch"], len(g["seeds"]),
+        ["model", "block", "dict size", "arch", "l1", "seeds", "MSE", "FVU", "L0", "dead", "warnings"],
+        [[g["model"], g["layer"], g["dict_size"], g["arch"], g["l1"], len(g["seeds"]),
           *(_metric_text(g["metrics"][name], percent=name == "dead_fraction") for name in _SAE_METRICS[:4]),
           "; ".join(g["warnings"])] for g in _sae_groups(saes)]) if saes else None)
 
@@ -840,10 +883,12 @@ def render_markdown(results: dict) -> str:
         section("features", None)
 
     new = results.get("new_features")
-    section("new-features", None if new is None else (
-        _md_table(["block", "feature", "max cos to base", "explanation"],
-                  [[r.get("layer"), r.get("feature"), _float(r.get("max_cosine_to_base")), r.get("explanation")]
-                   for r in sorted(new, key=_layer)]) if new else "No new features at the chosen threshold."))
+    notes = [note for note in (_new_counts_text(results), _table_words_text(results)) if note]
+    section("new-features", None if new is None else "\n\n".join([*notes, _md_table(
+        _NEW_HEADERS, [[r.get("layer"), r.get("feature"), _float(r.get("max_cosine_to_base")), r.get("explanation"),
+                        _float(r.get("score")), _float(r.get("utility")), _float(r.get("reward_corr"))]
+                       for r in sorted(new, key=lambda r: (_layer(r), _float(r.get("max_cosine_to_base")) or 0.0))])])
+        if new else "No new features at the chosen threshold.")
 
     if results.get("utility"):
         models, rows = _utility_rows(results)
