@@ -107,6 +107,26 @@ def test_learning_rate_schedule():
     factors = [lr_factor(s, warmup=3, total=10) for s in range(10)]
     assert factors[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert factors[-1] == pytest.approx(1 / 7) and all(a > b for a, b in zip(factors[3:], factors[4:]))
+    constant = [lr_factor(s, warmup=3, total=10, schedule="constant") for s in range(10)]
+    assert constant[:3] == factors[:3] and constant[3:] == [1.0] * 7
+
+
+def test_zero_initialised_value_head_leaves_only_the_reward_in_the_first_advantages(tiny_model_dir, corpus_file):
+    from rlhf_lens.data import load_corpus
+    from rlhf_lens.models import load_model
+    from rlhf_lens.rlhf import _Trainer
+
+    model, tokenizer = load_model(str(tiny_model_dir))
+    trainer = _Trainer(model, model, tokenizer, lambda texts: [1.0] * len(texts), load_corpus(str(corpus_file)),
+                       PPOConfig(value_init="zero", batch_size=4, mini_batch_size=4))
+    hidden = torch.randn(3, 7, model.config.hidden_size)
+    assert torch.equal(trainer.value_head(hidden), torch.zeros(3, 7))
+    # values 0 and no KL: GAE gives each token lam**(tokens after it) times the score, nothing else
+    rewards, _ = kl_rewards(torch.ones(3), torch.zeros(3, 5), torch.zeros(3, 5), _mask(), beta=0.1)
+    advantages, _ = gae(torch.zeros(3, 5), rewards, _mask(), gamma=1.0, lam=0.5)
+    assert advantages[1, :2].tolist() == [0.5, 1.0] and advantages[1, 2:].abs().sum() == 0
+    with pytest.raises(UserError, match="value_init"):
+        train_ppo(str(tiny_model_dir), "vader", str(corpus_file), "unused", PPOConfig(value_init="ones"))
 
 
 def test_top_k_and_top_p_filtering():

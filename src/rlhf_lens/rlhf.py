@@ -46,7 +46,9 @@ class PPOConfig:
     lr: float = 1e-6
     """Peak AdamW learning rate (the paper: 1e-6; a few-minute CPU demo needs ~3e-5)."""
     warmup_steps: int = 10
-    """PPO steps of linear learning-rate warm-up, after which it decays linearly towards 0 at the last step."""
+    """PPO steps of linear learning-rate warm-up, after which the lr follows lr_schedule."""
+    lr_schedule: str = "linear"
+    """After warm-up: linear (decay towards 0 at the last step) or constant (stay at lr)."""
     weight_decay: float = 0.0
     """AdamW weight decay (0: TRL 0.7's default optimizer was plain Adam)."""
     max_grad_norm: float = 1.0
@@ -124,6 +126,7 @@ def check_config(config: PPOConfig) -> None:
         (c.cliprange > 0 and c.cliprange_value > 0, "cliprange and cliprange_value must be positive"),
         (c.vf_coef >= 0 and c.ratio_threshold > 1, "vf_coef must be >= 0 and ratio_threshold > 1"),
         (0 <= c.value_dropout < 1, f"value_dropout must be in [0, 1) (got {c.value_dropout})"),
+        (c.lr_schedule in ("linear", "constant"), f"lr_schedule must be linear or constant (got {c.lr_schedule!r})"),
         (c.value_init in ("default", "zero"), f"value_init must be default or zero (got {c.value_init!r})"),
         (c.init_kl_coef >= 0 and c.kl_target > 0 and c.kl_horizon > 0,
          "init_kl_coef must be >= 0, kl_target and kl_horizon positive"),
@@ -223,11 +226,13 @@ class KLController:
             self.value *= 1 + error * n_steps / self.horizon
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Learning-rate multiplier at PPO step `step` (0-based): (s+1)/(w+1) while s < w, then
-    (total - s)/(total - w), so it is 1 at the first step after warm-up and never 0."""
+def lr_factor(step: int, warmup: int, total: int, schedule: str = "linear") -> float:
+    """Learning-rate multiplier at PPO step `step` (0-based): (s+1)/(w+1) while s < w, then 1 (constant)
+    or (total - s)/(total - w) (linear), so it is 1 at the first step after warm-up and never 0."""
     if step < warmup:
         return (step + 1) / (warmup + 1)
+    if schedule == "constant":
+        return 1.0
     return (total - step) / max(total - warmup, 1)
 
 
@@ -460,7 +465,7 @@ class _Trainer:
             advantages, returns = gae(r.values, rewards, r.mask, c.gamma, c.lam)
             advantages = whiten(advantages, r.mask)
         for group in self.optimizer.param_groups:
-            group["lr"] = c.lr * lr_factor(step, c.warmup_steps, c.steps)
+            group["lr"] = c.lr * lr_factor(step, c.warmup_steps, c.steps, c.lr_schedule)
         stats = self._optimise(r, tokens, advantages, returns, rng)
         mean_kl = float(kl.sum(1).mean())
         row = {"step": step + 1, "reward": float(scores.mean()), "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
