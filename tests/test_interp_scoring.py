@@ -147,6 +147,24 @@ def test_offline_explainer_names_distinctive_units_and_context_deterministically
     assert explain_offline(tokens, [[0] * len(t) for t in tokens], corpus=None) == "Silent on the shown texts."
 
 
+def test_offline_explainer_adds_no_utility_of_its_own():
+    """The utility score reads every word of an explanation, so the offline template must hold no
+    word of the VADER lexicon: only the units it quotes may carry utility."""
+    from rlhf_lens.rewards import load_utility_table
+
+    vader = load_utility_table("vader")
+    neutral = [["It", " was", " there", " ."], ["So", " was", " it", " ."]]
+    explanations = [
+        explain_offline(neutral, [[0, 9, 0, 0], [0, 10, 0, 0]], corpus=None),  # names units, with context
+        explain_offline(neutral, [[1, 2, 1, 9], [2, 1, 2, 1]], corpus=None),  # fires broadly
+        explain_offline(neutral, [[1, 2, 1, 2], [2, 1, 2, 1]], corpus=None),  # nothing reaches MIN_SHOWN
+        explain_offline(neutral, [[0] * 4, [0] * 4], corpus=None),  # silent
+    ]
+    assert len(set(explanations)) == 4
+    for text in explanations:
+        assert explanation_utility(text, vader, "sum") == (0.0, {}), text
+
+
 def test_offline_explainer_prefers_units_rare_in_the_corpus():
     from collections import Counter
 

@@ -71,7 +71,7 @@ _STOPWORDS = frozenset(
     "a an the and or of to in on at by for with from as such like this that these those it its is are was be "
     "fires fire firing responds respond activates active feature features neuron token tokens word words text "
     "texts phrase phrases mentions mention related about often after before most mostly many broadly silent "
-    "shown".split())
+    "shown diffusely".split())
 
 
 class OfflineExplainer(Explainer):
@@ -120,7 +120,9 @@ def explain_offline(tokens: list[list[str]], activations: list[list[int]], corpu
                     key=lambda k: (-mass[k] * idf(k), k))
     names = ranked[:NAMES]
     if not names:
-        return "Fires weakly and broadly on the shown texts."
+        # No sentiment-bearing word here: the utility score reads every word of an explanation
+        # ("weakly" is in VADER and gave every such feature 1.8).
+        return "Fires diffusely on the shown texts."
     listed = ", ".join(f'"{n}"' for n in names[:-1]) + (" and " if len(names) > 1 else "") + f'"{names[-1]}"'
     share = sum(mass[n] for n in names) / total
     sentence = f"Fires on {listed}" if share >= BROAD else f"Fires broadly, most on {listed}"
