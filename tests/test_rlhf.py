@@ -68,6 +68,25 @@ def test_kl_penalty_and_score_at_the_last_token():
             assert float(kl[i, t]) == pytest.approx(0.5 if t < n else 0.0)
 
 
+def test_full_kl_is_the_exact_kl_and_the_mean_of_the_sampled_one():
+    from rlhf_lens.rlhf import full_kl
+
+    torch.manual_seed(0)
+    logits, ref_logits = torch.randn(2, 3, 7), torch.randn(2, 3, 7)
+    exact = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=logits),
+                                              torch.distributions.Categorical(logits=ref_logits))
+    assert torch.allclose(full_kl(logits, ref_logits), exact, atol=1e-6)
+    assert torch.all(full_kl(logits, ref_logits) >= 0) and full_kl(logits, logits).abs().max() < 1e-6
+    # k1 on sampled tokens is an unbiased estimate of it: its mean over many draws lands close
+    tokens = torch.distributions.Categorical(logits=logits[0, 0]).sample((200_000,))
+    k1 = torch.log_softmax(logits[0, 0], -1)[tokens] - torch.log_softmax(ref_logits[0, 0], -1)[tokens]
+    assert float(k1.mean()) == pytest.approx(float(exact[0, 0]), abs=0.02)
+    # kl_rewards penalises the estimate it is given
+    rewards, kl = kl_rewards(torch.zeros(2), torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3), beta=0.5,
+                             kl=exact)
+    assert torch.allclose(kl, exact) and torch.allclose(rewards, -0.5 * exact)
+
+
 def test_adaptive_kl_controller():
     ctl = KLController(0.5, target=6, horizon=10000)
     ctl.update(12.0, 64)  # error clipped to +0.2
@@ -125,6 +144,8 @@ def test_zero_initialised_value_head_leaves_only_the_reward_in_the_first_advanta
     rewards, _ = kl_rewards(torch.ones(3), torch.zeros(3, 5), torch.zeros(3, 5), _mask(), beta=0.1)
     advantages, _ = gae(torch.zeros(3, 5), rewards, _mask(), gamma=1.0, lam=0.5)
     assert advantages[1, :2].tolist() == [0.5, 1.0] and advantages[1, 2:].abs().sum() == 0
+    with pytest.raises(UserError, match="kl_penalty"):
+        train_ppo(str(tiny_model_dir), "vader", str(corpus_file), "unused", PPOConfig(kl_penalty="abs"))
     with pytest.raises(UserError, match="value_init"):
         train_ppo(str(tiny_model_dir), "vader", str(corpus_file), "unused", PPOConfig(value_init="ones"))
 
@@ -198,6 +219,16 @@ def test_ppo_raises_the_reward_on_held_out_prompts(trained):
     assert np.mean([r["reward"] for r in log[-3:]]) > np.mean([r["reward"] for r in log[:3]])
     ex = result["examples"][0]
     assert set(ex) == {"prompt", "base", "base_reward", "tuned", "tuned_reward"}
+
+
+def test_full_kl_penalty_trains_and_logs_a_nonnegative_kl(tmp_path, tiny_model_dir, corpus_file, table_spec):
+    out = tmp_path / "full"
+    train_ppo(str(tiny_model_dir), table_spec, str(corpus_file), out,
+              PPOConfig(steps=12, kl_penalty="full", value_init="zero", **FAST))
+    result = json.loads((out / "eval.json").read_text())
+    assert result["tuned"]["mean"] > result["base"]["mean"] + 1.0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(row["kl"] >= 0 for row in log) and log[-1]["kl"] > 0  # exact KL; k1 sums can dip below 0
 
 
 def test_outputs_saved_model_without_value_head(trained, tiny_model_dir):

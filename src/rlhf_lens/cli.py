@@ -128,6 +128,7 @@ def rlhf(
     value_init: str = typer.Option(_PPO.value_init, "--value-init", help=doc(_PPO, "value_init")),
     adaptive_kl: bool = typer.Option(_PPO.adaptive_kl, "--adaptive-kl/--fixed-kl", help=doc(_PPO, "adaptive_kl")),
     init_kl_coef: float = typer.Option(_PPO.init_kl_coef, "--init-kl-coef", help=doc(_PPO, "init_kl_coef")),
+    kl_penalty: str = typer.Option(_PPO.kl_penalty, "--kl-penalty", help=doc(_PPO, "kl_penalty")),
     kl_target: float = typer.Option(_PPO.kl_target, "--kl-target", help=doc(_PPO, "kl_target")),
     kl_horizon: int = typer.Option(_PPO.kl_horizon, "--kl-horizon", help=doc(_PPO, "kl_horizon")),
     min_new_tokens: int = typer.Option(_PPO.min_new_tokens, "--min-new-tokens", help=doc(_PPO, "min_new_tokens")),

@@ -72,7 +72,9 @@ class PPOConfig:
     adaptive_kl: bool = True
     """Adapt the KL coefficient towards kl_target (Ziegler et al.); off: keep init_kl_coef."""
     init_kl_coef: float = 0.5
-    """Initial KL coefficient beta of the per-token penalty -beta * (logp - logp_ref)."""
+    """Initial KL coefficient beta of the per-token penalty -beta * KL (see kl_penalty)."""
+    kl_penalty: str = "kl"
+    """Per-token KL in the penalty: kl (logp - logp_ref of the sampled token, TRL's default) or full (exact KL of the two next-token distributions: same mean, far less noise)."""
     kl_target: float = 6.0
     """Target KL (nats per response, summed over its tokens) of the adaptive controller."""
     kl_horizon: int = 10000
@@ -126,6 +128,7 @@ def check_config(config: PPOConfig) -> None:
         (c.cliprange > 0 and c.cliprange_value > 0, "cliprange and cliprange_value must be positive"),
         (c.vf_coef >= 0 and c.ratio_threshold > 1, "vf_coef must be >= 0 and ratio_threshold > 1"),
         (0 <= c.value_dropout < 1, f"value_dropout must be in [0, 1) (got {c.value_dropout})"),
+        (c.kl_penalty in ("kl", "full"), f"kl_penalty must be kl or full (got {c.kl_penalty!r})"),
         (c.lr_schedule in ("linear", "constant"), f"lr_schedule must be linear or constant (got {c.lr_schedule!r})"),
         (c.value_init in ("default", "zero"), f"value_init must be default or zero (got {c.value_init!r})"),
         (c.init_kl_coef >= 0 and c.kl_target > 0 and c.kl_horizon > 0,
@@ -164,16 +167,23 @@ def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def kl_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
-               beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token rewards -beta * (logp - logp_ref), plus the score at each response's last token.
+               beta: float, kl: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards -beta * KL, plus the score at each response's last token.
 
-    Returns (rewards [B, T], kl [B, T]); kl is k1 = logp - logp_ref, zero where masked.
+    Returns (rewards [B, T], kl [B, T]); kl is the given per-token estimate (e.g. `full_kl`) or
+    k1 = logp - logp_ref, zero where masked.
     """
-    kl = (logprobs - ref_logprobs) * mask
+    kl = (logprobs - ref_logprobs if kl is None else kl) * mask
     rewards = -beta * kl
     last = mask.sum(1).long() - 1  # responses start at column 0 and are contiguous
     rewards[torch.arange(len(scores), device=scores.device), last] += scores
     return rewards, kl
+
+
+def full_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """KL(policy || reference) of the next-token distributions at each position: [B, T, V] -> [B, T]."""
+    logp, ref_logp = torch.log_softmax(logits.float(), -1), torch.log_softmax(ref_logits.float(), -1)
+    return (logp.exp() * (logp - ref_logp)).sum(-1)
 
 
 def gae(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: float,
@@ -300,6 +310,7 @@ class Rollouts:
     logprobs: torch.Tensor  # [B, T]: log-probability of each sampled token under the sampling policy
     values: torch.Tensor | None  # [B, T]: value head at the position that chose each token
     prompt_len: int
+    logits: torch.Tensor | None = None  # [B, T, V]: the sampling logits, kept for kl_penalty "full"
 
     @property
     def responses(self) -> torch.Tensor:
@@ -308,7 +319,8 @@ class Rollouts:
 
 @torch.no_grad()
 def sample(lm, prompts: list[list[int]], lengths: list[int], eos_id: int | None, generator: torch.Generator,
-           top_k: int = 0, top_p: float = 1.0, value_head: ValueHead | None = None) -> Rollouts:
+           top_k: int = 0, top_p: float = 1.0, value_head: ValueHead | None = None,
+           keep_logits: bool = False) -> Rollouts:
     """Sample one response per prompt, reusing the KV cache. A response ends after `lengths[i]`
     tokens or at its first EOS (kept as its last token); tokens sampled after that are masked."""
     device = next(lm.parameters()).device
@@ -324,9 +336,11 @@ def sample(lm, prompts: list[list[int]], lengths: list[int], eos_id: int | None,
     position = _positions(attention)[:, -1:]
     limit = torch.tensor(lengths, device=device)
     alive = torch.ones(batch, dtype=torch.bool, device=device)
-    tokens, logprobs, values, masks = [], [], [], []
+    tokens, logprobs, values, masks, kept = [], [], [], [], []
     for t in range(steps):
         logits = out.logits[:, -1].float()
+        if keep_logits:
+            kept.append(logits)
         if value_head is not None:
             values.append(value_head(out.hidden_states[-1][:, -1]))
         probs = filter_logits(logits, top_k, top_p).softmax(-1)
@@ -350,6 +364,7 @@ def sample(lm, prompts: list[list[int]], lengths: list[int], eos_id: int | None,
         attention_mask=torch.cat([attention[:, :width], mask.long()], 1),
         mask=mask.float(), logprobs=torch.stack(logprobs, 1),
         values=torch.stack(values, 1) if values else None, prompt_len=width,
+        logits=torch.stack(kept, 1) if kept else None,
     )
 
 
@@ -450,18 +465,23 @@ class _Trainer:
         lengths = rng.randint(c.min_new_tokens, c.max_new_tokens + 1, size=len(prompts)).tolist()
         self.policy.eval()
         r = sample(self.policy, prompts, lengths, self.tokenizer.eos_token_id,
-                   _generator(self.device, _seed(c.seed, step, 2)), c.top_k, c.top_p, self.value_head.eval())
+                   _generator(self.device, _seed(c.seed, step, 2)), c.top_k, c.top_p, self.value_head.eval(),
+                   keep_logits=c.kl_penalty == "full")
         rollout_s = time.perf_counter() - started
         queries, responses = decode_rollouts(self.tokenizer, prompts, r)
         scores = torch.tensor(_score(self.reward, queries, responses, c.score_query), device=self.device)
         tokens, n = r.responses, r.mask.shape[1]
         with torch.no_grad():
-            ref_logprobs = torch.cat([
-                token_logprobs(response_forward(self.reference, r.input_ids[i:i + c.mini_batch_size],
-                                                r.attention_mask[i:i + c.mini_batch_size], n, hidden=False)[0],
-                               tokens[i:i + c.mini_batch_size])
-                for i in range(0, len(prompts), c.mini_batch_size)])
-            rewards, kl = kl_rewards(scores, r.logprobs, ref_logprobs, r.mask, self.kl.value)
+            ref_logprobs, full = [], []
+            for i in range(0, len(prompts), c.mini_batch_size):
+                part = slice(i, i + c.mini_batch_size)
+                ref_logits = response_forward(self.reference, r.input_ids[part], r.attention_mask[part], n,
+                                              hidden=False)[0]
+                ref_logprobs.append(token_logprobs(ref_logits, tokens[part]))
+                if r.logits is not None:
+                    full.append(full_kl(r.logits[part], ref_logits))
+            rewards, kl = kl_rewards(scores, r.logprobs, torch.cat(ref_logprobs), r.mask, self.kl.value,
+                                     kl=torch.cat(full) if full else None)
             advantages, returns = gae(r.values, rewards, r.mask, c.gamma, c.lam)
             advantages = whiten(advantages, r.mask)
         for group in self.optimizer.param_groups:
