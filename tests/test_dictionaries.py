@@ -10,7 +10,16 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import assert_user_error, run_cli
-from rlhf_lens.dictionaries import compare, hungarian_matching, max_cosine, mmcs, new_features, top_features
+from rlhf_lens.dictionaries import (
+    compare,
+    hungarian_matching,
+    max_cosine,
+    max_cosine_any,
+    mmcs,
+    new_features,
+    seed_null,
+    top_features,
+)
 from rlhf_lens.errors import UserError
 
 
@@ -78,6 +87,45 @@ def test_new_features_lists_tuned_features_without_base_counterpart():
     assert sorted(r["feature"] for r in new) == sorted(np.nonzero(want_v < 0.7)[0].tolist())
     assert {10, 11} <= {r["feature"] for r in new}
     assert [r["max_cosine"] for r in new] == sorted(r["max_cosine"] for r in new)
+
+
+def test_max_cosine_any_searches_the_union_of_dictionaries():
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(15, 8))
+    others = [rng.normal(size=(10, 8)), rng.normal(size=(20, 8)), rng.normal(size=(7, 8))]
+    values, which, match = max_cosine_any(torch.tensor(a), [torch.tensor(o) for o in others])
+    want_v, want_j = _direct_max_cos(a, np.vstack(others))  # the union, rows of each dictionary in turn
+    offsets = np.cumsum([0] + [len(o) for o in others])
+    np.testing.assert_allclose(values.numpy(), want_v, rtol=1e-5)
+    np.testing.assert_array_equal(offsets[which.numpy()] + match.numpy(), want_j)
+    with pytest.raises(UserError, match="at least one"):
+        max_cosine_any(torch.tensor(a), [])
+
+
+def test_seed_null_is_the_first_seed_against_the_others():
+    rng = np.random.default_rng(6)
+    seeds = [torch.tensor(rng.normal(size=(12, 8))) for _ in range(3)]
+    null = seed_null(seeds)
+    assert null.shape == (12,)
+    torch.testing.assert_close(null, max_cosine_any(seeds[0], seeds[1:])[0])
+    np.testing.assert_allclose(null.numpy(), _direct_max_cos(seeds[0].numpy(), np.vstack(seeds[1:]))[0], rtol=1e-5)
+    with pytest.raises(UserError, match="two seeds"):
+        seed_null(seeds[:1])
+
+
+def test_new_features_against_several_base_seeds():
+    """A tuned feature that one base seed missed but another has is not new; rows name the matching dictionary."""
+    rng = np.random.default_rng(7)
+    truth = rng.normal(size=(20, 32))
+    bases = [truth + 0.05 * rng.normal(size=truth.shape) for _ in range(2)]
+    bases[0][4] = rng.normal(size=32)  # seed 0 missed direction 4
+    tuned = np.vstack([truth + 0.05 * rng.normal(size=truth.shape), rng.normal(size=(2, 32))])
+    only_first = new_features(torch.tensor(tuned), torch.tensor(bases[0]), threshold=0.7)
+    both = new_features(torch.tensor(tuned), [torch.tensor(b) for b in bases], threshold=0.7)
+    assert 4 in {r["feature"] for r in only_first} and "dictionary" not in only_first[0]
+    assert {r["feature"] for r in both} == {20, 21}
+    assert all(r["dictionary"] in (0, 1) for r in both)
+    assert [r["max_cosine"] for r in both] == sorted(r["max_cosine"] for r in both)
 
 
 def test_different_widths_raise():

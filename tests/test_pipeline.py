@@ -351,9 +351,10 @@ def test_new_tuned_features_are_explained_apart_from_the_top_k(tiny_run):
     for layer in _top_layers(out):
         novel = sorted((r for r in found if r["layer"] == layer), key=lambda r: (r["max_cosine_to_base"], r["feature"]))
         assert [r["feature"] for r in records if r["layer"] == layer] == [r["feature"] for r in novel[:top_k]]
+    thresholds = {b["layer"]: b["threshold"] for b in json.loads((out / "mmcs.json").read_text())["new_blocks"]}
     for r in records:
         assert r["new"] is True and r["model"] == "tuned" and r["sae"] == first
-        assert r["max_cosine_to_base"] < config["interp"]["new_feature_threshold"]
+        assert r["max_cosine_to_base"] < thresholds[r["layer"]]
         assert isinstance(r["explanation"], str) and r["explanation"] and -1.0 <= r["score"] <= 1.0
         assert isinstance(r["utility"], float) and isinstance(r["sign_share"], float) and r["examples"]
 
@@ -384,6 +385,98 @@ def test_new_tuned_features_are_explained_apart_from_the_top_k(tiny_run):
     assert len(rows) == len(records)
     assert all(len(line.split(" | ")) == 7 for line in rows)  # block .. reward corr, every cell filled
     assert "Explanations with utility-table words" in summary
+
+
+def test_new_features_are_judged_against_base_seed_noise(tiny_run):
+    """The tiny preset leaves interp.new_feature_threshold at 0 (auto) with two SAE seeds: each block's threshold
+    is the new_feature_quantile of base seed 0 vs seed 1, the tuned features are compared with every base seed,
+    and mmcs.json, results.json, the report and summary.md carry the seed-noise baseline beside the tuned count."""
+    from rlhf_lens.dictionaries import max_cosine_any, seed_null
+
+    out = tiny_run.out
+    config = _config(out)
+    seeds, quantile = config["sae"]["seeds"], config["interp"]["new_feature_quantile"]
+    assert config["interp"]["new_feature_threshold"] == 0 and len(seeds) > 1
+    result = json.loads((out / "mmcs.json").read_text())
+    width = min(config["sae"]["dict_ratios"]) * config["tiny"]["width"]
+    blocks = {b["layer"]: b for b in result["new_blocks"]}
+    assert sorted(blocks) == sorted(_top_layers(out))
+    for layer, block in blocks.items():
+        bases = [out / f"saes/base/layer{layer}/m{width}-s{s}" for s in seeds]
+        null = seed_null(bases).double()
+        assert block["threshold"] == pytest.approx(float(torch.quantile(null, quantile)))
+        assert block["threshold_source"] == f"auto: {quantile:g} quantile of base seed {seeds[0]} vs seed {seeds[1]}"
+        assert block["null"]["below"] == int((null < block["threshold"]).sum()) and block["null"]["n"] == width
+        assert block["null"]["p05"] == pytest.approx(float(torch.quantile(null, 0.05)))
+        tuned, _, _ = max_cosine_any(out / f"saes/tuned/layer{layer}/m{width}-s{seeds[0]}", bases)
+        rows = [r for r in result["new"] if r["layer"] == layer]
+        assert block["found"] == len(rows) == int((tuned < block["threshold"]).sum()) and block["tuned_n"] == width
+        assert all(r["match_seed"] in seeds and r["max_cosine_to_base"] < block["threshold"] for r in rows)
+
+    counts = json.loads((out / "results.json").read_text())["new_feature_counts"]
+    html = re.search(r'<section id="new-features">(.*?)</section>', (out / "report.html").read_text(), re.S).group(1)
+    summary = (out / "summary.md").read_text().split("## Features new in the tuned model")[1].split("\n## ")[0]
+    for row in counts["per_block"]:
+        block = blocks[row["layer"]]
+        assert (row["threshold"], row["found"], row["baseline"]) == (block["threshold"], block["found"],
+                                                                    block["null"]["below"])
+        cells = f"{row['found']} of {width} | {row['baseline']} of {width}"
+        assert cells in summary and cells.replace(" | ", "</td><td class=num>") in html
+    assert "seed noise" in html and "seed noise" in summary
+
+
+def test_new_in_block_auto_threshold_flags_only_truly_new_directions():
+    """Three base seeds are noisy copies of the same directions (seed 0 missed one); the tuned dictionary has
+    closer copies of them plus three random directions. With the auto threshold exactly those three are new,
+    about new_feature_quantile of base seed 0 falls below it against seeds 1 and 2 (the baseline), and the
+    direction seed 0 missed is matched in another seed instead of counting as new."""
+    import numpy as np
+
+    from rlhf_lens.dictionaries import seed_null
+    from rlhf_lens.pipeline import InterpSection, _new_in_block
+
+    rng = np.random.default_rng(0)
+    d, m, k = 64, 48, 3
+    truth = rng.normal(size=(m, d))
+    truth /= np.linalg.norm(truth, axis=1, keepdims=True)
+
+    def noisy(noise: float) -> torch.Tensor:
+        return torch.tensor(truth + noise * rng.normal(size=truth.shape) / np.sqrt(d), dtype=torch.float32)
+
+    bases = {s: noisy(0.4) for s in (0, 1, 2)}
+    bases[0][10] = torch.tensor(rng.normal(size=d), dtype=torch.float32)  # seed 0 missed direction 10
+    tuned = noisy(0.1)
+    tuned[m - k:] = torch.tensor(rng.normal(size=(k, d)), dtype=torch.float32)  # what "RLHF added"
+
+    rows, block = _new_in_block(InterpSection(), 4, tuned, bases)
+    assert sorted(r["feature"] for r in rows) == list(range(m - k, m))
+    assert all(r["layer"] == 4 and r["max_cosine_to_base"] < block["threshold"] and r["match_seed"] in bases
+               for r in rows)
+    assert block["threshold_source"] == "auto: 0.05 quantile of base seed 0 vs seeds 1, 2"
+    assert block["found"] == k and block["tuned_n"] == m and block["base_seeds"] == [0, 1, 2]
+    assert block["null"]["against"] == [1, 2] and block["null"]["n"] == m
+    # torch.quantile interpolates: the 0.05 quantile sits at rank 0.05 * (m - 1), so that many ranks fall below it.
+    assert block["null"]["below"] == int(np.ceil(0.05 * (m - 1))) and block["null"]["p05"] == block["threshold"]
+    # Against base seed 0 alone, direction 10 would look new; against every base seed it is not.
+    alone, _ = _new_in_block(InterpSection(new_feature_threshold=block["threshold"]), 4, tuned, {0: bases[0]})
+    assert 10 in {r["feature"] for r in alone}
+
+    # A fixed threshold is used as set; the baseline is still counted against it.
+    fixed_rows, fixed = _new_in_block(InterpSection(new_feature_threshold=0.9), 4, tuned, bases)
+    assert fixed["threshold"] == 0.9 and fixed["threshold_source"] == "fixed 0.9 (interp.new_feature_threshold)"
+    assert fixed["null"]["below"] == int((seed_null(list(bases.values())) < 0.9).sum())
+    assert fixed["found"] == len(fixed_rows) and fixed["null"]["p05"] == block["null"]["p05"]
+    one_rows, one = _new_in_block(InterpSection(), 4, tuned, {0: bases[0]})
+    assert (one["threshold"], one["threshold_source"], one["null"]) == (0.5, "fixed 0.5 (one seed: no null)", None)
+    assert {r["match_seed"] for r in one_rows} <= {0}
+
+
+def test_the_mmcs_key_holds_the_new_feature_settings():
+    from rlhf_lens.pipeline import _stage_config
+
+    default = _stage_config(load_config(preset=PRESET), "mmcs")
+    for override in ("interp.new_feature_threshold=0.4", "interp.new_feature_quantile=0.1"):
+        assert _stage_config(load_config(preset=PRESET, overrides=[override]), "mmcs") != default, override
 
 
 def test_results_headline_has_every_model_with_its_seed_spread(tiny_run):
@@ -540,6 +633,8 @@ def test_changing_a_middle_setting_reruns_that_stage_over_its_old_outputs(tiny_r
     ((*RUN_ARGS, "--set", "sae.epochs=abc"), ("sae.epochs", "integer")),
     ((*RUN_ARGS, "--set", "model.base=/no/such/dir"), ("/no/such/dir",)),
     ((*RUN_ARGS, "--set", "data.corpus=/no/such.txt"), ("/no/such.txt",)),
+    ((*RUN_ARGS, "--set", "interp.new_feature_quantile=1.5"), ("interp.new_feature_quantile", "(0, 1)")),
+    ((*RUN_ARGS, "--set", "interp.new_feature_threshold=-0.1"), ("interp.new_feature_threshold", "0: auto")),
 ])
 def test_bad_input_fails_before_any_work(tmp_path, args, fragments):
     out = tmp_path / "run"

@@ -83,9 +83,13 @@ def make_results(seed: int = 0) -> dict:
         "mmcs": mmcs,
         "features": features,
         "new_features": new_features,
-        "new_feature_counts": {"threshold": 0.5, "seed": 0, "per_block": [{"layer": 1, "found": 0, "explained": 0},
-                                                                          {"layer": 3, "found": 12, "explained": 1},
-                                                                          {"layer": 4, "found": 1, "explained": 1}]},
+        "new_feature_counts": {"seed": 0, "base_seeds": [0, 1], "per_block": [
+            {"layer": 1, "threshold": 0.21, "threshold_source": "auto: 0.05 quantile of base seed 0 vs seed 1",
+             "found": 0, "tuned_n": 32, "baseline": 2, "baseline_n": 32, "explained": 0},
+            {"layer": 3, "threshold": 0.24, "threshold_source": "auto: 0.05 quantile of base seed 0 vs seed 1",
+             "found": 12, "tuned_n": 32, "baseline": 2, "baseline_n": 32, "explained": 1},
+            {"layer": 4, "threshold": 0.5, "threshold_source": "fixed 0.5 (interp.new_feature_threshold)",
+             "found": 1, "tuned_n": 32, "baseline": 3, "baseline_n": 32, "explained": 1}]},
         "utility": {"aggregate": "mean", "table": "vader",
                     "per_block": [{"layer": layer, "base": 5 + rng.rand(), "tuned": 8 + rng.rand(), "control": 4 + rng.rand()}
                                   for layer in layers],
@@ -180,7 +184,11 @@ def test_report_has_every_section_and_is_self_contained(run_dir):
     new = _section(text, "new-features")
     assert "praise &lt;i&gt;words&lt;/i&gt;" in new and new.count('<div class="example">') >= 2
     assert "rgba(255, 127, 14," in new and "sign share" in new
-    assert "block 1: none; block 3: 12 found, the 1 most novel explained; block 4: 1 found, all explained" in new
+    # Per block: threshold and its source, tuned count beside the seed-noise baseline, how many explained.
+    assert ("<tr><td class=num>3</td><td class=num>0.24</td><td>auto: 0.05 quantile of base seed 0 vs seed 1</td>"
+            "<td class=num>12 of 32</td><td class=num>2 of 32</td><td>the 1 most novel</td></tr>") in new
+    assert "<td class=num>0 of 32</td><td class=num>2 of 32</td><td>none found</td>" in new
+    assert "fixed 0.5 (interp.new_feature_threshold)" in new and "seed noise" in new
     assert "new features 1 of 2" in new and "top-k features 9 of 9" in new
 
 
@@ -204,10 +212,28 @@ def test_summary_has_the_tables(run_dir):
     new = md.split("## Features new in the tuned model")[1].split("\n## ")[0]
     assert "| 3 | 7 | 0.31 | praise \\<i\\>words\\</i\\> |" in new and "| 4 | 2 | 0.28 | a film's year |" in new
     assert "new features 1 of 2" in new
+    assert "| 3 | 0.24 | auto: 0.05 quantile of base seed 0 vs seed 1 | 12 of 32 | 2 of 32 | the 1 most novel |" in new
+    assert "| 4 | 0.5 | fixed 0.5 (interp.new\\_feature\\_threshold) | 1 of 32 | 3 of 32 | all |" in new
     total = next(line for line in md.splitlines() if line.startswith("| total |"))
     for value in results["utility"]["total"].values():
         assert f"{value:.3g}" in total
     assert "<b>" not in md and "|" not in results["features"][0]["explanation"]
+
+
+def test_new_feature_counts_one_seed_and_older_results(tmp_path):
+    """One SAE seed: no seed-noise baseline, said so; an older results.json (one top-level threshold) still renders."""
+    one_seed = {"seed": 0, "base_seeds": [0], "per_block": [
+        {"layer": 2, "threshold": 0.5, "threshold_source": "fixed 0.5 (one seed: no null)", "found": 4, "tuned_n": 32,
+         "baseline": None, "baseline_n": None, "explained": 4}]}
+    older = {"threshold": 0.5, "seed": 0, "per_block": [{"layer": 2, "found": 12, "explained": 5}]}
+    want = {"one seed": "| 2 | 0.5 | fixed 0.5 (one seed: no null) | 4 of 32 | - (one seed: no null) | all |",
+            "older": "| 2 | 0.5 | - | 12 | - | the 5 most novel |"}
+    for name, counts in (("one seed", one_seed), ("older", older)):
+        (tmp_path / "results.json").write_text(json.dumps({"new_features": [], "new_feature_counts": counts}))
+        html_path, md_path = write_report(tmp_path)
+        new = md_path.read_text().split("## Features new in the tuned model")[1].split("\n## ")[0]
+        assert want[name] in new and "No new features" in new, name
+        assert "No tuned feature" in _section(html_path.read_text(), "new-features")
 
 
 def test_sae_table_has_one_row_per_model_block_and_size_over_seeds(tmp_path):

@@ -9,6 +9,7 @@ Every function takes tensors [m, d] (rows are normalised here), SparseAutoencode
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -42,6 +43,28 @@ def max_cosine(a: Dictionary, b: Dictionary, chunk: int = 4096) -> tuple[torch.T
     return torch.cat(values), torch.cat(match)
 
 
+def max_cosine_any(a: Dictionary, others: Sequence[Dictionary]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """max_cosine of `a` against the union of `others`: for every feature i of `a`, (the largest cosine with
+    any feature of any of them, the index k in `others` of the dictionary holding it, its index j there)."""
+    if not others:
+        raise UserError("max_cosine_any needs at least one dictionary to compare against")
+    per = [max_cosine(a, b) for b in others]
+    values, which = torch.stack([v for v, _ in per]).max(dim=0)  # ties: the first dictionary
+    match = torch.stack([j for _, j in per]).gather(0, which[None]).squeeze(0)
+    return values, which, match
+
+
+def seed_null(seeds: Sequence[Dictionary]) -> torch.Tensor:
+    """Max cosine of every feature of seeds[0] against the other seeds' dictionaries (max over them).
+
+    The dictionaries are one model's SAEs trained with different seeds, so no feature is truly new among them:
+    these are the values seed noise alone gives, the null for `new_features` (its quantile is a threshold,
+    the count below a threshold the false-positive baseline)."""
+    if len(seeds) < 2:
+        raise UserError("a seed null needs the dictionaries of at least two seeds")
+    return max_cosine_any(seeds[0], seeds[1:])[0]
+
+
 def mmcs(a: Dictionary, b: Dictionary) -> float:
     """Mean max cosine similarity of `a`'s features against `b`."""
     return float(max_cosine(a, b)[0].mean())
@@ -68,12 +91,21 @@ def hungarian_matching(a: Dictionary, b: Dictionary) -> list[dict]:
     return [{"feature": int(i), "match": int(j), "cosine": float(sims[i, j])} for i, j in zip(rows, cols)]
 
 
-def new_features(tuned: Dictionary, base: Dictionary, threshold: float = NEW_FEATURE_THRESHOLD) -> list[dict]:
+def new_features(tuned: Dictionary, base: Dictionary | Sequence[Dictionary],
+                 threshold: float = NEW_FEATURE_THRESHOLD) -> list[dict]:
     """Features of `tuned` with no close counterpart in `base` (max cosine < threshold), least similar first:
-    [{"feature": i, "max_cosine": c, "match": j}, ...]. Same block of base and tuned model."""
-    values, match = max_cosine(tuned, base)
+    [{"feature": i, "max_cosine": c, "match": j}, ...]. Same block of base and tuned model.
+
+    `base` may be a list of dictionaries (the base model's seeds): then the max runs over all of them, so a
+    feature one seed happened to miss is not counted as new, and each row names the list index of its best
+    match's dictionary as "dictionary"."""
+    if isinstance(base, (list, tuple)):
+        values, which, match = max_cosine_any(tuned, base)
+    else:
+        (values, match), which = max_cosine(tuned, base), None
     order = torch.sort(values, stable=True).indices
-    return [{"feature": int(i), "max_cosine": float(values[i]), "match": int(match[i])}
+    return [{"feature": int(i), "max_cosine": float(values[i]), "match": int(match[i]),
+             **({"dictionary": int(which[i])} if which is not None else {})}
             for i in order if float(values[i]) < threshold]
 
 

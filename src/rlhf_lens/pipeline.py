@@ -127,8 +127,13 @@ class InterpSection:
     """Base URL of an OpenAI-compatible API (explainer = openai)."""
     llm_model: str = "gpt-4"
     """Model name for the openai explainer."""
-    new_feature_threshold: float = 0.5
-    """A tuned feature whose best base match has a cosine below this counts as new."""
+    new_feature_threshold: float = 0.0
+    """A tuned feature is new when its max cosine to every base seed's small dictionary (same block) is below
+    this. 0: auto, per block the new_feature_quantile of the base model's own seed-0-vs-other-seeds max
+    cosines (what seed noise alone gives); with one SAE seed there is no such null and 0.5 is used."""
+    new_feature_quantile: float = 0.05
+    """Auto threshold (new_feature_threshold = 0): this quantile of the base seed-vs-seed max cosines, i.e.
+    about this share of base features would count as new against the other base seeds."""
 
 
 @dataclass
@@ -374,6 +379,11 @@ def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
         raise UserError("sae.dict_ratios and sae.seeds need at least one value each")
     if config.divergence.top_n < 1 or config.interp.top_k < 1:
         raise UserError("divergence.top_n and interp.top_k must be >= 1")
+    if not 0.0 <= config.interp.new_feature_threshold <= 1.0:
+        raise UserError(f"interp.new_feature_threshold must be in [0, 1] (0: auto), "
+                        f"got {config.interp.new_feature_threshold}")
+    if not 0.0 < config.interp.new_feature_quantile < 1.0:
+        raise UserError(f"interp.new_feature_quantile must be in (0, 1), got {config.interp.new_feature_quantile}")
     load_corpus(config.data.corpus, text_column=config.data.text_column).documents(config.data.test_split)
     for spec in (config.model.base, config.model.tuned):
         if spec and spec != "tiny":
@@ -443,7 +453,7 @@ def _stage_config(config: RunConfig, stage: str) -> dict:
         "control": [c["controls"]],
         "harvest": [c["harvest"], c["data"]["test_split"]],
         "saes": [c["sae"]],
-        "mmcs": [c["interp"]["new_feature_threshold"], c["interp"]["top_k"]],
+        "mmcs": [c["interp"]["new_feature_threshold"], c["interp"]["new_feature_quantile"], c["interp"]["top_k"]],
         # reward.table/aggregate: the feature records (new features' included) carry utility fields
         "features": [c["interp"], c["reward"]["table"], c["reward"]["aggregate"]],
         "scores": [c["reward"]["table"], c["reward"]["aggregate"]],
@@ -578,7 +588,7 @@ def _small_and_large(state: dict, model: str, layer: int, seed: int) -> tuple[di
 
 
 def _stage_mmcs(config: RunConfig, run_dir: Path, state: dict) -> dict:
-    from .dictionaries import mmcs, new_features, top_features
+    from .dictionaries import mmcs, top_features
     from .sae import SparseAutoencoder
 
     models = list(state["harvest"]["stores"])
@@ -590,7 +600,7 @@ def _stage_mmcs(config: RunConfig, run_dir: Path, state: dict) -> dict:
             dictionaries[row["dir"]] = SparseAutoencoder.load(_abs(run_dir, row["dir"])).dictionary.detach()
         return dictionaries[row["dir"]]
 
-    within, across, top, new = [], [], [], []
+    within, across, top, new, new_blocks = [], [], [], [], []
     for model in models:
         for layer in layers:
             for seed in config.sae.seeds:
@@ -606,13 +616,62 @@ def _stage_mmcs(config: RunConfig, run_dir: Path, state: dict) -> dict:
                 base, _ = _small_and_large(state, "base", layer, seed)
                 across.append({"model": other, "against": "base", "layer": layer, "seed": seed,
                                "mmcs": mmcs(dictionary(mine), dictionary(base))})
-                if other == "tuned" and seed == config.sae.seeds[0]:
-                    new += [{"layer": layer, "feature": row["feature"], "max_cosine_to_base": row["max_cosine"],
-                             "match": row["match"]} for row in
-                            new_features(dictionary(mine), dictionary(base), config.interp.new_feature_threshold)]
-    result = {"within": within, "across": across, "top": top, "new": new}
+    for layer in layers:
+        tuned = dictionary(_small_and_large(state, "tuned", layer, config.sae.seeds[0])[0])
+        bases = {seed: dictionary(_small_and_large(state, "base", layer, seed)[0]) for seed in config.sae.seeds}
+        rows, block = _new_in_block(config.interp, layer, tuned, bases)
+        new += rows
+        new_blocks.append({**block, "tuned_seed": config.sae.seeds[0]})
+    result = {"within": within, "across": across, "top": top, "new": new, "new_blocks": new_blocks}
     write_json(run_dir / "mmcs.json", result)
     return {"file": _rel(run_dir, run_dir / "mmcs.json")}
+
+
+ONE_SEED_THRESHOLD = 0.5
+"""The auto threshold with a single SAE seed: no seed-vs-seed null to calibrate against, so the old fixed value."""
+
+
+def _new_in_block(interp: InterpSection, layer: int, tuned, bases: dict) -> tuple[list[dict], dict]:
+    """One block's tuned features new against the base (mmcs.json `new` rows) and how its threshold was set,
+    with the base's own seed noise as baseline (a `new_blocks` row). `bases`: seed -> small dictionary."""
+    from .dictionaries import new_features, seed_null
+
+    seeds = list(bases)
+    # Seed noise: the base model against itself, so nothing is truly new there; below a threshold it
+    # gives the false-positive count, and its quantile is the auto threshold.
+    null = seed_null(list(bases.values())) if len(seeds) > 1 else None
+    threshold, source = _new_threshold(interp, null, seeds)
+    found = new_features(tuned, list(bases.values()), threshold)
+    rows = [{"layer": layer, "feature": r["feature"], "max_cosine_to_base": r["max_cosine"], "match": r["match"],
+             "match_seed": seeds[r["dictionary"]]} for r in found]
+    block = {"layer": layer, "threshold": threshold, "threshold_source": source, "base_seeds": seeds,
+             "tuned_n": int(tuned.shape[0]), "found": len(rows), "null": _null_summary(null, threshold, seeds)}
+    return rows, block
+
+
+def _new_threshold(interp: InterpSection, null, seeds: list[int]) -> tuple[float, str]:
+    """(the block's threshold, where it came from): the fixed setting, the null's quantile, or the one-seed fallback."""
+    if interp.new_feature_threshold > 0:
+        return interp.new_feature_threshold, f"fixed {interp.new_feature_threshold:g} (interp.new_feature_threshold)"
+    if null is None:
+        return ONE_SEED_THRESHOLD, f"fixed {ONE_SEED_THRESHOLD:g} (one seed: no null)"
+    import torch
+
+    value = float(torch.quantile(null.double(), interp.new_feature_quantile))
+    return value, (f"auto: {interp.new_feature_quantile:g} quantile of base seed {seeds[0]} vs "
+                   f"seed{'s' if len(seeds) > 2 else ''} {', '.join(map(str, seeds[1:]))}")
+
+
+def _null_summary(null, threshold: float, seeds: list[int]) -> dict | None:
+    """The base seed-vs-seed max cosines of a block, summarised; `below`: how many fall below the threshold."""
+    if null is None:
+        return None
+    import torch
+
+    values = null.double()
+    return {"seed": seeds[0], "against": seeds[1:], "n": int(values.numel()), "mean": float(values.mean()),
+            "p05": float(torch.quantile(values, 0.05)), "median": float(torch.quantile(values, 0.5)),
+            "below": int((values < threshold).sum())}
 
 
 def _stage_features(config: RunConfig, run_dir: Path, state: dict) -> dict:
@@ -628,7 +687,7 @@ def _stage_features(config: RunConfig, run_dir: Path, state: dict) -> dict:
     explainer = get_explainer(config.interp.explainer, llm=llm, device=config.model.device)
     table = load_utility_table(config.reward.table)
     models = _analysed_models(state, run_dir)
-    first = f"s{config.sae.seeds[0]}"  # mmcs.json's `new` compares the first seed's dictionaries
+    first = f"s{config.sae.seeds[0]}"  # mmcs.json's `new`: the first seed's tuned dictionary against the base
     files, new_records = {}, []
     units = 0
     for name, store_dir in state["harvest"]["stores"].items():
@@ -764,9 +823,6 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
     for path in state["features"]["files"].values():
         features += [_shown(r) for r in read_json(_abs(run_dir, path)) if r["sae"] == first_seed]
     new_features = [_shown(r) for r in read_json(_abs(run_dir, state["features"]["new"]))]
-    found: dict[int, int] = {}
-    for row in mmcs_result["new"]:
-        found[row["layer"]] = found.get(row["layer"], 0) + 1
     models = _analysed_models(state)  # as recorded: run folders relative to it, so results.json moves with it
     return {
         "title": f"rlhf-lens: {config.model.base} vs its RLHF-tuned copy",
@@ -780,13 +836,23 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
         "mmcs": mmcs_rows,
         "features": features,
         "new_features": new_features,
-        "new_feature_counts": {"threshold": config.interp.new_feature_threshold, "seed": config.sae.seeds[0],
-                               "per_block": [{"layer": layer, "found": found.get(layer, 0),
-                                              "explained": sum(r["layer"] == layer for r in new_features)}
-                                             for layer in state["divergence"]["top_layers"]]},
+        "new_feature_counts": _new_feature_counts(config, mmcs_result, new_features),
         "utility": {k: v for k, v in read_json(_abs(run_dir, state["scores"]["utility"])).items() if k != "per_seed"},
         "headline": state["scores"]["headline"],
     }
+
+
+def _new_feature_counts(config: RunConfig, mmcs_result: dict, explained: list[dict]) -> dict:
+    """Per block: the threshold and its source, the tuned features below it, and the base seed-0 features below it
+    against the other base seeds (the false-positive baseline: what seed noise alone calls new)."""
+    per_block = []
+    for block in mmcs_result["new_blocks"]:
+        null = block["null"] or {}
+        per_block.append({"layer": block["layer"], "threshold": block["threshold"],
+                          "threshold_source": block["threshold_source"], "found": block["found"],
+                          "tuned_n": block["tuned_n"], "baseline": null.get("below"), "baseline_n": null.get("n"),
+                          "explained": sum(r["layer"] == block["layer"] for r in explained)})
+    return {"seed": config.sae.seeds[0], "base_seeds": config.sae.seeds, "per_block": per_block}
 
 
 def _shown(record: dict) -> dict:

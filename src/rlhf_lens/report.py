@@ -594,13 +594,18 @@ def _new_features_html(results: dict) -> str:
     new = results.get("new_features")
     if new is None:
         return _not_run()
+    parts = ['<p class="note">Tuned-model features whose closest feature in the base model\u2019s small dictionaries '
+             "(same block, every base seed) has a cosine below the block\u2019s threshold: what RLHF may have added; "
+             "explained and scored like the top features, but not part of the headline numbers.</p>"]
+    counts = _new_counts(results)
+    if counts:
+        lead, rows = counts
+        parts.append(f"<p>{_esc(lead)}</p>" + _table(_COUNT_HEADERS, rows, numeric={0, 1, 3, 4}))
     if not new:
-        return "<p>No tuned feature is far from every base feature at the chosen threshold.</p>"
+        return "".join(parts) + "<p>No tuned feature is far from every base feature at the chosen threshold.</p>"
     rows = sorted(new, key=lambda r: (_layer(r), _float(r.get("max_cosine_to_base")) or 0.0))
-    notes = [_new_counts_text(results), _table_words_text(results)]
-    return ('<p class="note">Tuned-model features whose closest base feature (same block) has a low cosine: what RLHF '
-            "added; explained and scored like the top features, but not part of the headline numbers.</p>"
-            + "".join(f"<p>{_esc(note)}</p>" for note in notes if note)
+    words = _table_words_text(results)
+    return ("".join(parts) + (f"<p>{_esc(words)}</p>" if words else "")
             + _table([*_NEW_HEADERS[:3], "explanation and top examples", *_NEW_HEADERS[4:], "sign share"],
                      [[r.get("layer"), r.get("feature"), _float(r.get("max_cosine_to_base")), _explanation_cell(r),
                        _float(r.get("score")), _float(r.get("utility")), _float(r.get("reward_corr")),
@@ -608,17 +613,45 @@ def _new_features_html(results: dict) -> str:
                      numeric={0, 1, 2, 4, 5, 6, 7}, cls="features"))
 
 
-def _new_counts_text(results: dict) -> str | None:
-    """"Below cosine 0.5 (seed 0): block 2: 14 found, the 5 most novel explained; ..." from new_feature_counts."""
+_COUNT_HEADERS = ["block", "threshold", "threshold from", "tuned features below",
+                  "base features below (seed noise)", "explained"]
+
+
+def _new_counts(results: dict) -> tuple[str, list[list[Any]]] | None:
+    """(lead sentence, one row per block of _COUNT_HEADERS) from new_feature_counts: the tuned count beside the
+    false-positive baseline (base seed-0 features below the same threshold against the other base seeds)."""
     counts = results.get("new_feature_counts") or {}
-    blocks = [b for b in (counts.get("per_block") or []) if isinstance(b, dict)]
+    blocks = sorted((b for b in (counts.get("per_block") or []) if isinstance(b, dict)), key=_layer)
     if not blocks:
         return None
-    parts = [f"block {b.get('layer')}: " + ("none" if not b.get("found") else f"{_num(b.get('found'))} found, "
-             + (f"the {_num(b.get('explained'))} most novel explained" if b.get("explained") != b.get("found")
-                else "all explained")) for b in sorted(blocks, key=_layer)]
-    return (f"Max cosine to base below {_num(_float(counts.get('threshold')))} (seed {counts.get('seed', '?')}'s "
-            f"small dictionaries): {'; '.join(parts)}.")
+    seed = counts.get("seed", "?")
+    rows = []
+    for b in blocks:
+        # Older results.json: one threshold for every block, at the top level, and no baseline.
+        threshold = _float(b.get("threshold")) if "threshold" in b else _float(counts.get("threshold"))
+        baseline = (_of(b.get("baseline"), b.get("baseline_n")) if b.get("baseline") is not None
+                    else "- (one seed: no null)" if "baseline" in b else None)
+        rows.append([b.get("layer"), threshold, b.get("threshold_source"), _of(b.get("found"), b.get("tuned_n")),
+                     baseline, _explained_text(b)])
+    lead = (f"Per block: tuned features (seed {seed}\u2019s small dictionary) with max cosine to the base below the "
+            f"threshold, beside the base seed-{seed} features below the same threshold against the other base seeds, "
+            "which seed noise alone calls new. A tuned count not well above that baseline is mostly seed noise.")
+    return lead, rows
+
+
+def _of(count: Any, total: Any) -> str:
+    """"14 of 576" ("14" without a total, "-" without a count)."""
+    if _float(count) is None:
+        return "-"
+    return f"{_num(count)} of {_num(total)}" if _float(total) is not None else _num(count)
+
+
+def _explained_text(block: dict) -> str:
+    if not block.get("found"):
+        return "none found"
+    if block.get("explained") == block.get("found"):
+        return "all"
+    return f"the {_num(block.get('explained'))} most novel"
 
 
 def _table_words_text(results: dict) -> str | None:
@@ -883,12 +916,14 @@ def render_markdown(results: dict) -> str:
         section("features", None)
 
     new = results.get("new_features")
-    notes = [note for note in (_new_counts_text(results), _table_words_text(results)) if note]
-    section("new-features", None if new is None else "\n\n".join([*notes, _md_table(
+    counts = _new_counts(results)
+    parts = [counts[0], _md_table(_COUNT_HEADERS, counts[1])] if counts else []
+    words = _table_words_text(results)
+    section("new-features", None if new is None else "\n\n".join([*parts, *([words] if words else []), _md_table(
         _NEW_HEADERS, [[r.get("layer"), r.get("feature"), _float(r.get("max_cosine_to_base")), r.get("explanation"),
                         _float(r.get("score")), _float(r.get("utility")), _float(r.get("reward_corr"))]
                        for r in sorted(new, key=lambda r: (_layer(r), _float(r.get("max_cosine_to_base")) or 0.0))])])
-        if new else "No new features at the chosen threshold.")
+        if new else "\n\n".join([*parts, "No new features at the chosen threshold."]))
 
     if results.get("utility"):
         models, rows = _utility_rows(results)
