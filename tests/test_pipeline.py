@@ -704,6 +704,20 @@ def test_every_preset_resolves_to_a_valid_config(name):
             assert config[section][key] == value, (name, section, key)
 
 
+def test_keys_lists_every_setting_with_its_docstring():
+    from rlhf_lens.config import field_docs
+    from rlhf_lens.pipeline import InterpSection
+    from rlhf_lens.rlhf import PPOConfig
+
+    shown = run_cli("run", "--keys", check=True).stdout
+    assert f"rlhf.kl_penalty = \"kl\"\n    {field_docs(PPOConfig)['kl_penalty']}" in shown
+    assert f"interp.new_feature_quantile = 0.05\n    {field_docs(InterpSection)['new_feature_quantile']}" in shown
+    listed = [line.split(" = ")[0] for line in shown.splitlines() if not line.startswith(" ")]
+    assert len(listed) == len(set(listed)) and {"model.base", "sae.seeds", "controls.random_init"} <= set(listed)
+    assert all(line.strip() for line in shown.splitlines())  # every key has a help line
+    assert_user_error(run_cli("run", "--preset", "tiny"), "--out")
+
+
 def test_show_config_applies_overrides_and_round_trips(tmp_path):
     args = ("--set", "interp.top_k=3", "--set", "sae.seeds=[4, 5]", "--set", "model.base=smollm2")
     shown = run_cli(*RUN_ARGS, *args, "--show-config", "--out", str(tmp_path / "run"), check=True).stdout

@@ -497,20 +497,28 @@ def presets() -> None:
 
 @app.command()
 def run(
-    out: Path = typer.Option(..., "--out", help="Run folder: config, artifacts, report. Rerun to resume."),
+    out: Path = typer.Option(None, "--out", help="Run folder: config, artifacts, report. Rerun to resume."),
     preset: str = typer.Option(None, "--preset", help="A preset name (see `rlhf-lens presets`)."),
     config: Path = typer.Option(None, "--config", help="A TOML config file (sections as in the presets)."),
-    set_: list[str] = typer.Option([], "--set", help="Override one setting: section.key=value (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="Override one setting: section.key=value (repeatable; "
+                                   "--keys lists them)."),
     show_config: bool = typer.Option(False, "--show-config", help="Print the resolved config and exit."),
+    keys: bool = typer.Option(False, "--keys", help="List every section.key with its default and meaning, and exit."),
 ) -> None:
     """Run the whole method: PPO, divergence, harvest, SAEs, MMCS, explanations, scores, report."""
-    from .pipeline import config_toml, load_config
+    from .pipeline import config_keys, config_toml, load_config
     from .pipeline import run as run_pipeline
 
+    if keys:
+        for key, default, text in config_keys():
+            typer.echo(f"{key} = {default}\n    {text}")
+        return
     resolved = load_config(preset, config, set_)
     if show_config:
         typer.echo(config_toml(resolved))
         return
+    if out is None:
+        raise UserError("give the run folder with --out DIR")
     try:
         report = run_pipeline(resolved, out)
     except KeyboardInterrupt:

@@ -174,6 +174,19 @@ def _section_types() -> dict[str, type]:
     return {**typing.get_type_hints(RunConfig), "rlhf": _ppo_config_type()}
 
 
+def config_keys() -> list[tuple[str, str, str]]:
+    """Every `section.key` a run takes, with its default and its field docstring: (key, default, help)."""
+    from .config import field_docs
+
+    rows = []
+    defaults = RunConfig().to_dict()
+    for section, cls in _section_types().items():
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            rows.append((f"{section}.{f.name}", json.dumps(defaults[section][f.name]), docs.get(f.name, "")))
+    return rows
+
+
 def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("rlhf_lens.presets").iterdir() if p.name.endswith(".toml"))
 
