@@ -265,6 +265,13 @@ def test_missing_sections_say_not_run(tmp_path):
     assert md.count("_not run_") == 6
 
 
+def test_numbers_are_shown_to_three_digits_and_float_residue_as_zero():
+    from rlhf_lens.report import _num
+
+    assert _num(0.123456) == "0.123" and _num(12345.6) == "12,346" and _num(3.2e-6) == "3.20e-06"
+    assert 0.1 + 0.2 - 0.3 != 0 and _num(0.1 + 0.2 - 0.3) == "0" and _num(0.0) == "0" and _num(None) == "-"
+
+
 def test_verdict_rule():
     clear = verdict({"mean": 58.1, "std": 3.0, "n": 3}, {"mean": 90.9, "std": 4.0, "n": 3})
     assert "tuned - base = +32.8" in clear and "larger than seed noise" in clear and "(5)" in clear

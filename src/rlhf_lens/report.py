@@ -136,6 +136,8 @@ def _num(x: Any, digits: int = 3) -> str:
         return f"{x:,}"
     if not math.isfinite(x):
         return str(x)
+    if abs(x) < 1e-12:  # float residue of a mean that is 0 (e.g. 6.9e-18), not a measurement
+        return "0"
     if abs(x) >= 10 ** digits:
         return f"{x:,.0f}"
     if x != 0 and abs(x) < 1e-4:
