@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .io import read_json, write_json, write_text
 
 FORMAT = "rlhf-lens.ppo"
@@ -564,7 +564,7 @@ class _Trainer:
             self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=self.device,
                                                       weights_only=True))
         except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as e:
-            raise UserError(f"{folder}: damaged checkpoint ({str(e).splitlines()[0][:200]}); "
+            raise UserError(f"{folder}: damaged checkpoint ({first_line(e)}); "
                             "delete the folder to restart the run") from None
         self.step, self.kl.value = int(state["step"]), float(state["kl_coef"])
         self.log = [row for row in log if row["step"] <= self.step]

@@ -31,7 +31,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .io import atomic_path, read_json, save_safetensors, write_json
 
 ARCHS = ("tied", "untied", "topk")
@@ -164,6 +164,11 @@ class TensorSource:
             yield self.acts.index_select(0, perm[start:start + batch_size].sort().values)
 
 
+def unit_rows(w: torch.Tensor) -> torch.Tensor:
+    """Each row scaled to norm 1 (an all-zero row stays 0): how a dictionary's features are read."""
+    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
 def check_finite(acts: torch.Tensor, name: str, chunk_rows: int = 65536) -> None:
     """UserError if `acts` holds NaN or inf (checked in row chunks: bounded extra memory)."""
     rows = acts.reshape(-1, acts.shape[-1]) if acts.ndim else acts.reshape(1, 1)
@@ -194,7 +199,7 @@ def _read_tensor_file(path: Path, key: str) -> torch.Tensor:
     except UserError:
         raise
     except Exception as e:  # safetensors raises its own error types for a malformed header
-        raise UserError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
+        raise UserError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
 
 
 def open_source(spec: str | Path, layer: int | None = None) -> ActivationSource:
@@ -230,7 +235,7 @@ class SparseAutoencoder(nn.Module):
         # offset: seed 0 must not replay other seed-0 draws (e.g. the synthetic ground truth itself)
         g = torch.Generator().manual_seed(_INIT_SEED_OFFSET + cfg.seed)
         w = torch.randn(m, d, generator=g)
-        w /= w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        w = unit_rows(w)
         self.decoder = nn.Parameter(w)
         """Raw dictionary [m, d]; rows are normalised in every forward pass."""
         self.encoder = None if cfg.arch == "tied" else nn.Parameter(w.clone())
@@ -244,10 +249,10 @@ class SparseAutoencoder(nn.Module):
     def dictionary(self) -> torch.Tensor:
         """The features: unit-norm decoder rows [m, d]."""
         with torch.no_grad():
-            return self.decoder / self.decoder.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            return self._dn()
 
     def _dn(self) -> torch.Tensor:
-        return self.decoder / self.decoder.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return unit_rows(self.decoder)
 
     def encoder_matrix(self) -> torch.Tensor:
         """[m, d]: the rows the codes are read with (the normalised dictionary when tied)."""
@@ -355,7 +360,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         weights = load_file(str(path / WEIGHTS_FILE))
     except Exception as e:
-        raise UserError(f"{path / WEIGHTS_FILE}: not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
+        raise UserError(f"{path / WEIGHTS_FILE}: not a readable safetensors file ({first_line(e)})") from None
     missing = [k for k in ("W_enc", "b_enc", "W_dec", "b_dec") if k not in weights]
     if missing:
         raise UserError(f"{path / WEIGHTS_FILE}: missing {', '.join(missing)}; not an SAE in SAELens's layout")
@@ -394,7 +399,7 @@ def load_dictionary(sae: str | Path | SparseAutoencoder | torch.Tensor) -> torch
         raise UserError(f"{name}: a dictionary must be a non-empty [m, d] matrix, got shape {list(w.shape)}")
     if not bool(torch.isfinite(w).all()):
         raise UserError(f"{name}: dictionary holds NaN/inf values")
-    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return unit_rows(w)
 
 
 # --- the fast step ---------------------------------------------------------------------------------

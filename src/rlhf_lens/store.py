@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .io import read_json
 
 FORMAT = "rlhf-lens.activations"
@@ -127,7 +127,7 @@ class ActivationStore:
             with safe_open(str(path), framework="pt") as f:
                 return {key: f.get_tensor(key) for key in keys}
         except (SafetensorError, OSError) as e:
-            raise UserError(f"{path}: unreadable ({str(e).splitlines()[0]}); rerun the same `rlhf-lens harvest` "
+            raise UserError(f"{path}: unreadable ({first_line(e)}); rerun the same `rlhf-lens harvest` "
                             "command to redo it") from None
 
     def _check_layer(self, layer: int) -> None:
@@ -226,7 +226,7 @@ def shard_problem(path: Path, manifest: dict, entry: dict) -> str | None:
         with safe_open(str(file), framework="pt") as f:
             found = {key: (f.get_slice(key).get_dtype(), list(f.get_slice(key).get_shape())) for key in f.keys()}
     except (SafetensorError, OSError) as e:
-        return f"corrupt or truncated ({str(e).splitlines()[0]})"
+        return f"corrupt or truncated ({first_line(e)})"
     if found.keys() != expected.keys():
         return f"holds {sorted(found)} but the manifest expects {sorted(expected)}"
     for key, want in expected.items():

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .io import save_safetensors
+from .sae import unit_rows
 
 CHUNK = 4096  # rows drawn per step: part of the data's definition (same seed, same rows)
 
@@ -48,7 +49,7 @@ def make_synthetic(cfg: SyntheticConfig) -> tuple[torch.Tensor, torch.Tensor]:
     cfg.check()
     g = torch.Generator().manual_seed(cfg.seed)
     truth = torch.randn(cfg.features, cfg.d, generator=g)
-    truth /= truth.norm(dim=1, keepdim=True)
+    truth = unit_rows(truth)
     acts = torch.empty(cfg.n, cfg.d)
     for start in range(0, cfg.n, CHUNK):
         rows = min(CHUNK, cfg.n - start)
@@ -83,10 +84,10 @@ def load_ground_truth(path: str | Path) -> torch.Tensor:
     except UserError:
         raise
     except Exception as e:
-        raise UserError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
+        raise UserError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
     if truth.ndim != 2 or truth.shape[0] < 1:
         raise UserError(f"{path}: 'ground_truth' must be [F, d], got shape {list(truth.shape)}")
-    return truth / truth.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return unit_rows(truth)
 
 
 def recovery(sae, ground_truth, *, pair=None, threshold: float = 0.9, top_k: int = 10) -> dict:
