@@ -780,7 +780,7 @@ def _stage_scores(config: RunConfig, run_dir: Path, state: dict) -> dict:
         entry = {"layer": layer}
         for m in models:
             values = [next(b[m]["utility"] for b in per_seed[s]["blocks"] if b["layer"] == layer) for s in seeds]
-            entry[m] = {"utility": _mean_std(values)["mean"],
+            entry[m] = {"utility": _mean(values),
                         "reward_score": _mean([next(b[m]["reward_score"] for b in per_seed[s]["blocks"]
                                                     if b["layer"] == layer) for s in seeds])}
         per_block.append(entry)

@@ -482,6 +482,7 @@ class _Trainer:
                     full.append(full_kl(r.logits[part], ref_logits))
             rewards, kl = kl_rewards(scores, r.logprobs, torch.cat(ref_logprobs), r.mask, self.kl.value,
                                      kl=torch.cat(full) if full else None)
+            r.logits = None  # [B, T, V]: needed only for the KL; free it before the updates
             advantages, returns = gae(r.values, rewards, r.mask, c.gamma, c.lam)
             advantages = whiten(advantages, r.mask)
         for group in self.optimizer.param_groups:
