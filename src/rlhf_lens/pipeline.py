@@ -748,7 +748,7 @@ def _mean_std(values: list[float]) -> dict:
 def _stage_scores(config: RunConfig, run_dir: Path, state: dict) -> dict:
     """Utility score (Table 3), reward alignment, simulation and MMCS per model, as mean +- spread over seeds."""
     from .interp import utility_scores
-    from .report import verdict
+    from .report.verdict import verdict
     from .rewards import load_utility_table
 
     table = load_utility_table(config.reward.table)

@@ -1,0 +1,246 @@
+"""Numbers, statistics and table rows for people: shared by the HTML page and summary.md."""
+
+from __future__ import annotations
+
+import html
+import math
+import statistics
+from typing import Any
+
+# (id, title) of every section, in page order: the ids are stable (tests and links use them).
+SECTIONS = (
+    ("headline", "Headline numbers"),
+    ("ppo", "PPO fine-tuning"),
+    ("divergence", "Layer divergence"),
+    ("saes", "Sparse autoencoders"),
+    ("mmcs", "MMCS: dictionary agreement"),
+    ("features", "Top features and their explanations"),
+    ("new-features", "Features new in the tuned model"),
+    ("utility", "Utility score (Table 3)"),
+    ("config", "Configuration"),
+)
+
+
+NOT_RUN = "not run"
+
+
+_MODEL_ORDER = ("base", "tuned", "control", "tuned-vs-base", "control-vs-base")
+
+
+_COLORS = {"base": "#1f77b4", "tuned": "#d62728", "control": "#7f7f7f", "tuned-vs-base": "#9467bd",
+           "control-vs-base": "#bcbd22"}
+
+
+_EXTRA_COLORS = ("#2ca02c", "#8c564b", "#e377c2", "#17becf", "#ff7f0e")
+
+
+def _float(x: Any) -> float | None:
+    """A finite float, or None for anything else (missing, null, text, NaN)."""
+    if isinstance(x, bool) or x is None:
+        return None
+    try:
+        value = float(x)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    """A number for people: 3 significant digits, thousands separated; '-' when missing."""
+    if x is None:
+        return "-"
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return str(x)
+    if isinstance(x, int):
+        return f"{x:,}"
+    if not math.isfinite(x):
+        return str(x)
+    if abs(x) < 1e-12:  # float residue of a mean that is 0 (e.g. 6.9e-18), not a measurement
+        return "0"
+    if abs(x) >= 10 ** digits:
+        return f"{x:,.0f}"
+    if x != 0 and abs(x) < 1e-4:
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}g}"
+
+
+def _signed(x: float) -> str:
+    return ("+" if x >= 0 else "") + _num(x)
+
+
+def _pct(x: Any) -> str:
+    value = _float(x)
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _stat(d: Any) -> dict:
+    """{"mean", "std", "n"} from a headline value: a dict (mean/std/n/values), a bare number or None."""
+    if isinstance(d, dict):
+        values = [v for v in (_float(x) for x in d.get("values") or []) if v is not None]
+        n = d.get("n", len(values) if values else None)
+        return {"mean": _float(d.get("mean")), "std": _float(d.get("std")), "n": n if isinstance(n, int) else None}
+    return {"mean": _float(d), "std": None, "n": None}
+
+
+def _mean_std(d: Any) -> str:
+    s = _stat(d)
+    if s["mean"] is None:
+        return "-"
+    if s["std"] is None or s["n"] == 1:  # one seed: a std of 0 would look like certainty
+        return _num(s["mean"])
+    return f"{_num(s['mean'])} \u00b1 {_num(s['std'], 2)}"
+
+
+def _model_key(name: str) -> tuple[int, str]:
+    return (_MODEL_ORDER.index(name) if name in _MODEL_ORDER else len(_MODEL_ORDER), name)
+
+
+def _color(name: str, index: int = 0) -> str:
+    return _COLORS.get(name, _EXTRA_COLORS[index % len(_EXTRA_COLORS)])
+
+
+def _layer(row: dict) -> int:
+    value = _float(row.get("layer"))
+    return int(value) if value is not None else -1
+
+
+def _esc(x: Any) -> str:
+    return html.escape("" if x is None else str(x), quote=True)
+
+
+_SAE_METRICS = ("mse", "fvu", "l0", "dead_fraction", "tokens_per_s")
+
+
+def _sae_groups(saes: list[dict]) -> list[dict]:
+    """SAE rows grouped over seeds: one per (model, block, size, arch), metrics as (mean, std|None).
+
+    The l1 used is shown per group as one value, or a range when target_l0 calibrated it per seed."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in saes:
+        key = (str(r.get("model", "?")), _layer(r), r.get("dict_size"), r.get("arch"))
+        groups.setdefault(key, []).append(r)
+    out = []
+    for key in sorted(groups, key=lambda k: (_model_key(k[0]), k[1], _float(k[2]) or 0.0, str(k[3]))):
+        rows = groups[key]
+        metrics = {}
+        for name in _SAE_METRICS:
+            values = [v for v in (_float(r.get(name)) for r in rows) if v is not None]
+            # sample std (n - 1), as the pipeline's headline and MMCS spreads
+            metrics[name] = (statistics.mean(values) if values else None,
+                             statistics.stdev(values) if len(values) > 1 else None)
+        l1 = sorted({v for v in (_float(r.get("l1")) for r in rows) if v is not None})
+        seeds_of: dict[str, list] = {}  # a warning every seed gave is shown once
+        for r in rows:
+            for w in r.get("warnings") or []:
+                seeds_of.setdefault(str(w), []).append(r.get("seed"))
+        warnings = [w if len(seeds) == len(rows) else f"seed {', '.join(map(str, seeds))}: {w}"
+                    for w, seeds in seeds_of.items()]
+        out.append({"model": key[0], "layer": key[1], "dict_size": key[2], "arch": key[3],
+                    "l1": "-" if not l1 else _num(l1[0]) if len(l1) == 1 else f"{_num(l1[0])}\u2013{_num(l1[-1])}",
+                    "seeds": [r.get("seed") for r in rows], "metrics": metrics, "warnings": warnings})
+    return out
+
+
+def _metric_text(stat: tuple[float | None, float | None], percent: bool = False) -> str:
+    mean, std = stat
+    if mean is None:
+        return "-"
+    scale = 100.0 if percent else 1.0
+    text = f"{100 * mean:.1f}%" if percent else _num(mean)
+    return text if std is None else f"{text} \u00b1 {_num(scale * std, 2)}"
+
+
+_NEW_HEADERS = ["block", "feature", "max cos to base", "explanation", "sim. score", "utility", "reward corr"]
+
+
+_COUNT_HEADERS = ["block", "threshold", "threshold from", "tuned features below",
+                  "base features below (seed noise)", "explained"]
+
+
+def _new_counts(results: dict) -> tuple[str, list[list[Any]]] | None:
+    """(lead sentence, one row per block of _COUNT_HEADERS) from new_feature_counts: the tuned count beside the
+    false-positive baseline (base seed-0 features below the same threshold against the other base seeds)."""
+    counts = results.get("new_feature_counts") or {}
+    blocks = sorted((b for b in (counts.get("per_block") or []) if isinstance(b, dict)), key=_layer)
+    if not blocks:
+        return None
+    seed = counts.get("seed", "?")
+    rows = []
+    for b in blocks:
+        # Older results.json: one threshold for every block, at the top level, and no baseline.
+        threshold = _float(b.get("threshold")) if "threshold" in b else _float(counts.get("threshold"))
+        baseline = (_of(b.get("baseline"), b.get("baseline_n")) if b.get("baseline") is not None
+                    else "- (one seed: no null)" if "baseline" in b else None)
+        rows.append([b.get("layer"), threshold, b.get("threshold_source"), _of(b.get("found"), b.get("tuned_n")),
+                     baseline, _explained_text(b)])
+    lead = (f"Per block: tuned features (seed {seed}\u2019s small dictionary) with max cosine to the base below the "
+            f"threshold, beside the base seed-{seed} features below the same threshold against the other base seeds, "
+            "which seed noise alone calls new. A tuned count not well above that baseline is mostly seed noise.")
+    return lead, rows
+
+
+def _of(count: Any, total: Any) -> str:
+    """"14 of 576" ("14" without a total, "-" without a count)."""
+    if _float(count) is None:
+        return "-"
+    return f"{_num(count)} of {_num(total)}" if _float(total) is not None else _num(count)
+
+
+def _explained_text(block: dict) -> str:
+    if not block.get("found"):
+        return "none found"
+    if block.get("explained") == block.get("found"):
+        return "all"
+    return f"the {_num(block.get('explained'))} most novel"
+
+
+def _table_words_text(results: dict) -> str | None:
+    """How many new features' explanations hold utility-table words, beside the tuned model's top-k features."""
+    new = [r for r in results.get("new_features") or [] if isinstance(r, dict)]
+    top = [f for f in results.get("features") or [] if f.get("model") == "tuned"]
+    if not new or not top or not all("utility_words" in r for r in new + top):
+        return None
+
+    def share(rows: list[dict]) -> str:
+        utilities = [u for u in (_float(r.get("utility")) for r in rows) if u is not None]
+        mean = sum(utilities) / len(utilities) if utilities else None
+        return f"{sum(1 for r in rows if r.get('utility_words'))} of {len(rows)} (mean utility {_num(mean)})"
+
+    return (f"Explanations with utility-table words: new features {share(new)}; "
+            f"the tuned model's top-k features {share(top)}.")
+
+
+def _utility_value(entry: Any, key: str) -> float | None:
+    """A per-block/total entry is a number (the utility) or a summary dict (utility, reward_score, ...)."""
+    if isinstance(entry, dict):
+        return _float(entry.get(key))
+    return _float(entry) if key == "utility" else None
+
+
+def _utility_rows(results: dict) -> tuple[list[str], list[tuple[Any, dict, dict]]]:
+    """Models and rows (block or "total", utility per model, reward alignment per model)."""
+    utility = results.get("utility") or {}
+    features = results.get("features") or []
+    per_block = [r for r in (utility.get("per_block") or []) if isinstance(r, dict)]
+    total = utility.get("total") or {}
+    # Model columns: every key holding a number or a summary dict (null: that model was not scored).
+    entries = [*((k, v) for r in per_block for k, v in r.items() if k != "layer"), *total.items()]
+    models = sorted({k for k, v in entries if isinstance(v, dict) or _float(v) is not None}, key=_model_key)
+
+    def alignment_from_features(model: str, layer: int | None) -> float | None:
+        chosen = [f for f in features if f.get("model") == model and (layer is None or _layer(f) == layer)]
+        values = [_float(f.get("reward_corr")) for f in chosen]
+        return sum(abs(v) for v in values if v is not None) if chosen else None
+
+    rows = []
+    for r in sorted(per_block, key=_layer):
+        util = {m: _utility_value(r.get(m), "utility") for m in models}
+        align = {m: _utility_value(r.get(m), "reward_score") for m in models}
+        align = {m: v if v is not None else alignment_from_features(m, _layer(r)) for m, v in align.items()}
+        rows.append((r.get("layer"), util, align))
+    if total:
+        util = {m: _utility_value(total.get(m), "utility") for m in models}
+        align = {m: _utility_value(total.get(m), "reward_score") for m in models}
+        align = {m: v if v is not None else alignment_from_features(m, None) for m, v in align.items()}
+        rows.append(("total", util, align))
+    return models, rows
