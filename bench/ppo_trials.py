@@ -21,9 +21,9 @@ import time
 
 os.environ.setdefault("RLHF_LENS_QUIET", "1")
 
+from rlhf_lens.config import load_config  # noqa: E402
 from rlhf_lens.data import load_corpus  # noqa: E402
 from rlhf_lens.models import load_model  # noqa: E402
-from rlhf_lens.pipeline import load_config  # noqa: E402
 from rlhf_lens.rewards import load_reward  # noqa: E402
 from rlhf_lens.rlhf import _Trainer, check_config  # noqa: E402
 

@@ -15,11 +15,31 @@ def test_jsonl_splits_and_labels(corpus_file):
     assert {d.label for d in corpus.documents("test")} == {0, 1}
 
 
-def test_txt_is_one_split_serving_every_split(tmp_path):
+def test_a_one_split_corpus_holds_out_a_seeded_fifth_as_its_test_split(tmp_path):
+    """PPO prompts (train) and the held-out evaluation and harvest (test) never share a document."""
     path = tmp_path / "docs.txt"
-    path.write_text("first document\n\nsecond document\n")
+    path.write_text("".join(f"document {i}\n\n" for i in range(50)))
     corpus = load_corpus(str(path))
-    assert corpus.texts("train") == corpus.texts("test") == ["first document", "second document"]
+    train, test = corpus.texts("train"), corpus.texts("test")
+    assert corpus.held_out and len(test) == 10 and len(train) == 40 and not set(train) & set(test)
+    assert sorted(train + test) == sorted(f"document {i}" for i in range(50))
+    assert corpus.texts("validation") == test == load_corpus(str(path)).texts("test")  # seeded: same every time
+    assert train == [t for t in (f"document {i}" for i in range(50)) if t in set(train)]  # corpus order kept
+
+
+def test_max_docs_takes_a_seeded_random_subset_not_the_first_documents(tmp_path):
+    """On a label-sorted corpus (the IMDB splits are) the first N documents would hold one class only."""
+    import json
+
+    path = tmp_path / "sorted.jsonl"
+    path.write_text("".join(json.dumps({"text": f"review {i}", "label": int(i >= 100), "split": "test"}) + "\n"
+                            for i in range(200)) + json.dumps({"text": "a train review", "split": "train"}) + "\n")
+    corpus = load_corpus(str(path))
+    subset = corpus.texts("test", max_docs=40)
+    labels = [int(int(t.split()[1]) >= 100) for t in subset]
+    assert len(subset) == 40 == len(set(subset)) and 10 <= sum(labels) <= 30
+    assert subset == corpus.texts("test", max_docs=40) != corpus.texts("test", max_docs=40, seed=1)
+    assert corpus.texts("test", max_docs=500) == corpus.texts("test")
 
 
 def test_csv_custom_text_column(tmp_path):
@@ -30,7 +50,7 @@ def test_csv_custom_text_column(tmp_path):
         writer.writerow(["a fine film", "1"])
         writer.writerow(["a bad film", "0"])
     corpus = load_corpus(str(path), text_column="review")
-    assert [(d.text, d.label) for d in corpus.documents("test")] == [("a fine film", 1), ("a bad film", 0)]
+    assert [(d.text, d.label) for d in corpus.splits["all"]] == [("a fine film", 1), ("a bad film", 0)]
 
 
 def test_parquet(tmp_path):

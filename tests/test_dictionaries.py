@@ -152,3 +152,69 @@ def test_mmcs_cli_json_and_errors(tmp_path):
     wide = _sae_dir(tmp_path / "wide", torch.randn(12, 10))
     assert_user_error(run_cli("mmcs", a, wide), "different widths")
     assert_user_error(run_cli("mmcs", a, tmp_path / "nothing"), "not an SAE folder")
+
+
+def test_new_in_block_auto_threshold_flags_only_truly_new_directions():
+    """Three base seeds are noisy copies of the same directions (seed 0 missed one); the tuned dictionary has
+    closer copies of them plus three random directions. With the auto threshold exactly those three are new,
+    about new_feature_quantile of base seed 0 falls below it against seeds 1 and 2 (the baseline), and the
+    direction seed 0 missed is matched in another seed instead of counting as new.
+    Leave-one-out: the tuned seed-0 dictionary faces base seeds 1 and 2, the same reference set as the null."""
+    import numpy as np
+
+    from rlhf_lens.dictionaries import new_in_block, seed_null
+
+    rng = np.random.default_rng(0)
+    d, m, k = 64, 48, 3
+    truth = rng.normal(size=(m, d))
+    truth /= np.linalg.norm(truth, axis=1, keepdims=True)
+
+    def noisy(noise: float) -> torch.Tensor:
+        return torch.tensor(truth + noise * rng.normal(size=truth.shape) / np.sqrt(d), dtype=torch.float32)
+
+    bases = {s: noisy(0.4) for s in (0, 1, 2)}
+    bases[0][10] = torch.tensor(rng.normal(size=d), dtype=torch.float32)  # seed 0 missed direction 10
+    tuned = noisy(0.1)
+    tuned[m - k:] = torch.tensor(rng.normal(size=(k, d)), dtype=torch.float32)  # what "RLHF added"
+
+    rows, block = new_in_block(tuned, bases, 0)
+    assert sorted(r["feature"] for r in rows) == list(range(m - k, m))
+    assert all(r["max_cosine_to_base"] < block["threshold"] and r["match_seed"] in bases
+               for r in rows)
+    assert block["threshold_source"] == "auto: 0.05 quantile of base seed 0 vs seeds 1, 2"
+    assert block["found"] == k and block["tuned_n"] == m and block["base_seeds"] == [0, 1, 2]
+    assert block["null"]["against"] == block["reference_seeds"] == [1, 2] and block["null"]["n"] == m
+    # torch.quantile interpolates: the 0.05 quantile sits at rank 0.05 * (m - 1), so that many ranks fall below it.
+    assert block["null"]["below"] == int(np.ceil(0.05 * (m - 1))) and block["null"]["p05"] == block["threshold"]
+    # Against base seed 0 alone, direction 10 would look new; against every base seed it is not.
+    alone, _ = new_in_block(tuned, {0: bases[0]}, 0, threshold=block["threshold"])
+    assert 10 in {r["feature"] for r in alone}
+
+    # A fixed threshold is used as set; the baseline is still counted against it.
+    fixed_rows, fixed = new_in_block(tuned, bases, 0, threshold=0.9)
+    assert fixed["threshold"] == 0.9 and fixed["threshold_source"] == "fixed 0.9 (interp.new_feature_threshold)"
+    assert fixed["null"]["below"] == int((seed_null(list(bases.values())) < 0.9).sum())
+    assert fixed["found"] == len(fixed_rows) and fixed["null"]["p05"] == block["null"]["p05"]
+    one_rows, one = new_in_block(tuned, {0: bases[0]}, 0)
+    assert (one["threshold"], one["threshold_source"], one["null"]) == (0.5, "fixed 0.5 (one seed: no null)", None)
+    assert {r["match_seed"] for r in one_rows} <= {0}
+
+
+
+
+def test_new_in_block_judges_an_unchanged_model_exactly_like_its_null():
+    """A tuned dictionary identical to base seed 0 (tuning changed nothing) must find exactly as many "new"
+    features as the null counts below the threshold: both face the same base seeds (leave-one-out). Matching it
+    against all seeds, seed 0 included, would find none and bias the comparison toward "nothing new"."""
+    import numpy as np
+
+    from rlhf_lens.dictionaries import new_in_block
+
+    rng = np.random.default_rng(1)
+    truth = rng.normal(size=(40, 32))
+    bases = {s: torch.tensor(truth + 0.5 * rng.normal(size=truth.shape) / np.sqrt(32), dtype=torch.float32)
+             for s in (0, 1, 2)}
+    _, auto = new_in_block(bases[0].clone(), bases, 0)
+    for threshold in (0.0, auto["null"]["median"]):
+        rows, block = new_in_block(bases[0].clone(), bases, 0, threshold=threshold)
+        assert block["found"] == block["null"]["below"] == len(rows) > 0, block

@@ -143,3 +143,29 @@ def test_bad_input(hand_store, tokenizer):
         collect_examples(store, 1, {"s": identity_sae(D)}, {"s": [0]}, tokenizer, CONFIG)
     with pytest.raises(UserError, match="no features to explain"):
         collect_examples(store, 2, {"s": identity_sae(D)}, {"s": []}, tokenizer, CONFIG)
+
+
+def test_a_failed_simulation_is_scored_and_counted_not_fatal(hand_store, tokenizer):
+    """An explainer whose simulator fails on feature 1's records (None, as LLMExplainer returns after a second
+    unparsable answer): the stage goes on, that feature scores a constant prediction (0) and counts its failures."""
+    from rlhf_lens.interp import explain_features
+    from rlhf_lens.interp.explainers import Capabilities, Explainer
+
+    class Flaky(Explainer):
+        name = "flaky"
+        capabilities = Capabilities(deterministic=True, uses_llm=False, network=False, corpus_statistics=False,
+                                    parallel=False)
+
+        def explain_many(self, features, corpus=None):
+            return [f"feature {label}" for label, _, _ in features]
+
+        def simulate_many(self, jobs):
+            return [[None if text == "feature 1" else [1.0] * len(tokens) for tokens in records]
+                    for text, records in jobs]
+
+    store, _ = hand_store
+    records = explain_features(store, 2, {"a": identity_sae(D)}, {"a": [0, 1]}, tokenizer, Flaky(), CONFIG)
+    by_feature = {r["feature"]: r for r in records}
+    assert by_feature[1]["simulation_failures"] == len(by_feature[1]["scoring_examples"]) > 0
+    assert by_feature[1]["score"] == 0.0
+    assert by_feature[0]["simulation_failures"] == 0

@@ -21,8 +21,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import assert_user_error, run_cli
-from rlhf_lens.errors import UserError
-from rlhf_lens.pipeline import INTERRUPT_ENV, STAGES, config_toml, load_config, preset_names, preset_text
+from rlhf_lens.config import config_toml, load_config, preset_names, preset_text
+from rlhf_lens.errors import INTERRUPT_ENV, UserError
+from rlhf_lens.pipeline import STAGES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -425,52 +426,6 @@ def test_new_features_are_judged_against_base_seed_noise(tiny_run):
     assert "seed noise" in html and "seed noise" in summary
 
 
-def test_new_in_block_auto_threshold_flags_only_truly_new_directions():
-    """Three base seeds are noisy copies of the same directions (seed 0 missed one); the tuned dictionary has
-    closer copies of them plus three random directions. With the auto threshold exactly those three are new,
-    about new_feature_quantile of base seed 0 falls below it against seeds 1 and 2 (the baseline), and the
-    direction seed 0 missed is matched in another seed instead of counting as new."""
-    import numpy as np
-
-    from rlhf_lens.dictionaries import seed_null
-    from rlhf_lens.pipeline import InterpSection, _new_in_block
-
-    rng = np.random.default_rng(0)
-    d, m, k = 64, 48, 3
-    truth = rng.normal(size=(m, d))
-    truth /= np.linalg.norm(truth, axis=1, keepdims=True)
-
-    def noisy(noise: float) -> torch.Tensor:
-        return torch.tensor(truth + noise * rng.normal(size=truth.shape) / np.sqrt(d), dtype=torch.float32)
-
-    bases = {s: noisy(0.4) for s in (0, 1, 2)}
-    bases[0][10] = torch.tensor(rng.normal(size=d), dtype=torch.float32)  # seed 0 missed direction 10
-    tuned = noisy(0.1)
-    tuned[m - k:] = torch.tensor(rng.normal(size=(k, d)), dtype=torch.float32)  # what "RLHF added"
-
-    rows, block = _new_in_block(InterpSection(), 4, tuned, bases)
-    assert sorted(r["feature"] for r in rows) == list(range(m - k, m))
-    assert all(r["layer"] == 4 and r["max_cosine_to_base"] < block["threshold"] and r["match_seed"] in bases
-               for r in rows)
-    assert block["threshold_source"] == "auto: 0.05 quantile of base seed 0 vs seeds 1, 2"
-    assert block["found"] == k and block["tuned_n"] == m and block["base_seeds"] == [0, 1, 2]
-    assert block["null"]["against"] == [1, 2] and block["null"]["n"] == m
-    # torch.quantile interpolates: the 0.05 quantile sits at rank 0.05 * (m - 1), so that many ranks fall below it.
-    assert block["null"]["below"] == int(np.ceil(0.05 * (m - 1))) and block["null"]["p05"] == block["threshold"]
-    # Against base seed 0 alone, direction 10 would look new; against every base seed it is not.
-    alone, _ = _new_in_block(InterpSection(new_feature_threshold=block["threshold"]), 4, tuned, {0: bases[0]})
-    assert 10 in {r["feature"] for r in alone}
-
-    # A fixed threshold is used as set; the baseline is still counted against it.
-    fixed_rows, fixed = _new_in_block(InterpSection(new_feature_threshold=0.9), 4, tuned, bases)
-    assert fixed["threshold"] == 0.9 and fixed["threshold_source"] == "fixed 0.9 (interp.new_feature_threshold)"
-    assert fixed["null"]["below"] == int((seed_null(list(bases.values())) < 0.9).sum())
-    assert fixed["found"] == len(fixed_rows) and fixed["null"]["p05"] == block["null"]["p05"]
-    one_rows, one = _new_in_block(InterpSection(), 4, tuned, {0: bases[0]})
-    assert (one["threshold"], one["threshold_source"], one["null"]) == (0.5, "fixed 0.5 (one seed: no null)", None)
-    assert {r["match_seed"] for r in one_rows} <= {0}
-
-
 def test_the_mmcs_key_holds_the_new_feature_settings():
     from rlhf_lens.pipeline import _stage_config
 
@@ -635,6 +590,17 @@ def test_changing_a_middle_setting_reruns_that_stage_over_its_old_outputs(tiny_r
     ((*RUN_ARGS, "--set", "data.corpus=/no/such.txt"), ("/no/such.txt",)),
     ((*RUN_ARGS, "--set", "interp.new_feature_quantile=1.5"), ("interp.new_feature_quantile", "(0, 1)")),
     ((*RUN_ARGS, "--set", "interp.new_feature_threshold=-0.1"), ("interp.new_feature_threshold", "0: auto")),
+    # every one of these used to fail only after PPO, harvest and SAEs had run, naming a CLI flag
+    ((*RUN_ARGS, "--set", "interp.explainer=nope"), ("interp.explainer", "offline")),
+    ((*RUN_ARGS, "--set", "reward.aggregate=median"), ("reward.aggregate", "mean")),
+    ((*RUN_ARGS, "--set", "sae.dict_ratios=[0, 1]"), ("sae.dict_ratios",)),
+    ((*RUN_ARGS, "--set", "sae.dict_ratios=[1]"), ("sae.dict_ratios", "two distinct")),
+    ((*RUN_ARGS, "--set", "harvest.max_tokens=0"), ("harvest.max_tokens",)),
+    ((*RUN_ARGS, "--set", "sae.arch=topk", "--set", "sae.k=0"), ("sae.k", "topk")),
+    ((*RUN_ARGS, "--set", "rlhf.device=cuda"), ("rlhf.device", "model.device")),
+    ((*RUN_ARGS, "--set", "rlhf.steps=0"), ("rlhf.steps",)),
+    ((*RUN_ARGS, "--set", "model.dtype=float8"), ("model.dtype",)),
+    ((*RUN_ARGS, "--set", "examples.n_top=0"), ("examples.n_top",)),
 ])
 def test_bad_input_fails_before_any_work(tmp_path, args, fragments):
     out = tmp_path / "run"
@@ -705,13 +671,12 @@ def test_every_preset_resolves_to_a_valid_config(name):
 
 
 def test_keys_lists_every_setting_with_its_docstring():
-    from rlhf_lens.config import field_docs
-    from rlhf_lens.pipeline import InterpSection
+    from rlhf_lens.config import InterpConfig, field_docs
     from rlhf_lens.rlhf import PPOConfig
 
     shown = run_cli("run", "--keys", check=True).stdout
     assert f"rlhf.kl_penalty = \"kl\"\n    {field_docs(PPOConfig)['kl_penalty']}" in shown
-    assert f"interp.new_feature_quantile = 0.05\n    {field_docs(InterpSection)['new_feature_quantile']}" in shown
+    assert f"interp.new_feature_quantile = 0.05\n    {field_docs(InterpConfig)['new_feature_quantile']}" in shown
     listed = [line.split(" = ")[0] for line in shown.splitlines() if not line.startswith(" ")]
     assert len(listed) == len(set(listed)) and {"model.base", "sae.seeds", "controls.random_init"} <= set(listed)
     assert all(line.strip() for line in shown.splitlines())  # every key has a help line

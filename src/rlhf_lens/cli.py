@@ -15,7 +15,7 @@ import typer
 from . import __version__
 from .config import doc
 from .errors import UserError
-from .models import TinyModelConfig
+from .models_config import TinyModelConfig
 
 app = typer.Typer(
     help="What did RLHF teach this model, and did it learn the reward it was given?",
@@ -95,7 +95,7 @@ def tiny_model(
 
 # --- rewards and RLHF (rewards.py, rlhf.py) ----------------------------------------------------
 # [section: rlhf]
-from .rlhf import PPOConfig as _PPO  # noqa: E402  (field docstrings are the --help text)
+from .rlhf.config import PPOConfig as _PPO  # noqa: E402  (field docstrings are the --help text)
 
 _REWARD_HELP = ("Reward: vader, table:FILE (CSV/TSV/JSON word, value), classifier:MODEL (a sequence classifier), "
                 "sentiment or sentiment:CORPUS (offline logistic regression); options as ,key=value "
@@ -489,7 +489,7 @@ def report_command(
 @app.command()
 def presets() -> None:
     """List the presets `run --preset` takes (TOML files inside the package)."""
-    from .pipeline import preset_description, preset_names
+    from .config import preset_description, preset_names
 
     for name in preset_names():
         typer.echo(f"{name:24s} {preset_description(name)}")
@@ -506,7 +506,7 @@ def run(
     keys: bool = typer.Option(False, "--keys", help="List every section.key with its default and meaning, and exit."),
 ) -> None:
     """Run the whole method: PPO, divergence, harvest, SAEs, MMCS, explanations, scores, report."""
-    from .pipeline import config_keys, config_toml, load_config
+    from .config import config_keys, config_toml, load_config
     from .pipeline import run as run_pipeline
 
     if keys:

@@ -1,4 +1,10 @@
-"""Dataclass configs: field docstrings are the `--help` text, TOML in and out."""
+"""The run config: one `[section]` per stage, presets, TOML in and out, `--set section.key=value`.
+
+Each section is a dataclass whose field docstrings are its help text (`field_docs`, `doc`): the same
+text serves `rlhf-lens run --keys` and the stage commands' `--help`. `load_config` validates every
+section (types, ranges, choices, cross-field rules) before any stage runs; its messages name
+`section.key`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,28 @@ import ast
 import dataclasses
 import functools
 import inspect
+import json
+import os
+import sys
 import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from .errors import UserError
+from .interp.config import ExampleConfig, InterpConfig
+from .models_config import TinyModelConfig
+from .rlhf.config import PPOConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG_FILE = "config.toml"
+"""The resolved config a run folder holds."""
 
 
 @functools.cache
@@ -33,3 +60,308 @@ def field_docs(cls: type) -> dict[str, str]:
 def doc(cls: type, name: str) -> str:
     """The help text of one field (for `typer.Option(help=...)`)."""
     return field_docs(cls).get(name, "")
+
+
+
+
+@dataclass
+class ModelSection:
+    base: str = "tiny"
+    """Base model: a hub id, a local save_pretrained folder, `smollm2`, or `tiny` (built from [tiny])."""
+    tuned: str = ""
+    """An already tuned model to analyse instead of running PPO; empty: tune the base with [rlhf]."""
+    device: str = "cpu"
+    """Device for every stage: cpu or cuda."""
+    dtype: str = "float32"
+    """Model dtype for every stage (both models of a comparison always share it)."""
+    seed: int = 0
+    """Seed of the run (tiny model, control model, example sampling)."""
+
+
+@dataclass
+class DataSection:
+    corpus: str = "pang-lee"
+    """Corpus name (imdb, pang-lee, ...) or file: PPO prompts come from its train split (and are evaluated on test)."""
+    text_column: str = "text"
+    """Text column of a file corpus."""
+    test_split: str = "test"
+    """Split activations are harvested from (paper: IMDB test)."""
+
+
+@dataclass
+class RewardSection:
+    spec: str = "vader"
+    """Reward: vader, table:FILE, classifier:MODEL, or sentiment (the offline classifier)."""
+    table: str = "vader"
+    """Utility table the explanations are scored against (vader or a file)."""
+    aggregate: str = "mean"
+    """Per-explanation aggregate of the utilities of its words: mean (the authors' notebook) or sum."""
+
+
+@dataclass
+class DivergenceSection:
+    top_n: int = 5
+    """Number of most-moved blocks to analyse (paper: 5)."""
+
+
+@dataclass
+class HarvestSection:
+    max_docs: int = 0
+    """Documents of the test split to harvest (0: all)."""
+    max_tokens: int = 256
+    """Truncate each document to this many tokens (paper: 256)."""
+    batch_size: int = 16
+    """Documents per forward pass."""
+    dtype: str = "float32"
+    """Storage dtype of activations: float32 or bfloat16."""
+
+
+@dataclass
+class SAESection:
+    dict_ratios: list[int] = field(default_factory=lambda: [1, 2])
+    """Dictionary sizes as multiples of the MLP width; the first is the small one (paper: 1x and 2x)."""
+    arch: str = "tied"
+    """SAE architecture: tied (the paper's), untied or topk."""
+    k: int = 0
+    """Active codes per token for arch = topk."""
+    l1: float = 1e-3
+    """L1 coefficient (paper: 1e-3); ignored when target_l0 > 0."""
+    target_l0: float = 0.0
+    """If > 0, search the l1 that gives this mean L0 instead of using l1."""
+    epochs: int = 3
+    """Passes over the activations (paper: 3)."""
+    lr: float = 1e-3
+    """Adam learning rate (paper: 1e-3)."""
+    batch_size: int = 256
+    """Tokens per training batch."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """One SAE pair per seed: MMCS and scores are reported as mean +- spread over seeds."""
+
+
+@dataclass
+class ControlSection:
+    random_init: bool = False
+    """Also analyse a randomly initialised model of the base architecture, as a control."""
+
+
+@dataclass
+class RunConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    data: DataSection = field(default_factory=DataSection)
+    reward: RewardSection = field(default_factory=RewardSection)
+    rlhf: PPOConfig = field(default_factory=PPOConfig)
+    divergence: DivergenceSection = field(default_factory=DivergenceSection)
+    harvest: HarvestSection = field(default_factory=HarvestSection)
+    sae: SAESection = field(default_factory=SAESection)
+    interp: InterpConfig = field(default_factory=InterpConfig)
+    examples: ExampleConfig = field(default_factory=ExampleConfig)
+    controls: ControlSection = field(default_factory=ControlSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _section_types() -> dict[str, type]:
+    return typing.get_type_hints(RunConfig)
+
+
+def config_keys() -> list[tuple[str, str, str]]:
+    """Every `section.key` a run takes, with its default and its field docstring: (key, default, help)."""
+    rows = []
+    defaults = RunConfig().to_dict()
+    for section, cls in _section_types().items():
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            rows.append((f"{section}.{f.name}", json.dumps(defaults[section][f.name]), docs.get(f.name, "")))
+    return rows
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("rlhf_lens.presets").iterdir() if p.name.endswith(".toml"))
+
+
+def preset_text(name: str) -> str:
+    if name not in preset_names():
+        raise UserError(f"unknown preset {name!r}; available: {', '.join(preset_names())} (see `rlhf-lens presets`)")
+    return resources.files("rlhf_lens.presets").joinpath(f"{name}.toml").read_text(encoding="utf-8")
+
+
+def preset_description(name: str) -> str:
+    first = preset_text(name).splitlines()[0] if preset_text(name) else ""
+    return first.lstrip("# ").strip()
+
+
+def load_config(preset: str | None = None, config_file: str | os.PathLike | None = None,
+                overrides: list[str] = ()) -> RunConfig:
+    """Build a RunConfig from defaults, then a preset or a TOML file, then `key=value` overrides."""
+    if preset and config_file:
+        raise UserError("give either --preset or --config, not both")
+    data: dict = {}
+    if preset:
+        data = tomllib.loads(preset_text(preset))
+    elif config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"{path}: not valid TOML ({e})") from None
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise UserError(f"--set takes section.key=value (e.g. rlhf.steps=10), got {item!r}")
+        section, name = key.strip().split(".", 1)
+        data.setdefault(section, {})[name] = _parse_value(value.strip())
+    config = config_from_dict(data)
+    validate(config)
+    return config
+
+
+def _parse_value(text: str):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare string such as smollm2 or a path
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    section_types = _section_types()
+    sections = {}
+    for section, values in data.items():
+        if section not in section_types:
+            raise UserError(f"unknown config section [{section}]; sections: {', '.join(section_types)}")
+        if not isinstance(values, dict):
+            raise UserError(f"[{section}] must be a table of key = value")
+        cls = section_types[section]
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in values.items():
+            if key not in hints:
+                raise UserError(f"unknown key {section}.{key}; keys of [{section}]: {', '.join(hints)}")
+            kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
+        sections[section] = cls(**kwargs)
+    return RunConfig(**sections)
+
+
+def _coerce(name: str, value, hint):
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list):
+            raise UserError(f"{name} must be a list, got {value!r}")
+        return [_coerce(name, v, item) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return None if value is None else _coerce(name, value, args[0])
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{name} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{name} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise UserError(f"{name} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def config_toml(config: RunConfig) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(_drop_none(config.to_dict()))
+
+
+def _drop_none(obj):
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    return obj
+
+
+# --- validation: every section in full, before any stage runs ----------------------------------
+
+EXPLAINERS = ("offline", "openai", "hf:MODEL")
+AGGREGATES = ("mean", "sum")
+STORE_DTYPES = ("float32", "bfloat16")
+SAE_ARCHS = ("tied", "untied", "topk")
+
+
+def _require(rules: list[tuple[bool, str]]) -> None:
+    """Raise the first failing rule's message (each names its `section.key`)."""
+    for ok, message in rules:
+        if not ok:
+            raise UserError(message)
+
+
+def validate(config: RunConfig) -> None:
+    """Types were checked while parsing; here ranges, choices and cross-field rules, each failure one line
+    naming `section.key` and what to set instead. Nothing is loaded: files and models are checked by the run."""
+    from .rlhf.config import check_config, check_device_dtype
+
+    m, h, s, i, e = config.model, config.harvest, config.sae, config.interp, config.examples
+    try:
+        check_device_dtype(m.device, m.dtype)
+    except UserError as err:
+        raise UserError(f"model.{err}") from None
+    try:
+        check_config(config.rlhf)
+    except UserError as err:
+        raise UserError(f"rlhf.{err}") from None
+    ppo_defaults = PPOConfig()
+    for key, owner in (("device", "model.device"), ("dtype", "model.dtype"), ("text_column", "data.text_column")):
+        if getattr(config.rlhf, key) != getattr(ppo_defaults, key):
+            raise UserError(f"rlhf.{key} is taken from {owner} in a run (every stage uses it); set {owner} instead")
+    t = config.tiny
+    _require([
+        (m.base.strip() != "", "model.base is empty; give a hub id, a folder, smollm2 or tiny"),
+        (min(t.layers, t.width, t.heads, t.vocab_size) >= 1 and t.pretrain_steps >= 0,
+         "tiny.layers, tiny.width, tiny.heads and tiny.vocab_size must be >= 1, tiny.pretrain_steps >= 0"),
+        (t.width % max(t.heads, 1) == 0, f"tiny.width ({t.width}) must be a multiple of tiny.heads ({t.heads})"),
+        (config.data.corpus.strip() != "", "data.corpus is empty; give a corpus name (pang-lee, imdb) or a file"),
+        (config.reward.aggregate in AGGREGATES,
+         f"reward.aggregate must be one of {', '.join(AGGREGATES)} (got {config.reward.aggregate!r})"),
+        (config.divergence.top_n >= 1, f"divergence.top_n must be >= 1 (got {config.divergence.top_n})"),
+        (h.max_docs >= 0, f"harvest.max_docs must be >= 0 (0: all; got {h.max_docs})"),
+        (h.max_tokens >= 1, f"harvest.max_tokens must be >= 1 (got {h.max_tokens})"),
+        (h.batch_size >= 1, f"harvest.batch_size must be >= 1 (got {h.batch_size})"),
+        (h.dtype in STORE_DTYPES, f"harvest.dtype must be one of {', '.join(STORE_DTYPES)} (got {h.dtype!r})"),
+        (s.arch in SAE_ARCHS, f"sae.arch must be one of {', '.join(SAE_ARCHS)} (got {s.arch!r})"),
+        (s.arch != "topk" or s.k >= 1, f"sae.k must be >= 1 with sae.arch = \"topk\" (got {s.k})"),
+        (s.arch == "topk" or s.k == 0, f"sae.k applies to sae.arch = \"topk\" only; set it to 0 (got {s.k})"),
+        (s.arch != "topk" or s.target_l0 == 0, "sae.target_l0 does not apply to sae.arch = \"topk\" (its L0 is sae.k)"),
+        (len(s.dict_ratios) >= 2 and len(set(s.dict_ratios)) == len(s.dict_ratios),
+         f"sae.dict_ratios needs at least two distinct sizes (MMCS compares the small dictionary with a larger "
+         f"one; with one size it is 1.0 by construction), got {s.dict_ratios}"),
+        (all(r >= 1 for r in s.dict_ratios), f"sae.dict_ratios must be whole multiples >= 1 (got {s.dict_ratios})"),
+        (s.l1 >= 0 and s.lr > 0, f"sae.l1 must be >= 0 and sae.lr > 0 (got {s.l1}, {s.lr})"),
+        (s.target_l0 >= 0, f"sae.target_l0 must be >= 0 (0: use sae.l1; got {s.target_l0})"),
+        (s.target_l0 == 0 or s.l1 > 0, "sae.target_l0 needs a starting sae.l1 > 0"),
+        (s.epochs >= 1, f"sae.epochs must be >= 1 (got {s.epochs})"),
+        (s.batch_size >= 1, f"sae.batch_size must be >= 1 (got {s.batch_size})"),
+        (len(s.seeds) >= 1 and len(set(s.seeds)) == len(s.seeds),
+         f"sae.seeds needs at least one seed and no repeats (got {s.seeds})"),
+        (i.top_k >= 1, f"interp.top_k must be >= 1 (got {i.top_k})"),
+        (i.explainer in ("offline", "openai") or (i.explainer.startswith("hf:") and i.explainer[3:].strip() != ""),
+         f"interp.explainer must be one of {', '.join(EXPLAINERS)} (got {i.explainer!r})"),
+        (i.explainer != "openai" or i.base_url.startswith(("http://", "https://")),
+         f"interp.base_url must be an http(s) URL with interp.explainer = \"openai\" (got {i.base_url!r})"),
+        (0.0 <= i.new_feature_threshold <= 1.0,
+         f"interp.new_feature_threshold must be in [0, 1] (0: auto; got {i.new_feature_threshold})"),
+        (0.0 < i.new_feature_quantile < 1.0,
+         f"interp.new_feature_quantile must be in (0, 1) (got {i.new_feature_quantile})"),
+        (min(e.n_top, e.max_tokens, e.batch_size) >= 1 and min(e.n_holdout, e.n_random) >= 0,
+         "examples.n_top, examples.max_tokens and examples.batch_size must be >= 1, "
+         "examples.n_holdout and examples.n_random >= 0"),
+        (e.n_holdout + e.n_random >= 1, "examples.n_holdout + examples.n_random must be >= 1 (the simulation score "
+                                        "needs held-out texts)"),
+    ])

@@ -43,14 +43,24 @@ class Document:
 
 @dataclass
 class Corpus:
-    """Documents by split. A corpus with one split serves every split name."""
+    """Documents by split.
+
+    A corpus with one split (a file without a split column) is cut in two by a seeded permutation: `train`
+    is 80% of it and every other split name (`test`, ...) the held-out 20%, so PPO prompts and the held-out
+    evaluation and harvest never share a document (`held_out` says when this happened).
+    """
 
     name: str
     splits: dict[str, list[Document]] = field(default_factory=dict)
 
+    @property
+    def held_out(self) -> bool:
+        """True when the corpus has one split and its test documents are a held-out share of it."""
+        return len(self.splits) == 1
+
     def documents(self, split: str = "test") -> list[Document]:
         if len(self.splits) == 1:
-            docs = next(iter(self.splits.values()))
+            docs = _held_out_part(next(iter(self.splits.values())), train=split == "train")
         elif split in self.splits:
             docs = self.splits[split]
         else:
@@ -59,9 +69,29 @@ class Corpus:
             raise UserError(f"corpus {self.name!r} split {split!r} is empty; give a corpus with documents")
         return docs
 
-    def texts(self, split: str = "test", max_docs: int | None = None) -> list[str]:
+    def texts(self, split: str = "test", max_docs: int | None = None, seed: int = 0) -> list[str]:
+        """The split's texts; with `max_docs` below its size, a seeded random subset of that many (kept in corpus
+        order): the first N of a label-sorted corpus (the IMDB splits are) would hold one class only."""
         docs = self.documents(split)
-        return [d.text for d in (docs if max_docs is None else docs[:max_docs])]
+        if max_docs is not None and max_docs < len(docs):
+            keep = np.sort(np.random.default_rng(seed).choice(len(docs), size=max_docs, replace=False))
+            docs = [docs[i] for i in keep]
+        return [d.text for d in docs]
+
+
+HELD_OUT_FRACTION = 0.2
+"""Share of a one-split corpus held out as its test split."""
+HELD_OUT_SEED = 0x5EED
+
+
+def _held_out_part(docs: list[Document], train: bool) -> list[Document]:
+    """The train (80%) or held-out (20%, at least one document) part of a one-split corpus, in corpus order."""
+    if len(docs) < 2:
+        return docs  # nothing to hold out; an empty split is reported by the caller
+    order = np.random.default_rng(HELD_OUT_SEED).permutation(len(docs))
+    n_test = max(1, round(HELD_OUT_FRACTION * len(docs)))
+    chosen = np.sort(order[n_test:] if train else order[:n_test])
+    return [docs[i] for i in chosen]
 
 
 def load_corpus(spec: str, text_column: str = "text", split_column: str = "split") -> Corpus:

@@ -122,3 +122,49 @@ def compare(a: Dictionary, b: Dictionary, top_k: int = 10, hungarian: bool = Fal
         out["new_threshold"] = new_below
         out["new_features"] = new_features(da, db, new_below)
     return out
+
+
+ONE_SEED_THRESHOLD = 0.5
+"""The auto threshold with a single SAE seed: no seed-vs-seed null to calibrate against, so a fixed value."""
+
+
+def new_in_block(tuned: Dictionary, bases: dict[int, Dictionary], seed: int, threshold: float = 0.0,
+                 quantile: float = 0.05) -> tuple[list[dict], dict]:
+    """One block's tuned features that are new against the base model, judged against seed noise.
+
+    `tuned` is the tuned model's dictionary of SAE seed `seed`; `bases` maps every SAE seed to the base model's
+    dictionary (same block, same size). Like is compared with like (leave-one-out on both sides): the tuned
+    dictionary of seed s is matched against the base dictionaries of the *other* seeds, and the null is the
+    base dictionary of seed s against the same other seeds, so both sides face the same reference set (matching
+    tuned against all n seeds but the null against n - 1 would bias the threshold toward "nothing new").
+    With one seed there is no null: the tuned dictionary is matched against that base seed.
+
+    threshold > 0 fixes the threshold; 0: the `quantile` of the null (about that share of base features counts
+    as new against the other base seeds). Returns (rows of new features, least similar first; the block's
+    summary: threshold, its source, counts and the null).
+    """
+    others = [s for s in bases if s != seed]
+    reference = [bases[s] for s in others] if others else [bases[seed]]
+    null = max_cosine_any(bases[seed], reference)[0] if others else None
+    if threshold > 0:
+        value, source = threshold, f"fixed {threshold:g} (interp.new_feature_threshold)"
+    elif null is None:
+        value, source = ONE_SEED_THRESHOLD, f"fixed {ONE_SEED_THRESHOLD:g} (one seed: no null)"
+    else:
+        value = float(torch.quantile(null.double(), quantile))
+        source = f"auto: {quantile:g} quantile of base seed {seed} vs seed{'s' if len(others) > 1 else ''} " \
+                 f"{', '.join(map(str, others))}"
+    reference_seeds = others or [seed]
+    found = new_features(tuned, reference, value)
+    rows = [{"feature": r["feature"], "max_cosine_to_base": r["max_cosine"], "match": r["match"],
+             "match_seed": reference_seeds[r["dictionary"]]} for r in found]
+    summary = None
+    if null is not None:
+        values = null.double()
+        summary = {"seed": seed, "against": others, "n": int(values.numel()), "mean": float(values.mean()),
+                   "p05": float(torch.quantile(values, 0.05)), "median": float(torch.quantile(values, 0.5)),
+                   "below": int((values < value).sum())}
+    block = {"threshold": value, "threshold_source": source, "base_seeds": list(bases),
+             "reference_seeds": reference_seeds, "tuned_n": int(load_dictionary(tuned).shape[0]),
+             "found": len(rows), "null": summary}
+    return rows, block

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ from torch import nn
 
 from .errors import UserError, first_line
 from .io import cache_dir
+from .models_config import TinyModelConfig  # noqa: F401  (re-exported)
 
 SMOLLM2 = "smollm2"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -177,24 +177,6 @@ def mlp_width(model: nn.Module) -> int:
 
 
 # --- tiny GPT-NeoX ---------------------------------------------------------------------------
-
-
-@dataclass
-class TinyModelConfig:
-    layers: int = 4
-    """Number of transformer blocks."""
-    width: int = 64
-    """Hidden size (d_model)."""
-    heads: int = 4
-    """Attention heads."""
-    vocab_size: int = 1024
-    """BPE vocabulary size trained on the corpus."""
-    context: int = 256
-    """Maximum sequence length."""
-    pretrain_steps: int = 0
-    """Language-model steps on the corpus's train split, so the base model is not random."""
-    seed: int = 0
-    """Seed for the weights and pretraining."""
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):

@@ -16,284 +16,16 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
 import time
-import types
-import typing
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
-from .errors import UserError
+from .config import CONFIG_FILE, RunConfig, config_from_dict, config_toml, tomllib, validate
+from .errors import INTERRUPT_ENV, UserError, interrupt_point  # noqa: F401  (INTERRUPT_ENV: for tests)
 from .io import read_json, write_json, write_text
-from .models import TinyModelConfig
 from .progress import console
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-CONFIG_FILE = "config.toml"
 STAGES = ("base", "rlhf", "divergence", "control", "harvest", "saes", "mmcs", "features", "scores", "report")
 # Test hook: `stage:n` raises KeyboardInterrupt after n units of that stage finished (a killed run).
-INTERRUPT_ENV = "RLHF_LENS_INTERRUPT_AFTER"
-
-
-# --- configuration ----------------------------------------------------------------------------
-
-
-@dataclass
-class ModelSection:
-    base: str = "tiny"
-    """Base model: a hub id, a local save_pretrained folder, `smollm2`, or `tiny` (built from [tiny])."""
-    tuned: str = ""
-    """An already tuned model to analyse instead of running PPO; empty: tune the base with [rlhf]."""
-    device: str = "cpu"
-    """Device for every stage: cpu or cuda."""
-    dtype: str = "float32"
-    """Model dtype for every stage (both models of a comparison always share it)."""
-    seed: int = 0
-    """Seed of the run (tiny model, control model, example sampling)."""
-
-
-@dataclass
-class DataSection:
-    corpus: str = "pang-lee"
-    """Corpus name (imdb, pang-lee, ...) or file: PPO prompts come from its train split (and are evaluated on test)."""
-    text_column: str = "text"
-    """Text column of a file corpus."""
-    test_split: str = "test"
-    """Split activations are harvested from (paper: IMDB test)."""
-
-
-@dataclass
-class RewardSection:
-    spec: str = "vader"
-    """Reward: vader, table:FILE, classifier:MODEL, or sentiment (the offline classifier)."""
-    table: str = "vader"
-    """Utility table the explanations are scored against (vader or a file)."""
-    aggregate: str = "mean"
-    """Per-explanation aggregate of the utilities of its words: mean (the authors' notebook) or sum."""
-
-
-@dataclass
-class DivergenceSection:
-    top_n: int = 5
-    """Number of most-moved blocks to analyse (paper: 5)."""
-
-
-@dataclass
-class HarvestSection:
-    max_docs: int = 0
-    """Documents of the test split to harvest (0: all)."""
-    max_tokens: int = 256
-    """Truncate each document to this many tokens (paper: 256)."""
-    batch_size: int = 16
-    """Documents per forward pass."""
-    dtype: str = "float32"
-    """Storage dtype of activations: float32 or bfloat16."""
-
-
-@dataclass
-class SAESection:
-    dict_ratios: list[int] = field(default_factory=lambda: [1, 2])
-    """Dictionary sizes as multiples of the MLP width; the first is the small one (paper: 1x and 2x)."""
-    arch: str = "tied"
-    """SAE architecture: tied (the paper's), untied or topk."""
-    k: int = 0
-    """Active codes per token for arch = topk."""
-    l1: float = 1e-3
-    """L1 coefficient (paper: 1e-3); ignored when target_l0 > 0."""
-    target_l0: float = 0.0
-    """If > 0, search the l1 that gives this mean L0 instead of using l1."""
-    epochs: int = 3
-    """Passes over the activations (paper: 3)."""
-    lr: float = 1e-3
-    """Adam learning rate (paper: 1e-3)."""
-    batch_size: int = 256
-    """Tokens per training batch."""
-    seeds: list[int] = field(default_factory=lambda: [0])
-    """One SAE pair per seed: MMCS and scores are reported as mean +- spread over seeds."""
-
-
-@dataclass
-class InterpSection:
-    top_k: int = 10
-    """Features explained per model and block: the small dictionary's top-k by max cosine (paper: 10)."""
-    explainer: str = "offline"
-    """Explainer: offline, openai, or hf:MODEL."""
-    base_url: str = ""
-    """Base URL of an OpenAI-compatible API (explainer = openai)."""
-    llm_model: str = "gpt-4"
-    """Model name for the openai explainer."""
-    new_feature_threshold: float = 0.0
-    """A tuned feature is new when its max cosine to every base seed's small dictionary (same block) is below
-    this. 0: auto, per block the new_feature_quantile of the base model's own seed-0-vs-other-seeds max
-    cosines (what seed noise alone gives); with one SAE seed there is no such null and 0.5 is used."""
-    new_feature_quantile: float = 0.05
-    """Auto threshold (new_feature_threshold = 0): this quantile of the base seed-vs-seed max cosines, i.e.
-    about this share of base features would count as new against the other base seeds."""
-
-
-@dataclass
-class ControlSection:
-    random_init: bool = False
-    """Also analyse a randomly initialised model of the base architecture, as a control."""
-
-
-def _ppo_config_type():
-    from .rlhf import PPOConfig
-
-    return PPOConfig
-
-
-@dataclass
-class RunConfig:
-    model: ModelSection = field(default_factory=ModelSection)
-    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
-    data: DataSection = field(default_factory=DataSection)
-    reward: RewardSection = field(default_factory=RewardSection)
-    rlhf: typing.Any = None  # rlhf.PPOConfig, imported lazily (it pulls in torch-heavy code)
-    divergence: DivergenceSection = field(default_factory=DivergenceSection)
-    harvest: HarvestSection = field(default_factory=HarvestSection)
-    sae: SAESection = field(default_factory=SAESection)
-    interp: InterpSection = field(default_factory=InterpSection)
-    controls: ControlSection = field(default_factory=ControlSection)
-
-    def __post_init__(self):
-        if self.rlhf is None:
-            self.rlhf = _ppo_config_type()()
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def _section_types() -> dict[str, type]:
-    # `rlhf` is annotated Any (PPOConfig is imported lazily); every other section's hint is its class.
-    return {**typing.get_type_hints(RunConfig), "rlhf": _ppo_config_type()}
-
-
-def config_keys() -> list[tuple[str, str, str]]:
-    """Every `section.key` a run takes, with its default and its field docstring: (key, default, help)."""
-    from .config import field_docs
-
-    rows = []
-    defaults = RunConfig().to_dict()
-    for section, cls in _section_types().items():
-        docs = field_docs(cls)
-        for f in dataclasses.fields(cls):
-            rows.append((f"{section}.{f.name}", json.dumps(defaults[section][f.name]), docs.get(f.name, "")))
-    return rows
-
-
-def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("rlhf_lens.presets").iterdir() if p.name.endswith(".toml"))
-
-
-def preset_text(name: str) -> str:
-    if name not in preset_names():
-        raise UserError(f"unknown preset {name!r}; available: {', '.join(preset_names())} (see `rlhf-lens presets`)")
-    return resources.files("rlhf_lens.presets").joinpath(f"{name}.toml").read_text(encoding="utf-8")
-
-
-def preset_description(name: str) -> str:
-    first = preset_text(name).splitlines()[0] if preset_text(name) else ""
-    return first.lstrip("# ").strip()
-
-
-def load_config(preset: str | None = None, config_file: str | os.PathLike | None = None,
-                overrides: list[str] = ()) -> RunConfig:
-    """Build a RunConfig from defaults, then a preset or a TOML file, then `key=value` overrides."""
-    if preset and config_file:
-        raise UserError("give either --preset or --config, not both")
-    data: dict = {}
-    if preset:
-        data = tomllib.loads(preset_text(preset))
-    elif config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            raise UserError(f"config file {path} does not exist")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"{path}: not valid TOML ({e})") from None
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or "." not in key:
-            raise UserError(f"--set takes section.key=value (e.g. rlhf.steps=10), got {item!r}")
-        section, name = key.strip().split(".", 1)
-        data.setdefault(section, {})[name] = _parse_value(value.strip())
-    return config_from_dict(data)
-
-
-def _parse_value(text: str):
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text  # a bare string such as smollm2 or a path
-
-
-def config_from_dict(data: dict) -> RunConfig:
-    section_types = _section_types()
-    sections = {}
-    for section, values in data.items():
-        if section not in section_types:
-            raise UserError(f"unknown config section [{section}]; sections: {', '.join(section_types)}")
-        if not isinstance(values, dict):
-            raise UserError(f"[{section}] must be a table of key = value")
-        cls = section_types[section]
-        hints = typing.get_type_hints(cls)
-        kwargs = {}
-        for key, value in values.items():
-            if key not in hints:
-                raise UserError(f"unknown key {section}.{key}; keys of [{section}]: {', '.join(hints)}")
-            kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
-        sections[section] = cls(**kwargs)
-    return RunConfig(**sections)
-
-
-def _coerce(name: str, value, hint):
-    origin = typing.get_origin(hint)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, list):
-            raise UserError(f"{name} must be a list, got {value!r}")
-        return [_coerce(name, v, item) for v in value]
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return None if value is None else _coerce(name, value, args[0])
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"{name} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{name} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{name} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise UserError(f"{name} must be a string, got {value!r}")
-        return value
-    return value
-
-
-def config_toml(config: RunConfig) -> str:
-    import tomli_w
-
-    return tomli_w.dumps(_drop_none(config.to_dict()))
-
-
-def _drop_none(obj):
-    if isinstance(obj, dict):
-        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
-    return obj
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -355,12 +87,6 @@ class Ledger:
                                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "outputs": outputs})
 
 
-def _interrupt_point(stage: str, units_done: int) -> None:
-    target = os.environ.get(INTERRUPT_ENV, "")
-    if target and target == f"{stage}:{units_done}":
-        raise KeyboardInterrupt(f"{INTERRUPT_ENV}={target}")
-
-
 def _identity(config: RunConfig) -> dict:
     """What makes a run this run: another value here is another run, not a changed stage."""
     return {"base": config.model.base, "tuned": config.model.tuned, "corpus": config.data.corpus,
@@ -386,18 +112,12 @@ def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
             raise UserError(f"{run_dir} holds another run ({diff}); use another --out or delete that folder")
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise UserError(f"{run_dir} exists and is not an rlhf-lens run folder; use another --out")
-    if config.sae.arch not in ("tied", "untied", "topk"):
-        raise UserError(f"sae.arch must be tied, untied or topk, got {config.sae.arch!r}")
-    if not config.sae.dict_ratios or not config.sae.seeds:
-        raise UserError("sae.dict_ratios and sae.seeds need at least one value each")
-    if config.divergence.top_n < 1 or config.interp.top_k < 1:
-        raise UserError("divergence.top_n and interp.top_k must be >= 1")
-    if not 0.0 <= config.interp.new_feature_threshold <= 1.0:
-        raise UserError(f"interp.new_feature_threshold must be in [0, 1] (0: auto), "
-                        f"got {config.interp.new_feature_threshold}")
-    if not 0.0 < config.interp.new_feature_quantile < 1.0:
-        raise UserError(f"interp.new_feature_quantile must be in (0, 1), got {config.interp.new_feature_quantile}")
-    load_corpus(config.data.corpus, text_column=config.data.text_column).documents(config.data.test_split)
+    validate(config)
+    corpus = load_corpus(config.data.corpus, text_column=config.data.text_column)
+    corpus.documents(config.data.test_split)
+    if corpus.held_out:
+        console.print(f"[yellow]{config.data.corpus} has one split: PPO prompts come from a seeded 80% of it, "
+                      f"the held-out evaluation and the harvest from the other 20%[/yellow]")
     for spec in (config.model.base, config.model.tuned):
         if spec and spec != "tiny":
             if spec == SMOLLM2:
@@ -547,7 +267,7 @@ def _stage_harvest(config: RunConfig, run_dir: Path, state: dict) -> dict:
             layers=state["divergence"]["top_layers"], corpus=config.data.corpus, split=config.data.test_split,
             max_docs=config.harvest.max_docs or None, max_tokens=config.harvest.max_tokens,
             batch_size=config.harvest.batch_size, dtype=config.harvest.dtype, device=config.model.device,
-            text_column=config.data.text_column,
+            text_column=config.data.text_column, model_dtype=config.model.dtype,
         )
         out = run_dir / "acts" / name
         harvest(spec, hc, out)
@@ -590,7 +310,7 @@ def _stage_saes(config: RunConfig, run_dir: Path, state: dict) -> dict:
                                  "dir": _rel(run_dir, dirs[-1])})
             train_saes(store.source(layer), configs, dirs)
             units += 1
-            _interrupt_point("saes", units)
+            interrupt_point("saes", units)
     return {"saes": saes}
 
 
@@ -601,7 +321,7 @@ def _small_and_large(state: dict, model: str, layer: int, seed: int) -> tuple[di
 
 
 def _stage_mmcs(config: RunConfig, run_dir: Path, state: dict) -> dict:
-    from .dictionaries import mmcs, top_features
+    from .dictionaries import mmcs, new_in_block, top_features
     from .sae import SparseAutoencoder
 
     models = list(state["harvest"]["stores"])
@@ -630,66 +350,21 @@ def _stage_mmcs(config: RunConfig, run_dir: Path, state: dict) -> dict:
                 across.append({"model": other, "against": "base", "layer": layer, "seed": seed,
                                "mmcs": mmcs(dictionary(mine), dictionary(base))})
     for layer in layers:
-        tuned = dictionary(_small_and_large(state, "tuned", layer, config.sae.seeds[0])[0])
-        bases = {seed: dictionary(_small_and_large(state, "base", layer, seed)[0]) for seed in config.sae.seeds}
-        rows, block = _new_in_block(config.interp, layer, tuned, bases)
-        new += rows
-        new_blocks.append({**block, "tuned_seed": config.sae.seeds[0]})
+        seed = config.sae.seeds[0]
+        tuned = dictionary(_small_and_large(state, "tuned", layer, seed)[0])
+        bases = {s: dictionary(_small_and_large(state, "base", layer, s)[0]) for s in config.sae.seeds}
+        rows, block = new_in_block(tuned, bases, seed, config.interp.new_feature_threshold,
+                                   config.interp.new_feature_quantile)
+        new += [{"layer": layer, **row} for row in rows]
+        new_blocks.append({"layer": layer, **block, "tuned_seed": seed})
     result = {"within": within, "across": across, "top": top, "new": new, "new_blocks": new_blocks}
     write_json(run_dir / "mmcs.json", result)
     return {"file": _rel(run_dir, run_dir / "mmcs.json")}
 
 
-ONE_SEED_THRESHOLD = 0.5
-"""The auto threshold with a single SAE seed: no seed-vs-seed null to calibrate against, so the old fixed value."""
-
-
-def _new_in_block(interp: InterpSection, layer: int, tuned, bases: dict) -> tuple[list[dict], dict]:
-    """One block's tuned features new against the base (mmcs.json `new` rows) and how its threshold was set,
-    with the base's own seed noise as baseline (a `new_blocks` row). `bases`: seed -> small dictionary."""
-    from .dictionaries import new_features, seed_null
-
-    seeds = list(bases)
-    # Seed noise: the base model against itself, so nothing is truly new there; below a threshold it
-    # gives the false-positive count, and its quantile is the auto threshold.
-    null = seed_null(list(bases.values())) if len(seeds) > 1 else None
-    threshold, source = _new_threshold(interp, null, seeds)
-    found = new_features(tuned, list(bases.values()), threshold)
-    rows = [{"layer": layer, "feature": r["feature"], "max_cosine_to_base": r["max_cosine"], "match": r["match"],
-             "match_seed": seeds[r["dictionary"]]} for r in found]
-    block = {"layer": layer, "threshold": threshold, "threshold_source": source, "base_seeds": seeds,
-             "tuned_n": int(tuned.shape[0]), "found": len(rows), "null": _null_summary(null, threshold, seeds)}
-    return rows, block
-
-
-def _new_threshold(interp: InterpSection, null, seeds: list[int]) -> tuple[float, str]:
-    """(the block's threshold, where it came from): the fixed setting, the null's quantile, or the one-seed fallback."""
-    if interp.new_feature_threshold > 0:
-        return interp.new_feature_threshold, f"fixed {interp.new_feature_threshold:g} (interp.new_feature_threshold)"
-    if null is None:
-        return ONE_SEED_THRESHOLD, f"fixed {ONE_SEED_THRESHOLD:g} (one seed: no null)"
-    import torch
-
-    value = float(torch.quantile(null.double(), interp.new_feature_quantile))
-    return value, (f"auto: {interp.new_feature_quantile:g} quantile of base seed {seeds[0]} vs "
-                   f"seed{'s' if len(seeds) > 2 else ''} {', '.join(map(str, seeds[1:]))}")
-
-
-def _null_summary(null, threshold: float, seeds: list[int]) -> dict | None:
-    """The base seed-vs-seed max cosines of a block, summarised; `below`: how many fall below the threshold."""
-    if null is None:
-        return None
-    import torch
-
-    values = null.double()
-    return {"seed": seeds[0], "against": seeds[1:], "n": int(values.numel()), "mean": float(values.mean()),
-            "p05": float(torch.quantile(values, 0.05)), "median": float(torch.quantile(values, 0.5)),
-            "below": int((values < threshold).sum())}
-
-
 def _stage_features(config: RunConfig, run_dir: Path, state: dict) -> dict:
     """Explain the top-k features of every seed's small SAE, and the tuned model's most novel features."""
-    from .interp import ExampleConfig, LLMConfig, explain_features, get_explainer
+    from .interp import LLMConfig, explain_features, get_explainer
     from .models import load_tokenizer
     from .rewards import load_utility_table
     from .sae import SparseAutoencoder
@@ -718,14 +393,14 @@ def _stage_features(config: RunConfig, run_dir: Path, state: dict) -> dict:
             # the top-k records are split off unchanged, so the headline is computed exactly as before.
             wanted = {**features, first: list(dict.fromkeys(features[first] + [r["feature"] for r in novel]))}
             explained = explain_features(store, layer, saes, wanted, tokenizer, explainer,
-                                         ExampleConfig(seed=config.model.seed), model=name, max_cosine=cosines,
+                                         config.examples, model=name, max_cosine=cosines,
                                          table=table, aggregate=config.reward.aggregate)
             records += [r for r in explained if r["feature"] in features[r["sae"]]]
             by_feature = {r["feature"]: r for r in explained if r["sae"] == first}
             new_records += [{**by_feature[row["feature"]], "new": True, "max_cosine_to_base": row["max_cosine_to_base"],
                              "match": row["match"]} for row in novel]
             units += 1
-            _interrupt_point("features", units)
+            interrupt_point("features", units)
         write_json(run_dir / "features" / f"{name}.json", records)
         files[name] = _rel(run_dir, run_dir / "features" / f"{name}.json")
     write_json(run_dir / "features" / "tuned-new.json", new_records)

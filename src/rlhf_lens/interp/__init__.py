@@ -2,18 +2,34 @@
 
 Examples come from an activation store (examples.py); explainers and simulators sit behind one
 interface (explainers.py: offline, openai, hf:MODEL); explanations are scored by Pearson
-correlation (scoring.py); utility.py scores how much of a utility table the features carry.
+correlation (scoring.py); utility.py scores how much of a utility table the features carry;
+config.py holds the stage's settings ([interp] and [examples] of a run config).
 """
 
-from .examples import ExampleConfig, ExampleSet, FeatureExamples, Record, collect_examples, normalise
-from .explain import explain_features
-from .explainers import Capabilities, Explainer, get_explainer
-from .llm import LLMConfig
-from .scoring import pearson, simulation_score
-from .utility import annotate, explanation_utility, format_table, reward_alignment, utility_scores
+from __future__ import annotations
+
+import importlib
+
+from .config import ExampleConfig, InterpConfig
+
+# Served lazily (module __getattr__), so reading the settings above does not import torch.
+_WHERE = {
+    "ExampleSet": "examples", "FeatureExamples": "examples", "Record": "examples", "collect_examples": "examples",
+    "normalise": "examples", "explain_features": "explain", "Capabilities": "explainers", "Explainer": "explainers",
+    "get_explainer": "explainers", "LLMConfig": "llm", "pearson": "scoring", "simulation_score": "scoring",
+    "annotate": "utility", "explanation_utility": "utility", "format_table": "utility", "reward_alignment": "utility",
+    "utility_scores": "utility",
+}
 
 __all__ = [
-    "Capabilities", "ExampleConfig", "ExampleSet", "Explainer", "FeatureExamples", "LLMConfig", "Record",
+    "Capabilities", "ExampleConfig", "ExampleSet", "Explainer", "FeatureExamples", "InterpConfig", "LLMConfig",
+    "Record",
     "annotate", "collect_examples", "explain_features", "explanation_utility", "format_table", "get_explainer",
     "normalise", "pearson", "reward_alignment", "simulation_score", "utility_scores",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'rlhf_lens.interp' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

@@ -24,23 +24,8 @@ import torch
 
 from ..errors import UserError
 from ..progress import progress_bar
+from .config import ExampleConfig
 from .text import TokenDecoder, unit_counts
-
-
-@dataclass
-class ExampleConfig:
-    n_top: int = 5
-    """Top-activating documents shown to the explainer (paper: 5)."""
-    n_holdout: int = 5
-    """The next top-activating documents, held out to score the explanation."""
-    n_random: int = 5
-    """Random documents (seeded) also used to score the explanation."""
-    max_tokens: int = 50
-    """Only the first this many tokens of a document are ranked, shown and scored (paper: 50)."""
-    seed: int = 0
-    """Seed for the random documents."""
-    batch_size: int = 4096
-    """Rows encoded by an SAE at once."""
 
 
 @dataclass

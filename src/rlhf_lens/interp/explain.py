@@ -37,12 +37,15 @@ def explain_features(store, layer: int, saes: dict, features: dict[str, list[int
     records = []
     for item, (_, acts), text, sims in zip(items, shown, explanations, simulated):
         scoring = item.scoring()
+        # A failed simulation predicts nothing: a constant 0 for its tokens (a constant correlates 0), counted.
+        failed = sum(s is None for s in sims)
+        sims = [[0.0] * len(r.values) if s is None else s for s, r in zip(sims, scoring)]
         cosine = (max_cosine or {}).get(item.sae, {}).get(item.feature)
         records.append({
             "model": model, "layer": layer, "sae": item.sae, "feature": item.feature,
             "max_cosine": None if cosine is None else float(cosine),
             "explanation": text, "score": simulation_score(sims, [r.values for r in scoring]),
-            "explainer": explainer.name,
+            "explainer": explainer.name, "simulation_failures": failed,
             "examples": [_example(r, a) for r, a in zip(item.top, acts)],
             "scoring_examples": [_example(r, a, s) for r, a, s in
                                  zip(scoring, normalise([r.values for r in scoring]), sims)],

@@ -53,7 +53,8 @@ class Explainer:
         raise NotImplementedError
 
     def simulate_many(self, jobs: list[tuple[str, list[list[str]]]]) -> list[list[list[float]]]:
-        """Predicted activations (0..10) for every token of every record, per (explanation, records) job."""
+        """Predicted activations (0..10) for every token of every record, per (explanation, records) job; a record
+        whose simulation failed (an answer that could not be parsed, twice) is None."""
         raise NotImplementedError
 
 
@@ -184,20 +185,21 @@ class LLMExplainer(Explainer):
         messages = [simulation_messages(explanation, tokens) for explanation, tokens in batch]
         limits = [simulation_tokens(tokens) for _, tokens in batch]
         answers = self.client.complete_many(messages, limits)
-        flat: list[list[float]] = []
+        flat: list[list[float] | None] = []
         for (_, tokens), message, limit, answer in zip(batch, messages, limits, answers):
             try:
                 values = parse_simulation(answer, tokens)
             except UserError:
-                # one fresh try (the cached answer may be the bad one), then give up
+                # one fresh try (the cached answer may be the bad one); a second bad answer is a failed
+                # simulation: recorded and scored, never the end of the stage (one bad answer among thousands)
                 self.client.forget(message, limit)
                 answer = self.client.complete(message, refresh=True, max_tokens=limit)
                 try:
                     values = parse_simulation(answer, tokens)
                 except UserError:
                     self.client.forget(message, limit)
-                    raise
-            flat.append([float(v) for v in values])
+                    values = None
+            flat.append(None if values is None else [float(v) for v in values])
         out, at = [], 0
         for _, records in jobs:
             out.append(flat[at:at + len(records)])

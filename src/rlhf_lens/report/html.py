@@ -255,17 +255,22 @@ def _features_html(results: dict) -> str:
              "activations), its utility, and the explainer-independent reward alignment (correlation of activation "
              "with the token\u2019s utility; sign share of its strongest tokens). Token shading: activation 0..10."]
     parts.append("</p>")
+    failed = sum(int(_float(f.get("simulation_failures")) or 0) for f in features)
+    if failed:
+        parts.append(f'<p class="note">{failed} simulation{"s" if failed > 1 else ""} could not be parsed (twice) and '
+                     "scored as a constant prediction (correlation 0); column “sim. failed”.</p>")
     for model in models:
         rows = sorted((f for f in features if str(f.get("model", "?")) == model), key=_layer)
         explainers = sorted({str(f.get("explainer")) for f in rows if f.get("explainer")})
         parts.append(f'<h3 id="features-{_esc(model)}">{_esc(model)} '
                      f'<span class="note">({len(rows)} features; explainer: {_esc(", ".join(explainers) or "-")})</span></h3>')
         parts.append(_table(["block", "feature", "max cos", "explanation and top examples", "sim. score", "utility",
-                             "reward corr", "sign share"],
+                             "reward corr", "sign share", *(["sim. failed"] if failed else [])],
                             [[f.get("layer"), f.get("feature"), _float(f.get("max_cosine")), _explanation_cell(f),
                               _float(f.get("score")), _float(f.get("utility")), _float(f.get("reward_corr")),
-                              _float(f.get("sign_share"))] for f in rows],
-                            numeric={0, 1, 2, 4, 5, 6, 7}, cls="features"))
+                              _float(f.get("sign_share")), *([f.get("simulation_failures")] if failed else [])]
+                             for f in rows],
+                            numeric={0, 1, 2, 4, 5, 6, 7, 8}, cls="features"))
     return "".join(parts)
 
 
@@ -311,6 +316,10 @@ def _utility_html(results: dict) -> str:
              f'({_esc(utility.get("table", "?"))}) values of its words; per model: the sum over explained features. '
              "Reward alignment is the explainer-independent score: the sum over features of the share of their "
              "top-activating tokens with positive utility minus the share with negative utility.</p>")
+    explainer = ((results.get("config") or {}).get("interp") or {}).get("explainer")
+    if explainer and explainer != "openai":
+        intro += (f'<p class="note">Explanations here come from the {_esc(explainer)} explainer, not GPT-4 as in the '
+                  "paper: these utility scores are not comparable with the paper's Table 3.</p>")
     per_block = [(layer, util, align) for layer, util, align in rows if layer != "total"]
     plot = ""
     if per_block:

@@ -24,130 +24,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import UserError, first_line
-from .io import read_json, write_json, write_text
+from ..errors import UserError, first_line, interrupt_point
+from ..io import read_json, write_json, write_text
+from .config import PPOConfig, check_config
 
 FORMAT = "rlhf-lens.ppo"
+
+
 VERSION = 1
-INTERRUPT_ENV = "RLHF_LENS_INTERRUPT_AFTER"  # "rlhf:N": stop after step N (tests of resume)
+
+
+
+
 RESUME_IGNORES = ("checkpoint_every",)  # settings that may change between a run and its resume
-
-
-@dataclass
-class PPOConfig:
-    steps: int = 100
-    """PPO steps; each samples batch_size rollouts and trains on them for ppo_epochs."""
-    batch_size: int = 64
-    """Rollouts (prompt + sampled response) per PPO step."""
-    mini_batch_size: int = 16
-    """Rollouts per optimizer step inside a PPO step."""
-    ppo_epochs: int = 4
-    """Passes over each batch of rollouts (shuffled into minibatches each pass)."""
-    lr: float = 1e-6
-    """Peak AdamW learning rate (the paper: 1e-6; a few-minute CPU demo needs ~3e-5)."""
-    warmup_steps: int = 10
-    """PPO steps of linear learning-rate warm-up, after which the lr follows lr_schedule."""
-    lr_schedule: str = "linear"
-    """After warm-up: linear (decay towards 0 at the last step) or constant (stay at lr)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay (0: TRL 0.7's default optimizer was plain Adam)."""
-    max_grad_norm: float = 1.0
-    """Clip the gradient norm of each optimizer step to this."""
-    gamma: float = 1.0
-    """GAE discount."""
-    lam: float = 0.95
-    """GAE lambda."""
-    cliprange: float = 0.2
-    """Clip range of the policy ratio."""
-    cliprange_value: float = 0.2
-    """Clip range of the value prediction around the rollout's value."""
-    vf_coef: float = 0.1
-    """Weight of the value loss in the total loss."""
-    ratio_threshold: float = 10.0
-    """Skip a minibatch (zero loss) when its mean policy ratio exceeds this (TRL's guard against spikes)."""
-    value_dropout: float = 0.1
-    """Dropout before the value head's linear layer (in training passes)."""
-    value_init: str = "default"
-    """Value head init: default (PyTorch's uniform, as TRL) or zero (its first values add no noise to the advantages)."""
-    adaptive_kl: bool = True
-    """Adapt the KL coefficient towards kl_target (Ziegler et al.); off: keep init_kl_coef."""
-    init_kl_coef: float = 0.5
-    """Initial KL coefficient beta of the per-token penalty -beta * KL (see kl_penalty)."""
-    kl_penalty: str = "kl"
-    """Per-token KL in the penalty: kl (logp - logp_ref of the sampled token, TRL's default) or full (exact KL of the two next-token distributions: same mean, far less noise)."""
-    kl_target: float = 6.0
-    """Target KL (nats per response, summed over its tokens) of the adaptive controller."""
-    kl_horizon: int = 10000
-    """Horizon of the adaptive controller: beta *= 1 + clip(KL/target - 1, -0.2, 0.2) * batch_size / horizon."""
-    min_new_tokens: int = 8
-    """Shortest response (tokens); each rollout draws its length uniformly from min..max."""
-    max_new_tokens: int = 19
-    """Longest response (tokens), inclusive."""
-    top_k: int = 0
-    """Sample from the top-k tokens only (0: no limit, the paper's)."""
-    top_p: float = 1.0
-    """Nucleus sampling mass (1: the whole softmax, the paper's)."""
-    score_query: bool = True
-    """Score prompt + response with the reward (the paper's); false: the response alone."""
-    prompt_min_chars: int = 200
-    """Prompts come from documents longer than this many characters."""
-    prompt_min_tokens: int = 2
-    """Shortest prompt: a document's first N tokens, N drawn from min..max per prompt."""
-    prompt_max_tokens: int = 9
-    """Longest prompt in tokens, inclusive."""
-    text_column: str = "text"
-    """Text column of a file corpus."""
-    eval_prompts: int = 64
-    """Held-out prompts (test split) on which base and tuned model are compared in eval.json."""
-    eval_examples: int = 4
-    """Example completions (base and tuned) written to eval.json."""
-    checkpoint_every: int = 10
-    """Write a resumable checkpoint every N steps (and after the last)."""
-    seed: int = 0
-    """Seed of prompts, response lengths, sampling, value-head init, dropout and shuffling."""
-    device: str = "cpu"
-    """Device for policy, reference and classifier reward: cpu or cuda."""
-    dtype: str = "float32"
-    """Dtype of policy and reference (float32 recommended for training)."""
-
-
-def check_config(config: PPOConfig) -> None:
-    """Every setting in range, or a UserError naming the first that is not."""
-    from .models import resolve_device, torch_dtype
-
-    c = config
-    rules = [
-        (c.steps >= 1, f"steps must be at least 1 (got {c.steps})"),
-        (c.batch_size >= 1, f"batch_size must be at least 1 (got {c.batch_size})"),
-        (1 <= c.mini_batch_size <= c.batch_size, f"mini_batch_size must be 1..batch_size (got {c.mini_batch_size})"),
-        (c.ppo_epochs >= 1, f"ppo_epochs must be at least 1 (got {c.ppo_epochs})"),
-        (c.lr > 0, f"lr must be positive (got {c.lr})"),
-        (c.warmup_steps >= 0 and c.weight_decay >= 0, "warmup_steps and weight_decay must be >= 0"),
-        (c.max_grad_norm > 0, f"max_grad_norm must be positive (got {c.max_grad_norm})"),
-        (0 < c.gamma <= 1 and 0 <= c.lam <= 1, f"gamma must be in (0, 1] and lam in [0, 1] (got {c.gamma}, {c.lam})"),
-        (c.cliprange > 0 and c.cliprange_value > 0, "cliprange and cliprange_value must be positive"),
-        (c.vf_coef >= 0 and c.ratio_threshold > 1, "vf_coef must be >= 0 and ratio_threshold > 1"),
-        (0 <= c.value_dropout < 1, f"value_dropout must be in [0, 1) (got {c.value_dropout})"),
-        (c.kl_penalty in ("kl", "full"), f"kl_penalty must be kl or full (got {c.kl_penalty!r})"),
-        (c.lr_schedule in ("linear", "constant"), f"lr_schedule must be linear or constant (got {c.lr_schedule!r})"),
-        (c.value_init in ("default", "zero"), f"value_init must be default or zero (got {c.value_init!r})"),
-        (c.init_kl_coef >= 0 and c.kl_target > 0 and c.kl_horizon > 0,
-         "init_kl_coef must be >= 0, kl_target and kl_horizon positive"),
-        (1 <= c.min_new_tokens <= c.max_new_tokens,
-         f"need 1 <= min_new_tokens <= max_new_tokens (got {c.min_new_tokens}, {c.max_new_tokens})"),
-        (c.top_k >= 0 and 0 < c.top_p <= 1, f"top_k must be >= 0 and top_p in (0, 1] (got {c.top_k}, {c.top_p})"),
-        (1 <= c.prompt_min_tokens <= c.prompt_max_tokens, "need 1 <= prompt_min_tokens <= prompt_max_tokens"),
-        (c.eval_prompts >= 1 and c.eval_examples >= 0, "eval_prompts must be >= 1 and eval_examples >= 0"),
-        (c.checkpoint_every >= 1, f"checkpoint_every must be at least 1 (got {c.checkpoint_every})"),
-    ]
-    for ok, message in rules:
-        if not ok:
-            raise UserError(message)
-    torch_dtype(c.dtype)
-    resolve_device(c.device)
-
-
-# --- the math (pure functions on tensors; mask is 1.0 on response tokens, 0.0 after) ----------
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -257,9 +146,6 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         drop_sorted = probs.cumsum(-1) - probs >= top_p  # the mass before a token already reaches top_p
         logits = logits.masked_fill(torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted), float("-inf"))
     return logits
-
-
-# --- the model: a causal LM plus a value head ----------------------------------------------
 
 
 class ValueHead(nn.Module):
@@ -395,9 +281,6 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-# --- evaluation ----------------------------------------------------------------------------
-
-
 def evaluate_reward(model, tokenizer, reward, prompts: list[list[int]], config: PPOConfig) -> dict:
     """Mean reward (with standard error) and fraction positive of completions of `prompts`.
 
@@ -423,9 +306,6 @@ def evaluate_reward(model, tokenizer, reward, prompts: list[list[int]], config: 
     se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
     return {"mean": float(values.mean()), "se": se, "positive_frac": float((values > 0).mean()), "n": len(values),
             "completions": completions}
-
-
-# --- training ------------------------------------------------------------------------------
 
 
 class _Trainer:
@@ -456,7 +336,7 @@ class _Trainer:
         started = time.perf_counter()
         torch.manual_seed(_seed(c.seed, step, 3))  # value-head dropout
         rng = np.random.RandomState(_seed(c.seed, step, 1) % 2**32)
-        from .data import sample_prompts
+        from ..data import sample_prompts
 
         prompts = sample_prompts(self.corpus, self.tokenizer, c.batch_size, seed=_seed(c.seed, step, 0) % 2**32,
                                  split="train", min_chars=c.prompt_min_chars, min_tokens=c.prompt_min_tokens,
@@ -614,10 +494,10 @@ def train_ppo(base: str, reward_spec: str, corpus: str, out: str | os.PathLike, 
     Writes out/config.json, out/log.jsonl (one JSON object per step), out/checkpoint/ (while
     running), out/model/ (save_pretrained, without the value head), out/eval.json, out/ppo.png.
     """
-    from .data import load_corpus, sample_prompts
-    from .models import load_model, save_model
-    from .progress import progress_bar
-    from .rewards import load_reward
+    from ..data import load_corpus, sample_prompts
+    from ..models import load_model, save_model
+    from ..progress import progress_bar
+    from ..rewards import load_reward
 
     config = config or PPOConfig()
     out = Path(out)
@@ -651,8 +531,7 @@ def train_ppo(base: str, reward_spec: str, corpus: str, out: str | os.PathLike, 
                 if trainer.step % config.checkpoint_every == 0 or trainer.step == config.steps:
                     trainer.save_checkpoint(checkpoint)
                 bar.update(task, advance=1, description=f"ppo reward {row['reward']:+.3f} kl {row['kl']:.2f}")
-                if os.environ.get(INTERRUPT_ENV) == f"rlhf:{trainer.step}":
-                    raise KeyboardInterrupt(f"{INTERRUPT_ENV}=rlhf:{trainer.step}")
+                interrupt_point("rlhf", trainer.step)
         model_dir = save_model(policy.eval(), tokenizer, out / "model")
         base_eval = evaluate_reward(reference, tokenizer, reward, eval_prompts, config)
         tuned_eval = evaluate_reward(policy, tokenizer, reward, eval_prompts, config)
@@ -677,7 +556,7 @@ def plot_log(log: list[dict], path: Path, kl_target: float | None = None) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_path
+    from ..io import atomic_path
 
     steps = [row["step"] for row in log]
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)

@@ -1,0 +1,132 @@
+"""PPO settings (torch-free: the run config and the CLI read them without importing torch)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..errors import UserError
+
+
+@dataclass
+class PPOConfig:
+    steps: int = 100
+    """PPO steps; each samples batch_size rollouts and trains on them for ppo_epochs."""
+    batch_size: int = 64
+    """Rollouts (prompt + sampled response) per PPO step."""
+    mini_batch_size: int = 16
+    """Rollouts per optimizer step inside a PPO step."""
+    ppo_epochs: int = 4
+    """Passes over each batch of rollouts (shuffled into minibatches each pass)."""
+    lr: float = 1e-6
+    """Peak AdamW learning rate (the paper: 1e-6; a few-minute CPU demo needs ~3e-5)."""
+    warmup_steps: int = 0
+    """PPO steps of linear learning-rate warm-up, after which the lr follows lr_schedule (TRL 0.7: none)."""
+    lr_schedule: str = "constant"
+    """After warm-up: constant (stay at lr: TRL 0.7's PPOTrainer, which the paper ran, has no scheduler) or
+    linear (decay towards 0 at the last step)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (0: TRL 0.7's default optimizer was plain Adam)."""
+    max_grad_norm: float = 1.0
+    """Clip the gradient norm of each optimizer step to this."""
+    gamma: float = 1.0
+    """GAE discount."""
+    lam: float = 0.95
+    """GAE lambda."""
+    cliprange: float = 0.2
+    """Clip range of the policy ratio."""
+    cliprange_value: float = 0.2
+    """Clip range of the value prediction around the rollout's value."""
+    vf_coef: float = 0.1
+    """Weight of the value loss in the total loss."""
+    ratio_threshold: float = 10.0
+    """Skip a minibatch (zero loss) when its mean policy ratio exceeds this (TRL's guard against spikes)."""
+    value_dropout: float = 0.1
+    """Dropout before the value head's linear layer (in training passes)."""
+    value_init: str = "default"
+    """Value head init: default (PyTorch's uniform, as TRL) or zero (its first values add no noise to the advantages)."""
+    adaptive_kl: bool = True
+    """Adapt the KL coefficient towards kl_target (Ziegler et al.); off: keep init_kl_coef."""
+    init_kl_coef: float = 0.5
+    """Initial KL coefficient beta of the per-token penalty -beta * KL (see kl_penalty)."""
+    kl_penalty: str = "kl"
+    """Per-token KL in the penalty: kl (logp - logp_ref of the sampled token, TRL's default) or full (exact KL of the two next-token distributions: same mean, far less noise)."""
+    kl_target: float = 6.0
+    """Target KL (nats per response, summed over its tokens) of the adaptive controller."""
+    kl_horizon: int = 10000
+    """Horizon of the adaptive controller: beta *= 1 + clip(KL/target - 1, -0.2, 0.2) * batch_size / horizon."""
+    min_new_tokens: int = 8
+    """Shortest response (tokens); each rollout draws its length uniformly from min..max."""
+    max_new_tokens: int = 19
+    """Longest response (tokens), inclusive."""
+    top_k: int = 0
+    """Sample from the top-k tokens only (0: no limit, the paper's)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1: the whole softmax, the paper's)."""
+    score_query: bool = True
+    """Score prompt + response with the reward (the paper's); false: the response alone."""
+    prompt_min_chars: int = 200
+    """Prompts come from documents longer than this many characters."""
+    prompt_min_tokens: int = 2
+    """Shortest prompt: a document's first N tokens, N drawn from min..max per prompt."""
+    prompt_max_tokens: int = 9
+    """Longest prompt in tokens, inclusive."""
+    text_column: str = "text"
+    """Text column of a file corpus."""
+    eval_prompts: int = 64
+    """Held-out prompts (test split) on which base and tuned model are compared in eval.json."""
+    eval_examples: int = 4
+    """Example completions (base and tuned) written to eval.json."""
+    checkpoint_every: int = 10
+    """Write a resumable checkpoint every N steps (and after the last)."""
+    seed: int = 0
+    """Seed of prompts, response lengths, sampling, value-head init, dropout and shuffling."""
+    device: str = "cpu"
+    """Device for policy, reference and classifier reward: cpu or cuda."""
+    dtype: str = "float32"
+    """Dtype of policy and reference (float32 recommended for training)."""
+
+
+def check_config(config: PPOConfig) -> None:
+    """Every setting in range, or a UserError naming the first that is not."""
+    c = config
+    rules = [
+        (c.steps >= 1, f"steps must be at least 1 (got {c.steps})"),
+        (c.batch_size >= 1, f"batch_size must be at least 1 (got {c.batch_size})"),
+        (1 <= c.mini_batch_size <= c.batch_size, f"mini_batch_size must be 1..batch_size (got {c.mini_batch_size})"),
+        (c.ppo_epochs >= 1, f"ppo_epochs must be at least 1 (got {c.ppo_epochs})"),
+        (c.lr > 0, f"lr must be positive (got {c.lr})"),
+        (c.warmup_steps >= 0 and c.weight_decay >= 0, "warmup_steps and weight_decay must be >= 0"),
+        (c.max_grad_norm > 0, f"max_grad_norm must be positive (got {c.max_grad_norm})"),
+        (0 < c.gamma <= 1 and 0 <= c.lam <= 1, f"gamma must be in (0, 1] and lam in [0, 1] (got {c.gamma}, {c.lam})"),
+        (c.cliprange > 0 and c.cliprange_value > 0, "cliprange and cliprange_value must be positive"),
+        (c.vf_coef >= 0 and c.ratio_threshold > 1, "vf_coef must be >= 0 and ratio_threshold > 1"),
+        (0 <= c.value_dropout < 1, f"value_dropout must be in [0, 1) (got {c.value_dropout})"),
+        (c.kl_penalty in ("kl", "full"), f"kl_penalty must be kl or full (got {c.kl_penalty!r})"),
+        (c.lr_schedule in ("linear", "constant"), f"lr_schedule must be linear or constant (got {c.lr_schedule!r})"),
+        (c.value_init in ("default", "zero"), f"value_init must be default or zero (got {c.value_init!r})"),
+        (c.init_kl_coef >= 0 and c.kl_target > 0 and c.kl_horizon > 0,
+         "init_kl_coef must be >= 0, kl_target and kl_horizon positive"),
+        (1 <= c.min_new_tokens <= c.max_new_tokens,
+         f"min_new_tokens must be in 1..max_new_tokens (got {c.min_new_tokens}, {c.max_new_tokens})"),
+        (c.top_k >= 0 and 0 < c.top_p <= 1, f"top_k must be >= 0 and top_p in (0, 1] (got {c.top_k}, {c.top_p})"),
+        (1 <= c.prompt_min_tokens <= c.prompt_max_tokens,
+         f"prompt_min_tokens must be in 1..prompt_max_tokens (got {c.prompt_min_tokens}, {c.prompt_max_tokens})"),
+        (c.eval_prompts >= 1 and c.eval_examples >= 0, "eval_prompts must be >= 1 and eval_examples >= 0"),
+        (c.checkpoint_every >= 1, f"checkpoint_every must be at least 1 (got {c.checkpoint_every})"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise UserError(message)
+    check_device_dtype(c.device, c.dtype)
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_device_dtype(device: str, dtype: str) -> None:
+    """Names only (torch-free): whether the device exists is checked when a model is loaded."""
+    if dtype not in DTYPES:
+        raise UserError(f"dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+        raise UserError(f"device must be cpu, cuda, cuda:N or mps (got {device!r})")
