@@ -159,3 +159,22 @@ def test_manifest_that_does_not_match_its_shards(copy):
 def test_not_a_store(tmp_path):
     with pytest.raises(UserError, match="run `rlhf-lens harvest` first"):
         ActivationStore(tmp_path)
+
+
+def test_sae_batches_shuffle_the_whole_store_so_corpus_order_cannot_bias_them(store):
+    """A store is in corpus order, and a corpus may be sorted by label: a batch must mix documents from the
+    whole store, not from a few neighbouring shards (which a window of one shard would give)."""
+    docs_of = {}
+    for shard in store.iter_shards(2):
+        for row, doc in zip(shard.acts, shard.doc):
+            docs_of[row.numpy().tobytes()] = int(doc)
+    assert len(store.manifest["shards"]) >= 4
+
+    def first_batch_docs(source) -> set[int]:
+        batch = next(iter(source.batches(48, seed=0, epoch=0)))
+        return {docs_of[row.numpy().tobytes()] for row in batch}
+
+    whole = first_batch_docs(store.source(2))
+    assert min(whole) < store.n_docs // 4 and max(whole) >= 3 * store.n_docs // 4
+    one_shard = first_batch_docs(store.source(2, window_shards=1))
+    assert max(one_shard) - min(one_shard) < store.n_docs // 2  # what windows of shards did

@@ -27,6 +27,11 @@ FORMAT = "rlhf-lens.activations"
 VERSION = 1
 MANIFEST = "manifest.json"
 STORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+WHOLE_SHUFFLE_BYTES = 2 * 1024**3
+"""A layer up to this size (float32) is shuffled as a whole for SAE training."""
+LARGE_STORE_WINDOW = 4
+"""Shards shuffled together for a larger layer (memory holds this many shards of it)."""
+
 # safetensors dtype names as they appear in a shard's header
 _HEADER_DTYPES = {"float32": "F32", "bfloat16": "BF16"}
 INDEX_KEYS = {"token_ids": "I32", "doc": "I64", "pos": "I32"}
@@ -86,10 +91,18 @@ class ActivationStore:
         return (f"ActivationStore({str(self.path)!r}, layers={self.layers}, d={self.d}, "
                 f"tokens={self.n_tokens}, docs={self.n_docs}, shards={len(self.manifest['shards'])})")
 
-    def source(self, layer: int, window_shards: int = 4) -> LayerSource:
-        """One layer as an `ActivationSource` (shuffled float32 batches) for SAE training."""
+    def source(self, layer: int, window_shards: int | None = None) -> LayerSource:
+        """One layer as an `ActivationSource` (shuffled float32 batches) for SAE training.
+
+        By default the batches are a shuffle of the whole store when one layer of it fits in
+        `WHOLE_SHUFFLE_BYTES` as float32 (the store is in corpus order, and a corpus may be sorted by
+        label: windows of a few shards would then train on one class at a time); larger stores are
+        shuffled `LARGE_STORE_WINDOW` shards at a time."""
         self._check_layer(layer)
-        return LayerSource(self, layer, window_shards)
+        if window_shards is None:
+            fits = self.n_tokens * self.d * 4 <= WHOLE_SHUFFLE_BYTES
+            window_shards = len(self.manifest["shards"]) if fits else LARGE_STORE_WINDOW
+        return LayerSource(self, layer, max(window_shards, 1))
 
     def iter_shards(self, layer: int) -> Iterator[Shard]:
         """Every shard in order, with this layer's activations as float32."""
