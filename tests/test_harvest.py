@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import rlhf_lens.harvest as harvest_module
+import rlhf_lens.harvest.run as harvest_module
 from conftest import WORDS_NEG, WORDS_NEUTRAL, WORDS_POS, assert_user_error, run_cli
 from rlhf_lens.errors import UserError
 from rlhf_lens.harvest import HarvestConfig, harvest

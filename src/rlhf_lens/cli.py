@@ -202,7 +202,7 @@ def reward_command(
 
 # --- divergence and harvest (divergence.py, harvest.py, store.py) -------------------------------
 # [section: harvest]
-from .harvest import HarvestConfig as _HarvestConfig  # noqa: E402  (field docstrings are the --help text)
+from .harvest.config import HarvestConfig as _HarvestConfig  # noqa: E402  (field docstrings are the --help text)
 
 
 @app.command()
@@ -243,7 +243,7 @@ def harvest_command(
     corpus: str = typer.Option(..., "--corpus", help=doc(_HarvestConfig, "corpus")),
     out: Path = typer.Option(..., "--out", help="Folder of the activation store (created; a rerun resumes it)."),
     split: str = typer.Option("test", help=doc(_HarvestConfig, "split")),
-    max_docs: int = typer.Option(None, "--max-docs", help=doc(_HarvestConfig, "max_docs")),
+    max_docs: int = typer.Option(0, "--max-docs", help=doc(_HarvestConfig, "max_docs")),
     max_tokens: int = typer.Option(_HarvestConfig.max_tokens, "--max-tokens", help=doc(_HarvestConfig, "max_tokens")),
     batch_size: int = typer.Option(_HarvestConfig.batch_size, "--batch-size", help=doc(_HarvestConfig, "batch_size")),
     dtype: str = typer.Option(_HarvestConfig.dtype, help=doc(_HarvestConfig, "dtype")),
@@ -399,7 +399,7 @@ def explain(
     corpus: str = typer.Option(None, "--corpus", help="Corpus to run the model over (harvested into the user cache once)."),
     acts: Path = typer.Option(None, "--acts", help="Reuse this activation store (from `rlhf-lens harvest`) instead of --corpus."),
     split: str = typer.Option("test", help="Corpus split (with --corpus)."),
-    max_docs: int = typer.Option(None, "--max-docs", help="Use only the first N documents of the split (with --corpus)."),
+    max_docs: int = typer.Option(None, "--max-docs", help="A seeded random subset of N documents of the split (with --corpus; default all)."),
     features: str = typer.Option(None, "--features", help="Feature indices to explain, e.g. 3,17,40."),
     top_k: int = typer.Option(None, "--top-k", help="Explain the SAE's top-k features by max cosine against --mmcs-with."),
     mmcs_with: Path = typer.Option(None, "--mmcs-with", help="The larger SAE of the same model and layer (with --top-k)."),

@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import UserError
+from .harvest.config import HarvestSettings
 from .interp.config import ExampleConfig, InterpConfig
 from .models_config import TinyModelConfig
 from .rlhf.config import PPOConfig
@@ -105,18 +106,6 @@ class DivergenceSection:
 
 
 @dataclass
-class HarvestSection:
-    max_docs: int = 0
-    """Documents of the test split to harvest (0: all)."""
-    max_tokens: int = 256
-    """Truncate each document to this many tokens (paper: 256)."""
-    batch_size: int = 16
-    """Documents per forward pass."""
-    dtype: str = "float32"
-    """Storage dtype of activations: float32 or bfloat16."""
-
-
-@dataclass
 class SAESection:
     dict_ratios: list[int] = field(default_factory=lambda: [1, 2])
     """Dictionary sizes as multiples of the MLP width; the first is the small one (paper: 1x and 2x)."""
@@ -152,7 +141,7 @@ class RunConfig:
     reward: RewardSection = field(default_factory=RewardSection)
     rlhf: PPOConfig = field(default_factory=PPOConfig)
     divergence: DivergenceSection = field(default_factory=DivergenceSection)
-    harvest: HarvestSection = field(default_factory=HarvestSection)
+    harvest: HarvestSettings = field(default_factory=HarvestSettings)
     sae: SAESection = field(default_factory=SAESection)
     interp: InterpConfig = field(default_factory=InterpConfig)
     examples: ExampleConfig = field(default_factory=ExampleConfig)
@@ -334,6 +323,7 @@ def validate(config: RunConfig) -> None:
         (h.max_docs >= 0, f"harvest.max_docs must be >= 0 (0: all; got {h.max_docs})"),
         (h.max_tokens >= 1, f"harvest.max_tokens must be >= 1 (got {h.max_tokens})"),
         (h.batch_size >= 1, f"harvest.batch_size must be >= 1 (got {h.batch_size})"),
+        (h.shard_tokens >= 1, f"harvest.shard_tokens must be >= 1 (got {h.shard_tokens})"),
         (h.dtype in STORE_DTYPES, f"harvest.dtype must be one of {', '.join(STORE_DTYPES)} (got {h.dtype!r})"),
         (s.arch in SAE_ARCHS, f"sae.arch must be one of {', '.join(SAE_ARCHS)} (got {s.arch!r})"),
         (s.arch != "topk" or s.k >= 1, f"sae.k must be >= 1 with sae.arch = \"topk\" (got {s.k})"),

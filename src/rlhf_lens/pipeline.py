@@ -264,9 +264,8 @@ def _stage_harvest(config: RunConfig, run_dir: Path, state: dict) -> dict:
     stores = {}
     for name, spec in _analysed_models(state, run_dir).items():
         hc = HarvestConfig(
-            layers=state["divergence"]["top_layers"], corpus=config.data.corpus, split=config.data.test_split,
-            max_docs=config.harvest.max_docs or None, max_tokens=config.harvest.max_tokens,
-            batch_size=config.harvest.batch_size, dtype=config.harvest.dtype, device=config.model.device,
+            **dataclasses.asdict(config.harvest), layers=state["divergence"]["top_layers"],
+            corpus=config.data.corpus, split=config.data.test_split, device=config.model.device,
             text_column=config.data.text_column, model_dtype=config.model.dtype,
         )
         out = run_dir / "acts" / name

@@ -144,7 +144,7 @@ def _harvest_cached(sae, sae_dir, model_spec, layer, corpus, split, max_docs, co
     model, tokenizer = load_model(model_spec, device=device)
     check_layers(model, [layer])
     _check_width(sae, mlp_width(model), layer, sae_dir)
-    hconfig = HarvestConfig(layers=[layer], corpus=corpus, split=split, max_docs=max_docs,
+    hconfig = HarvestConfig(layers=[layer], corpus=corpus, split=split, max_docs=max_docs or 0,
                             max_tokens=config.max_tokens, device=device)
     source = Path(corpus)
     # a corpus file is keyed by its place and content stamp, so an edited file is harvested afresh

@@ -15,15 +15,14 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .errors import UserError
-from .io import save_safetensors, write_json
-from .store import (
+from ..errors import UserError
+from ..io import save_safetensors, write_json
+from ..store import (
     FORMAT,
     MANIFEST,
     STORE_DTYPES,
@@ -34,37 +33,12 @@ from .store import (
     shard_name,
     shard_problem,
 )
+from .config import HarvestConfig
 
 # Settings that decide what a store holds: a rerun into the same folder must match them all.
 IDENTITY_KEYS = ("model", "model_type", "tokenizer", "corpus", "corpus_fingerprint", "split", "text_column",
                  "layers", "d", "dtype", "model_dtype", "max_docs", "max_tokens", "shard_tokens", "n_docs")
 TOKENIZE_CHUNK = 64  # documents per tokenizer call (fast tokenizers batch well)
-
-
-@dataclass
-class HarvestConfig:
-    layers: list[int]
-    """Blocks whose MLP output is harvested, e.g. 3,4,5 (0-based)."""
-    corpus: str
-    """Corpus name (imdb, pang-lee, ...) or path to a .txt/.jsonl/.csv/.parquet file."""
-    split: str = "test"
-    """Corpus split to run over (the paper: IMDB test)."""
-    max_docs: int | None = None
-    """Use only the first N documents of the split (default: all)."""
-    max_tokens: int = 256
-    """Truncate each document to this many tokens (the paper: 256)."""
-    batch_size: int = 16
-    """Documents per forward pass."""
-    dtype: str = "float32"
-    """Storage dtype of the activations: float32 or bfloat16 (half the disk)."""
-    shard_tokens: int = 16384
-    """Tokens per shard (whole documents, so a shard may hold up to max_tokens-1 more). The unit of resume and of reader memory."""
-    device: str = "cpu"
-    """Device for the forward passes: cpu or cuda."""
-    text_column: str = "text"
-    """Column holding the text in a .jsonl/.csv/.parquet corpus."""
-    model_dtype: str = "float32"
-    """Dtype the model is loaded in (float32, bfloat16, float16)."""
 
 
 def harvest(
@@ -75,14 +49,14 @@ def harvest(
     `model`/`tokenizer` may be passed in memory; `model_spec` still names them in the manifest
     (a local folder is recorded as an absolute path, so interp can reload the tokenizer).
     """
-    from .data import load_corpus
-    from .models import check_layers, load_model, load_tokenizer, mlp_width
+    from ..data import load_corpus
+    from ..models import check_layers, load_model, load_tokenizer, mlp_width
 
     _check_config(config)
     out = Path(out)
     existing = _existing_manifest(out)
     corpus = load_corpus(config.corpus, text_column=config.text_column)
-    texts = corpus.texts(config.split, config.max_docs)
+    texts = corpus.texts(config.split, config.max_docs or None)
     spec = _local_or_name(model_spec)
     settings = {
         "model": spec, "tokenizer": _tokenizer_spec(tokenizer, model_spec),
@@ -117,7 +91,7 @@ def harvest(
         stale.unlink()  # left by a killed run (atomic writes never rename a partial file into place)
 
     harvester = _Harvester(model, tokenizer, texts, config, settings["layers"])
-    from .progress import progress_bar
+    from ..progress import progress_bar
 
     with progress_bar() as bar:
         done = manifest["shards"][-1]["doc_end"] if manifest["shards"] else 0
@@ -235,7 +209,7 @@ class _Harvester:
 
     def _forward(self, batch: list[int], docs: list[list[int]], offsets: torch.Tensor,
                  buffers: dict[int, torch.Tensor]) -> None:
-        from .models import mlp_module
+        from ..models import mlp_module
 
         width = max(len(docs[i]) for i in batch)
         input_ids = torch.full((len(batch), width), int(self.tokenizer.pad_token_id), dtype=torch.long)
@@ -273,7 +247,7 @@ class _Harvester:
 
 
 def _check_config(config: HarvestConfig) -> None:
-    from .models import torch_dtype
+    from ..models import torch_dtype
 
     torch_dtype(config.model_dtype)  # a clear error for an unknown model dtype
     if not config.layers:
@@ -283,8 +257,10 @@ def _check_config(config: HarvestConfig) -> None:
     for name in ("max_tokens", "batch_size", "shard_tokens"):
         if getattr(config, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(config, name)})")
-    if config.max_docs is not None and config.max_docs < 1:
-        raise UserError(f"--max-docs must be at least 1 (got {config.max_docs})")
+    if config.max_docs < 0:
+        raise UserError(f"--max-docs must be >= 0 (0: all; got {config.max_docs})")
+    if not config.corpus:
+        raise UserError("no corpus given; name one (pang-lee, imdb) or a file")
 
 
 def _texts_fingerprint(texts: list[str]) -> str:
@@ -314,7 +290,7 @@ def _local_or_name(spec: str) -> str:
 
 
 def _existing_manifest(out: Path) -> dict | None:
-    from .io import read_json
+    from ..io import read_json
 
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; give a folder for the activation store")
