@@ -19,7 +19,7 @@ def _config(**kw):
     from rlhf_lens.diff.config import DiffConfig
 
     base = dict(max_docs=24, max_tokens=48, prompts=24, new_tokens=12, alphas=[0.0, 0.25, 0.5, 1.0, 2.0],
-                random_directions=4, null_sets=500, top_words=4, rank_spread=3)
+                random_directions=4, null_sets=500, top_words=3, rank_spread=3, coherence_kl=0.4)
     base.update(kw)
     return DiffConfig(**base)
 
@@ -42,7 +42,7 @@ def planted(tmp_path_factory, tiny_model_dir):
     v = unembed[aim].mean(0) - unembed[rest].mean(0)
     v = PLANT_SCALE * v / v.norm()
     lens = lens_logits(model, v[None])[0][torch.from_numpy(vocab.ids)]
-    words = [vocab.words[int(j)] for j in torch.topk(lens, 4).indices]
+    words = [vocab.words[int(j)] for j in torch.topk(lens, 3).indices]
     with torch.no_grad():
         model.gpt_neox.layers[PLANTED_BLOCK].mlp.dense_4h_to_h.bias += v
     root = tmp_path_factory.mktemp("planted")

@@ -568,6 +568,7 @@ def diff_command(
     text_column: str = typer.Option(_Diff.text_column, "--text-column", help=doc(_Diff, "text_column")),
     top_words: int = typer.Option(_Diff.top_words, "--top-words", help=doc(_Diff, "top_words")),
     whole_words: bool = typer.Option(_Diff.whole_words, "--whole-words/--any-tokens", help=doc(_Diff, "whole_words")),
+    rank_by: str = typer.Option(_Diff.rank_by, "--rank-by", help=doc(_Diff, "rank_by")),
     min_change: float = typer.Option(_Diff.min_change, "--min-change", help=doc(_Diff, "min_change")),
     null_sets: int = typer.Option(_Diff.null_sets, "--null-sets", help=doc(_Diff, "null_sets")),
     verdict_z: float = typer.Option(_Diff.verdict_z, "--verdict-z", help=doc(_Diff, "verdict_z")),
