@@ -603,10 +603,6 @@ def diff_command(
     config = DiffConfig(**{k: settings[k] for k in DiffConfig.__dataclass_fields__})
     check_config(config)
     chosen = parse_ints(layers) if layers.strip() else None
-    if chosen is None:
-        from .models import load_model, num_blocks
-
-        chosen = [num_blocks(load_model(base, device=device, dtype=dtype, tokenizer=False)[0]) - 1]
     result = diff_models(base, tuned, corpus, reward, chosen, out, config, device=device, dtype=dtype)
     for name, verdict in result["verdicts"].items():
         typer.echo(f"{name}: {verdict}")

@@ -11,3 +11,7 @@
 - `run`: `diff_models(...)`, writing diff.json and deltas.safetensors (docs/diff.md).
 - `report_section`: `diff_html(diff)` and `diff_markdown(diff)`, reading only the diff dict.
 """
+
+from .config import DiffConfig
+
+__all__ = ["DiffConfig"]

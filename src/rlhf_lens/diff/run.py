@@ -23,12 +23,12 @@ def _tokens_out(tokens: list[dict]) -> list[dict]:
     return [dict(t) for t in tokens]
 
 
-def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, layers: list[int],
+def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, layers: list[int] | None,
                 out_dir: str | os.PathLike, config: DiffConfig | None = None, device: str = "cpu",
                 dtype: str = "float32", models: tuple | None = None) -> dict:
     """Diff `tuned_path` against `base_path` on `corpus`, read through `reward_spec`; write out_dir/diff.json.
 
-    `layers`: the analysed blocks (steering curve, logit lens, saved activations). `models`: optionally
+    `layers`: the analysed blocks (steering curve, logit lens, saved activations; None: the last block). `models`: optionally
     `(base_model, tuned_model, tokenizer)` already loaded (pass the same object twice for a self-diff),
     so a caller holding them does not load them again. Returns the dict written to diff.json.
     """
@@ -46,7 +46,7 @@ def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; give a folder for the diff")
-    if not layers:
+    if layers is not None and not layers:
         raise UserError("no layers given; name at least one block to analyse, e.g. --layers 1,2")
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -68,6 +68,7 @@ def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, 
         base, _ = load_model(base_path, device=device, dtype=dtype, tokenizer=False)
         tuned = base if same else load_model(tuned_path, device=device, dtype=dtype, tokenizer=False)[0]
     paired.check_pair(base, tuned)
+    layers = [num_blocks(base) - 1] if layers is None else layers
     check_layers(base, list(layers))
     layers = sorted(set(int(x) for x in layers))
     if tokenizer.pad_token_id is None:
