@@ -538,3 +538,74 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted: rerun the same command to resume", err=True)
         sys.exit(130)
+
+
+# --- model diffing on the same tokens (rlhf_lens.diff) -------------------------------------------
+# [section: diff]
+from .diff.config import DiffConfig as _Diff  # noqa: E402  (torch-free; field docstrings are the --help text)
+
+
+def _parse_floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--{what} must be comma-separated numbers, e.g. 0,1,2,4 (got {text!r})") from None
+
+
+@app.command("diff")
+def diff_command(
+    base: str = typer.Argument(..., help="Base model: a save_pretrained folder, a hub id or smollm2."),
+    tuned: str = typer.Argument(..., help="Tuned model of the same architecture and tokenizer."),
+    corpus: str = typer.Option(..., "--corpus", help="Corpus name or file the models are compared on."),
+    reward: str = typer.Option(..., "--reward", help=_REWARD_HELP),
+    out: Path = typer.Option(..., "--out", help="Folder for diff.json and deltas.safetensors (docs/diff.md)."),
+    layers: str = typer.Option("", "--layers", help="Blocks to analyse (steering curve, logit lens), e.g. 1,2 "
+                                                    "(default: the last block)."),
+    split: str = typer.Option(_Diff.split, help=doc(_Diff, "split")),
+    max_docs: int = typer.Option(_Diff.max_docs, "--max-docs", help=doc(_Diff, "max_docs")),
+    max_tokens: int = typer.Option(_Diff.max_tokens, "--max-tokens", help=doc(_Diff, "max_tokens")),
+    batch_size: int = typer.Option(_Diff.batch_size, "--batch-size", help=doc(_Diff, "batch_size")),
+    text_column: str = typer.Option(_Diff.text_column, "--text-column", help=doc(_Diff, "text_column")),
+    top_words: int = typer.Option(_Diff.top_words, "--top-words", help=doc(_Diff, "top_words")),
+    whole_words: bool = typer.Option(_Diff.whole_words, "--whole-words/--any-tokens", help=doc(_Diff, "whole_words")),
+    rank_by: str = typer.Option(_Diff.rank_by, "--rank-by", help=doc(_Diff, "rank_by")),
+    min_change: float = typer.Option(_Diff.min_change, "--min-change", help=doc(_Diff, "min_change")),
+    null_sets: int = typer.Option(_Diff.null_sets, "--null-sets", help=doc(_Diff, "null_sets")),
+    verdict_z: float = typer.Option(_Diff.verdict_z, "--verdict-z", help=doc(_Diff, "verdict_z")),
+    table: str = typer.Option(None, "--table", help=doc(_Diff, "table")),
+    word_template: str = typer.Option(_Diff.word_template, "--word-template", help=doc(_Diff, "word_template")),
+    word_pool: int = typer.Option(_Diff.word_pool, "--word-pool", help=doc(_Diff, "word_pool")),
+    contexts: int = typer.Option(_Diff.contexts, "--contexts", help=doc(_Diff, "contexts")),
+    context_tokens: int = typer.Option(_Diff.context_tokens, "--context-tokens", help=doc(_Diff, "context_tokens")),
+    prompts: int = typer.Option(_Diff.prompts, "--prompts", help=doc(_Diff, "prompts")),
+    new_tokens: int = typer.Option(_Diff.new_tokens, "--new-tokens", help=doc(_Diff, "new_tokens")),
+    alphas: str = typer.Option("0,1,2,4,8", "--alphas", help=doc(_Diff, "alphas") + " Comma-separated."),
+    random_directions: int = typer.Option(_Diff.random_directions, "--random-directions",
+                                          help=doc(_Diff, "random_directions")),
+    coherence_kl: float = typer.Option(_Diff.coherence_kl, "--coherence-kl", help=doc(_Diff, "coherence_kl")),
+    rank_layers: str = typer.Option(None, "--rank-layers", help=doc(_Diff, "rank_layers") + " Comma-separated."),
+    rank_spread: int = typer.Option(_Diff.rank_spread, "--rank-spread", help=doc(_Diff, "rank_spread")),
+    rank_alpha: float = typer.Option(_Diff.rank_alpha, "--rank-alpha", help=doc(_Diff, "rank_alpha")),
+    rank_random: int = typer.Option(_Diff.rank_random, "--rank-random", help=doc(_Diff, "rank_random")),
+    save_activations: bool = typer.Option(_Diff.save_activations, "--save-activations/--no-save-activations",
+                                          help=doc(_Diff, "save_activations")),
+    seed: int = typer.Option(_Diff.seed, help=doc(_Diff, "seed")),
+    device: str = typer.Option("cpu", help="Device for both models: cpu or cuda."),
+    dtype: str = typer.Option("float32", help="Dtype both models are loaded in (the same for both)."),
+) -> None:
+    """Compare base and tuned on the same tokens: what tuning promotes, read through the reward, checked by steering."""
+    from .diff.config import DiffConfig, check_config
+    from .diff.run import DIFF_JSON, diff_models
+
+    settings = dict(locals())
+    settings["alphas"] = _parse_floats(alphas, "alphas")
+    settings["rank_layers"] = parse_ints(rank_layers, "rank-layers") if rank_layers else None
+    config = DiffConfig(**{k: settings[k] for k in DiffConfig.__dataclass_fields__})
+    check_config(config)
+    chosen = parse_ints(layers) if layers.strip() else None
+    result = diff_models(base, tuned, corpus, reward, chosen, out, config, device=device, dtype=dtype)
+    for name, verdict in result["verdicts"].items():
+        typer.echo(f"{name}: {verdict}")
+    words = ", ".join(t["word"] for t in result["output"]["promoted"][:10]) or "none"
+    typer.echo(f"promoted: {words}")
+    typer.echo(f"written: {Path(out) / DIFF_JSON} ({result['seconds']['total']:.1f} s)")

@@ -1,0 +1,17 @@
+"""Model diffing on identical tokens: what did tuning change, read through the reward, checked causally.
+
+- `config`: `DiffConfig`, the settings (torch-free, field docstrings are the `--help` text).
+- `paired`: base and tuned run on the same tokens; per-block mean residual difference Δ_L,
+  per-position KL and per-token log-probability change, highest-KL contexts.
+- `output`: promoted and demoted tokens read through the reward's utility table, with a null of
+  random token sets; the logit lens of a direction with a null of random directions.
+- `steering`: base + α·Δ_L sampled on held-out prompts, reward per α against random directions of
+  the same norm, with a coherence guard.
+- `ranking`: causal block ranking (reward gain of steering each block by its own contribution).
+- `run`: `diff_models(...)`, writing diff.json and deltas.safetensors (docs/diff.md).
+- `report_section`: `diff_html(diff)` and `diff_markdown(diff)`, reading only the diff dict.
+"""
+
+from .config import DiffConfig
+
+__all__ = ["DiffConfig"]

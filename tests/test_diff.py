@@ -1,0 +1,169 @@
+"""Model diffing (rlhf_lens.diff): planted changes are found, a self-diff finds nothing, errors are one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import assert_user_error, run_cli
+
+PLANTED_BLOCK = 1
+PLANT_SCALE = 2.0
+
+
+def _config(**kw):
+    from rlhf_lens.diff.config import DiffConfig
+
+    base = dict(max_docs=24, max_tokens=48, prompts=24, new_tokens=12, alphas=[0.0, 0.25, 0.5, 1.0, 2.0],
+                random_directions=4, null_sets=500, top_words=3, rank_spread=3, coherence_kl=0.4)
+    base.update(kw)
+    return DiffConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, tiny_model_dir):
+    """A copy of the tiny model whose block 1 MLP bias adds a vector pushing 4 chosen words, and a table of them."""
+    from rlhf_lens.diff.output import lens_logits, vocabulary
+    from rlhf_lens.models import load_model, save_model
+
+    model, tok = load_model(str(tiny_model_dir))
+    vocab = vocabulary(tok, model.get_output_embeddings().weight.shape[0])
+    # A direction aimed at four whole words of 4+ letters, against the other word-start tokens (all of them
+    # share a "a word starts here" direction); the planted words are the four it pushes most through the
+    # final norm and unembedding.
+    longer = [j for j, w in enumerate(vocab.words) if len(w) >= 4]
+    unembed = model.get_output_embeddings().weight.detach()
+    aim = [int(vocab.ids[j]) for j in longer[:4]]
+    rest = [int(i) for i in vocab.ids if int(i) not in aim]
+    v = unembed[aim].mean(0) - unembed[rest].mean(0)
+    v = PLANT_SCALE * v / v.norm()
+    lens = lens_logits(model, v[None])[0][torch.from_numpy(vocab.ids)]
+    words = [vocab.words[int(j)] for j in torch.topk(lens, 3).indices]
+    with torch.no_grad():
+        model.gpt_neox.layers[PLANTED_BLOCK].mlp.dense_4h_to_h.bias += v
+    root = tmp_path_factory.mktemp("planted")
+    tuned = save_model(model, tok, root / "tuned")
+    table = root / "table.tsv"
+    table.write_text("".join(f"{w}\t3\n" for w in words))
+    return {"tuned": tuned, "words": words, "table": table, "root": root}
+
+
+@pytest.fixture(scope="module")
+def planted_diff(planted, tiny_model_dir, corpus_file):
+    from rlhf_lens.diff.run import diff_models
+
+    return diff_models(str(tiny_model_dir), str(planted["tuned"]), str(corpus_file), f"table:{planted['table']}",
+                       [1, 2], planted["root"] / "diff", _config(save_activations=True))
+
+
+def test_planted_words_are_promoted(planted, planted_diff):
+    out = planted_diff["output"]
+    assert {t["word"] for t in out["promoted"]} == set(planted["words"])
+    assert out["promoted_null"]["z"] > 2 and out["promoted_null"]["percentile"] > 99
+    assert out["verdict"].startswith("tuning promotes reward-laden words")
+    assert out["kl"]["mean"] > 0 and len(out["contexts"]) > 0
+    ctx = out["contexts"][0]
+    assert len(ctx["tokens"]) == len(ctx["kl_per_token"]) and max(ctx["kl_per_token"]) == pytest.approx(ctx["kl"])
+
+
+def test_planted_delta_sits_at_the_planted_block(planted_diff):
+    blocks = {b["layer"]: b for b in planted_diff["blocks"]}
+    assert blocks[0]["delta_norm"] == 0
+    assert blocks[PLANTED_BLOCK]["delta_norm"] == pytest.approx(PLANT_SCALE, rel=1e-4)
+    # the later block carries the change along the residual stream, but adds little of its own
+    assert blocks[2]["delta_norm"] > 0.5 * PLANT_SCALE
+    assert blocks[2]["own_norm"] < 0.2 * blocks[PLANTED_BLOCK]["own_norm"]
+
+
+def test_steering_by_delta_beats_random_directions(planted, planted_diff):
+    curve = next(c for c in planted_diff["steering"] if c["layer"] == PLANTED_BLOCK)
+    assert curve["alpha"] > 0
+    at = next(r for r in curve["delta"] if r["alpha"] == curve["alpha"])
+    randoms = next(r for r in curve["random"] if r["alpha"] == curve["alpha"])
+    assert at["reward"] > max(randoms["rewards"])
+    assert at["gain"] > 0
+    assert "raises the reward beyond every random direction" in curve["verdict"]
+    assert {t["word"] for t in curve["promoted"]} == set(planted["words"])
+
+
+def test_causal_ranking_puts_the_planted_block_first(planted_diff):
+    from rlhf_lens.diff.ranking import top_blocks
+
+    rows = planted_diff["ranking"]["rows"]
+    assert rows[0]["layer"] == PLANTED_BLOCK and rows[0]["beats_null"]
+    assert top_blocks(planted_diff, 1) == [PLANTED_BLOCK]
+
+
+def test_files_written(planted, planted_diff):
+    from rlhf_lens.diff.run import load_deltas
+    from rlhf_lens.store import ActivationStore
+
+    folder = planted["root"] / "diff"
+    on_disk = json.loads((folder / "diff.json").read_text())
+    assert on_disk["format"] == "rlhf-lens.diff" and on_disk["verdicts"] == planted_diff["verdicts"]
+    tensors = load_deltas(folder)
+    assert tensors["delta"].shape == (3, 32) and tensors["own"].shape == (3, 32)
+    base, tuned = ActivationStore(folder / "acts" / "base"), ActivationStore(folder / "acts" / "tuned")
+    assert base.layers == [1, 2] and base.n_tokens == planted_diff["n_tokens"]
+    diff = next(tuned.iter_shards(1)).acts - next(base.iter_shards(1)).acts
+    assert torch.allclose(diff.mean(0), tensors["delta"][1], atol=1e-4)
+
+
+def test_report_section_renders(planted_diff):
+    from rlhf_lens.diff.report_section import diff_html, diff_markdown
+
+    html = diff_html(planted_diff)
+    assert "data:image/png;base64," in html and planted_diff["output"]["promoted"][0]["piece"].strip() in html
+    md = diff_markdown(planted_diff)
+    assert "promotes reward-laden words" in md and "| block |" in md
+
+
+def test_self_diff_finds_nothing(tiny_model_dir, corpus_file, tmp_path, planted):
+    from rlhf_lens.diff.run import diff_models
+
+    result = diff_models(str(tiny_model_dir), str(tiny_model_dir), str(corpus_file), f"table:{planted['table']}",
+                         [1], tmp_path / "self", _config(alphas=[0.0, 1.0], null_sets=100))
+    assert all(b["delta_norm"] == 0 and b["token_diff_norm"] == 0 for b in result["blocks"])
+    assert result["output"]["promoted"] == [] and result["output"]["demoted"] == []
+    assert result["output"]["kl"]["max"] == 0
+    assert result["output"]["verdict"].startswith("no change")
+    assert result["steering"][0]["verdict"].startswith("no change")
+    assert result["steering"][0]["lens"]["verdict"].startswith("no change")
+    assert result["ranking"]["verdict"].startswith("no block")
+
+
+def test_cli_diff_end_to_end(tiny_model_dir, corpus_file, tmp_path, planted):
+    out = tmp_path / "cli"
+    result = run_cli("diff", tiny_model_dir, planted["tuned"], "--corpus", corpus_file, "--reward",
+                     f"table:{planted['table']}", "--layers", "1", "--out", out, "--max-docs", "12",
+                     "--prompts", "8", "--new-tokens", "6", "--alphas", "0,1", "--random-directions", "2",
+                     "--null-sets", "50", "--rank-spread", "0", check=True)
+    assert "diff.json" in result.stdout
+    written = json.loads((out / "diff.json").read_text())
+    assert written["layers"] == [1] and written["n_docs"] == 12 and "verdicts" in written
+    assert (out / "deltas.safetensors").is_file()
+
+
+def test_cli_mismatched_tokenizers_fail_in_one_line(tiny_model_dir, corpus_file, tmp_path):
+    from rlhf_lens.models import train_tokenizer
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    tok = train_tokenizer([line[::-1] for line in Path(corpus_file).read_text().splitlines()], 280)
+    for f in other.glob("tokenizer*"):
+        f.unlink()
+    tok.save_pretrained(other)
+    result = run_cli("diff", tiny_model_dir, other, "--corpus", corpus_file, "--reward", "vader", "--layers", "1",
+                     "--out", tmp_path / "out")
+    assert_user_error(result, "tokenizers give different tokens")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_bad_layers_fail_in_one_line(tiny_model_dir, corpus_file, tmp_path):
+    result = run_cli("diff", tiny_model_dir, tiny_model_dir, "--corpus", corpus_file, "--reward", "vader",
+                     "--layers", "7", "--out", tmp_path / "out")
+    assert_user_error(result, "out of range")
