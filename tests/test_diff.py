@@ -114,7 +114,7 @@ def test_files_written(planted, planted_diff):
 
 
 def test_report_section_renders(planted_diff):
-    from rlhf_lens.diff.report_section import diff_html, diff_markdown
+    from rlhf_lens.report.diff import diff_html, diff_markdown
 
     html = diff_html(planted_diff)
     assert "data:image/png;base64," in html and planted_diff["output"]["promoted"][0]["piece"].strip() in html

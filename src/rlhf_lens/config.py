@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from .diff.config import DiffConfig
 from .errors import UserError
 from .harvest.config import HarvestSettings
 from .interp.config import ExampleConfig, InterpConfig
@@ -102,7 +103,10 @@ class RewardSection:
 @dataclass
 class DivergenceSection:
     top_n: int = 5
-    """Number of most-moved blocks to analyse (paper: 5)."""
+    """Number of blocks to analyse (paper: 5)."""
+    rank: str = "parameters"
+    """How the analysed blocks are chosen: parameters (the paper: most-moved parameters, Frobenius norm) or
+    causal (the diff stage's ranking: reward gain of steering the base model by each block's own change)."""
 
 
 @dataclass
@@ -141,6 +145,7 @@ class RunConfig:
     reward: RewardSection = field(default_factory=RewardSection)
     rlhf: PPOConfig = field(default_factory=PPOConfig)
     divergence: DivergenceSection = field(default_factory=DivergenceSection)
+    diff: DiffConfig = field(default_factory=DiffConfig)
     harvest: HarvestSettings = field(default_factory=HarvestSettings)
     sae: SAESection = field(default_factory=SAESection)
     interp: InterpConfig = field(default_factory=InterpConfig)
@@ -306,6 +311,16 @@ def validate(config: RunConfig) -> None:
         check_config(config.rlhf)
     except UserError as err:
         raise UserError(f"rlhf.{err}") from None
+    from .diff.config import check_config as check_diff
+
+    try:
+        check_diff(config.diff)
+    except UserError as err:
+        raise UserError(f"diff.{err}") from None
+    diff_defaults = DiffConfig()
+    for key, owner in (("split", "data.test_split"), ("text_column", "data.text_column")):
+        if getattr(config.diff, key) != getattr(diff_defaults, key):
+            raise UserError(f"diff.{key} is taken from {owner} in a run; set {owner} instead")
     ppo_defaults = PPOConfig()
     for key, owner in (("device", "model.device"), ("dtype", "model.dtype"), ("text_column", "data.text_column")):
         if getattr(config.rlhf, key) != getattr(ppo_defaults, key):
@@ -320,6 +335,8 @@ def validate(config: RunConfig) -> None:
         (config.reward.aggregate in AGGREGATES,
          f"reward.aggregate must be one of {', '.join(AGGREGATES)} (got {config.reward.aggregate!r})"),
         (config.divergence.top_n >= 1, f"divergence.top_n must be >= 1 (got {config.divergence.top_n})"),
+        (config.divergence.rank in ("parameters", "causal"),
+         f"divergence.rank must be parameters or causal (got {config.divergence.rank!r})"),
         (h.max_docs >= 0, f"harvest.max_docs must be >= 0 (0: all; got {h.max_docs})"),
         (h.max_tokens >= 1, f"harvest.max_tokens must be >= 1 (got {h.max_tokens})"),
         (h.batch_size >= 1, f"harvest.batch_size must be >= 1 (got {h.batch_size})"),

@@ -3,7 +3,7 @@
 Stages, each recorded in `RUN_DIR/stages/<stage>.json` with a key that hashes its
 config and the keys of the stages it reads from:
 
-    base -> rlhf -> divergence -> control -> harvest -> saes -> mmcs -> features -> scores -> report
+    base -> rlhf -> divergence -> diff -> control -> harvest -> saes -> mmcs -> features -> scores -> report
 
 Rerunning the same command skips finished stages (whose key still matches) and resumes
 the unfinished one (PPO, harvest and SAE training checkpoint themselves); changing a
@@ -24,7 +24,7 @@ from .errors import INTERRUPT_ENV, UserError, interrupt_point  # noqa: F401  (IN
 from .io import read_json, write_json, write_text
 from .progress import console
 
-STAGES = ("base", "rlhf", "divergence", "control", "harvest", "saes", "mmcs", "features", "scores", "report")
+STAGES = ("base", "rlhf", "divergence", "diff", "control", "harvest", "saes", "mmcs", "features", "scores", "report")
 # Test hook: `stage:n` raises KeyboardInterrupt after n units of that stage finished (a killed run).
 
 
@@ -160,7 +160,7 @@ def run(config: RunConfig, run_dir: str | os.PathLike) -> Path:
 
 # What each stage writes, relative to the run folder.
 STAGE_OUTPUTS = {
-    "base": ["models/base"], "rlhf": ["rlhf"], "divergence": ["divergence.json", "divergence.png"],
+    "base": ["models/base"], "rlhf": ["rlhf"], "divergence": ["divergence.json", "divergence.png"], "diff": ["diff"],
     "control": ["models/control"], "harvest": ["acts"], "saes": ["saes"], "mmcs": ["mmcs.json"],
     "features": ["features"], "scores": ["utility.json"], "report": ["results.json", "report.html", "summary.md"],
 }
@@ -182,7 +182,8 @@ def _stage_config(config: RunConfig, stage: str) -> dict:
     return {
         "base": [c["model"], c["tiny"], c["data"]],
         "rlhf": [c["rlhf"], c["reward"]["spec"]],
-        "divergence": [c["divergence"]],
+        "divergence": [c["divergence"]["top_n"]],
+        "diff": [c["diff"], c["divergence"], c["reward"]["spec"], c["data"]["test_split"]],
         "control": [c["controls"]],
         "harvest": [c["harvest"], c["data"]["test_split"]],
         "saes": [c["sae"]],
@@ -234,6 +235,25 @@ def _stage_divergence(config: RunConfig, run_dir: Path, state: dict) -> dict:
     return {"top_layers": top, "spread": divergence_spread(rows)}
 
 
+def _stage_diff(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    """Base and tuned on the same tokens (docs/diff.md); with divergence.rank = causal it picks the analysed blocks."""
+    from .diff.ranking import top_blocks
+    from .diff.run import diff_models
+
+    by_parameters = state["divergence"]["top_layers"]
+    settings = dataclasses.replace(config.diff, split=config.data.test_split, text_column=config.data.text_column)
+    result = diff_models(_model(state["base"], run_dir), _model(state["rlhf"], run_dir), config.data.corpus,
+                         config.reward.spec, by_parameters, run_dir / "diff", settings, device=config.model.device,
+                         dtype=config.model.dtype)
+    chosen = by_parameters if config.divergence.rank == "parameters" else top_blocks(result, config.divergence.top_n)
+    return {"dir": _rel(run_dir, run_dir / "diff"), "top_layers": chosen, "rank": config.divergence.rank}
+
+
+def _layers(state: dict) -> list[int]:
+    """The analysed blocks: by parameter divergence, or by the diff stage's causal ranking (divergence.rank)."""
+    return state["diff"]["top_layers"]
+
+
 def _stage_control(config: RunConfig, run_dir: Path, state: dict) -> dict:
     """A randomly initialised model of the base architecture: what SAEs find without any training."""
     if not config.controls.random_init:
@@ -264,7 +284,7 @@ def _stage_harvest(config: RunConfig, run_dir: Path, state: dict) -> dict:
     stores = {}
     for name, spec in _analysed_models(state, run_dir).items():
         hc = HarvestConfig(
-            **dataclasses.asdict(config.harvest), layers=state["divergence"]["top_layers"],
+            **dataclasses.asdict(config.harvest), layers=_layers(state),
             corpus=config.data.corpus, split=config.data.test_split, device=config.model.device,
             text_column=config.data.text_column, model_dtype=config.model.dtype,
         )
@@ -290,7 +310,7 @@ def _stage_saes(config: RunConfig, run_dir: Path, state: dict) -> dict:
     units = 0
     for name, store_dir in state["harvest"]["stores"].items():
         store = ActivationStore(_abs(run_dir, store_dir))
-        for layer in state["divergence"]["top_layers"]:
+        for layer in _layers(state):
             configs, dirs = [], []
             for ratio in config.sae.dict_ratios:
                 for seed in config.sae.seeds:
@@ -324,7 +344,7 @@ def _stage_mmcs(config: RunConfig, run_dir: Path, state: dict) -> dict:
     from .sae import SparseAutoencoder
 
     models = list(state["harvest"]["stores"])
-    layers = state["divergence"]["top_layers"]
+    layers = _layers(state)
     dictionaries: dict[str, object] = {}
 
     def dictionary(row: dict):
@@ -381,7 +401,7 @@ def _stage_features(config: RunConfig, run_dir: Path, state: dict) -> dict:
         store = ActivationStore(_abs(run_dir, store_dir))
         tokenizer = load_tokenizer(models[name])
         records = []
-        for layer in state["divergence"]["top_layers"]:
+        for layer in _layers(state):
             tops = [t for t in mmcs_result["top"] if t["model"] == name and t["layer"] == layer]
             saes = {f"s{t['seed']}": SparseAutoencoder.load(_abs(run_dir, t["sae"])) for t in tops}
             features = {f"s{t['seed']}": [f["feature"] for f in t["features"]] for t in tops}
@@ -448,7 +468,7 @@ def _stage_scores(config: RunConfig, run_dir: Path, state: dict) -> dict:
             row[m] = _mean_std([metric(m, s) for s in seeds])
         row["verdict"] = verdict(row["base"], row["tuned"])
         headline.append(row)
-    layers = state["divergence"]["top_layers"]
+    layers = _layers(state)
     per_block = []
     for layer in layers:
         entry = {"layer": layer}
@@ -517,7 +537,9 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
         "config": config.to_dict(),
         "models": {"base": models["base"], "tuned": models["tuned"], "control": models.get("control")},
         "ppo": ppo,
-        "divergence": {"rows": rows, "top_layers": state["divergence"]["top_layers"],
+        "diff": _diff_for_report(run_dir, state),
+        "divergence": {"rows": rows, "top_layers": _layers(state), "rank": state["diff"]["rank"],
+                       "by_parameters": state["divergence"]["top_layers"],
                        "spread": state["divergence"]["spread"]},
         "saes": sae_rows,
         "mmcs": mmcs_rows,
@@ -527,6 +549,11 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
         "utility": {k: v for k, v in read_json(_abs(run_dir, state["scores"]["utility"])).items() if k != "per_seed"},
         "headline": state["scores"]["headline"],
     }
+
+
+def _diff_for_report(run_dir: Path, state: dict) -> dict:
+    """diff.json as the report shows it (the per-token tensors stay in deltas.safetensors)."""
+    return read_json(_abs(run_dir, state["diff"]["dir"]) / "diff.json")
 
 
 def _new_feature_counts(config: RunConfig, mmcs_result: dict, explained: list[dict]) -> dict:
@@ -548,7 +575,8 @@ def _shown(record: dict) -> dict:
 
 
 _STAGE_FUNCTIONS = {
-    "base": _stage_base, "rlhf": _stage_rlhf, "divergence": _stage_divergence, "control": _stage_control,
+    "base": _stage_base, "rlhf": _stage_rlhf, "divergence": _stage_divergence, "diff": _stage_diff,
+    "control": _stage_control,
     "harvest": _stage_harvest, "saes": _stage_saes, "mmcs": _stage_mmcs, "features": _stage_features,
     "scores": _stage_scores, "report": _stage_report,
 }

@@ -9,7 +9,7 @@
   the same norm, with a coherence guard.
 - `ranking`: causal block ranking (reward gain of steering each block by its own contribution).
 - `run`: `diff_models(...)`, writing diff.json and deltas.safetensors (docs/diff.md).
-- `report_section`: `diff_html(diff)` and `diff_markdown(diff)`, reading only the diff dict.
+- the report section lives with the report: `rlhf_lens.report.diff` (`diff_html`, `diff_markdown`).
 """
 
 from .config import DiffConfig

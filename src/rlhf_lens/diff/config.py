@@ -12,7 +12,7 @@ class DiffConfig:
     split: str = "test"
     """Corpus split whose documents base and tuned are compared on."""
     max_docs: int = 48
-    """Documents of that split to compare on (the first N)."""
+    """Documents of that split to compare on (a seeded random subset of this many)."""
     max_tokens: int = 64
     """Truncate each document to this many tokens."""
     batch_size: int = 8
@@ -42,7 +42,7 @@ class DiffConfig:
     context_tokens: int = 24
     """Tokens shown per context (ending just after the highest-KL position)."""
     prompts: int = 32
-    """Held-out prompts (split documents after the first max_docs) for steering."""
+    """Held-out prompts for steering, from the split's documents the paired comparison did not read."""
     new_tokens: int = 16
     """Tokens sampled per prompt when steering."""
     alphas: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0])

@@ -117,7 +117,7 @@ def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, 
 
     # 3. steering by Δ_L on held-out prompts, with random directions and a coherence guard
     t0 = time.perf_counter()
-    prompts = steering.heldout_prompts(data, tokenizer, config.prompts, config.split, len(texts), config.seed)
+    prompts = steering.heldout_prompts(data, tokenizer, config.prompts, config.split, texts, config.seed)
     base_result = steering.run_groups(base, base, tokenizer, reward, prompts, [{}], config.new_tokens, config.seed)[0]
     tuned_result = base_result if tuned is base else \
         steering.run_groups(tuned, base, tokenizer, reward, prompts, [{}], config.new_tokens, config.seed)[0]

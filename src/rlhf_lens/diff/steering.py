@@ -58,14 +58,17 @@ class GroupResult:
     """The continuations (without the prompt)."""
 
 
-def heldout_prompts(corpus, tokenizer, n: int, split: str, skip: int, seed: int) -> list[list[int]]:
-    """`n` prompts (a document's first 2..9 tokens, as PPO draws them) from the split's documents after
-    the first `skip` (those the paired pass read); from the whole split if too few remain."""
+def heldout_prompts(corpus, tokenizer, n: int, split: str, read: list[str], seed: int) -> list[list[int]]:
+    """`n` prompts (a document's first 2..9 tokens, as PPO draws them) from the split's documents the paired
+    pass did not read (`read`: its texts); from the whole split if too few remain."""
     from ..data import Corpus, sample_prompts
 
     docs = corpus.documents(split)
-    rest = docs[skip:] if len(docs) - skip >= max(8, n // 4) else docs
-    held = Corpus(f"{corpus.name} (held out)", {"test": list(rest)})
+    seen = set(read)
+    rest = [d for d in docs if d.text not in seen]
+    rest = rest if len(rest) >= max(8, n // 4) else docs
+    # Two split names over the same documents: a one-split Corpus would hold out a fifth of them again.
+    held = Corpus(f"{corpus.name} (held out)", {"test": list(rest), "train": list(rest)})
     long_enough = any(len(d.text) > 200 for d in rest)
     return sample_prompts(held, tokenizer, n, seed=seed, split="test", min_chars=200 if long_enough else 0)
 

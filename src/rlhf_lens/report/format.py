@@ -10,6 +10,7 @@ from typing import Any
 # (id, title) of every section, in page order: the ids are stable (tests and links use them).
 SECTIONS = (
     ("headline", "Headline numbers"),
+    ("diff", "What tuning changed"),
     ("ppo", "PPO fine-tuning"),
     ("divergence", "Layer divergence"),
     ("saes", "Sparse autoencoders"),

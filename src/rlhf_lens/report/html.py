@@ -88,6 +88,15 @@ def _headline_html(results: dict) -> str:
     note = ('<p class="note">mean \u00b1 std over SAE seeds. Verdict rule: spread = sqrt(std<sub>base</sub>\u00b2 + '
             'std<sub>tuned</sub>\u00b2); |tuned \u2212 base| above 2\u00d7 spread is larger than seed noise, above '
             '1\u00d7 is suggestive, otherwise not distinguishable. "Reward alignment" needs no explainer.</p>')
+    diff = results.get("diff")
+    if diff:
+        from .diff import diff_headline_rows
+
+        same = diff_headline_rows(diff)
+        if same:
+            table += ('<p>On the same tokens (base and tuned compared directly, no dictionaries; details in '
+                      '<a href="#diff">What tuning changed</a>):</p>'
+                      + _table(["measure", "value", "null", "verdict"], same, numeric={1}, cls="headline-diff"))
     return table + note + plot
 
 
@@ -154,10 +163,22 @@ def _divergence_html(results: dict) -> str:
     for axis in (ax, ax_dev):
         axis.set_xticks(range(len(layers)), [str(layer) for layer in layers])
         axis.set_xlabel("block")
-    table = _table(["block", "divergence", "vs mean", "analysed"],
+    # Beside it, the diff stage's causal ranking: which block's own change carries the reward.
+    ranked = {int(r["layer"]): r for r in (((results.get("diff") or {}).get("ranking") or {}).get("rows") or [])
+              if isinstance(r, dict) and _float(r.get("layer")) is not None}
+    rank = divergence.get("rank") or "parameters"
+    spread += (f'<p class="note">Analysed blocks chosen by <strong>{_esc(rank)}</strong> '
+               f'(<code>divergence.rank</code>); by parameters they would be '
+               f'{_esc(", ".join(map(str, divergence.get("by_parameters") or [])) or "-")}. "Causal gain": reward gain of '
+               "steering the base model by the block's own change (diff stage), where the block was ranked.</p>"
+               if ranked else "")
+    causal = ["causal gain", "causal rank"] if ranked else []
+    table = _table(["block", "divergence", "vs mean", *causal, "analysed"],
                    [[_layer(r), _float(r["divergence"]), _Raw(_esc(f"{100 * (_float(r['divergence']) / mean - 1):+.2f}%"
                                                                    if mean else "-")),
-                     "yes" if _layer(r) in top else ""] for r in by_layer], numeric={2})
+                     *([_float(ranked.get(_layer(r), {}).get("gain")), ranked.get(_layer(r), {}).get("rank")]
+                       if ranked else []),
+                     "yes" if _layer(r) in top else ""] for r in by_layer], numeric={2, 3, 4} if ranked else {2})
     return spread + _img(_png_uri(fig), "layer divergence per block") + table
 
 
@@ -343,8 +364,17 @@ def _config_html(results: dict) -> str:
     return f"<details><summary>resolved config</summary><pre>{_esc(text)}</pre></details>"
 
 
+def _diff_html(results: dict) -> str:
+    diff = results.get("diff")
+    if not diff:
+        return _not_run("the diff stage")
+    from .diff import diff_html  # it builds on this module's table helpers
+
+    return diff_html(diff)
+
+
 _SECTION_RENDERERS = {
-    "headline": _headline_html, "ppo": _ppo_html, "divergence": _divergence_html, "saes": _saes_html,
+    "headline": _headline_html, "diff": _diff_html, "ppo": _ppo_html, "divergence": _divergence_html, "saes": _saes_html,
     "mmcs": _mmcs_html, "features": _features_html, "new-features": _new_features_html, "utility": _utility_html,
     "config": _config_html,
 }

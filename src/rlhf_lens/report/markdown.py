@@ -63,6 +63,14 @@ def render_markdown(results: dict) -> str:
           r.get("verdict") or verdict(_stat(r.get("base")), _stat(r.get("tuned")))] for r in headline])
         if headline else None)
 
+    from .diff import diff_headline_rows, diff_markdown  # it builds on this module's table helper
+
+    diff = results.get("diff")
+    if diff and headline:
+        out[-2] += "\n\nOn the same tokens (diff stage):\n\n" + _md_table(
+            ["measure", "value", "null", "verdict"], diff_headline_rows(diff))
+    section("diff", diff_markdown(diff) if diff else None)
+
     ppo = results.get("ppo") or {}
     body = []
     log = [r for r in (ppo.get("log") or []) if isinstance(r, dict)]

@@ -1,10 +1,13 @@
-"""The diff's report section, as HTML and Markdown, read from the diff dict (diff.json) alone."""
+"""The report's "What tuning changed" section (the diff stage), as HTML and Markdown, read from diff.json's content."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..report import _esc, _figure, _float, _img, _md_table, _num, _png_uri, _Raw, _table
+from .format import _esc, _float, _num
+from .html import _Raw, _table
+from .markdown import _md_table
+from .plots import _figure, _img, _png_uri
 
 
 def _word_span(token: dict) -> str:
@@ -138,8 +141,7 @@ def _words_md(tokens: list[dict]) -> str:
 def diff_markdown(diff: dict) -> str:
     """The diff section in Markdown: verdicts, words, steering at the reported α, block ranking."""
     out = diff.get("output") or {}
-    lines = ["## What tuning changed (same tokens)", "",
-             _md_table(["measure", "verdict"], [[k, v] for k, v in (diff.get("verdicts") or {}).items()]), "",
+    lines = [_md_table(["measure", "verdict"], [[k, v] for k, v in (diff.get("verdicts") or {}).items()]), "",
              f"Promoted words (utility): {_words_md(out.get('promoted') or [])}", "",
              f"Null: {_null_text(out.get('promoted_null'))}", "",
              f"Demoted words (utility): {_words_md(out.get('demoted') or [])}", ""]
@@ -156,3 +158,24 @@ def diff_markdown(diff: dict) -> str:
                         [[r.get("layer"), _float(r.get("gain")), _float(r.get("gain_se")), _float(r.get("gain_per_norm")),
                           "yes" if r.get("coherent") else "no"] for r in ranking.get("rows") or []]), ""]
     return "\n".join(lines)
+
+
+def diff_headline_rows(diff: dict) -> list[list[Any]]:
+    """The headline's same-token measures: [measure, tuned (or steered) value, its null, verdict]."""
+    rows: list[list[Any]] = []
+    out = diff.get("output") or {}
+    null = out.get("promoted_null") or {}
+    if null:
+        rows.append(["utility of the words tuning promotes (mean)", _float(null.get("observed")),
+                     f"{_num(_float(null.get('null_mean')))} \u00b1 {_num(_float(null.get('null_std')))} (random token sets)",
+                     (diff.get("verdicts") or {}).get("output")])
+    for curve in diff.get("steering") or []:
+        alpha = curve.get("alpha")
+        at = next((r for r in curve.get("delta") or [] if r.get("alpha") == alpha), {})
+        random = next((r for r in curve.get("random") or [] if r.get("alpha") == alpha), {})
+        rewards = [x for x in (_float(v) for v in random.get("rewards") or []) if x is not None]
+        rows.append([f"reward of base + {_num(_float(alpha))}\u00b7\u0394 at block {curve.get('layer')}",
+                     _float(at.get("reward")),
+                     (f"{_num(min(rewards))}..{_num(max(rewards))} ({len(rewards)} random directions)" if rewards
+                      else "-"), curve.get("verdict")])
+    return rows
