@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -229,8 +230,6 @@ def make_server(spec: str, config: ServeConfig | None = None, device: str = "cpu
 def serve(spec: str, config: ServeConfig | None = None, device: str = "cpu",
           ready: Callable[[RewardServer], None] | None = None) -> None:
     """Serve until interrupted (Ctrl-C or SIGTERM), then close the socket and return."""
-    import signal
-
     server = make_server(spec, config, device)
 
     def _terminate(signum: int, frame: object) -> None:
