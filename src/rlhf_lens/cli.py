@@ -609,3 +609,35 @@ def diff_command(
     words = ", ".join(t["word"] for t in result["output"]["promoted"][:10]) or "none"
     typer.echo(f"promoted: {words}")
     typer.echo(f"written: {Path(out) / DIFF_JSON} ({result['seconds']['total']:.1f} s)")
+
+
+# --- serving rewards to other trainers (serve.py) ----------------------------------------------
+# [section: serve]
+
+
+@app.command("serve-reward")
+def serve_reward(
+    reward: str = typer.Option(..., "--reward", help=_REWARD_HELP),
+    port: int = typer.Option(5000, "--port", help="Port to listen on (0: any free port; the ready line names it)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. 127.0.0.1: this machine only; "
+                             "0.0.0.0 exposes an unauthenticated server to the network."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Score a request's texts in batches of this many."),
+    max_texts: int = typer.Option(8192, "--max-texts", help="Most texts per request (413 beyond)."),
+    max_body_bytes: int = typer.Option(16 * 1024 * 1024, "--max-body-bytes", help="Largest request body (413 beyond)."),
+    device: str = typer.Option("cpu", help="Device for a classifier reward: cpu or cuda."),
+) -> None:
+    """Serve a reward over HTTP for other trainers (OpenRLHF's POST /get_reward; GET /health). See docs/scale.md."""
+    from .serve import ServeConfig, serve
+
+    config = ServeConfig(host=host, port=port, batch_size=batch_size, max_texts=max_texts,
+                         max_body_bytes=max_body_bytes)
+
+    def ready(server) -> None:
+        info = getattr(server.reward, "info", {})
+        if "test_accuracy" in info:
+            typer.echo(f"sentiment classifier: held-out accuracy {info['test_accuracy']:.3f}", err=True)
+        # One line, flushed, so a script (or a test) can wait for it.
+        print(f"serving {reward} on {server.url}", flush=True)
+
+    serve(reward, config, device=device, ready=ready)
+    typer.echo("stopped serving", err=True)

@@ -26,16 +26,11 @@ from torch import nn
 
 from ..errors import UserError, first_line, interrupt_point
 from ..io import read_json, write_json, write_text
+from ..rewards import scored_texts
 from .config import PPOConfig, check_config
 
 FORMAT = "rlhf-lens.ppo"
-
-
 VERSION = 1
-
-
-
-
 RESUME_IGNORES = ("checkpoint_every",)  # settings that may change between a run and its resume
 
 
@@ -264,7 +259,7 @@ def decode_rollouts(tokenizer, prompts: list[list[int]], rollouts: Rollouts) -> 
 
 
 def _score(reward, queries: list[str], responses: list[str], score_query: bool) -> list[float]:
-    texts = [q + r for q, r in zip(queries, responses)] if score_query else responses
+    texts = scored_texts(queries, responses, score_query)
     scores = [float(s) for s in reward(texts)]
     if len(scores) != len(texts) or not all(math.isfinite(s) for s in scores):
         raise UserError("the reward returned a wrong number of scores or a non-finite score; check the reward")
