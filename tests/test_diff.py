@@ -167,3 +167,22 @@ def test_cli_bad_layers_fail_in_one_line(tiny_model_dir, corpus_file, tmp_path):
     result = run_cli("diff", tiny_model_dir, tiny_model_dir, "--corpus", corpus_file, "--reward", "vader",
                      "--layers", "7", "--out", tmp_path / "out")
     assert_user_error(result, "out of range")
+
+
+def test_a_ppo_tune_on_a_four_word_table_promotes_those_words(tmp_path, tiny_model_dir, corpus_file):
+    """The real thing at tiny scale: PPO against a table of four frequent words, then the diff reads the promoted
+    words off the outputs, with no explainer: they are the table's words, far above random token sets."""
+    from rlhf_lens.diff.run import diff_models
+    from rlhf_lens.rlhf import PPOConfig, train_ppo
+
+    table = tmp_path / "four.csv"
+    table.write_text("film,1\nmovie,1\nstory,1\nplot,1\n")
+    spec = f"table:{table},scale=1"
+    tuned = train_ppo(str(tiny_model_dir), spec, str(corpus_file), tmp_path / "ppo",
+                      PPOConfig(steps=12, batch_size=32, mini_batch_size=16, ppo_epochs=4, lr=3e-3, warmup_steps=1,
+                                init_kl_coef=0.05, eval_prompts=16))
+    result = diff_models(str(tiny_model_dir), str(tuned), str(corpus_file), spec, [2], tmp_path / "diff",
+                         _config(top_words=4, prompts=16, alphas=[0.0, 1.0], random_directions=2, rank_spread=1))
+    promoted = [t["word"] for t in result["output"]["promoted"]]
+    assert len(set(promoted) & {"film", "movie", "story", "plot"}) >= 3, promoted
+    assert result["output"]["promoted_null"]["z"] > 2

@@ -386,7 +386,7 @@ def recovery_command(
 
 # --- explanations and utility scores (interp/) ------------------------------------------------
 # [section: interp]
-from .interp.examples import ExampleConfig as _ExampleConfig  # noqa: E402  (field docstrings are the --help text)
+from .interp.config import ExampleConfig as _ExampleConfig  # noqa: E402  (field docstrings are the --help text)
 from .interp.llm import LLMConfig as _LLMConfig  # noqa: E402
 
 
