@@ -339,3 +339,16 @@ def test_atomic_path_keeps_bugs_as_bugs(tmp_path):
         tmp.write_text("half")
         raise KeyError("bug")
     assert list(tmp_path.iterdir()) == []
+# --- --help stays fast -------------------------------------------------------------------------
+
+
+def test_help_does_not_import_torch():
+    script = ("import sys, time; t = time.perf_counter(); from rlhf_lens import cli; "
+              "print('torch' in sys.modules, time.perf_counter() - t)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ},
+                         check=True).stdout.split()
+    assert out[0] == "False", "importing rlhf_lens.cli imported torch"
+    start = time.perf_counter()
+    result = run_cli("--help", check=True)
+    assert "tiny-model" in result.stdout
+    assert time.perf_counter() - start < 5

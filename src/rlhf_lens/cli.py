@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from . import __version__
-from .config import doc
+from .config import config_defaults, doc
 from .errors import UserError
 from .tiny_config import TinyModelConfig
 
@@ -98,7 +98,7 @@ def tiny_model(
 
 # --- rewards and RLHF (rewards.py, rlhf.py) ----------------------------------------------------
 # [section: rlhf]
-from .rlhf import PPOConfig as _PPO  # noqa: E402  (field docstrings are the --help text)
+_PPO = config_defaults("rlhf_lens.rlhf", "PPOConfig")  # field docstrings are the --help text (read without torch)
 
 _REWARD_HELP = ("Reward: vader, table:FILE (CSV/TSV/JSON word, value), classifier:MODEL (a sequence classifier), "
                 "sentiment or sentiment:CORPUS (offline logistic regression); options as ,key=value "
@@ -205,7 +205,7 @@ def reward_command(
 
 # --- divergence and harvest (divergence.py, harvest.py, store.py) -------------------------------
 # [section: harvest]
-from .harvest import HarvestConfig as _HarvestConfig  # noqa: E402  (field docstrings are the --help text)
+_HarvestConfig = config_defaults("rlhf_lens.harvest", "HarvestConfig")  # field docstrings are the --help text
 
 
 @app.command()
@@ -270,8 +270,8 @@ def harvest_command(
 
 # --- sparse autoencoders and dictionaries (sae.py, dictionaries.py, synthetic.py) ---------------
 # [section: sae]
-from .sae import SAEConfig as _SAEConfig  # noqa: E402  (field docstrings are the --help text)
-from .synthetic import SyntheticConfig as _SyntheticConfig  # noqa: E402
+_SAEConfig = config_defaults("rlhf_lens.sae", "SAEConfig")  # field docstrings are the --help text
+_SyntheticConfig = config_defaults("rlhf_lens.synthetic", "SyntheticConfig")
 
 
 @app.command("train-sae")
@@ -389,8 +389,8 @@ def recovery_command(
 
 # --- explanations and utility scores (interp/) ------------------------------------------------
 # [section: interp]
-from .interp.examples import ExampleConfig as _ExampleConfig  # noqa: E402  (field docstrings are the --help text)
-from .interp.llm import LLMConfig as _LLMConfig  # noqa: E402
+_ExampleConfig = config_defaults("rlhf_lens.interp.examples", "ExampleConfig")  # field docstrings are the --help text
+_LLMConfig = config_defaults("rlhf_lens.interp.llm", "LLMConfig")
 
 
 @app.command()
