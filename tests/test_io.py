@@ -352,3 +352,16 @@ def test_help_does_not_import_torch():
     result = run_cli("--help", check=True)
     assert "tiny-model" in result.stdout
     assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl", ".csv"])
+def test_a_latin1_corpus_is_one_line(tmp_path, suffix):
+    from rlhf_lens.data import load_corpus
+
+    path = tmp_path / f"critiques{suffix}"
+    text = {".txt": "un film tr\xe8s r\xe9ussi\n", ".jsonl": '{"text": "tr\xe8s bien"}\n',
+            ".csv": "text\ntr\xe8s bien\n"}[suffix]
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(UserError, match="is not UTF-8 text") as info:
+        load_corpus(str(path))
+    assert str(path) in str(info.value)
