@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -141,9 +142,13 @@ def test_persistent_errors_give_a_clear_error_naming_the_url(server):
 
 def test_a_client_error_is_not_retried(server):
     server.script = [(401, "bad key", 0.0)]
-    with pytest.raises(UserError, match="HTTP 401 \\(bad key\\)"):
+    with pytest.raises(UserError, match="HTTP 401 \\(bad key\\)") as info:
         make(server).explain_many([("3", RECORDS, ACTS)])
     assert len(server.requests) == 1
+    message = str(info.value)
+    for name in ("--llm-model", "--base-url", "interp.llm_model", "interp.base_url", "$TEST_LLM_KEY"):
+        assert name in message
+    assert "--explainer-model" not in message
 
 
 def test_malformed_simulation_is_retried_once_then_recorded_as_failed_and_not_cached(server):
@@ -174,7 +179,7 @@ def test_unreachable_api_keeps_cached_answers(server, tmp_path):
                        timeout=2.0)
     down = get_explainer("openai", config)
     assert down.explain_many([("3", RECORDS, ACTS)]) == ["Positive words such as good."]  # from the cache
-    with pytest.raises(UserError, match=f"could not get an answer from {url}/chat/completions after 2 tries"):
+    with pytest.raises(UserError, match=f"cannot connect to the explainer API at {url[7:].split('/')[0]}"):
         down.explain_many([("4", RECORDS, ACTS)])
     assert sorted(cache.folder.rglob("*.json")) == kept
 
@@ -194,3 +199,61 @@ def test_a_failing_server_fails_once_not_once_per_request(server):
     with pytest.raises(UserError, match="could not get an answer"):
         explainer.simulate_many(jobs)
     assert len(server.requests) < 15  # 10 requests x 3 tries = 30 without cancelling the pending ones
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_refused_connection_fails_at_once_without_retries(monkeypatch, tmp_path):
+    monkeypatch.setenv("RLHF_LENS_CACHE", str(tmp_path / "cache"))
+    port = _closed_port()
+    config = LLMConfig(model="m", base_url=f"http://127.0.0.1:{port}/v1", api_key_env="NO_SUCH_KEY_VAR",
+                       retries=5, backoff=1.0)  # retried, this would take 1+2+4+8+16 s
+    start = time.monotonic()
+    with pytest.raises(UserError, match=f"cannot connect to the explainer API at 127.0.0.1:{port}") as info:
+        get_explainer("openai", config).explain_many([("3", RECORDS, ACTS)])
+    assert time.monotonic() - start < 3
+    assert "--base-url" in str(info.value) and "interp.base_url" in str(info.value)
+
+
+def test_a_server_that_never_accepts_fails_within_the_connect_timeout(monkeypatch, tmp_path):
+    """A listening socket whose accept queue is full: SYNs go unanswered, like an unreachable host."""
+    monkeypatch.setenv("RLHF_LENS_CACHE", str(tmp_path / "cache"))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    time.sleep(0.1)
+    try:
+        config = LLMConfig(model="m", base_url=f"http://127.0.0.1:{port}/v1", api_key_env="NO_SUCH_KEY_VAR",
+                           timeout=60.0, connect_timeout=0.5, retries=5, backoff=1.0, concurrency=2)
+        start = time.monotonic()
+        with pytest.raises(UserError, match="no connection within 0.5 s"):
+            get_explainer("openai", config).simulate_many([(f"e{i}", [["a"]]) for i in range(4)])
+        assert time.monotonic() - start < 5  # not timeout (60 s), not retries x connect timeout
+    finally:
+        for sock in [*fillers, listener]:
+            sock.close()
+
+
+def test_an_api_key_is_never_sent_over_plain_http_to_another_host(monkeypatch):
+    monkeypatch.setenv("TEST_LLM_KEY", "sk-secret")
+    for url in ("http://example.com/v1", "http://10.0.0.5:8000/v1", "http://my-llm.lan/v1"):
+        with pytest.raises(UserError, match="will not send the API key in \\$TEST_LLM_KEY over plain http"):
+            get_explainer("openai", LLMConfig(base_url=url, api_key_env="TEST_LLM_KEY"))
+    # https anywhere, and plain http to this machine, are fine (creating a client sends nothing)
+    for url in ("https://example.com/v1", "http://127.0.0.1:8000/v1", "http://localhost:8000/v1",
+                "http://[::1]:8000/v1", "http://127.0.0.2:8000/v1"):
+        get_explainer("openai", LLMConfig(base_url=url, api_key_env="TEST_LLM_KEY"))
+    # without a key, plain http to another host is allowed (nothing secret to leak)
+    monkeypatch.delenv("TEST_LLM_KEY")
+    get_explainer("openai", LLMConfig(base_url="http://10.0.0.5:8000/v1", api_key_env="TEST_LLM_KEY"))

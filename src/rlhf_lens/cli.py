@@ -84,8 +84,11 @@ def tiny_model(
 ) -> None:
     """Build a tiny GPT-NeoX (Pythia architecture) with a BPE tokenizer trained on a corpus."""
     from .data import load_corpus
+    from .io import check_output_dir, check_writable
     from .models import build_tiny_model, save_model
 
+    check_output_dir(out)  # a folder of the user's files, a link or `--out .` fails now, not after training
+    check_writable(out.absolute().parent)
     config = TinyModelConfig(layers=layers, width=width, heads=heads, vocab_size=vocab_size,
                              pretrain_steps=pretrain_steps, seed=seed)
     model, tokenizer = build_tiny_model(load_corpus(corpus).texts("train"), config)
@@ -529,7 +532,12 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors print one line and exit 2, without a traceback."""
+    """Entry point: user errors print one line and exit 2, without a traceback.
+
+    An OSError that escapes a command (a full disk, a read-only folder, a missing permission)
+    or a file that is not UTF-8 is also one line naming the path (exit 1); other exceptions
+    are bugs and keep their traceback.
+    """
     try:
         app(args=argv, prog_name="rlhf-lens")
     except UserError as e:
@@ -538,6 +546,23 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted: rerun the same command to resume", err=True)
         sys.exit(130)
+    except OSError as e:
+        typer.echo(f"error: {_os_error_line(e)}", err=True)
+        sys.exit(1)
+    except UnicodeDecodeError as e:
+        typer.echo(f"error: a file is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8", err=True)
+        sys.exit(1)
+
+
+def _os_error_line(e: OSError) -> str:
+    """`[Errno 28] No space left on device: 'x'` -> `x: no space left on device (ENOSPC)`, on one line."""
+    import errno as errno_names
+
+    reason = (e.strerror or str(e) or type(e).__name__).strip().splitlines()[0]
+    name = errno_names.errorcode.get(e.errno) if e.errno is not None else None
+    reason = f"{reason[:1].lower()}{reason[1:]}" + (f" ({name})" if name else "")
+    paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
 # --- model diffing on the same tokens (rlhf_lens.diff) -------------------------------------------

@@ -26,6 +26,7 @@ from .diff.config import DiffConfig
 from .errors import UserError
 from .harvest.config import HarvestSettings
 from .interp.config import ExampleConfig, InterpConfig
+from .io import read_toml
 from .models_config import TinyModelConfig
 from .rlhf.config import PPOConfig
 
@@ -198,10 +199,7 @@ def load_config(preset: str | None = None, config_file: str | os.PathLike | None
         path = Path(config_file)
         if not path.is_file():
             raise UserError(f"config file {path} does not exist")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"{path}: not valid TOML ({e})") from None
+        data = read_toml(path)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or "." not in key:

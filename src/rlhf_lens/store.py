@@ -74,6 +74,9 @@ class ActivationStore:
         if not self.manifest["complete"] and not allow_incomplete:
             raise UserError(f"the harvest in {self.path} is unfinished ({len(self.manifest['shards'])} shards so far); "
                             "rerun the same `rlhf-lens harvest` command to finish it")
+        if self.manifest["complete"] and int(self.manifest["n_tokens"]) == 0 and not allow_incomplete:
+            raise UserError(f"{self.path} holds no activations (0 tokens from {self.manifest['n_docs']} documents); "
+                            "harvest a corpus split with non-empty documents (or more of them) into a new folder")
         for entry in self.manifest["shards"]:
             problem = shard_problem(self.path, self.manifest, entry)
             if problem:

@@ -9,11 +9,15 @@ keeps what it already paid for, and a rerun asks only for what is missing.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import inspect
+import ipaddress
 import json
 import os
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -41,8 +45,10 @@ class LLMConfig:
     """Cap on an answer's length in tokens (an explanation asks for at most 100, a simulation about 5 per token shown)."""
     timeout: float = 120.0
     """Seconds to wait for one answer before retrying."""
+    connect_timeout: float = 5.0
+    """Seconds to wait for the server to accept a connection; a server that does not fails at once, without retries."""
     retries: int = 5
-    """Retries after a timeout, a dropped connection, HTTP 429 or 5xx."""
+    """Retries after a read timeout, a dropped connection, HTTP 429 or 5xx (not after a failed connect)."""
     backoff: float = 2.0
     """Seconds before the first retry; doubled after each (a Retry-After header is honoured up to 60 s)."""
     concurrency: int = 4
@@ -144,16 +150,95 @@ class ChatClient:
 # --- OpenAI-compatible HTTP API --------------------------------------------------------------
 
 
+OPTIONS_HINT = "--llm-model and --base-url (interp.llm_model and interp.base_url in a run config)"
+
+
+class _ConnectFailed(OSError):
+    """The server did not accept a connection within the connect timeout (or refused it)."""
+
+
+def _connection_class(http_class: type, connect_timeout: float):
+    """`http_class` whose socket connects within `connect_timeout`, then reads with the request's timeout."""
+
+    def make(host, **kwargs):
+        conn = http_class(host, **kwargs)
+        read_timeout = conn.timeout if conn.timeout is not socket._GLOBAL_DEFAULT_TIMEOUT else None
+
+        def create_connection(address, timeout=None, source_address=None, *args, **kw):
+            try:
+                sock = socket.create_connection(address, connect_timeout, source_address)
+            except TimeoutError:
+                raise _ConnectFailed(f"no connection within {connect_timeout:g} s") from None
+            except OSError as e:
+                raise _ConnectFailed(e.strerror or str(e) or type(e).__name__) from None
+            sock.settimeout(read_timeout)
+            return sock
+
+        conn._create_connection = create_connection
+        return conn
+
+    return make
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, connect_timeout: float):
+        super().__init__()
+        self.connect_timeout = connect_timeout
+
+    def http_open(self, req):
+        return self.do_open(_connection_class(http.client.HTTPConnection, self.connect_timeout), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, connect_timeout: float):
+        super().__init__()
+        self.connect_timeout = connect_timeout
+
+    def https_open(self, req):
+        return self.do_open(_connection_class(http.client.HTTPSConnection, self.connect_timeout), req,
+                            context=self._context)
+
+
+def is_local_host(host: str | None) -> bool:
+    """localhost or a loopback address (127.0.0.0/8, ::1): plain http never leaves the machine."""
+    if not host:
+        return False
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def openai_client(config: LLMConfig) -> ChatClient:
-    """A client for BASE_URL/chat/completions with retries and backoff."""
+    """A client for BASE_URL/chat/completions with retries and backoff.
+
+    Connecting and answering have separate timeouts: a server that does not accept the
+    connection within `connect_timeout` fails at once (no retries), so an unreachable
+    --base-url is an error within seconds; a slow answer is retried after `timeout`.
+    An API key is sent only over https, or over http to this machine.
+    """
     url = config.base_url.rstrip("/") + "/chat/completions"
     if not url.startswith(("http://", "https://")):
-        raise UserError(f"--base-url must start with http:// or https:// (got {config.base_url!r})")
+        raise UserError(f"--base-url must start with http:// or https:// (got {config.base_url!r}; "
+                        "interp.base_url in a run config)")
+    parts = urllib.parse.urlsplit(url)
     key = os.environ.get(config.api_key_env, "").strip()
     if not key and "api.openai.com" in url:
         raise UserError(f"set ${config.api_key_env} to your OpenAI API key, or point --base-url at a local "
                         "OpenAI-compatible server")
+    if key and parts.scheme == "http" and not is_local_host(parts.hostname):
+        raise UserError(f"will not send the API key in ${config.api_key_env} over plain http to {parts.hostname}: "
+                        f"use an https:// --base-url (interp.base_url in a run config), or unset "
+                        f"${config.api_key_env} (or point --api-key-env at an empty variable) for a server "
+                        "that needs no key")
+    if config.connect_timeout <= 0 or config.timeout <= 0:
+        raise UserError(f"timeouts must be positive (timeout {config.timeout:g}, connect timeout "
+                        f"{config.connect_timeout:g})")
     folder = cache_dir() / "llm-cache" if config.cache else None
+    opener = urllib.request.build_opener(_HTTPHandler(config.connect_timeout), _HTTPSHandler(config.connect_timeout))
+    where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
     def send(messages: Messages, params: dict) -> str:
         body = json.dumps({"model": config.model, "messages": messages, **params}).encode("utf-8")
@@ -161,18 +246,19 @@ def openai_client(config: LLMConfig) -> ChatClient:
         if key:
             headers["Authorization"] = f"Bearer {key}"
         last = "no answer"
+        kept = f"; answers already received are cached in {folder}" if folder else ""
         for attempt in range(config.retries + 1):
             if attempt:
                 time.sleep(_delay(config.backoff, attempt, last))
             request = urllib.request.Request(url, data=body, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=config.timeout) as response:
+                with opener.open(request, timeout=config.timeout) as response:
                     return _content(response.read(), url)
             except urllib.error.HTTPError as e:
                 detail = _error_detail(e)
                 if e.code not in RETRY_STATUS:
                     raise UserError(f"the explainer API at {url} answered HTTP {e.code} ({detail}); check "
-                                    f"--explainer-model, --base-url and ${config.api_key_env}") from None
+                                    f"{OPTIONS_HINT} and ${config.api_key_env}") from None
                 last = f"HTTP {e.code}"
                 retry_after = e.headers.get("Retry-After") if e.headers else None
                 if retry_after and retry_after.strip().isdigit():
@@ -180,12 +266,15 @@ def openai_client(config: LLMConfig) -> ChatClient:
             except TimeoutError:
                 last = f"no answer within {config.timeout:g} s"
             except urllib.error.URLError as e:
+                if isinstance(e.reason, _ConnectFailed):
+                    raise UserError(f"cannot connect to the explainer API at {where} ({e.reason}); check "
+                                    f"--base-url (interp.base_url in a run config) and that the server is "
+                                    f"up{kept}") from None
                 last = f"{e.reason}" if not isinstance(e.reason, TimeoutError) else "timed out"
             except (ConnectionError, OSError) as e:
                 last = f"{type(e).__name__}: {e}"
-        kept = f"; answers already received are cached in {folder}" if folder else ""
         raise UserError(f"could not get an answer from {url} after {config.retries + 1} tries ({last}); check "
-                        f"--base-url and that the server is up{kept}")
+                        f"--base-url (interp.base_url in a run config) and that the server is up{kept}")
 
     params = {"temperature": config.temperature, "max_tokens": config.max_tokens}
     return ChatClient(f"openai:{config.model}", send, params, config.concurrency,
@@ -203,9 +292,9 @@ def _content(raw: bytes, url: str) -> str:
         content = json.loads(raw.decode("utf-8"))["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):
         raise UserError(f"{url} did not answer like an OpenAI chat completion (no choices[0].message.content); "
-                        "check --base-url") from None
+                        f"check {OPTIONS_HINT}") from None
     if not isinstance(content, str):
-        raise UserError(f"{url} answered without text content; check --explainer-model")
+        raise UserError(f"{url} answered without text content; check {OPTIONS_HINT}")
     return content
 
 
