@@ -693,3 +693,21 @@ def test_show_config_applies_overrides_and_round_trips(tmp_path):
     again = run_cli("run", "--config", str(path), "--show-config", "--out", str(tmp_path / "run"), check=True).stdout
     assert again == shown
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_tuned_elsewhere_skips_ppo_but_gets_the_held_out_evaluation(tmp_path, tiny_model_dir, corpus_file):
+    """Bring-your-own tuned model (docs/scale.md): rlhf.steps = 0 with model.tuned; the rlhf stage trains nothing
+    and still writes eval.json for base and tuned on the same prompts; steps = 0 without model.tuned is refused."""
+    from rlhf_lens.pipeline import _stage_rlhf
+
+    config = load_config(overrides=[f"model.base={tiny_model_dir}", f"model.tuned={tiny_model_dir}",
+                                    f"data.corpus={corpus_file}", "rlhf.steps=0", "rlhf.eval_prompts=8",
+                                    "rlhf.batch_size=8", "rlhf.mini_batch_size=8"])
+    outputs = _stage_rlhf(config, tmp_path, {"base": {"spec": str(tiny_model_dir)}})
+    assert outputs == {"spec": str(tiny_model_dir), "trained": False}
+    evaluation = json.loads((tmp_path / "rlhf" / "eval.json").read_text())
+    assert evaluation["tuned_by"] == "external" and evaluation["steps"] == 0 and evaluation["n"] == 8
+    assert evaluation["base"] == evaluation["tuned"]  # the same model, prompts and random streams
+    assert not (tmp_path / "rlhf" / "model").exists()
+    with pytest.raises(UserError, match="model.tuned"):
+        load_config(overrides=["rlhf.steps=0"])

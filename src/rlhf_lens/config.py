@@ -305,8 +305,11 @@ def validate(config: RunConfig) -> None:
         check_device_dtype(m.device, m.dtype)
     except UserError as err:
         raise UserError(f"model.{err}") from None
+    if config.rlhf.steps == 0 and not m.tuned:
+        raise UserError("rlhf.steps = 0 means no PPO: give the tuned model as model.tuned (or set rlhf.steps >= 1)")
     try:
-        check_config(config.rlhf)
+        # steps 0 (a model tuned elsewhere) is checked above; the other PPO settings still apply to its evaluation
+        check_config(dataclasses.replace(config.rlhf, steps=max(config.rlhf.steps, 1)))
     except UserError as err:
         raise UserError(f"rlhf.{err}") from None
     from .diff.config import check_config as check_diff

@@ -212,14 +212,17 @@ def _stage_base(config: RunConfig, run_dir: Path, state: dict) -> dict:
 
 
 def _stage_rlhf(config: RunConfig, run_dir: Path, state: dict) -> dict:
-    if config.model.tuned:
-        return {"spec": config.model.tuned, "trained": False}
-    from .rlhf import train_ppo
+    from .rlhf import evaluate_models, train_ppo
 
     out = run_dir / "rlhf"
     # [model] device/dtype and [data] text_column apply to every stage, PPO included.
     ppo = dataclasses.replace(config.rlhf, device=config.model.device, dtype=config.model.dtype,
                               text_column=config.data.text_column)
+    if config.model.tuned:
+        # A model tuned elsewhere: no PPO, but the same held-out evaluation of both models.
+        evaluate_models(_model(state["base"], run_dir), config.model.tuned, config.reward.spec, config.data.corpus,
+                        out, ppo)
+        return {"spec": config.model.tuned, "trained": False}
     model_dir = train_ppo(_model(state["base"], run_dir), config.reward.spec, config.data.corpus, out, ppo)
     return {"dir": _rel(run_dir, model_dir), "trained": True}
 
@@ -502,9 +505,11 @@ def _stage_report(config: RunConfig, run_dir: Path, state: dict) -> dict:
 def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
     """Everything the report shows, in one JSON document (docs/report.md)."""
     ppo = None
-    if state["rlhf"]["trained"]:
-        rlhf_dir = run_dir / "rlhf"
-        log = [json.loads(line) for line in (rlhf_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    rlhf_dir = run_dir / "rlhf"
+    if state["rlhf"]["trained"] or (rlhf_dir / "eval.json").is_file():  # external tuned models are evaluated too
+        log_file = rlhf_dir / "log.jsonl"
+        log = ([json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
+               if log_file.is_file() else [])
         ppo = {"log": log, "eval": read_json(rlhf_dir / "eval.json") if (rlhf_dir / "eval.json").is_file() else None}
     rows = read_json(run_dir / "divergence.json")
     mmcs_result = read_json(_abs(run_dir, state["mmcs"]["file"]))

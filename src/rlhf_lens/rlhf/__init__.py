@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .config import PPOConfig, check_config, check_device_dtype
 
-__all__ = ["PPOConfig", "check_config", "check_device_dtype", "train_ppo"]
+__all__ = ["PPOConfig", "check_config", "check_device_dtype", "evaluate_models", "train_ppo"]
 
 
 def __getattr__(name: str):

@@ -11,7 +11,7 @@ from ..errors import UserError
 @dataclass
 class PPOConfig:
     steps: int = 100
-    """PPO steps; each samples batch_size rollouts and trains on them for ppo_epochs."""
+    """PPO steps; each samples batch_size rollouts and trains on them for ppo_epochs (0 in a run with model.tuned: no PPO)."""
     batch_size: int = 64
     """Rollouts (prompt + sampled response) per PPO step."""
     mini_batch_size: int = 16

@@ -531,17 +531,50 @@ def train_ppo(base: str, reward_spec: str, corpus: str, out: str | os.PathLike, 
         base_eval = evaluate_reward(reference, tokenizer, reward, eval_prompts, config)
         tuned_eval = evaluate_reward(policy, tokenizer, reward, eval_prompts, config)
     plot_log(trainer.log, out / "ppo.png", kl_target=config.kl_target if config.adaptive_kl else None)
-    summary = {k: base_eval[k] for k in ("mean", "se", "positive_frac")}
+    _write_eval(out, reward_spec, reward, base_eval, tuned_eval, config,
+                final_kl=trainer.log[-1]["kl"] if trainer.log else None)
+    shutil.rmtree(checkpoint, ignore_errors=True)  # model/ and eval.json now hold the result
+    return model_dir
+
+
+def _write_eval(out: Path, reward_spec: str, reward, base_eval: dict, tuned_eval: dict, config: PPOConfig,
+                final_kl: float | None, tuned_by: str = "ppo") -> None:
+    """out/eval.json: held-out reward of base and tuned on the same prompts and random streams."""
     examples = [{"prompt": b["prompt"], "base": b["response"], "base_reward": b["reward"],
                  "tuned": t["response"], "tuned_reward": t["reward"]}
                 for b, t in zip(base_eval["completions"][:config.eval_examples],
                                 tuned_eval["completions"][:config.eval_examples])]
     write_json(out / "eval.json", {
         "reward": reward_spec, "reward_info": getattr(reward, "info", {}), "split": "test", "n": base_eval["n"],
-        "base": summary, "tuned": {k: tuned_eval[k] for k in ("mean", "se", "positive_frac")},
-        "final_kl": trainer.log[-1]["kl"] if trainer.log else None, "steps": config.steps, "examples": examples})
-    shutil.rmtree(checkpoint, ignore_errors=True)  # model/ and eval.json now hold the result
-    return model_dir
+        "base": {k: base_eval[k] for k in ("mean", "se", "positive_frac")},
+        "tuned": {k: tuned_eval[k] for k in ("mean", "se", "positive_frac")},
+        "final_kl": final_kl, "steps": config.steps if tuned_by == "ppo" else 0, "tuned_by": tuned_by,
+        "examples": examples})
+
+
+def evaluate_models(base: str, tuned: str, reward_spec: str, corpus: str, out: str | os.PathLike,
+                    config: PPOConfig | None = None) -> dict:
+    """Held-out reward of `base` and a model tuned elsewhere (OpenRLHF, TRL, ...), on the same prompts and random
+    streams as after a PPO run of ours; writes out/eval.json (tuned_by: "external") and returns it. No training."""
+    from ..data import load_corpus, sample_prompts
+    from ..models import load_model
+    from ..rewards import load_reward
+
+    config = config or PPOConfig()
+    out = Path(out)
+    reward = load_reward(reward_spec, device=config.device)
+    data = load_corpus(corpus, text_column=config.text_column)
+    base_model, tokenizer = load_model(base, device=config.device, dtype=config.dtype)
+    prompts = sample_prompts(data, tokenizer, config.eval_prompts, seed=config.seed, split="test",
+                             min_chars=config.prompt_min_chars, min_tokens=config.prompt_min_tokens,
+                             max_tokens=config.prompt_max_tokens)
+    with torch.random.fork_rng(devices=[base_model.device] if base_model.device.type == "cuda" else []):
+        base_eval = evaluate_reward(base_model.eval(), tokenizer, reward, prompts, config)
+        del base_model
+        tuned_model, _ = load_model(tuned, device=config.device, dtype=config.dtype)
+        tuned_eval = evaluate_reward(tuned_model.eval(), tokenizer, reward, prompts, config)
+    _write_eval(out, reward_spec, reward, base_eval, tuned_eval, config, final_kl=None, tuned_by="external")
+    return read_json(out / "eval.json")
 
 
 def plot_log(log: list[dict], path: Path, kl_target: float | None = None) -> None:
