@@ -1,0 +1,212 @@
+"""Decompositions of what tuning changed (rlhf_lens.diff.{paired_store,diffsae,shift,crosscoder,placebo}):
+planted changes are found, the Δ store is a store, the placebo table is a permutation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhf_lens.errors import UserError
+
+D = 32
+DOCS, PER_DOC = 120, 32
+
+
+def _index(docs: int = DOCS, per: int = PER_DOC, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    n = docs * per
+    return (torch.randint(0, 300, (n,), generator=g), torch.arange(docs).repeat_interleave(per),
+            torch.arange(per).repeat(docs))
+
+
+def _write_store(path, acts: torch.Tensor, index, layer: int = 1, shards: int = 2):
+    """A store of `acts` (rows ordered by document) cut into `shards` shards of whole documents."""
+    from rlhf_lens.diff.paired_store import StoreWriter
+
+    tok, doc, pos = index
+    n_docs = int(doc.max()) + 1
+    writer = StoreWriter(path, [layer], acts.shape[1], {"model": str(path), "tokenizer": "tiny", "corpus": "c",
+                                                        "split": "test"})
+    bounds = [round(i * n_docs / shards) for i in range(shards + 1)]
+    for lo, hi in zip(bounds, bounds[1:]):
+        rows = (doc >= lo) & (doc < hi)
+        writer.add({layer: acts[rows]}, tok[rows], doc[rows], pos[rows], lo, hi)
+    return writer.close(n_docs)
+
+
+def _unit(g, d=D):
+    v = torch.randn(d, generator=g)
+    return v / v.norm()
+
+
+@pytest.fixture(scope="module")
+def planted_pair(tmp_path_factory):
+    """Paired stores: tuned = base + 2·v on the tokens with id < 90 (~30%), + 1·w on ids 90..149, + small noise."""
+    root = tmp_path_factory.mktemp("pair")
+    g = torch.Generator().manual_seed(1)
+    index = _index()
+    tok = index[0]
+    base = torch.randn(len(tok), D, generator=g)
+    v, w = _unit(g), _unit(g)
+    tuned = base + 2.0 * (tok < 90)[:, None] * v + 1.0 * ((tok >= 90) & (tok < 150))[:, None] * w \
+        + 0.05 * torch.randn(len(tok), D, generator=g)
+    return {"root": root, "base": _write_store(root / "base", base, index),
+            "tuned": _write_store(root / "tuned", tuned, index), "v": v, "w": w, "index": index,
+            "base_acts": base, "tuned_acts": tuned}
+
+
+# --- Δ store ---------------------------------------------------------------------------------------------
+
+
+def test_delta_store_is_a_store_of_the_differences(planted_pair):
+    from rlhf_lens.diff.paired_store import delta_store
+
+    delta = delta_store(planted_pair["base"], planted_pair["tuned"], 1, planted_pair["root"] / "delta")
+    assert delta.layers == [1] and delta.n_tokens == planted_pair["base"].n_tokens and delta.d == D
+    rows = torch.cat([s.acts for s in delta.iter_shards(1)])
+    assert torch.allclose(rows, planted_pair["tuned_acts"] - planted_pair["base_acts"], atol=1e-6)
+    shard = delta.read_shard(1, 1)
+    assert torch.equal(shard.token_ids, planted_pair["base"].read_shard(1, 1).token_ids)
+    assert delta.manifest["delta"]["layer"] == 1 and delta.manifest["tokenizer"] == "tiny"
+    assert torch.equal(delta.document_tokens(5), planted_pair["base"].document_tokens(5))
+    # reopened, not rewritten; a different store there is refused
+    again = delta_store(planted_pair["base"], planted_pair["tuned"], 1, planted_pair["root"] / "delta")
+    assert again.manifest == delta.manifest
+    with pytest.raises(UserError, match="another activation store"):
+        delta_store(planted_pair["tuned"], planted_pair["base"], 1, planted_pair["root"] / "delta")
+
+
+def test_unpaired_stores_fail_in_one_line(planted_pair, tmp_path):
+    from rlhf_lens.diff.paired_store import delta_store
+
+    tok, doc, pos = planted_pair["index"]
+    other = _write_store(tmp_path / "other", planted_pair["base_acts"], ((tok + 1) % 300, doc, pos))
+    with pytest.raises(UserError, match="different tokens") as e:
+        delta_store(planted_pair["base"], other, 1, tmp_path / "delta")
+    assert "\n" not in str(e.value) and not (tmp_path / "delta" / "manifest.json").exists()
+    fewer = _write_store(tmp_path / "fewer", planted_pair["base_acts"][: 100 * PER_DOC], _index(100))
+    with pytest.raises(UserError, match="different rows"):
+        delta_store(planted_pair["base"], fewer, 1, tmp_path / "delta2")
+    with pytest.raises(UserError, match="layer 3"):
+        delta_store(planted_pair["base"], planted_pair["tuned"], 3, tmp_path / "delta3")
+
+
+# --- diff-SAE --------------------------------------------------------------------------------------------
+
+
+def _archs():
+    from rlhf_lens.diff.diffsae import default_arch
+
+    return ["topk"] + ([default_arch()] if default_arch() != "topk" else [])
+
+
+@pytest.fixture(scope="module")
+def diffsae_result(planted_pair):
+    from rlhf_lens.diff.decompose_config import DecomposeConfig
+    from rlhf_lens.diff.diffsae import diff_sae
+    from rlhf_lens.diff.paired_store import delta_store
+
+    delta = delta_store(planted_pair["base"], planted_pair["tuned"], 1, planted_pair["root"] / "delta-sae")
+    config = DecomposeConfig(diffsae_arch="topk", diffsae_k=1, diffsae_expansion=1.0, diffsae_epochs=20,
+                             diffsae_batch_size=64, diffsae_lr=3e-3, diffsae_seeds=[0, 1], diffsae_top=4)
+    result, saes = diff_sae(delta, 1, config, out_dir=planted_pair["root"] / "diffsae")
+    return {"result": result, "saes": saes, "delta": delta, "config": config}
+
+
+def test_diffsae_top_latent_is_the_planted_direction(planted_pair, diffsae_result):
+    from rlhf_lens.diff.diffsae import decoder_rows
+
+    result, saes = diffsae_result["result"], diffsae_result["saes"]
+    top = result["top"]
+    assert [t["share"] for t in top] == sorted((t["share"] for t in top), reverse=True)
+    for sae, entry in zip(saes, result["saes"]):
+        rows = decoder_rows(sae)
+        first, second = entry["top"][0]["latent"], entry["top"][1]["latent"]
+        assert torch.cosine_similarity(rows[first], planted_pair["v"], dim=0) > 0.9
+        assert torch.cosine_similarity(rows[second], planted_pair["w"], dim=0) > 0.8
+    # per row, E|Δ|^2 ≈ 0.3·4 (v) + 0.15·1 (w) + 32·0.05² (noise): v holds ~0.8 of it and fires on ~30% of rows
+    assert top[0]["share"] > 0.4 and 0.2 < top[0]["firing_rate"] < 0.45
+    assert top[0]["agreement"] > 0.9 and result["agreement"]["above_0.9"] >= 2
+    assert result["n_rows"] == DOCS * PER_DOC and result["arch"] == "topk" and result["dict_size"] == D
+    assert result["saes"][0]["explained"] > 0.9
+
+
+@pytest.mark.parametrize("arch", _archs())
+def test_diffsae_configs_follow_the_arch_parameter(arch):
+    from rlhf_lens.diff.decompose_config import DecomposeConfig
+    from rlhf_lens.diff.diffsae import diffsae_configs
+
+    configs = diffsae_configs(64, DecomposeConfig(diffsae_arch=arch, diffsae_expansion=1.5, diffsae_seeds=[3, 4]))
+    assert [c.arch for c in configs] == [arch, arch] and [c.seed for c in configs] == [3, 4]
+    assert configs[0].dict_size == 96 and configs[0].k == 16
+    assert diffsae_configs(64, DecomposeConfig())[0].arch in ("batchtopk", "topk")
+
+
+# --- shared-dictionary shift ------------------------------------------------------------------------------
+
+
+def test_shared_dictionary_shift_ranks_the_planted_feature_first(tmp_path):
+    from rlhf_lens.diff.decompose_config import DecomposeConfig
+    from rlhf_lens.diff.shift import count_among, shared_dictionary_shift
+    from rlhf_lens.sae import SAEConfig, SparseAutoencoder
+
+    g = torch.Generator().manual_seed(2)
+    m = 24
+    dictionary = torch.linalg.qr(torch.randn(D, m, generator=g))[0].t()  # [m, D] orthonormal rows
+    sae = SparseAutoencoder(SAEConfig(d_in=D, dict_size=m, arch="tied"))
+    with torch.no_grad():
+        sae.decoder.copy_(dictionary)
+        sae.b_enc.fill_(-0.05)
+    index = _index(seed=3)
+    n = len(index[0])
+    codes = torch.rand(n, m, generator=g) * (torch.rand(n, m, generator=g) < 0.15) * 2
+    planted = 7
+    raised = codes.clone()
+    raised[:, planted] *= 1.5  # tuning raises feature 7 where it fires
+    base = codes @ dictionary + 0.01 * torch.randn(n, D, generator=g)
+    tuned = raised @ dictionary + 0.01 * torch.randn(n, D, generator=g)
+    base_store, tuned_store = _write_store(tmp_path / "b", base, index), _write_store(tmp_path / "t", tuned, index)
+    result = shared_dictionary_shift(sae, base_store, tuned_store, 1, DecomposeConfig(shift_splits=8, shift_top=5))
+    top = result["top"]
+    assert top[0]["latent"] == planted and top[0]["shifted"] and top[0]["mean_change"] > 0
+    assert top[0]["z"] > 5 and result["n_shifted"] == 1 and result["n_rising"] == 1
+    assert abs(top[0]["rate_change"]) < 0.02  # it fires where it fired: only its activation rose
+    assert all(not t["shifted"] for t in top[1:])
+    assert count_among(result, [planted, 3]) == {"count": 1, "of": 1, "latents": [planted], "features": 2}
+    by_z = shared_dictionary_shift(sae, base_store, tuned_store, 1, DecomposeConfig(shift_splits=8, shift_rank_by="z"))
+    assert by_z["top"][0]["latent"] == planted
+    # a self-comparison shifts nothing
+    same = shared_dictionary_shift(sae, base_store, base_store, 1, DecomposeConfig(shift_splits=8))
+    assert same["n_shifted"] == 0 and same["top"] == []
+
+
+# --- placebo table ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".csv", ".json"])
+def test_placebo_table_is_a_seeded_permutation(tmp_path, suffix):
+    from rlhf_lens.diff.placebo import shuffled_table, write_table
+    from rlhf_lens.rewards import load_utility_table
+
+    table = {"good": 1.9, "bad": -2.5, "great": 3.1, "awful": -3.0, "fine": 0.8, "meh": -0.3, "can't stand": -2.0,
+             "a,b": 0.1}
+    placebo = shuffled_table(table, seed=4)
+    assert list(placebo) == list(table) and sorted(placebo.values()) == sorted(table.values())
+    assert placebo != table
+    assert shuffled_table(table, seed=4) == placebo and shuffled_table(table, seed=5) != placebo
+    path = write_table(placebo, tmp_path / f"placebo{suffix}")
+    assert load_utility_table(f"table:{path}") == placebo
+    assert shuffled_table({"a": 1.0, "b": 1.0}, 0) == {"a": 1.0, "b": 1.0}
+    assert sorted(shuffled_table({"a": 1.0, "b": 2.0}, 0).items()) == [("a", 2.0), ("b", 1.0)]
+    with pytest.raises(UserError):
+        write_table({"Good": 1.0}, tmp_path / "x.tsv")
+
+
+def test_decompose_config_checks():
+    from rlhf_lens.diff.decompose_config import DecomposeConfig, check_decompose_config
+
+    check_decompose_config(DecomposeConfig())
+    for bad in (dict(diffsae_seeds=[]), dict(steer_norm="x"), dict(shift_quantile=1.0), dict(crosscoder_arch="x"),
+                dict(scaling_threshold=0.0)):
+        with pytest.raises(UserError):
+            check_decompose_config(DecomposeConfig(**bad))
