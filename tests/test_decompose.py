@@ -210,3 +210,77 @@ def test_decompose_config_checks():
                 dict(scaling_threshold=0.0)):
         with pytest.raises(UserError):
             check_decompose_config(DecomposeConfig(**bad))
+
+
+# --- steering by a diff-SAE latent (tiny model) -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def word_direction(tiny_model_dir, tmp_path_factory):
+    """As in tests/test_diff.py: a vector of norm 2 aimed at four whole words through the final norm and
+    unembedding of the tiny model, the three words it pushes most, and a table listing them."""
+    from rlhf_lens.diff.output import lens_logits, vocabulary
+    from rlhf_lens.models import load_model
+
+    model, tok = load_model(str(tiny_model_dir))
+    vocab = vocabulary(tok, model.get_output_embeddings().weight.shape[0])
+    longer = [j for j, w in enumerate(vocab.words) if len(w) >= 4]
+    unembed = model.get_output_embeddings().weight.detach()
+    aim = [int(vocab.ids[j]) for j in longer[:4]]
+    rest = [int(i) for i in vocab.ids if int(i) not in aim]
+    v = unembed[aim].mean(0) - unembed[rest].mean(0)
+    v = 2.0 * v / v.norm()
+    lens = lens_logits(model, v[None])[0][torch.from_numpy(vocab.ids)]
+    top = torch.topk(lens, 3).indices
+    words = [vocab.words[int(j)] for j in top]
+    root = tmp_path_factory.mktemp("words")
+    table = root / "table.tsv"
+    table.write_text("".join(f"{w}\t3\n" for w in words))
+    return {"model": model, "tokenizer": tok, "v": v, "words": words, "ids": [int(vocab.ids[int(j)]) for j in top],
+            "table": table, "root": root}
+
+
+def test_steering_by_the_top_latent_beats_random_directions(word_direction, corpus_file):
+    """Δ = the word vector on ~30% of tokens (a random vector of norm 1 on others): the diff-SAE's top latent is
+    that vector, and steering base by it raises the planted words and the reward of a table of them beyond
+    random directions of the same norm."""
+    from rlhf_lens.data import load_corpus
+    from rlhf_lens.diff import steering
+    from rlhf_lens.diff.decompose_config import DecomposeConfig
+    from rlhf_lens.diff.diffsae import decoder_rows, diff_sae, steer_top_latents
+    from rlhf_lens.diff.paired_store import delta_store
+    from rlhf_lens.rewards import load_reward
+
+    root, v = word_direction["root"], word_direction["v"]
+    g = torch.Generator().manual_seed(5)
+    index = _index(seed=6)
+    tok = index[0]
+    base = torch.randn(len(tok), D, generator=g)
+    other = _unit(g)
+    tuned = base + (tok < 90)[:, None] * v + ((tok >= 90) & (tok < 150))[:, None] * other \
+        + 0.05 * torch.randn(len(tok), D, generator=g)
+    delta = delta_store(_write_store(root / "b", base, index), _write_store(root / "t", tuned, index), 1, root / "d")
+    config = DecomposeConfig(diffsae_arch="topk", diffsae_k=1, diffsae_expansion=1.0, diffsae_epochs=20,
+                             diffsae_batch_size=64, diffsae_lr=3e-3, diffsae_seeds=[0], diffsae_top=3,
+                             steer_latents=2, steer_alpha=1.2, steer_random=4)
+    result, saes = diff_sae(delta, 1, config)
+    top = result["top"][0]["latent"]
+    assert torch.cosine_similarity(decoder_rows(saes[0])[top], v, dim=0) > 0.9
+    assert result["agreement"] is None and result["top"][0]["agreement"] is None  # one seed: no agreement
+
+    model, tokenizer = word_direction["model"], word_direction["tokenizer"]
+    prompts = steering.heldout_prompts(load_corpus(str(corpus_file)), tokenizer, 24, "test", [], 0)
+    reward = load_reward(f"table:{word_direction['table']}")
+    steered = steer_top_latents(result, saes, model, tokenizer, reward, prompts, config, new_tokens=8,
+                                watch_ids=word_direction["ids"])
+    first, second = steered["latents"]
+    assert first["latent"] == top and steered["steer_norm"] == "contribution" and steered["alpha"] == 1.2
+    assert abs(first["norm"] - 1.2 * result["top"][0]["mean_contribution"]) < 1e-4
+    # the planted words' log-probability rises, where every random direction of the same norm lowers it
+    assert first["watched"]["change"] > 0 > max(first["watched"]["null"])
+    assert set(word_direction["ids"]) & set(first["top_token_ids"][:5])
+    # the reward of a table of those words: above every random direction (24 prompts x 8 tokens are too few
+    # for the paired gain over base to reach 2 standard errors, so `beats_null` is not asserted)
+    assert first["gain"] > 0 and first["reward"] > max(first["null"]["rewards"])
+    assert first["watched"]["change"] > second["watched"]["change"] and not second["beats_null"]
+    assert len(first["null"]["rewards"]) == 4 and steered["n_prompts"] == 24

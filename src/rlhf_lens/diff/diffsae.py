@@ -201,10 +201,13 @@ def steering_vectors(result: dict, saes: list, config: DecomposeConfig) -> tuple
 
 def steer_latents(base, tokenizer, reward, prompts: list[list[int]], layer: int, vectors: torch.Tensor,
                   labels: list, n_random: int = 4, new_tokens: int = 16, seed: int = 0, z_cut: float = 2.0,
-                  base_result=None, top_tokens: int = 10) -> dict:
+                  base_result=None, top_tokens: int = 10, watch_ids: list[int] | None = None) -> dict:
     """Steer `base` at block `layer` by each row of `vectors` and by `n_random` random directions of that row's
     norm (the null), all on the same prompts and random numbers (diff/steering.py). Per vector: reward, paired
-    gain over base, KL to base, the null's rewards, z against it, and the tokens it promotes (KL share)."""
+    gain over base, KL to base, the null's rewards, z against it, and the tokens it promotes (KL share). With
+    `watch_ids` (e.g. the tokens of the words a reward lists), also the mean over them of the log-probability
+    change against base on the sampled positions, for the vector and for each random direction: a far less
+    noisy reading than the sampled reward."""
     from . import steering
 
     if base_result is None:
@@ -235,19 +238,24 @@ def steer_latents(base, tokenizer, reward, prompts: list[list[int]], layer: int,
                      "gain_vs_null": mean - float(null.mean()),
                      "beats_null": bool(mean > float(null.max()) and paired_z >= z_cut),
                      "top_token_ids": ids, "top_tokens": [tokenizer.decode([i]) for i in ids]})
+        if watch_ids:
+            watch = torch.tensor(watch_ids, dtype=torch.long)
+            rows[-1]["watched"] = {"change": float(r.change[watch].mean()),
+                                   "null": [float(x.change[watch].mean()) for x in rand]}
     return {"layer": int(layer), "n_prompts": len(prompts), "new_tokens": new_tokens, "n_random": n_random,
             "base": {"reward": base_mean, "se": base_se}, "latents": rows}
 
 
 def steer_top_latents(result: dict, saes: list, base, tokenizer, reward, prompts: list[list[int]],
                       config: DecomposeConfig | None = None, new_tokens: int = 16, layer: int | None = None,
-                      base_result=None) -> dict:
+                      base_result=None, watch_ids: list[int] | None = None) -> dict:
     """`steer_latents` for the top latents of a `diff_sae` result (at its layer unless `layer` is given); the
     returned dict also names `steer_norm` and `alpha`. Store it as result["steering"]."""
     config = config or DecomposeConfig()
     vectors, latents = steering_vectors(result, saes, config)
     out = steer_latents(base, tokenizer, reward, prompts, result["layer"] if layer is None else layer, vectors,
-                        latents, config.steer_random, new_tokens, config.seed, base_result=base_result)
+                        latents, config.steer_random, new_tokens, config.seed, base_result=base_result,
+                        watch_ids=watch_ids)
     for row in out["latents"]:
         row["latent"] = row.pop("label")
     out.update(steer_norm=config.steer_norm, alpha=config.steer_alpha)
