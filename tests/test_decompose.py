@@ -284,3 +284,60 @@ def test_steering_by_the_top_latent_beats_random_directions(word_direction, corp
     assert first["gain"] > 0 and first["reward"] > max(first["null"]["rewards"])
     assert first["watched"]["change"] > second["watched"]["change"] and not second["beats_null"]
     assert len(first["null"]["rewards"]) == 4 and steered["n_prompts"] == 24
+
+
+# --- crosscoder with Latent Scaling -----------------------------------------------------------------------
+
+
+def test_crosscoder_latent_scaling_classes_planted_directions_and_l1_shrinks():
+    """Seven orthonormal concepts firing on ~20% of tokens each: S1-S3 shared, W shared but half as strong in base
+    (and weak in absolute terms), T1/T2 tuned-only, B1 base-only. The BatchTopK crosscoder + Latent Scaling class
+    each concept's latent correctly. The L1 crosscoder trained the same way shows complete shrinkage: W's base
+    decoder is (almost) gone, so its decoder norms call it tuned-only, while Latent Scaling, which asks base's
+    error for W's direction, still calls it shared."""
+    from rlhf_lens.diff.crosscoder import crosscoder_report, match_latents, train_crosscoder
+    from rlhf_lens.diff.decompose_config import DecomposeConfig
+
+    g = torch.Generator().manual_seed(0)
+    d, n = 24, 8192
+    truth = ["shared"] * 4 + ["tuned-only"] * 2 + ["base-only"]
+    base_scale = torch.tensor([1, 1, 1, 0.5, 0, 0, 1.0])
+    tuned_scale = torch.tensor([1, 1, 1, 1.0, 1, 1, 0])
+    dirs = torch.linalg.qr(torch.randn(d, 7, generator=g))[0].t()
+    mag = (torch.rand(n, 7, generator=g) < 0.2) * (3 + 2 * torch.rand(n, 7, generator=g))
+    mag[:, 3] *= 0.5  # W: 1.5-2.5 in tuned, 0.75-1.25 in base
+    h_base = (mag * base_scale) @ dirs + 0.02 * torch.randn(n, d, generator=g)
+    h_tuned = (mag * tuned_scale) @ dirs + 0.02 * torch.randn(n, d, generator=g)
+    common = dict(crosscoder_expansion=1.0, crosscoder_k=2, crosscoder_steps=1500, crosscoder_lr=3e-3)
+
+    config = DecomposeConfig(crosscoder_arch="batchtopk", **common)
+    cc = train_crosscoder(h_base, h_tuned, config)
+    report = crosscoder_report(cc, h_base, h_tuned, config)
+    matched = match_latents(cc, dirs, report)
+    assert all(m["cosine"] > 0.85 for m in matched), matched  # one shared concept is partly merged with another
+    assert [m["class"] for m in matched] == truth
+    w = next(x for x in report["latents"] if x["latent"] == matched[3]["latent"])
+    assert abs(w["nu_error"] - 0.5) < 0.05 and abs(w["nu_reconstruction"] - 0.5) < 0.05
+    assert report["fvu"]["base"] < 0.01 and report["threshold"] > 0 and abs(report["mean_l0"] - 2) < 0.3
+    assert sum(report["counts"].values()) == cc.m
+
+    l1 = DecomposeConfig(crosscoder_arch="l1", crosscoder_l1=1.5, **common)
+    cc1 = train_crosscoder(h_base, h_tuned, l1)
+    report1 = crosscoder_report(cc1, h_base, h_tuned, l1)
+    matched1 = match_latents(cc1, dirs, report1)
+    assert matched1[3]["cosine"] > 0.95
+    w1 = next(x for x in report1["latents"] if x["latent"] == matched1[3]["latent"])
+    assert w1["norm_class"] == "tuned-only" and w1["relative_norm"] > 0.9  # complete shrinkage of base's decoder
+    assert w1["class"] == "shared" and w1["nu_error"] > 0.35  # base's error still holds W
+    assert [m["norm_class"] for m in matched1] != truth
+    assert report1["k"] is None and report1["l1"] == 1.5
+
+
+def test_crosscoder_on_paired_stores(planted_pair, tmp_path):
+    from rlhf_lens.diff.crosscoder import crosscoder_analysis
+    from rlhf_lens.diff.decompose_config import DecomposeConfig
+
+    config = DecomposeConfig(crosscoder_k=4, crosscoder_steps=50, crosscoder_rows=1000)
+    report, cc = crosscoder_analysis(planted_pair["base"], planted_pair["tuned"], 1, config, out=tmp_path / "cc.st")
+    assert report["n_rows"] == 1000 and report["layer"] == 1 and report["arch"] == "batchtopk"
+    assert (tmp_path / "cc.st").is_file() and cc.m == 2 * D
