@@ -1,0 +1,262 @@
+"""diff-SAE: sparse autoencoders trained on Δ = h_tuned - h_base at the same tokens (the idea of Aranguri,
+Drori & Nanda 2025: decompose the change itself, not each model).
+
+- `train_diff_saes`: SAEs (BatchTopK when `rlhf_lens.sae` offers it, else TopK; 1-2x expansion; several seeds)
+  on a Δ store (`paired_store.delta_store`), through the project's `train_saes`.
+- `latent_stats` / `diff_sae`: each latent's share of the change, sum over rows of |f_j d_j|^2 over
+  sum over rows of |Δ|^2; the top latents and their seed agreement (max cosine of a top latent's decoder
+  row to the other seeds' decoder rows).
+- `steer_latents` / `steer_top_latents`: the causal reading: add a latent's decoder row (scaled) to the base
+  model's block output and sample, against random directions of the same norm (diff/steering.py). For a
+  store of MLP outputs this is the same intervention as adding the vector to the MLP's output, since the
+  MLP output is added into the residual stream that the block returns.
+
+Output format: docs/diff.md, section "diff-SAE".
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..store import ActivationStore
+from .decompose_config import DecomposeConfig, check_decompose_config
+
+ROWS_PER_CHUNK = 8192
+
+
+def default_arch() -> str:
+    """batchtopk when the SAE module offers it, else topk."""
+    from .. import sae
+
+    return "batchtopk" if "batchtopk" in sae.ARCHS else "topk"
+
+
+def diffsae_configs(d: int, config: DecomposeConfig) -> list:
+    """One SAEConfig per seed of `config.diffsae_seeds` for Δ rows of width d."""
+    from ..sae import SAEConfig
+
+    arch = config.diffsae_arch or default_arch()
+    m = max(1, round(config.diffsae_expansion * d))
+    k = min(config.diffsae_k, m)
+    return [SAEConfig(d_in=d, dict_size=m, arch=arch, k=k, lr=config.diffsae_lr, epochs=config.diffsae_epochs,
+                      batch_size=config.diffsae_batch_size, seed=int(s), data_seed=config.seed)
+            for s in config.diffsae_seeds]
+
+
+def train_diff_saes(delta: ActivationStore, layer: int, config: DecomposeConfig,
+                    out_dir: str | os.PathLike | None = None, quiet: bool = True) -> list:
+    """The diff-SAEs of `config.diffsae_seeds` on `layer` of the Δ store (written to out_dir/seed{s} when given:
+    a rerun loads finished ones)."""
+    from ..sae import train_saes
+
+    check_decompose_config(config)
+    configs = diffsae_configs(delta.d, config)
+    dirs = [Path(out_dir) / f"seed{c.seed}" for c in configs] if out_dir is not None else None
+    return train_saes(delta.source(layer), configs, dirs, metadata={"delta": delta.manifest.get("delta")},
+                      quiet=quiet)
+
+
+@torch.no_grad()
+def decoder_rows(sae) -> torch.Tensor:
+    """[m, d]: what one unit of each code adds to the reconstruction (independent of how the SAE stores it)."""
+    m = int(sae.cfg.dict_size)
+    return sae.decode(torch.eye(m)) - sae.decode(torch.zeros(1, m))
+
+
+@torch.no_grad()
+def latent_stats(sae, store: ActivationStore, layer: int) -> dict:
+    """One pass over the rows: per latent the summed |f_j d_j|^2, summed f_j |d_j| and firing count; the summed
+    |Δ|^2, the summed squared reconstruction error, the mean Δ vector and the mean per-row |Δ| (tensors/floats)."""
+    rows = decoder_rows(sae)
+    norms = rows.norm(dim=1).double()
+    m, d = rows.shape
+    sq, contribution = torch.zeros(m, dtype=torch.float64), torch.zeros(m, dtype=torch.float64)
+    fired = torch.zeros(m, dtype=torch.int64)
+    total = err = row_norm = 0.0
+    sum_x = torch.zeros(d, dtype=torch.float64)
+    n = 0
+    for shard in store.iter_shards(layer):
+        for lo in range(0, len(shard.acts), ROWS_PER_CHUNK):
+            x = shard.acts[lo:lo + ROWS_PER_CHUNK]
+            x_hat, f = sae(x)
+            f = f.double()
+            sq += (f.pow(2) * norms.pow(2)).sum(0)
+            contribution += (f.abs() * norms).sum(0)
+            fired += (f != 0).sum(0)
+            total += float(x.double().pow(2).sum())
+            err += float((x_hat - x).double().pow(2).sum())
+            row_norm += float(x.double().norm(dim=1).sum())
+            sum_x += x.double().sum(0)
+            n += len(x)
+    if n == 0:
+        raise UserError(f"the store {store.path} holds no rows")
+    return {"sq": sq, "contribution": contribution, "fired": fired, "total_sq": total, "error_sq": err, "n": n,
+            "mean_delta": (sum_x / n).float(), "mean_row_norm": row_norm / n, "rows": rows}
+
+
+def shares(stats: dict) -> torch.Tensor:
+    """[m]: each latent's share of the summed squared norm of Δ (0 when Δ is zero everywhere)."""
+    total = stats["total_sq"]
+    return stats["sq"] / total if total > 0 else torch.zeros_like(stats["sq"])
+
+
+def seed_agreement(saes: list, latents: list[list[int]]) -> list[list[dict]]:
+    """For each SAE s and each of its `latents[s]`: the max cosine of that decoder row to the decoder rows of the
+    other SAEs (max over them), with the seed index and latent where it is reached; [] entries with one SAE."""
+    from ..dictionaries import max_cosine_any
+
+    if len(saes) < 2:
+        return [[] for _ in saes]
+    rows = [decoder_rows(s) for s in saes]
+    out = []
+    for i, chosen in enumerate(latents):
+        others = [r for j, r in enumerate(rows) if j != i]
+        other_index = [j for j in range(len(rows)) if j != i]
+        if not chosen:
+            out.append([])
+            continue
+        values, which, match = max_cosine_any(rows[i][chosen], others)
+        out.append([{"cosine": float(v), "sae": other_index[int(w)], "latent": int(j)}
+                    for v, w, j in zip(values, which, match)])
+    return out
+
+
+def top_latents(stats: dict, n: int) -> list[dict]:
+    """The `n` latents with the largest share, best first (latents that never fired are left out)."""
+    share = shares(stats)
+    order = torch.argsort(share, descending=True).tolist()
+    out = []
+    for j in order:
+        fired = int(stats["fired"][j])
+        if len(out) >= n:
+            break
+        if fired == 0:
+            continue
+        out.append({"latent": int(j), "share": float(share[j]), "firing_rate": fired / stats["n"],
+                    "mean_contribution": float(stats["contribution"][j]) / fired})
+    return out
+
+
+def diff_sae(delta: ActivationStore | str | os.PathLike, layer: int, config: DecomposeConfig | None = None,
+             out_dir: str | os.PathLike | None = None, quiet: bool = True) -> tuple[dict, list]:
+    """Train the diff-SAEs on `layer` of the Δ store, rank each one's latents by share of |Δ|^2 and check the top
+    latents' seed agreement. Returns (the JSON-able result, the SAEs in seed order); keys in docs/diff.md."""
+    from .paired_store import open_store
+
+    config = config or DecomposeConfig()
+    check_decompose_config(config)
+    delta = open_store(delta)
+    saes = train_diff_saes(delta, layer, config, out_dir, quiet)
+    stats = [latent_stats(sae, delta, layer) for sae in saes]
+    tops = [top_latents(s, config.diffsae_top) for s in stats]
+    agreement = seed_agreement(saes, [[t["latent"] for t in top] for top in tops])
+    per_sae = []
+    for sae, stat, top, agree in zip(saes, stats, tops, agreement):
+        for entry, a in zip(top, agree):
+            entry["agreement"] = a["cosine"]
+            entry["agreement_match"] = {"seed": int(saes[a["sae"]].cfg.seed), "latent": a["latent"]}
+        if not agree:
+            for entry in top:
+                entry["agreement"], entry["agreement_match"] = None, None
+        total = stat["total_sq"]
+        per_sae.append({"seed": int(sae.cfg.seed),
+                        "explained": 1 - stat["error_sq"] / total if total > 0 else None,
+                        "mean_l0": (sae.metrics or {}).get("mean_l0"),
+                        "dead_fraction": float((stat["fired"] == 0).float().mean()),
+                        "top_share": float(sum(t["share"] for t in top)),
+                        "bias_norm": float(sae.b_dec.detach().norm()) if hasattr(sae, "b_dec") else None,
+                        "top": top})
+    first = stats[0]
+    top0 = per_sae[0]["top"]
+    cosines = [t["agreement"] for t in top0 if t["agreement"] is not None]
+    cfg0 = saes[0].cfg
+    result = {
+        "layer": int(layer), "arch": cfg0.arch, "k": cfg0.k, "dict_size": int(cfg0.dict_size), "d": int(delta.d),
+        "seeds": [int(s.cfg.seed) for s in saes], "n_rows": first["n"], "total_sq_norm": first["total_sq"],
+        "mean_delta_norm": float(first["mean_delta"].norm()), "mean_row_norm": first["mean_row_norm"],
+        "saes": per_sae, "top": top0,
+        "agreement": None if not cosines else {"mean": float(np.mean(cosines)), "min": float(np.min(cosines)),
+                                               "above_0.9": int(sum(c > 0.9 for c in cosines)), "n": len(cosines)},
+    }
+    return result, saes
+
+
+def steering_vectors(result: dict, saes: list, config: DecomposeConfig) -> tuple[torch.Tensor, list[int]]:
+    """[n, d] vectors for the first `config.steer_latents` top latents of the first SAE: the unit decoder row times
+    the latent's mean contribution (steer_norm contribution) or |mean Δ| (delta), times steer_alpha."""
+    rows = decoder_rows(saes[0])
+    latents = [t["latent"] for t in result["top"][:config.steer_latents]]
+    vectors = []
+    for t in result["top"][:config.steer_latents]:
+        unit = rows[t["latent"]] / rows[t["latent"]].norm().clamp(min=1e-12)
+        norm = t["mean_contribution"] if config.steer_norm == "contribution" else result["mean_delta_norm"]
+        vectors.append(unit * norm * config.steer_alpha)
+    return (torch.stack(vectors) if vectors else torch.zeros(0, rows.shape[1])), latents
+
+
+def steer_latents(base, tokenizer, reward, prompts: list[list[int]], layer: int, vectors: torch.Tensor,
+                  labels: list, n_random: int = 4, new_tokens: int = 16, seed: int = 0, z_cut: float = 2.0,
+                  base_result=None, top_tokens: int = 10, watch_ids: list[int] | None = None) -> dict:
+    """Steer `base` at block `layer` by each row of `vectors` and by `n_random` random directions of that row's
+    norm (the null), all on the same prompts and random numbers (diff/steering.py). Per vector: reward, paired
+    gain over base, KL to base, the null's rewards, z against it, and the tokens it promotes (KL share). With
+    `watch_ids` (e.g. the tokens of the words a reward lists), also the mean over them of the log-probability
+    change against base on the sampled positions, for the vector and for each random direction: a far less
+    noisy reading than the sampled reward."""
+    from . import steering
+
+    if base_result is None:
+        base_result = steering.run_groups(base, base, tokenizer, reward, prompts, [{}], new_tokens, seed)[0]
+    d = int(base.config.hidden_size)
+    if vectors.shape[-1] != d:
+        raise UserError(f"steering vectors have width {vectors.shape[-1]} but block outputs have {d}")
+    groups, k = [], 1 + n_random
+    for i, v in enumerate(vectors):
+        randoms = steering.random_directions(d, float(v.norm()), n_random, seed, 1000 * (i + 1) + layer)
+        groups += [{layer: v}] + [{layer: r} for r in randoms]
+    results = steering.run_groups(base, base, tokenizer, reward, prompts, groups, new_tokens, seed) if groups else []
+    base_mean, base_se = steering.mean_se(base_result.rewards)
+    rows = []
+    for i, (v, label) in enumerate(zip(vectors, labels)):
+        r, rand = results[i * k], results[i * k + 1:(i + 1) * k]
+        mean, se = steering.mean_se(r.rewards)
+        gain, gain_se = steering.mean_se(r.rewards - base_result.rewards)
+        null = np.array([x.rewards.mean() for x in rand])
+        std = float(null.std(ddof=1)) if len(null) > 1 else 0.0
+        paired_z = gain / gain_se if gain_se > 0 else 0.0
+        ids = torch.topk(r.share, top_tokens).indices.tolist()
+        rows.append({"label": label, "norm": float(v.norm()), "reward": mean, "se": se, "gain": gain,
+                     "gain_se": gain_se, "kl": r.kl,
+                     "null": {"rewards": null.tolist(), "mean": float(null.mean()), "std": std,
+                              "max": float(null.max()), "kl": [x.kl for x in rand]},
+                     "z": (mean - float(null.mean())) / std if std > 0 else None, "paired_z": paired_z,
+                     "gain_vs_null": mean - float(null.mean()),
+                     "beats_null": bool(mean > float(null.max()) and paired_z >= z_cut),
+                     "top_token_ids": ids, "top_tokens": [tokenizer.decode([i]) for i in ids]})
+        if watch_ids:
+            watch = torch.tensor(watch_ids, dtype=torch.long)
+            rows[-1]["watched"] = {"change": float(r.change[watch].mean()),
+                                   "null": [float(x.change[watch].mean()) for x in rand]}
+    return {"layer": int(layer), "n_prompts": len(prompts), "new_tokens": new_tokens, "n_random": n_random,
+            "base": {"reward": base_mean, "se": base_se}, "latents": rows}
+
+
+def steer_top_latents(result: dict, saes: list, base, tokenizer, reward, prompts: list[list[int]],
+                      config: DecomposeConfig | None = None, new_tokens: int = 16, layer: int | None = None,
+                      base_result=None, watch_ids: list[int] | None = None) -> dict:
+    """`steer_latents` for the top latents of a `diff_sae` result (at its layer unless `layer` is given); the
+    returned dict also names `steer_norm` and `alpha`. Store it as result["steering"]."""
+    config = config or DecomposeConfig()
+    vectors, latents = steering_vectors(result, saes, config)
+    out = steer_latents(base, tokenizer, reward, prompts, result["layer"] if layer is None else layer, vectors,
+                        latents, config.steer_random, new_tokens, config.seed, base_result=base_result,
+                        watch_ids=watch_ids)
+    for row in out["latents"]:
+        row["latent"] = row.pop("label")
+    out.update(steer_norm=config.steer_norm, alpha=config.steer_alpha)
+    return out
