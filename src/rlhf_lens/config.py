@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from .diff.config import DiffConfig
+from .diff.decompose_config import DecomposeConfig
 from .errors import UserError
 from .harvest.config import HarvestSettings
 from .interp.config import ExampleConfig, InterpConfig
@@ -147,6 +148,7 @@ class RunConfig:
     rlhf: PPOConfig = field(default_factory=PPOConfig)
     divergence: DivergenceSection = field(default_factory=DivergenceSection)
     diff: DiffConfig = field(default_factory=DiffConfig)
+    decompose: DecomposeConfig = field(default_factory=DecomposeConfig)
     harvest: HarvestSettings = field(default_factory=HarvestSettings)
     sae: SAESection = field(default_factory=SAESection)
     interp: InterpConfig = field(default_factory=InterpConfig)
@@ -318,6 +320,12 @@ def validate(config: RunConfig) -> None:
         check_diff(config.diff)
     except UserError as err:
         raise UserError(f"diff.{err}") from None
+    from .diff.decompose_config import check_decompose_config
+
+    try:
+        check_decompose_config(config.decompose)
+    except UserError as err:
+        raise UserError(f"decompose.{err}") from None
     diff_defaults = DiffConfig()
     for key, owner in (("split", "data.test_split"), ("text_column", "data.text_column")):
         if getattr(config.diff, key) != getattr(diff_defaults, key):

@@ -24,7 +24,7 @@ from .errors import INTERRUPT_ENV, UserError, interrupt_point  # noqa: F401  (IN
 from .io import LOCK_FILE, MARKER, check_writable, read_json, read_toml, remove_output, run_lock, write_json, write_text
 from .progress import console
 
-STAGES = ("base", "rlhf", "divergence", "diff", "control", "harvest", "saes", "mmcs", "features", "scores", "report")
+STAGES = ("base", "rlhf", "divergence", "diff", "control", "harvest", "saes", "mmcs", "decompose", "features", "scores", "report")
 # Test hook: `stage:n` raises KeyboardInterrupt after n units of that stage finished (a killed run).
 
 
@@ -166,7 +166,7 @@ def _run_locked(config: RunConfig, run_dir: Path) -> Path:
 # What each stage writes, relative to the run folder.
 STAGE_OUTPUTS = {
     "base": ["models/base"], "rlhf": ["rlhf"], "divergence": ["divergence.json", "divergence.png"], "diff": ["diff"],
-    "control": ["models/control"], "harvest": ["acts"], "saes": ["saes"], "mmcs": ["mmcs.json"],
+    "control": ["models/control"], "harvest": ["acts"], "saes": ["saes"], "mmcs": ["mmcs.json"], "decompose": ["decompose"],
     "features": ["features"], "scores": ["utility.json"], "report": ["results.json", "report.html", "summary.md"],
 }
 
@@ -188,6 +188,7 @@ def _stage_config(config: RunConfig, stage: str) -> dict:
         "harvest": [c["harvest"], c["data"]["test_split"]],
         "saes": [c["sae"]],
         "mmcs": [c["interp"]["new_feature_threshold"], c["interp"]["new_feature_quantile"], c["interp"]["top_k"]],
+        "decompose": [c["decompose"], c["interp"], c["examples"], c["reward"], c["data"]["test_split"]],
         # reward.table/aggregate: the feature records (new features' included) carry utility fields
         "features": [c["interp"], c["reward"]["table"], c["reward"]["aggregate"]],
         "scores": [c["reward"]["table"], c["reward"]["aggregate"]],
@@ -384,6 +385,78 @@ def _stage_mmcs(config: RunConfig, run_dir: Path, state: dict) -> dict:
     return {"file": _rel(run_dir, run_dir / "mmcs.json")}
 
 
+def _stage_decompose(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    """What tuning changed, feature by feature (docs/diff.md): per analysed block a diff-SAE on the tuned - base
+    MLP outputs of the same tokens (top latents by share of |Δ|², explained, scored, steered against random
+    directions), the shift of the base SAE's latents between the two models, and optionally a crosscoder."""
+    from .data import load_corpus
+    from .diff.crosscoder import crosscoder_analysis
+    from .diff.diffsae import diff_sae, steer_top_latents
+    from .diff.paired_store import delta_store
+    from .diff.shift import count_among, shared_dictionary_shift
+    from .diff.steering import heldout_prompts
+    from .interp import LLMConfig, explain_features, get_explainer
+    from .models import load_model
+    from .rewards import load_reward, load_utility_table
+    from .sae import SparseAutoencoder
+    from .store import ActivationStore
+
+    dc = config.decompose
+    stores = {name: ActivationStore(_abs(run_dir, path)) for name, path in state["harvest"]["stores"].items()}
+    mmcs_result = read_json(_abs(run_dir, state["mmcs"]["file"]))
+    llm = LLMConfig(base_url=config.interp.base_url, model=config.interp.llm_model) if config.interp.base_url else None
+    explainer = get_explainer(config.interp.explainer, llm=llm, device=config.model.device)
+    table = load_utility_table(config.reward.table)
+    reward = load_reward(config.reward.spec, device=config.model.device)
+    base, tokenizer = load_model(_model(state["base"], run_dir), device=config.model.device, dtype=config.model.dtype)
+    corpus = load_corpus(config.data.corpus, text_column=config.data.text_column)
+    prompts = heldout_prompts(corpus, tokenizer, config.diff.prompts, config.data.test_split, [], dc.seed)
+    out = run_dir / "decompose"
+    seed = config.sae.seeds[0]
+    blocks = []
+    for layer in _layers(state):
+        folder = out / f"layer{layer}"
+        delta = delta_store(stores["base"], stores["tuned"], layer, folder / "delta")
+        result, saes = diff_sae(delta, layer, dc, out_dir=folder / "diffsae")
+        result["steering"] = steer_top_latents(result, saes, base, tokenizer, reward, prompts, dc,
+                                               new_tokens=config.diff.new_tokens)
+        # Each seed's top latents explained, so the utility of the change comes with a seed spread.
+        wanted = {f"s{s.cfg.seed}": [t["latent"] for t in entry["top"][:dc.explain_top]]
+                  for s, entry in zip(saes, result["saes"])}
+        records = explain_features(delta, layer, {f"s{s.cfg.seed}": s for s in saes}, wanted, tokenizer, explainer,
+                                   config.examples, model="diff-sae", table=table, aggregate=config.reward.aggregate)
+        result["features"] = [_shown(r) for r in records]
+        small, _ = _small_and_large(state, "base", layer, seed)
+        sae = SparseAutoencoder.load(_abs(run_dir, small["dir"]))
+        shift = shared_dictionary_shift(sae, stores["base"], stores["tuned"], layer, dc)
+        top_mmcs = next((t["features"] for t in mmcs_result["top"]
+                         if t["model"] == "base" and t["layer"] == layer and t["seed"] == seed), [])
+        shift["among_top_mmcs"] = count_among(shift, [f["feature"] for f in top_mmcs])
+        shifted = [row["latent"] for row in shift["top"][:dc.explain_top]]
+        shift["features"] = [_shown(r) for r in explain_features(
+            stores["tuned"], layer, {f"s{seed}": sae}, {f"s{seed}": shifted}, tokenizer, explainer, config.examples,
+            model="base-sae on tuned", table=table, aggregate=config.reward.aggregate)] if shifted else []
+        shift["sae"] = small["dir"]
+        block = {"layer": layer, "diff_sae": result, "shift": shift}
+        if dc.crosscoder:
+            block["crosscoder"], _ = crosscoder_analysis(stores["base"], stores["tuned"], layer, dc,
+                                                          out=folder / "crosscoder.safetensors")
+        blocks.append(block)
+    utility = _change_utility(blocks)
+    write_json(out / "decompose.json", {"blocks": blocks, "utility_of_change": utility})
+    return {"file": _rel(run_dir, out / "decompose.json"), "utility_of_change": utility}
+
+
+def _change_utility(blocks: list[dict]) -> dict:
+    """The paper's utility score applied to the explanations of the top diff-SAE latents: per diff-SAE seed, the sum
+    over blocks and explained latents of each explanation's utility; mean and spread over seeds."""
+    per_seed: dict[str, float] = {}
+    for block in blocks:
+        for record in block["diff_sae"]["features"]:
+            per_seed[record["sae"]] = per_seed.get(record["sae"], 0.0) + float(record.get("utility") or 0.0)
+    return {**_mean_std(list(per_seed.values())), "seeds": list(per_seed)}
+
+
 def _stage_features(config: RunConfig, run_dir: Path, state: dict) -> dict:
     """Explain the top-k features of every seed's small SAE, and the tuned model's most novel features."""
     from .interp import LLMConfig, explain_features, get_explainer
@@ -543,6 +616,7 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
         "models": {"base": models["base"], "tuned": models["tuned"], "control": models.get("control")},
         "ppo": ppo,
         "diff": _diff_for_report(run_dir, state),
+        "decompose": read_json(_abs(run_dir, state["decompose"]["file"])),
         "divergence": {"rows": rows, "top_layers": _layers(state), "rank": state["diff"]["rank"],
                        "by_parameters": state["divergence"]["top_layers"],
                        "spread": state["divergence"]["spread"]},
@@ -582,6 +656,6 @@ def _shown(record: dict) -> dict:
 _STAGE_FUNCTIONS = {
     "base": _stage_base, "rlhf": _stage_rlhf, "divergence": _stage_divergence, "diff": _stage_diff,
     "control": _stage_control,
-    "harvest": _stage_harvest, "saes": _stage_saes, "mmcs": _stage_mmcs, "features": _stage_features,
+    "harvest": _stage_harvest, "saes": _stage_saes, "mmcs": _stage_mmcs, "decompose": _stage_decompose, "features": _stage_features,
     "scores": _stage_scores, "report": _stage_report,
 }

@@ -11,6 +11,11 @@ from ..errors import UserError
 
 @dataclass
 class DecomposeConfig:
+    crosscoder: bool = False
+    """Also train a crosscoder with Latent Scaling in a run (they need many tokens: on in the paper presets, off
+    in demo and tiny)."""
+    explain_top: int = 5
+    """In a run: the top diff-SAE latents and the top shifted base-SAE latents explained and scored per block."""
     # --- diff-SAE (SAEs trained on Δ = h_tuned - h_base at the same tokens) ---
     diffsae_arch: str | None = None
     """Architecture of the diff-SAEs (None: batchtopk when rlhf_lens.sae offers it, else topk)."""
@@ -85,6 +90,7 @@ def check_decompose_config(config: DecomposeConfig) -> None:
         (c.diffsae_epochs >= 1 and c.diffsae_lr > 0 and c.diffsae_batch_size >= 1,
          "diffsae_epochs and diffsae_batch_size must be >= 1 and diffsae_lr > 0"),
         (c.diffsae_top >= 1 and c.steer_latents >= 0, "diffsae_top must be >= 1 and steer_latents >= 0"),
+        (c.explain_top >= 0, f"explain_top must be >= 0 (got {c.explain_top})"),
         (c.steer_norm in STEER_NORMS, f"steer_norm must be one of {', '.join(STEER_NORMS)} (got {c.steer_norm!r})"),
         (c.steer_alpha > 0 and c.steer_random >= 1, "steer_alpha must be > 0 and steer_random >= 1"),
         (c.shift_splits >= 2 and 0 < c.shift_quantile < 1, "shift_splits must be >= 2 and shift_quantile in (0, 1)"),

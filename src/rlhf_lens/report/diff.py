@@ -179,3 +179,95 @@ def diff_headline_rows(diff: dict) -> list[list[Any]]:
                      (f"{_num(min(rewards))}..{_num(max(rewards))} ({len(rewards)} random directions)" if rewards
                       else "-"), curve.get("verdict")])
     return rows
+
+
+def change_utility_row(decompose: dict, placebo: dict | None = None) -> list[Any]:
+    """The headline's "utility of the change": the paper's utility score on the top diff-SAE latents' explanations,
+    mean +- std over diff-SAE seeds, beside its null (the placebo tune's, where it ran)."""
+    u = (decompose or {}).get("utility_of_change") or {}
+    value = f"{_num(_float(u.get('mean')))} \u00b1 {_num(_float(u.get('std')))} ({u.get('n', 0)} seeds)"
+    p = (placebo or {}).get("utility_of_change") if placebo else None
+    if p:
+        null = f"{_num(_float(p.get('mean')))} \u00b1 {_num(_float(p.get('std')))} (placebo tune)"
+        spread = ((_float(u.get("std")) or 0.0) ** 2 + (_float(p.get("std")) or 0.0) ** 2) ** 0.5
+        gap = (_float(u.get("mean")) or 0.0) - (_float(p.get("mean")) or 0.0)
+        verdict = ("above the placebo tune by more than twice the combined seed spread" if spread and gap > 2 * spread
+                   else "not distinguishable from the placebo tune")
+    else:
+        null = "no null: the placebo tune (controls.placebo) did not run"
+        verdict = "no comparison without the placebo tune; read the explanations below"
+    return ["utility of the change (top diff-SAE latents' explanations)", value, null, verdict]
+
+
+def _steer_text(row: dict | None) -> str:
+    if not row:
+        return "-"
+    verdict = "beats every random direction" if row.get("beats_null") else "within the random directions"
+    return f"{_num(_float(row.get('gain')))} \u00b1 {_num(_float(row.get('gain_se')))}; {verdict}"
+
+
+def _latent_rows(features: list[dict], extra: dict[int, list[Any]]) -> list[list[Any]]:
+    from .html import _explanation_cell
+
+    return [[f.get("feature"), *extra.get(int(f.get("feature", -1)), []), _explanation_cell(f), _float(f.get("score")),
+             _float(f.get("utility"))] for f in features if isinstance(f, dict)]
+
+
+def decompose_html(decompose: dict) -> str:
+    """Per analysed block: the diff-SAE's top latents (share of |Δ|², seed agreement, steering gain against random
+    directions, explanation) and the base SAE's most shifted latents; the crosscoder's classes where it ran."""
+    parts = ["<h3>Which features changed</h3>",
+             '<p class="note">diff-SAE: an SAE trained on h<sub>tuned</sub> \u2212 h<sub>base</sub> (MLP outputs, same '
+             "tokens); its latents ranked by their share of \u2016\u0394\u2016\u00b2, with the max cosine of each to the "
+             "other seeds' diff-SAEs (seed agreement), and steering the base model by the latent's decoder row against "
+             "random directions of the same norm. Shift: the base model's own SAE encodes both models' activations; "
+             "latents whose mean activation moves beyond what two halves of the base activations give (z) are the "
+             "change, read through the base SAE's dictionary. Token shading: activation 0..10.</p>"]
+    for block in decompose.get("blocks") or []:
+        ds, shift = block.get("diff_sae") or {}, block.get("shift") or {}
+        steering = {int(s["latent"]): s for s in ((ds.get("steering") or {}).get("latents") or [])}
+        top = {int(t["latent"]): t for t in ds.get("top") or []}
+        first = [f for f in ds.get("features") or [] if f.get("sae") == f"s{(ds.get('seeds') or [0])[0]}"]
+        extra = {j: [_float(t.get("share")), _float(t.get("agreement")), _steer_text(steering.get(j))]
+                 for j, t in top.items()}
+        agreement = ds.get("agreement") or {}
+        parts.append(f"<h4>block {_esc(block.get('layer'))}: diff-SAE ({_esc(ds.get('arch'))}, "
+                     f"{_esc(ds.get('dict_size'))} latents, seeds {_esc(ds.get('seeds'))})</h4>"
+                     f'<p class="note">top-{len(top)} seed agreement: mean {_num(_float(agreement.get("mean")))}, '
+                     f'{_esc(agreement.get("above_0.9", "-"))} above 0.9.</p>')
+        parts.append(_table(["latent", "share of |\u0394|\u00b2", "seed agreement", "steering gain",
+                             "explanation and top examples", "sim. score", "utility"],
+                            _latent_rows(first, extra), numeric={0, 1, 2, 5, 6}, cls="features"))
+        among = shift.get("among_top_mmcs") or {}
+        shifted = {int(r["latent"]): [_float(r.get("mean_change")), _float(r.get("z")), _float(r.get("rate_change"))]
+                   for r in shift.get("top") or []}
+        parts.append(f"<h4>block {_esc(block.get('layer'))}: shift of the base SAE's latents</h4>"
+                     f'<p class="note">{_esc(shift.get("n_shifted"))} of {_esc(shift.get("n_latents"))} latents shift '
+                     f'beyond the null ({_esc(shift.get("n_rising"))} up, {_esc(shift.get("n_falling"))} down); of the '
+                     f'top {_esc(among.get("of"))}, {_esc(among.get("count"))} are among the paper\u2019s top-MMCS '
+                     "features.</p>")
+        parts.append(_table(["latent", "mean change", "z", "firing-rate change", "explanation and top examples",
+                             "sim. score", "utility"], _latent_rows(shift.get("features") or [], shifted),
+                            numeric={0, 1, 2, 3, 5, 6}, cls="features"))
+        cc = block.get("crosscoder")
+        if cc:
+            parts.append(f"<p>Crosscoder ({_esc(cc.get('arch'))}): classes by Latent Scaling "
+                         f"{_esc(cc.get('counts'))}; by decoder norms alone {_esc(cc.get('norm_counts'))}.</p>")
+    return "".join(parts)
+
+
+def decompose_markdown(decompose: dict) -> str:
+    lines = []
+    for block in decompose.get("blocks") or []:
+        ds, shift = block.get("diff_sae") or {}, block.get("shift") or {}
+        first = [f for f in ds.get("features") or [] if f.get("sae") == f"s{(ds.get('seeds') or [0])[0]}"]
+        share = {int(t["latent"]): t.get("share") for t in ds.get("top") or []}
+        lines += [f"Block {block.get('layer')}, diff-SAE top latents:", "",
+                  _md_table(["latent", "share", "explanation", "utility"],
+                            [[f.get("feature"), _float(share.get(int(f.get("feature", -1)))), f.get("explanation"),
+                              _float(f.get("utility"))] for f in first]), "",
+                  f"Block {block.get('layer')}, shifted base-SAE latents ({shift.get('n_shifted')} beyond the null):", "",
+                  _md_table(["latent", "explanation", "utility"],
+                            [[f.get("feature"), f.get("explanation"), _float(f.get("utility"))]
+                             for f in shift.get("features") or []]), ""]
+    return "\n".join(lines)

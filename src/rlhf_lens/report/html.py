@@ -93,6 +93,10 @@ def _headline_html(results: dict) -> str:
         from .diff import diff_headline_rows
 
         same = diff_headline_rows(diff)
+        if results.get("decompose"):
+            from .diff import change_utility_row
+
+            same.append(change_utility_row(results["decompose"], results.get("placebo")))
         if same:
             table += ('<p>On the same tokens (base and tuned compared directly, no dictionaries; details in '
                       '<a href="#diff">What tuning changed</a>):</p>'
@@ -368,9 +372,10 @@ def _diff_html(results: dict) -> str:
     diff = results.get("diff")
     if not diff:
         return _not_run("the diff stage")
-    from .diff import diff_html  # it builds on this module's table helpers
+    from .diff import decompose_html, diff_html  # it builds on this module's table helpers
 
-    return diff_html(diff)
+    decompose = results.get("decompose")
+    return diff_html(diff) + (decompose_html(decompose) if decompose else "")
 
 
 _SECTION_RENDERERS = {

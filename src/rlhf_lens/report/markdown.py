@@ -63,13 +63,15 @@ def render_markdown(results: dict) -> str:
           r.get("verdict") or verdict(_stat(r.get("base")), _stat(r.get("tuned")))] for r in headline])
         if headline else None)
 
-    from .diff import diff_headline_rows, diff_markdown  # it builds on this module's table helper
+    from .diff import change_utility_row, decompose_markdown, diff_headline_rows, diff_markdown
 
-    diff = results.get("diff")
+    diff, decompose = results.get("diff"), results.get("decompose")
     if diff and headline:
-        out[-2] += "\n\nOn the same tokens (diff stage):\n\n" + _md_table(
-            ["measure", "value", "null", "verdict"], diff_headline_rows(diff))
-    section("diff", diff_markdown(diff) if diff else None)
+        rows = diff_headline_rows(diff)
+        if decompose:
+            rows.append(change_utility_row(decompose, results.get("placebo")))
+        out[-2] += "\n\nOn the same tokens (diff stage):\n\n" + _md_table(["measure", "value", "null", "verdict"], rows)
+    section("diff", (diff_markdown(diff) + ("\n" + decompose_markdown(decompose) if decompose else "")) if diff else None)
 
     ppo = results.get("ppo") or {}
     body = []
