@@ -16,10 +16,10 @@ from rlhf_lens.sae import (
     SAEConfig,
     SparseAutoencoder,
     TensorSource,
-    _Stepper,
     calibrate_l1,
     train_saes,
 )
+from rlhf_lens.sae.step import _Stepper
 from rlhf_lens.synthetic import SyntheticConfig, make_synthetic, recovery
 
 

@@ -22,6 +22,7 @@ import torch
 
 from .errors import UserError, first_line
 from .io import read_json
+from .sources import ActivationSource
 
 FORMAT = "rlhf-lens.activations"
 VERSION = 1
@@ -86,8 +87,8 @@ class ActivationStore:
         return (f"ActivationStore({str(self.path)!r}, layers={self.layers}, d={self.d}, "
                 f"tokens={self.n_tokens}, docs={self.n_docs}, shards={len(self.manifest['shards'])})")
 
-    def source(self, layer: int, window_shards: int = 4) -> LayerSource:
-        """One layer as an `ActivationSource` (shuffled float32 batches) for SAE training."""
+    def source(self, layer: int, window_shards: int = 4) -> ActivationSource:
+        """One layer as an `ActivationSource` (shuffled float32 batches) for SAE training: a `LayerSource`."""
         self._check_layer(layer)
         return LayerSource(self, layer, window_shards)
 
@@ -136,7 +137,7 @@ class ActivationStore:
 
 
 class LayerSource:
-    """One layer of a store as an `ActivationSource` (the protocol sae.py trains from).
+    """One layer of a store as an `ActivationSource` (the one protocol SAEs train from, in sources.py).
 
     An epoch visits the shards in a random order, `window_shards` at a time; the rows of a
     window (plus the few left over from the previous one) are shuffled and cut into batches.

@@ -98,10 +98,10 @@ def recovery(sae, ground_truth, *, pair=None, threshold: float = 0.9, top_k: int
     MMCS of the first dictionary against the pair and its top-k MMCS features, each with the cosine to
     its nearest true direction and whether that is >= threshold (`real`); `top_real_fraction` is their share.
     """
-    from .dictionaries import _pair, max_cosine, mmcs, top_features
+    from .dictionaries import max_cosine, mmcs, pair_dictionaries, top_features
 
     truth = ground_truth if isinstance(ground_truth, torch.Tensor) else load_ground_truth(ground_truth)
-    dictionary, truth = _pair(sae, truth)
+    dictionary, truth = pair_dictionaries(sae, truth)
 
     def recovered(dic: torch.Tensor, name) -> dict:
         best, _ = max_cosine(truth, dic)
@@ -113,7 +113,7 @@ def recovery(sae, ground_truth, *, pair=None, threshold: float = 0.9, top_k: int
     out: dict = {"threshold": threshold, "ground_truth_features": truth.shape[0], "d": truth.shape[1],
                  "dictionary": recovered(dictionary, label(sae))}
     if pair is not None:
-        other, _ = _pair(pair, truth)
+        other, _ = pair_dictionaries(pair, truth)
         out["pair"] = recovered(other, label(pair))
         out["mmcs"] = mmcs(dictionary, other)
         top = top_features(dictionary, other, top_k)
