@@ -25,6 +25,12 @@ class ActivationSource(Protocol):
         (seed, epoch); memory bounded by a few shards. The last batch may be smaller."""
         ...
 
+    def split(self, rows: int) -> tuple[ActivationSource, torch.Tensor]:
+        """(a source of all rows but the last `rows`, those last rows as float32 [rows, d]): the held-out
+        slice SAE training measures its loss curve on. "Last" is the source's own fixed order (a store: the
+        last documents harvested), independent of seeds."""
+        ...
+
 
 def _order_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7919 + 12345) % (2**63 - 1)
@@ -49,6 +55,11 @@ class TensorSource:
         self.acts = acts.detach().to("cpu", torch.float32).contiguous()
         check_finite(self.acts, self.name)
         self.n, self.d = self.acts.shape
+
+    def split(self, rows: int) -> tuple[TensorSource, torch.Tensor]:
+        if not 0 < rows < self.n:
+            raise UserError(f"{self.name}: cannot hold out {rows} of {self.n} rows")
+        return TensorSource(self.acts[:self.n - rows]), self.acts[self.n - rows:]
 
     def batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[torch.Tensor]:
         g = torch.Generator().manual_seed(_order_seed(seed, epoch))

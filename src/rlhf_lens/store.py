@@ -145,14 +145,34 @@ class LayerSource:
     depends only on (seed, epoch); memory holds at most `window_shards` shards of one layer.
     """
 
-    def __init__(self, store: ActivationStore, layer: int, window_shards: int = 4):
+    def __init__(self, store: ActivationStore, layer: int, window_shards: int = 4, tail: int = 0):
         if window_shards < 1:
             raise UserError(f"window_shards must be at least 1 (got {window_shards})")
+        if not 0 <= tail < max(store.n_tokens, 1):
+            raise UserError(f"cannot hold out {tail} of the store's {store.n_tokens} rows")
         self.store = store
         self.layer = layer
         self.window_shards = window_shards
+        self.tail = tail
+        """Rows at the end of the store (shard order) left out of `batches` (held out by `split`)."""
         self.d: int = store.d
-        self.n: int = store.n_tokens
+        self.n: int = store.n_tokens - tail
+        # rows each shard contributes: all, except the last `tail` rows of the store
+        self._keep, left = [], self.n
+        for entry in store.manifest["shards"]:
+            self._keep.append(min(int(entry["n_tokens"]), left))
+            left -= self._keep[-1]
+
+    def split(self, rows: int) -> tuple[LayerSource, torch.Tensor]:
+        """(this layer without its last `rows` rows, those rows as float32 [rows, d])."""
+        train = LayerSource(self.store, self.layer, self.window_shards, self.tail + rows)
+        key = layer_key(self.layer)
+        parts = []
+        for k, keep in enumerate(train._keep):
+            until = self._keep[k]
+            if keep < until:
+                parts.append(self.store._read(k, [key])[key][keep:until].float())
+        return train, torch.cat(parts) if parts else torch.empty(0, self.d)
 
     def __repr__(self) -> str:
         return f"LayerSource({str(self.store.path)!r}, layer={self.layer}, n={self.n}, d={self.d})"
@@ -166,8 +186,8 @@ class LayerSource:
         leftover = torch.empty(0, self.d)
         key = layer_key(self.layer)
         for start in range(0, n_shards, self.window_shards):
-            window = [leftover] + [self.store._read(int(k), [key])[key].float()
-                                   for k in order[start:start + self.window_shards]]
+            window = [leftover] + [self.store._read(int(k), [key])[key][:self._keep[int(k)]].float()
+                                   for k in order[start:start + self.window_shards] if self._keep[int(k)]]
             rows = torch.cat(window)
             del window
             rows = rows[torch.from_numpy(rng.permutation(len(rows)))]

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import UserError, first_line
 from ..io import read_json, save_safetensors, write_json
-from .config import CFG_FILE, METRICS_FILE, WEIGHTS_FILE, SAEConfig
+from .config import AUX_COEFFICIENT, CFG_FILE, METRICS_FILE, WEIGHTS_FILE, SAEConfig
 
 _INIT_SEED_OFFSET = 0x5AE_5EED
 
@@ -36,9 +36,12 @@ class SparseAutoencoder(nn.Module):
         self.decoder = nn.Parameter(w)
         """Raw dictionary [m, d]; rows are normalised in every forward pass."""
         self.encoder = None if cfg.arch == "tied" else nn.Parameter(w.clone())
-        """Untied/TopK encoder [m, d] (row j reads feature j); None when tied."""
+        """Untied/TopK/BatchTopK encoder [m, d] (row j reads feature j); None when tied."""
         self.b_enc = nn.Parameter(torch.zeros(m))
         self.b_dec = nn.Parameter(torch.zeros(d))
+        if cfg.arch == "batchtopk":
+            self.register_buffer("threshold", torch.zeros(m))
+            """BatchTopK inference threshold per latent (all equal when trained here): f = pre * [pre > threshold]."""
         self.l1_used = cfg.l1
         self.metrics: dict = {}
 
@@ -60,14 +63,29 @@ class SparseAutoencoder(nn.Module):
             raise UserError(f"activations have width {x.shape[-1]} but the SAE expects d_in = {self.cfg.d_in}")
         return x.to(self.decoder.dtype)
 
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """x E^T + b_enc [..., m] (E = the normalised dictionary when tied)."""
+        return self._check_input(x) @ self.encoder_matrix().t() + self.b_enc
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Codes f [..., m]."""
-        x = self._check_input(x)
-        pre = x @ self.encoder_matrix().t() + self.b_enc
+        """Codes f [..., m] (BatchTopK: the inference rule, JumpReLU at the learned threshold)."""
+        pre = self.pre_activations(x)
         if self.cfg.arch == "topk":
             vals, idx = pre.topk(self.cfg.k, dim=-1)
             return torch.zeros_like(pre).scatter(-1, idx, vals.relu())
+        if self.cfg.arch == "batchtopk":
+            return torch.relu(pre) * (pre > self.threshold)
         return torch.relu(pre)
+
+    def train_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Codes as training computes them: BatchTopK keeps the k * b largest ReLU codes of the batch x [b, d]
+        (ties broken as torch.topk does); every other architecture as `encode`."""
+        if self.cfg.arch != "batchtopk":
+            return self.encode(x)
+        pre = self.pre_activations(x)
+        flat = pre.relu().reshape(-1)
+        vals, idx = flat.topk(min(self.cfg.k * pre.shape[0], flat.numel()))
+        return torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre)
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         """Reconstruction x_hat [..., d] from codes [..., m]."""
@@ -77,11 +95,31 @@ class SparseAutoencoder(nn.Module):
         f = self.encode(x)
         return self.decode(f), f
 
-    def loss(self, x: torch.Tensor, l1: float | None = None) -> torch.Tensor:
-        """The training loss by autograd (reference for the hand-written backward): mean-element MSE + l1 * mean_tokens ||f||_1."""
-        x_hat, f = self(x)
-        l1 = (self.l1_used if l1 is None else l1) if self.cfg.arch != "topk" else 0.0
-        return (x_hat - x).pow(2).mean() + l1 * f.abs().sum(-1).mean()
+    def loss(self, x: torch.Tensor, l1: float | None = None, dead: torch.Tensor | None = None) -> torch.Tensor:
+        """The training loss by autograd (reference for the hand-written backward): mean-element MSE + l1 * mean_tokens ||f||_1
+        (no L1 for topk/batchtopk), with training codes; plus, for topk/batchtopk with a `dead` mask [m], the auxiliary-k loss."""
+        f = self.train_codes(x)
+        x_hat = self.decode(f)
+        l1 = (self.l1_used if l1 is None else l1) if not self.cfg.codes_by_rank else 0.0
+        loss = (x_hat - x).pow(2).mean() + l1 * f.abs().sum(-1).mean()
+        if dead is not None and self.cfg.codes_by_rank and bool(dead.any()):
+            loss = loss + self.aux_loss(x, (x - x_hat).detach(), dead)
+        return loss
+
+    def aux_loss(self, x: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+        """Auxiliary-k loss (Gao et al. 2024, as SAELens): the k_aux = min(d/2, #dead) largest pre-activations
+        among dead latents (no ReLU) reconstruct the residual x - x_hat; AUX_COEFFICIENT * min(#dead / (d/2), 1)
+        * mean-element squared error."""
+        n_dead = int(dead.sum())
+        k_aux = self.cfg.d_in // 2
+        scale = min(n_dead / k_aux, 1.0) if k_aux else 0.0
+        k_aux = min(k_aux, n_dead)
+        if k_aux == 0:
+            return x.new_zeros(())
+        pre = self.pre_activations(x).masked_fill(~dead, float("-inf"))
+        vals, idx = pre.topk(k_aux, dim=-1)
+        f_aux = torch.zeros_like(pre).scatter(-1, idx, vals)
+        return AUX_COEFFICIENT * scale * (f_aux @ self._dn() - residual).pow(2).mean()
 
     # --- files (SAELens layout) ---
 
@@ -94,11 +132,14 @@ class SparseAutoencoder(nn.Module):
             w_enc = dn.t().contiguous() if self.encoder is None else self.encoder.detach().t().contiguous()
             tensors = {"W_enc": w_enc, "b_enc": self.b_enc.detach().clone(), "W_dec": dn,
                        "b_dec": self.b_dec.detach().clone()}
+            if self.cfg.arch == "batchtopk":
+                tensors["threshold"] = self.threshold.detach().clone()
         save_safetensors(out / WEIGHTS_FILE, tensors)
         from .. import __version__
 
         cfg = {
-            "architecture": "topk" if self.cfg.arch == "topk" else "standard",
+            # batchtopk is saved as SAELens saves its own BatchTopK SAEs for inference: a JumpReLU SAE
+            "architecture": {"topk": "topk", "batchtopk": "jumprelu"}.get(self.cfg.arch, "standard"),
             "d_in": self.cfg.d_in, "d_sae": self.cfg.dict_size, "dtype": "float32", "device": "cpu",
             "apply_b_dec_to_input": False, "normalize_activations": "none", "reshape_activations": "none",
             # SAELens reads the schema version from here (6.x layout); the rest is ours
@@ -145,6 +186,10 @@ class SparseAutoencoder(nn.Module):
                 sae.encoder.copy_(w_enc.t())
             sae.b_enc.copy_(b_enc)
             sae.b_dec.copy_(b_dec)
+            if cfg.arch == "batchtopk":
+                if tuple(weights.get("threshold", torch.zeros(0)).shape) != (m,):
+                    raise UserError(f"{path}: a BatchTopK SAE needs a threshold [{m}] in {WEIGHTS_FILE}")
+                sae.threshold.copy_(weights["threshold"].float())
         sae.l1_used = float(ours.get("l1_used", cfg.l1)) if ours else cfg.l1
         if (path / METRICS_FILE).is_file():
             sae.metrics = read_json(path / METRICS_FILE)

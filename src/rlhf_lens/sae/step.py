@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from .config import SPARSE_MAX_DENSITY, SPARSE_MIN_WORK
+from .config import AUX_COEFFICIENT, SPARSE_MAX_DENSITY, SPARSE_MIN_WORK, THRESHOLD_RATE
 from .model import SparseAutoencoder
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -20,11 +20,19 @@ class _Stepper:
     Sparse path (codes at most SPARSE_MAX_DENSITY dense): only x E^T stays dense; f is a CSR matrix,
     f Dn and the two weight gradients are sparse x dense products, and g Dn^T is needed only at the
     nonzeros of f (sampled_addmm).
+    BatchTopK keeps the k * b largest codes of the whole batch (one top-k over the flattened [b, m]
+    pre-activations) and otherwise steps like TopK. TopK/BatchTopK add the auxiliary-k loss on latents
+    idle for cfg.dead_steps steps (`_aux`, dense over the dead columns only).
     """
 
     def __init__(self, sae: SparseAutoencoder, l1: float, lr: float):
         self.sae = sae
-        self.l1 = 0.0 if sae.cfg.arch == "topk" else float(l1)
+        self.l1 = 0.0 if sae.cfg.codes_by_rank else float(l1)
+        self.idle = torch.zeros(sae.cfg.dict_size, dtype=torch.int64)
+        """Steps since each latent last fired."""
+        self.threshold_steps = 0
+        self._min_kept: float | None = None
+        self.aux_sq = 0.0
         params = [p for p in (sae.decoder, sae.encoder, sae.b_enc, sae.b_dec) if p is not None]
         for p in params:
             p.grad = torch.zeros_like(p)
@@ -43,15 +51,34 @@ class _Stepper:
             buf = self._bufs[name] = torch.empty(numel, dtype=dtype)
         return buf[:numel].view(rows, cols)
 
+    def dead_mask(self) -> torch.Tensor | None:
+        """Latents idle for cfg.dead_steps steps or more (None when that rule is off)."""
+        steps = self.sae.cfg.dead_steps
+        return None if steps <= 0 else self.idle >= steps
+
     def step(self, x: torch.Tensor) -> tuple[float, float, torch.Tensor]:
         stats = self.grads(x)
         self.opt.step()
+        counts = stats[2]
+        self.idle.add_(1).masked_fill_(counts > 0, 0)
+        if self._min_kept is not None:  # BatchTopK: bias-corrected running mean of the smallest kept code
+            self.threshold_steps += 1
+            rate = THRESHOLD_RATE
+            thr = self.sae.threshold
+            raw = thr * (1 - (1 - rate) ** (self.threshold_steps - 1))  # undo the previous correction
+            raw = raw * (1 - rate) + rate * self._min_kept
+            thr.copy_(raw / (1 - (1 - rate) ** self.threshold_steps))
         return stats
 
     @torch.no_grad()
-    def grads(self, x: torch.Tensor, sparse: bool | None = None) -> tuple[float, float, torch.Tensor]:
-        """Write the loss gradients into .grad; return (sum of squared errors, sum of codes, fire counts [m])."""
+    def grads(self, x: torch.Tensor, sparse: bool | None = None,
+              dead: torch.Tensor | None = None) -> tuple[float, float, torch.Tensor]:
+        """Write the loss gradients into .grad; return (sum of squared errors, sum of codes, fire counts [m]).
+        `dead` [m] overrides the dead-latent mask of the auxiliary-k loss (topk/batchtopk)."""
         sae, cfg = self.sae, self.sae.cfg
+        self._dead = (self.dead_mask() if dead is None else dead) if cfg.codes_by_rank else None
+        self._aux_grads = None
+        self.aux_sq = 0.0
         b, d = x.shape
         m = cfg.dict_size
         raw = sae.decoder.detach()
@@ -60,13 +87,18 @@ class _Stepper:
         enc = dn if sae.encoder is None else sae.encoder.detach()
         pre = torch.addmm(sae.b_enc.detach(), x, enc.t(), out=self._buf("pre", b, m))
         if sparse is None:
-            density = cfg.k / m if cfg.arch == "topk" else self.density
+            density = cfg.k / m if cfg.codes_by_rank else self.density
             sparse = density <= SPARSE_MAX_DENSITY and b * m * d >= SPARSE_MIN_WORK
         g_dec, g_enc = sae.decoder.grad, (None if sae.encoder is None else sae.encoder.grad)
         if sparse:
             sq, l1sum, counts = self._sparse(x, pre, dn, g_dec, g_enc)
         else:
             sq, l1sum, counts = self._dense(x, pre, dn, g_dec, g_enc)
+        if self._aux_grads is not None:
+            dead_idx, d_dn, d_enc, d_benc = self._aux_grads
+            g_dec.index_add_(0, dead_idx, d_dn)
+            (g_dec if g_enc is None else g_enc).index_add_(0, dead_idx, d_enc)
+            sae.b_enc.grad.index_add_(0, dead_idx, d_benc)
         # backward through the row normalisation Dn = raw / ||raw||
         proj = (g_dec * dn).sum(dim=1, keepdim=True)
         g_dec.sub_(dn * proj).div_(r)
@@ -79,11 +111,19 @@ class _Stepper:
             vals, idx = pre.topk(cfg.k, dim=1, sorted=False)
             f = self._buf("f", b, cfg.dict_size).zero_().scatter_(1, idx, vals.relu_())
             mask = f > 0
+        elif cfg.arch == "batchtopk":
+            vals, pos = pre.view(-1).topk(min(cfg.k * b, b * cfg.dict_size), sorted=False)
+            vals.relu_()
+            self._note_min_kept(vals)
+            f = self._buf("f", b, cfg.dict_size).zero_()
+            f.view(-1).scatter_(0, pos, vals)
+            mask = f > 0
         else:
             mask = torch.gt(pre, 0, out=self._buf("mask", b, cfg.dict_size, torch.bool))
             f = pre.relu_()
         x_hat = torch.addmm(sae.b_dec.detach(), f, dn, out=self._buf("xhat", b, d))
         err = x_hat.sub_(x)
+        self._aux(x, pre, dn, err)
         flat = err.view(-1)
         sq = float(torch.dot(flat, flat))
         g = err.mul_(2.0 / (b * d))
@@ -119,6 +159,15 @@ class _Stepper:
             row = torch.arange(b).repeat_interleave(cfg.k)
             crow = torch.arange(0, b * cfg.k + 1, cfg.k)
             live = vals > 0
+        elif cfg.arch == "batchtopk":
+            vals, pos = pre.view(-1).topk(min(cfg.k * b, b * m), sorted=False)
+            pos, order = pos.sort()
+            vals = vals.index_select(0, order).relu_()
+            self._note_min_kept(vals)
+            row = pos.div(m, rounding_mode="floor")
+            col = pos - row * m
+            crow = torch.searchsorted(pos, torch.arange(b + 1) * m)
+            live = vals > 0
         else:
             flat = pre.view(-1)
             pos = torch.nonzero(torch.gt(flat, 0, out=self._buf("mask1", 1, b * m, torch.bool).view(-1))).view(-1)
@@ -129,6 +178,7 @@ class _Stepper:
         f = torch.sparse_csr_tensor(crow, col, vals, (b, m), check_invariants=False)
         x_hat = torch.addmm(sae.b_dec.detach(), f, dn)
         err = x_hat.sub_(x)
+        self._aux(x, pre, dn, err)
         flat_err = err.view(-1)
         sq = float(torch.dot(flat_err, flat_err))
         g = err.mul_(2.0 / (b * d))
@@ -156,4 +206,33 @@ class _Stepper:
         self.density = float(counts.sum()) / (b * m)
         return sq, float(vals.sum()), counts
 
+    def _note_min_kept(self, vals: torch.Tensor) -> None:
+        kept = vals[vals > 0]
+        self._min_kept = float(kept.min()) if kept.numel() else None
 
+    def _aux(self, x: torch.Tensor, pre: torch.Tensor, dn: torch.Tensor, err: torch.Tensor) -> None:
+        """Auxiliary-k loss on the dead latents (see SparseAutoencoder.aux_loss): its squared error goes to
+        self.aux_sq and its gradients (rows of the dead latents) to self._aux_grads, added after the main ones.
+        `pre` must still hold the raw pre-activations and `err` = x_hat - x, unscaled."""
+        dead = self._dead
+        if dead is None:
+            return
+        b, d = x.shape
+        dead_idx = dead.nonzero().view(-1)
+        n_dead = dead_idx.numel()
+        k_aux = d // 2
+        if n_dead == 0 or k_aux == 0:
+            return
+        scale = min(n_dead / k_aux, 1.0)
+        k_aux = min(k_aux, n_dead)
+        pre_d = pre.index_select(1, dead_idx)
+        vals, idx = pre_d.topk(k_aux, dim=1, sorted=False)
+        f_aux = torch.zeros_like(pre_d).scatter_(1, idx, vals)
+        mask = torch.zeros_like(pre_d, dtype=torch.bool).scatter_(1, idx, True)
+        dn_d = dn.index_select(0, dead_idx)
+        r = torch.addmm(err, f_aux, dn_d)  # e_hat - e, with e = x - x_hat = -err
+        coef = AUX_COEFFICIENT * scale
+        self.aux_sq = coef * float(r.pow(2).sum())
+        g = r.mul_(2.0 * coef / (b * d))
+        dpre = (g @ dn_d.t()).mul_(mask)
+        self._aux_grads = (dead_idx, f_aux.t() @ g, dpre.t() @ x, dpre.sum(0))

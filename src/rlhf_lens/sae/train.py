@@ -23,29 +23,50 @@ from .config import (
     EVAL_TOKENS,
     METRICS_FILE,
     MOSTLY_DEAD_FRACTION,
+    RESAMPLE_ENCODER_SCALE,
     SINGLE_THREAD_WORK,
     WEIGHTS_FILE,
     SAEConfig,
 )
-from .model import SparseAutoencoder
+from .model import SparseAutoencoder, unit_rows
 from .step import _Stepper
 
 
+def plateaued(losses: list[float], window: int, tolerance: float) -> bool:
+    """The stopping rule: with at least window + 1 evaluations, the best of the last `window` improves on the
+    best before them by less than `tolerance` (relative)."""
+    if len(losses) <= window:
+        return False
+    before, recent = min(losses[:-window]), min(losses[-window:])
+    return before - recent < tolerance * abs(before)
+
+
 class _Run:
-    """The state of one SAE being trained: model, stepper, epoch statistics, files."""
+    """The state of one SAE being trained: model, stepper, schedule, loss curve, stopping, files."""
 
     def __init__(self, cfg: SAEConfig, out_dir: Path | None, l1: float):
         self.cfg, self.out_dir = cfg, out_dir
         self.sae = SparseAutoencoder(cfg)
         self.sae.l1_used = l1
+        self.l1 = l1
         self.stepper = _Stepper(self.sae, l1, cfg.lr)
         self.epoch = 0
+        self.steps = 0
         self.tokens_seen = 0
         self.train_seconds = 0.0
         self.wall_seconds = 0.0
         self.calibration: dict | None = None
         self.last_epoch: dict = {}
+        self.curve: list[dict] = []
+        self.stop_reason: str | None = None
+        self.resampled = 0
+        self.initialised = False
+        self._interval_loss, self._interval_steps = 0.0, 0
         self._reset_epoch_stats()
+
+    @property
+    def done(self) -> bool:
+        return self.stop_reason is not None
 
     def _reset_epoch_stats(self) -> None:
         self.fired = torch.zeros(self.cfg.dict_size, dtype=torch.int64)
@@ -53,13 +74,28 @@ class _Run:
         self.nnz = 0
         self.rows = 0
 
-    def step(self, x: torch.Tensor) -> tuple[float, float]:
+    def _schedule(self) -> None:
+        """Learning rate and l1 of the next step (linear warm-ups)."""
+        cfg, t = self.cfg, self.steps + 1
+        lr = cfg.lr * min(1.0, t / cfg.lr_warmup) if cfg.lr_warmup else cfg.lr
+        self.stepper.opt.param_groups[0]["lr"] = lr
+        if not cfg.codes_by_rank:
+            self.stepper.l1 = self.l1 * min(1.0, t / cfg.l1_warmup) if cfg.l1_warmup else self.l1
+
+    def step(self, x: torch.Tensor, heldout: torch.Tensor | None) -> tuple[float, float]:
+        cfg = self.cfg
+        if not self.initialised:
+            if cfg.b_dec_init == "mean" and self.steps == 0:
+                with torch.no_grad():
+                    self.sae.b_dec.copy_(x.mean(0))
+            self.initialised = True
+        self._schedule()
         t0 = time.perf_counter()
         sq, l1sum, counts = self.stepper.step(x)
         self.train_seconds += time.perf_counter() - t0
         b, d = x.shape
         if not math.isfinite(sq):
-            raise UserError(f"SAE m={self.cfg.dict_size} seed={self.cfg.seed} diverged (loss is NaN/inf); "
+            raise UserError(f"SAE m={cfg.dict_size} seed={cfg.seed} diverged (loss is NaN/inf); "
                             "lower --lr or check the activations' scale")
         self.fired += counts
         nnz = int(counts.sum())
@@ -68,26 +104,104 @@ class _Run:
         self.nnz += nnz
         self.rows += b
         self.tokens_seen += b
+        self.steps += 1
         loss = sq / (b * d) + self.stepper.l1 * l1sum / b
+        self._interval_loss += loss
+        self._interval_steps += 1
+        if self.steps % cfg.eval_every == 0:
+            if heldout is not None:
+                self.evaluate(heldout)
+            self._resample(x)
+            if cfg.epochs == 0 and heldout is not None and self.steps >= max(cfg.lr_warmup, cfg.l1_warmup) \
+                    and plateaued([p["heldout_loss"] for p in self.curve if p["step"] > max(cfg.lr_warmup, cfg.l1_warmup)],
+                                  cfg.window, cfg.tolerance):
+                self.stop_reason = "converged"
+        if cfg.epochs == 0 and not self.done:
+            if cfg.max_tokens and self.tokens_seen >= cfg.max_tokens:
+                self.stop_reason = "max_tokens"
+            elif cfg.max_seconds and self.train_seconds >= cfg.max_seconds:
+                self.stop_reason = "max_seconds"
         return loss, nnz / b
+
+    @torch.no_grad()
+    def evaluate(self, heldout: torch.Tensor) -> None:
+        """Append a point to the loss curve: the mean training loss since the last point and the held-out
+        loss (the training objective at the current l1, codes as at inference, no auxiliary loss)."""
+        if self.curve and self.curve[-1]["step"] == self.steps:
+            return
+        sq = l1sum = 0.0
+        nnz = 0
+        for start in range(0, heldout.shape[0], 4096):
+            x = heldout[start:start + 4096]
+            x_hat, f = self.sae(x)
+            sq += float((x_hat - x).double().pow(2).sum())
+            l1sum += float(f.sum())
+            nnz += int((f > 0).sum())
+        n, d = heldout.shape
+        mse = sq / (n * d)
+        self.curve.append({
+            "step": self.steps, "tokens": self.tokens_seen,
+            "train_loss": self._interval_loss / self._interval_steps if self._interval_steps else None,
+            "heldout_loss": mse + self.stepper.l1 * l1sum / n, "heldout_mse": mse, "heldout_l0": nnz / n,
+        })
+        self._interval_loss, self._interval_steps = 0.0, 0
+
+    @torch.no_grad()
+    def _resample(self, x: torch.Tensor) -> None:
+        """Latents idle for cfg.dead_steps steps (every architecture; topk/batchtopk also have the auxiliary-k
+        loss, which alone brings few of them back: docs/sae.md) restart on inputs this batch reconstructs badly
+        (drawn with probability proportional to their squared error): decoder row = that input's residual
+        direction, b_enc = 0, Adam moments of those rows reset (untied: encoder row = the direction times
+        RESAMPLE_ENCODER_SCALE times the mean live encoder norm). Not in the last epoch of a fixed-epoch run."""
+        cfg, sae = self.cfg, self.sae
+        dead = self.stepper.dead_mask()
+        if dead is None or not bool(dead.any()):
+            return
+        if cfg.epochs and self.epoch >= cfg.epochs - 1:
+            return
+        idx = dead.nonzero().view(-1)
+        residual = x - sae(x)[0]
+        weights = residual.pow(2).sum(1).double()
+        if float(weights.sum()) <= 0:
+            return
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.steps)
+        rows = torch.multinomial(weights, idx.numel(), replacement=idx.numel() > x.shape[0], generator=g)
+        direction = unit_rows(residual[rows])
+        sae.decoder[idx] = direction
+        if sae.encoder is not None:
+            live = ~dead
+            scale = float(sae.encoder[live].norm(dim=1).mean()) if bool(live.any()) else 1.0
+            sae.encoder[idx] = direction * RESAMPLE_ENCODER_SCALE * scale
+        sae.b_enc[idx] = 0.0
+        for p in (sae.decoder, sae.encoder, sae.b_enc):
+            if p is None:
+                continue
+            for moment in self.stepper.opt.state.get(p, {}).values():
+                if isinstance(moment, torch.Tensor) and moment.shape[:1] == p.shape[:1] and moment.ndim >= 1:
+                    moment[idx] = 0.0
+        self.stepper.idle[idx] = 0
+        self.resampled += idx.numel()
 
     def end_epoch(self) -> None:
         rows = max(self.rows, 1)
         self.last_epoch = {
             "epoch": self.epoch, "train_mse": self.sq / (rows * self.cfg.d_in), "train_l0": self.nnz / rows,
-            "dead_fraction": float((self.fired == 0).float().mean()),
+            "dead_fraction": float((self.fired == 0).float().mean()), "rows": self.rows,
         }
         self.epoch += 1
         self._reset_epoch_stats()
 
-    # checkpoint: weights, Adam state, epoch, RNG, counters
+    # checkpoint: weights, Adam state, epoch, RNG, counters, curve
     def save_checkpoint(self) -> None:
         if self.out_dir is None:
             return
-        state = {"config": asdict(self.cfg), "l1": self.stepper.l1 if self.cfg.arch != "topk" else self.cfg.l1,
+        state = {"config": asdict(self.cfg), "l1": self.l1,
                  "epoch": self.epoch, "model": self.sae.state_dict(), "optim": self.stepper.opt.state_dict(),
                  "rng": torch.get_rng_state(), "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
-                 "wall_seconds": self.wall_seconds, "last_epoch": self.last_epoch, "calibration": self.calibration}
+                 "wall_seconds": self.wall_seconds, "last_epoch": self.last_epoch, "calibration": self.calibration,
+                 "steps": self.steps, "curve": self.curve, "resampled": self.resampled, "idle": self.stepper.idle,
+                 "threshold_steps": self.stepper.threshold_steps,
+                 "interval": [self._interval_loss, self._interval_steps]}
         with atomic_path(self.out_dir / CHECKPOINT_FILE) as tmp:
             torch.save(state, tmp)
 
@@ -104,6 +218,13 @@ class _Run:
         self.wall_seconds = float(state.get("wall_seconds", 0.0))
         self.last_epoch = state.get("last_epoch") or {}
         self.calibration = state.get("calibration")
+        self.steps = int(state["steps"])
+        self.curve = list(state["curve"])
+        self.resampled = int(state["resampled"])
+        self.stepper.idle.copy_(state["idle"])
+        self.stepper.threshold_steps = int(state["threshold_steps"])
+        self._interval_loss, self._interval_steps = state["interval"]
+        self.initialised = self.steps > 0
 
 
 def _read_checkpoint(path: Path) -> dict:
@@ -197,59 +318,85 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _split(source: ActivationSource, holdout: int) -> tuple[ActivationSource, torch.Tensor | None]:
+    """(training rows, held-out rows): the last min(holdout, n // 10) rows of the data are held out."""
+    rows = min(holdout, source.n // 10)
+    if rows < 1:
+        return source, None
+    train, heldout = source.split(rows)
+    check_finite(heldout, "held-out activations")
+    return train, heldout.to(torch.float32).contiguous()
+
+
+def _total_steps(cfg: SAEConfig, steps_per_epoch: int) -> int | None:
+    """Steps of the run for the progress bar (the token cap when training until converged; None: unknown)."""
+    if cfg.epochs:
+        return steps_per_epoch * cfg.epochs
+    return math.ceil(cfg.max_tokens / cfg.batch_size) if cfg.max_tokens else None
+
+
 def _train_groups(source: ActivationSource, runs: list[tuple[int, _Run]], eval_tokens: int, quiet: bool) -> None:
-    """The passes over the data: SAEs with the same batch size and data seed share every batch."""
+    """The passes over the data: SAEs with the same batch size, data seed and held-out size share every batch."""
     from ..progress import progress_bar
 
-    groups: dict[tuple[int, int], list[_Run]] = {}
+    groups: dict[tuple[int, int, int], list[_Run]] = {}
     for _, run in runs:
-        groups.setdefault((run.cfg.batch_size, run.cfg.data_seed), []).append(run)
+        groups.setdefault((run.cfg.batch_size, run.cfg.data_seed, run.cfg.holdout), []).append(run)
     progress = progress_bar()
     if quiet:
         progress.disable = True  # before the live display starts
     with progress:
-        for (batch_size, data_seed), group in groups.items():
-            steps_per_epoch = math.ceil(source.n / batch_size)
-            tasks = {id(run): progress.add_task(
-                f"SAE m={run.cfg.dict_size} s={run.cfg.seed}", total=steps_per_epoch * run.cfg.epochs,
-                completed=steps_per_epoch * run.epoch) for run in group}
-            first = min(run.epoch for run in group)
-            last = max(run.cfg.epochs for run in group)
-            for epoch in range(first, last):
-                active = [run for run in group if run.epoch == epoch < run.cfg.epochs]
-                if not active:
-                    continue
+        for (batch_size, data_seed, holdout), group in groups.items():
+            train, heldout = _split(source, holdout)
+            steps_per_epoch = math.ceil(train.n / batch_size)
+
+            tasks = {id(run): progress.add_task(f"SAE m={run.cfg.dict_size} s={run.cfg.seed}",
+                                                total=_total_steps(run.cfg, steps_per_epoch), completed=run.steps)
+                     for run in group}
+            epoch = min(run.epoch for run in group)
+            while True:
+                active = [run for run in group if run.epoch == epoch and not run.done]
+                if not active and all(run.done or run.epoch < epoch for run in group):
+                    break
                 last_update = 0.0
                 epoch_start = time.perf_counter()
-                for x in source.batches(batch_size, data_seed, epoch):
-                    if x.shape[0] == 0:
-                        continue
-                    x = x.to(torch.float32).contiguous()
-                    check_finite(x, "activation batch")
-                    shown = []
-                    for run in active:
-                        shown.append(run.step(x))
-                    now = time.perf_counter()
-                    for run, (loss, l0) in zip(active, shown):
-                        desc = None
+                if active:
+                    for x in train.batches(batch_size, data_seed, epoch):
+                        if x.shape[0] == 0:
+                            continue
+                        x = x.to(torch.float32).contiguous()
+                        check_finite(x, "activation batch")
+                        stepping = [run for run in active if not run.done]
+                        if not stepping:
+                            break
+                        shown = [run.step(x, heldout) for run in stepping]
+                        now = time.perf_counter()
+                        for run, (loss, l0) in zip(stepping, shown):
+                            desc = None
+                            if now - last_update > 0.5:
+                                desc = f"SAE m={run.cfg.dict_size} s={run.cfg.seed} loss {loss:.4g} L0 {l0:.1f}"
+                            progress.update(tasks[id(run)], advance=1, description=desc)
                         if now - last_update > 0.5:
-                            desc = f"SAE m={run.cfg.dict_size} s={run.cfg.seed} loss {loss:.4g} L0 {l0:.1f}"
-                        progress.update(tasks[id(run)], advance=1, description=desc)
-                    if now - last_update > 0.5:
-                        last_update = now
+                            last_update = now
                 wall = time.perf_counter() - epoch_start
                 for run in active:
                     run.wall_seconds += wall
                     run.end_epoch()
-                    run.save_checkpoint()
-        finished = [run for _, run in runs]
-        if finished:
-            _evaluate(source, finished, eval_tokens)
+                    if run.cfg.epochs and run.epoch >= run.cfg.epochs:
+                        run.stop_reason = "epochs"
+                    if not run.done:
+                        run.save_checkpoint()
+                epoch += 1
+            for run in group:
+                if heldout is not None:
+                    run.evaluate(heldout)  # the final point (no-op when the last step was an evaluation)
+            _evaluate(train, group, eval_tokens, heldout)
 
 
 @torch.no_grad()
-def _evaluate(source: ActivationSource, runs: list[_Run], eval_tokens: int) -> None:
-    """Final metrics with the final weights on the first `eval_tokens` rows of the epoch-0 order."""
+def _evaluate(source: ActivationSource, runs: list[_Run], eval_tokens: int, heldout: torch.Tensor | None) -> None:
+    """Final metrics with the final weights on the first `eval_tokens` training rows of the epoch-0 order,
+    and on the held-out rows."""
     batch_size, data_seed = runs[0].cfg.batch_size, runs[0].cfg.data_seed
     n = 0
     sum_x = torch.zeros(source.d, dtype=torch.float64)
@@ -270,27 +417,49 @@ def _evaluate(source: ActivationSource, runs: list[_Run], eval_tokens: int) -> N
         if n >= eval_tokens:
             break
     total_var = sum_x2 - float(sum_x.pow(2).sum()) / n
+    heldout_var = float((heldout.double() - heldout.double().mean(0)).pow(2).sum()) if heldout is not None else 0.0
     for j, run in enumerate(runs):
         cfg = run.cfg
         l0 = nnz[j] / n
-        dead = run.last_epoch.get("dead_fraction", 0.0)
+        steps_per_epoch = math.ceil(source.n / cfg.batch_size)
+        # latents that did not fire in the last epoch's worth of steps (resampling restarts a latent's count)
+        dead = float((run.stepper.idle >= min(run.steps, steps_per_epoch)).float().mean()) if run.steps else 0.0
+        losses = [p["heldout_loss"] for p in run.curve]
+        still_improving = None if not losses or len(losses) <= cfg.window else \
+            not plateaued(losses, cfg.window, cfg.tolerance)
+        last = run.curve[-1] if run.curve else {}
         metrics = {
             "mse": sq[j] / (n * cfg.d_in),
             "fvu": sq[j] / total_var if total_var > 0 else float("nan"),
             "mean_l0": l0,
             "dead_fraction": dead,
             "eval_tokens": n,
+            "heldout_tokens": 0 if heldout is None else heldout.shape[0],
+            "heldout_mse": last.get("heldout_mse"),
+            "heldout_fvu": last["heldout_mse"] * heldout.numel() / heldout_var if last and heldout_var > 0 else None,
+            "heldout_l0": last.get("heldout_l0"),
             "tokens_seen": run.tokens_seen,
+            "steps": run.steps,
             "epochs": run.epoch,
+            "stop_reason": run.stop_reason,
+            "converged": run.stop_reason == "converged" or still_improving is False,
+            "still_improving": still_improving,
+            "curve": run.curve,
+            "resampled": run.resampled,
+            "threshold": float(run.sae.threshold.mean()) if cfg.arch == "batchtopk" else None,
             "train_seconds": run.train_seconds,
             "wall_seconds": run.wall_seconds,
             "tokens_per_s": run.tokens_seen / run.train_seconds if run.train_seconds > 0 else None,
-            "l1": run.stepper.l1 if cfg.arch != "topk" else None,
+            "l1": run.stepper.l1 if not cfg.codes_by_rank else None,
             "target_l0": cfg.target_l0,
             "calibration": run.calibration,
             "last_epoch": run.last_epoch,
         }
         flags = quality_flags(l0, dead, cfg)
+        if cfg.epochs and still_improving:
+            flags["warnings"].append(f"held-out loss still falling after {cfg.epochs} epochs (more than "
+                                     f"{100 * cfg.tolerance:g}% over the last {cfg.window} evaluations): "
+                                     "not converged; train longer or use --epochs 0")
         metrics.update(flags)
         run.sae.metrics = metrics
 
@@ -304,7 +473,7 @@ def quality_flags(mean_l0: float, dead_fraction: float, cfg: SAEConfig) -> dict:
         messages.append(f"dense codes: mean L0 {mean_l0:.1f} > {DENSE_L0_FRACTION:g} * d ({cfg.d_in}); "
                         "raise --l1 or use --target-l0")
     if mostly_dead:
-        messages.append(f"{100 * dead_fraction:.0f}% of features never fired in the last epoch; "
+        messages.append(f"{100 * dead_fraction:.0f}% of features never fired in the last epoch's worth of steps; "
                         "lower --l1 or use --target-l0")
     if cfg.target_l0 is not None and abs(mean_l0 - cfg.target_l0) > 0.5 * cfg.target_l0:
         messages.append(f"mean L0 {mean_l0:.1f} is far from --target-l0 {cfg.target_l0:g} (the search sample "
@@ -340,14 +509,14 @@ def calibrate_l1(source: ActivationSource, cfg: SAEConfig, *, sample_tokens: int
             if taken >= sample_tokens:
                 break
         sample_source = TensorSource(torch.cat(rows))
-    full_steps = cfg.epochs * math.ceil(source.n / cfg.batch_size)
+    full_steps = cfg.epochs * math.ceil(source.n / cfg.batch_size) if cfg.epochs else max_steps
     epoch_steps = math.ceil(sample_source.n / cfg.batch_size)
     trial_epochs = max(1, round(min(full_steps, max_steps) / epoch_steps))
     target = float(cfg.target_l0)
     trials: list[dict] = []
 
     def trial(l1: float) -> float:
-        trial_cfg = dataclasses.replace(cfg, l1=l1, target_l0=None, epochs=trial_epochs)
+        trial_cfg = dataclasses.replace(cfg, l1=l1, target_l0=None, epochs=trial_epochs, holdout=0)
         sae = train_saes(sample_source, [trial_cfg], None, eval_tokens=sample_source.n, quiet=True)[0]
         l0 = sae.metrics["mean_l0"]
         trials.append({"l1": l1, "mean_l0": l0})
