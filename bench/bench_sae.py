@@ -35,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-from rlhf_lens.sae import SAEConfig, SparseAutoencoder, TensorSource, _Stepper, train_saes
+from rlhf_lens.sae import SAEConfig, SparseAutoencoder, TensorSource, train_saes
+from rlhf_lens.sae.step import _Stepper
 from rlhf_lens.synthetic import SyntheticConfig, write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,10 +16,10 @@ from rlhf_lens.sae import (
     SAEConfig,
     SparseAutoencoder,
     TensorSource,
-    _Stepper,
     calibrate_l1,
     train_saes,
 )
+from rlhf_lens.sae.step import _Stepper
 from rlhf_lens.synthetic import SyntheticConfig, make_synthetic, recovery
 
 
@@ -69,11 +69,11 @@ def test_forward_equals_formula(arch):
     assert sae.loss(torch.tensor(x, dtype=torch.float32)).item() == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["tied", "untied", "topk"])
+@pytest.mark.parametrize("arch", ["tied", "untied", "topk", "batchtopk"])
 @pytest.mark.parametrize("sparse", [False, True])
 def test_fast_gradients_equal_autograd(arch, sparse):
     torch.manual_seed(0)
-    cfg = SAEConfig(d_in=12, dict_size=30, arch=arch, k=4 if arch == "topk" else None, l1=0.02, seed=3)
+    cfg = SAEConfig(d_in=12, dict_size=30, arch=arch, k=4 if arch in ("topk", "batchtopk") else None, l1=0.02, seed=3)
     sae = SparseAutoencoder(cfg)
     with torch.no_grad():  # off the initial point: non-unit raw rows, biases, an encoder that differs
         sae.decoder.mul_(torch.rand(30, 1) + 0.5)
@@ -88,12 +88,143 @@ def test_fast_gradients_equal_autograd(arch, sparse):
     for p in sae.parameters():
         p.grad = None
     sae.loss(x, l1=cfg.l1).backward()
-    x_hat, f = sae(x)
+    f = sae.train_codes(x)  # batchtopk: the batch-level rule of training, not the inference threshold
+    x_hat = sae.decode(f)
     for name, p in sae.named_parameters():
         torch.testing.assert_close(fast[name], p.grad, rtol=1e-4, atol=1e-6, msg=f"{arch} {name}")
     assert sq == pytest.approx(float((x_hat - x).pow(2).sum()), rel=1e-5)
     assert l1sum == pytest.approx(float(f.sum()), rel=1e-5)
     assert torch.equal(counts, (f > 0).sum(0))
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_aux_k_gradients_equal_autograd(arch, sparse):
+    """With dead latents, topk/batchtopk add the auxiliary-k loss; the hand-written gradients match autograd."""
+    torch.manual_seed(1)
+    cfg = SAEConfig(d_in=12, dict_size=30, arch=arch, k=3, seed=4)
+    sae = SparseAutoencoder(cfg)
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.3)
+        sae.b_dec.normal_(0, 0.1)
+        sae.encoder.add_(0.2 * torch.randn_like(sae.encoder))
+    x = torch.randn(40, 12)
+    for n_dead in (4, 20):  # fewer dead latents than d/2 (k_aux = #dead, scaled down) and more
+        dead = torch.zeros(30, dtype=torch.bool)
+        dead[torch.randperm(30)[:n_dead]] = True
+        stepper = _Stepper(sae, 0.0, 1e-3)
+        stepper.grads(x, sparse=sparse, dead=dead)
+        assert stepper.aux_sq > 0
+        fast = {name: p.grad.clone() for name, p in sae.named_parameters()}
+        for p in sae.parameters():
+            p.grad = None
+        sae.loss(x, dead=dead).backward()
+        for name, p in sae.named_parameters():
+            torch.testing.assert_close(fast[name], p.grad, rtol=1e-4, atol=1e-6, msg=f"{arch} {name} {n_dead}")
+
+
+def test_batchtopk_training_l0_threshold_and_files(small_acts, tmp_path):
+    """BatchTopK keeps exactly k * b codes per training batch; its learned threshold gives about the same L0
+    at inference; it saves as a SAELens JumpReLU SAE and loads back."""
+    source = TensorSource(small_acts)
+    cfg = SAEConfig(d_in=16, dict_size=32, arch="batchtopk", k=3, lr=1e-2, epochs=4, batch_size=128, seed=0)
+    sae = train_saes(source, [cfg], [tmp_path / "btk"], quiet=True)[0]
+    x = source.acts[:128]
+    assert int((sae.train_codes(x) > 0).sum()) == 3 * 128  # L0 = k on a training batch (codes are positive)
+    stepper = _Stepper(sae, 0.0, 1e-3)
+    _, _, counts = stepper.grads(x, sparse=True)
+    assert int(counts.sum()) == 3 * 128
+    assert abs(sae.metrics["mean_l0"] - 3) <= 0.5, sae.metrics["mean_l0"]  # the threshold at inference
+    assert sae.metrics["threshold"] > 0
+    cfg_json = json.loads((tmp_path / "btk" / "cfg.json").read_text())
+    weights = load_file(str(tmp_path / "btk" / "sae_weights.safetensors"))
+    assert cfg_json["architecture"] == "jumprelu" and weights["threshold"].shape == (32,)
+    # SAELens's JumpReLU: f = ReLU(pre) * [pre > threshold], pre = x @ W_enc + b_enc (apply_b_dec_to_input false)
+    pre = x @ weights["W_enc"] + weights["b_enc"]
+    f = torch.relu(pre) * (pre > weights["threshold"])
+    torch.testing.assert_close(f @ weights["W_dec"] + weights["b_dec"], sae(x)[0], rtol=1e-4, atol=1e-5)
+    loaded = SparseAutoencoder.load(tmp_path / "btk")
+    torch.testing.assert_close(loaded.threshold, sae.threshold)
+    torch.testing.assert_close(loaded(x)[1], sae(x)[1])
+
+
+def test_stopping_rule():
+    from rlhf_lens.sae.train import plateaued
+
+    assert not plateaued([5, 4, 3], window=3, tolerance=0.01)  # too few points
+    assert not plateaued([10, 5, 4, 3, 2.9], window=2, tolerance=0.01)
+    assert plateaued([10, 5, 4, 3.99, 3.985], window=2, tolerance=0.01)
+    assert plateaued([10, 5, 4, 4.2, 4.1], window=2, tolerance=0.01)  # got worse: no improvement
+
+
+def test_converges_on_a_plateau_and_not_before():
+    """Non-negative data in d dimensions and a tied SAE with m = d, l1 = 0: the optimum reconstructs exactly
+    (MSE 0). Training until converged stops at the first evaluation where the rule holds, near the optimum."""
+    from rlhf_lens.sae.train import plateaued
+
+    g = torch.Generator().manual_seed(0)
+    acts = torch.rand(20000, 8, generator=g) * (torch.rand(20000, 8, generator=g) < 0.3)
+    cfg = SAEConfig(d_in=8, dict_size=8, l1=0.0, lr=1e-2, batch_size=64, eval_every=25, window=4, tolerance=0.01,
+                    holdout=2000, dead_steps=0)
+    sae = train_saes(TensorSource(acts), [cfg], None, quiet=True)[0]
+    m = sae.metrics
+    losses = [p["heldout_loss"] for p in m["curve"]]
+    assert m["stop_reason"] == "converged" and m["converged"] and m["still_improving"] is False
+    assert plateaued(losses, 4, 0.01)
+    assert not any(plateaued(losses[:i], 4, 0.01) for i in range(1, len(losses)))  # not before
+    assert m["steps"] == 25 * len(losses) and m["tokens_seen"] <= 64 * m["steps"]
+    variance = float(acts[-2000:].var(0).sum() / 8)
+    assert losses[-1] < 0.02 * variance, (losses[0], losses[-1], variance)  # near the optimum 0
+    assert all(set(p) >= {"step", "tokens", "train_loss", "heldout_loss", "heldout_mse", "heldout_l0"} for p in m["curve"])
+
+
+def test_fixed_epochs_run_exactly_and_flag_still_improving(small_acts):
+    source = CountingSource(TensorSource(small_acts).acts)
+    cfg = SAEConfig(d_in=16, dict_size=24, l1=1e-2, lr=1e-4, epochs=3, batch_size=64, eval_every=5, seed=1)
+    sae = train_saes(source, [cfg], None, quiet=True)[0]
+    m = sae.metrics
+    assert source.passes[:3] == [0, 1, 2] and m["epochs"] == 3 and m["stop_reason"] == "epochs"
+    assert m["steps"] == 3 * 29 and m["tokens_seen"] == 3 * (2048 - 204)
+    # at lr 1e-4 the held-out loss is still falling fast after 3 epochs
+    assert m["still_improving"] is True and m["converged"] is False
+    assert any("still falling" in w for w in m["warnings"])
+
+
+def test_token_budget_caps_training(small_acts):
+    cfg = SAEConfig(d_in=16, dict_size=24, l1=1e-2, lr=1e-4, batch_size=64, max_tokens=1000, seed=1)
+    m = train_saes(TensorSource(small_acts), [cfg], None, quiet=True)[0].metrics
+    assert m["stop_reason"] == "max_tokens" and m["tokens_seen"] == 16 * 64 and not m["converged"]
+
+
+@pytest.mark.parametrize("arch", ["tied", "topk"])
+def test_dead_latents_are_revived(arch):
+    """Planted dead latents (a large negative encoder bias): resampling (plus the auxiliary-k loss for topk)
+    brings them back; with --dead-steps 0 they stay dead."""
+    acts, _ = make_synthetic(SyntheticConfig(d=16, features=32, sparsity=0.05, n=16384, seed=2))
+    planted = torch.arange(0, 32, 4)
+    fired = {}
+    for dead_steps in (20, 0):
+        cfg = SAEConfig(d_in=16, dict_size=32, arch=arch, k=4 if arch == "topk" else None, l1=1e-2, lr=1e-2,
+                        epochs=3, batch_size=128, eval_every=20, dead_steps=dead_steps, seed=0)
+        run_sae = SparseAutoencoder(cfg)
+        from rlhf_lens.sae import train as train_module
+
+        original = train_module.SparseAutoencoder
+
+        def planted_sae(c, _original=original):
+            sae = _original(c)
+            with torch.no_grad():
+                sae.b_enc[planted] = -2.0
+            return sae
+
+        train_module.SparseAutoencoder = planted_sae
+        try:
+            run_sae = train_saes(TensorSource(acts), [cfg], None, quiet=True)[0]
+        finally:
+            train_module.SparseAutoencoder = original
+        fired[dead_steps] = int((run_sae.encode(acts[:4096])[:, planted] > 0).any(0).sum())
+    assert fired[0] <= 1, fired
+    assert fired[20] >= 6, fired
 
 
 def test_sparse_path_with_no_active_code():
@@ -122,7 +253,9 @@ def test_train_save_load_and_saelens_layout(small_acts, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("mse", "fvu", "mean_l0", "dead_fraction", "tokens_seen", "train_seconds", "tokens_per_s", "dense_codes", "mostly_dead"):
         assert key in metrics
-    assert metrics["tokens_seen"] == 2 * 2048 and not (out / "checkpoint.pt").exists()
+    # the last tenth of the rows (at most --holdout) is held out of training
+    assert metrics["heldout_tokens"] == 204 and metrics["tokens_seen"] == 2 * (2048 - 204)
+    assert not (out / "checkpoint.pt").exists()
     # round trip: the loaded SAE computes the same thing
     loaded = SparseAutoencoder.load(out)
     x = TensorSource(small_acts).acts[:64]
@@ -175,6 +308,12 @@ class CountingSource:
         self.passes: list[int] = []
         self.fail_epoch = fail_epoch
 
+    def split(self, rows):
+        train, held = self.inner.split(rows)
+        other = CountingSource(train.acts, self.fail_epoch)
+        other.passes = self.passes
+        return other, held
+
     def batches(self, batch_size, seed, epoch):
         self.passes.append(epoch)
         for i, batch in enumerate(self.inner.batches(batch_size, seed, epoch)):
@@ -205,7 +344,8 @@ def test_killed_run_resumes_to_the_same_result(small_acts, tmp_path):
     assert resumed_source.passes[0] == 2  # epochs 0 and 1 were not redone
     straight = train_saes(TensorSource(acts), [cfg], [tmp_path / "straight"], quiet=True)[0]
     assert torch.equal(resumed.decoder, straight.decoder) and torch.equal(resumed.b_enc, straight.b_enc)
-    assert resumed.metrics["tokens_seen"] == straight.metrics["tokens_seen"] == 3 * 2048
+    assert resumed.metrics["tokens_seen"] == straight.metrics["tokens_seen"] == 3 * (2048 - 204)
+    assert resumed.metrics["curve"] == straight.metrics["curve"]
 
 
 def test_l1_search_lands_near_target_l0():
@@ -229,6 +369,12 @@ def test_config_checks():
         SAEConfig(d_in=4, dict_size=8, arch="topk").check()
     with pytest.raises(UserError, match="--arch"):
         SAEConfig(d_in=4, dict_size=8, arch="gated").check()
+    with pytest.raises(UserError, match="--k"):
+        SAEConfig(d_in=4, dict_size=8, arch="batchtopk", k=9).check()
+    with pytest.raises(UserError, match="held-out"):
+        SAEConfig(d_in=4, dict_size=8, holdout=0).check()
+    with pytest.raises(UserError, match="--tolerance"):
+        SAEConfig(d_in=4, dict_size=8, tolerance=-1).check()
 
 
 # --- the command line -------------------------------------------------------------------------
@@ -298,5 +444,11 @@ def test_trains_from_an_activation_store(tiny_model_dir, corpus_file, tmp_path):
     source = open_source(store.path, 2)
     cfg = SAEConfig(d_in=store.d, dict_size=2 * store.d, epochs=1, batch_size=64)
     sae = train_saes(source, [cfg], [tmp_path / "sae"], quiet=True)[0]
-    assert sae.metrics["tokens_seen"] == store.n_tokens
+    held = min(4096, store.n_tokens // 10)
+    assert sae.metrics["heldout_tokens"] == held and sae.metrics["tokens_seen"] == store.n_tokens - held
+    # the held-out rows are the store's last rows, and training never sees them
+    train, heldout = source.split(held)
+    last = store.read_shard(len(store.manifest["shards"]) - 1, 2).acts
+    torch.testing.assert_close(heldout[-min(held, last.shape[0]):], last[-min(held, last.shape[0]):])
+    assert sum(x.shape[0] for x in train.batches(64, 0, 0)) == store.n_tokens - held
     assert SparseAutoencoder.load(tmp_path / "sae").dictionary.shape == (2 * store.d, store.d)

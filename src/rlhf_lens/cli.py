@@ -270,7 +270,7 @@ def harvest_command(
 
 # --- sparse autoencoders and dictionaries (sae.py, dictionaries.py, synthetic.py) ---------------
 # [section: sae]
-from .sae import SAEConfig as _SAEConfig  # noqa: E402  (field docstrings are the --help text)
+from .sae.config import SAEConfig as _SAEConfig  # noqa: E402  (field docstrings are the --help text)
 from .synthetic import SyntheticConfig as _SyntheticConfig  # noqa: E402
 
 
@@ -286,6 +286,16 @@ def train_sae_command(
     target_l0: float = typer.Option(None, "--target-l0", help=doc(_SAEConfig, "target_l0")),
     lr: float = typer.Option(_SAEConfig.lr, "--lr", help=doc(_SAEConfig, "lr")),
     epochs: int = typer.Option(_SAEConfig.epochs, "--epochs", help=doc(_SAEConfig, "epochs")),
+    holdout: int = typer.Option(_SAEConfig.holdout, "--holdout", help=doc(_SAEConfig, "holdout")),
+    eval_every: int = typer.Option(_SAEConfig.eval_every, "--eval-every", help=doc(_SAEConfig, "eval_every")),
+    window: int = typer.Option(_SAEConfig.window, "--window", help=doc(_SAEConfig, "window")),
+    tolerance: float = typer.Option(_SAEConfig.tolerance, "--tolerance", help=doc(_SAEConfig, "tolerance")),
+    max_tokens: int = typer.Option(_SAEConfig.max_tokens, "--max-tokens", help=doc(_SAEConfig, "max_tokens")),
+    max_seconds: float = typer.Option(_SAEConfig.max_seconds, "--max-seconds", help=doc(_SAEConfig, "max_seconds")),
+    dead_steps: int = typer.Option(_SAEConfig.dead_steps, "--dead-steps", help=doc(_SAEConfig, "dead_steps")),
+    b_dec_init: str = typer.Option(_SAEConfig.b_dec_init, "--b-dec-init", help=doc(_SAEConfig, "b_dec_init")),
+    lr_warmup: int = typer.Option(_SAEConfig.lr_warmup, "--lr-warmup", help=doc(_SAEConfig, "lr_warmup")),
+    l1_warmup: int = typer.Option(_SAEConfig.l1_warmup, "--l1-warmup", help=doc(_SAEConfig, "l1_warmup")),
     batch_size: int = typer.Option(_SAEConfig.batch_size, "--batch-size", help=doc(_SAEConfig, "batch_size")),
     seed: str = typer.Option("0", "--seed", help=doc(_SAEConfig, "seed") + " Comma-separated seeds train together."),
     data_seed: int = typer.Option(_SAEConfig.data_seed, "--data-seed", help=doc(_SAEConfig, "data_seed")),
@@ -301,7 +311,9 @@ def train_sae_command(
         raise UserError(f"--dict-size must be >= 1 (got {dict_size})")
     source = open_source(acts, layer)
     configs = [SAEConfig(d_in=source.d, dict_size=size, arch=arch, k=k, l1=l1, target_l0=target_l0, lr=lr,
-                         epochs=epochs, batch_size=batch_size, seed=s, data_seed=data_seed)
+                         epochs=epochs, holdout=holdout, eval_every=eval_every, window=window, tolerance=tolerance,
+                         max_tokens=max_tokens, max_seconds=max_seconds, dead_steps=dead_steps, b_dec_init=b_dec_init,
+                         lr_warmup=lr_warmup, l1_warmup=l1_warmup, batch_size=batch_size, seed=s, data_seed=data_seed)
                for size in sizes for s in seeds]
     single = len(configs) == 1
     out_dirs = [out] if single else [out / f"m{c.dict_size}-s{c.seed}" for c in configs]
@@ -314,7 +326,9 @@ def train_sae_command(
         m = row
         typer.echo(f"{m['sae']}: mse {m['mse']:.4g}  fvu {m['fvu']:.3f}  L0 {m['mean_l0']:.1f}  dead {100 * m['dead_fraction']:.0f}%"
                    + (f"  l1 {m['l1']:.3g}" if m.get("l1") is not None else "")
-                   + (f"  {m['tokens_per_s']:.0f} tokens/s" if m.get("tokens_per_s") else ""))
+                   + (f"  {m['tokens_per_s']:.0f} tokens/s" if m.get("tokens_per_s") else "")
+                   + f"  {m['steps']} steps, stopped: {m['stop_reason']}"
+                   + ("" if m.get("converged") else " (not converged)"))
 
 
 @app.command("mmcs")

@@ -30,6 +30,7 @@ from .interp.config import ExampleConfig, InterpConfig
 from .io import read_toml
 from .models_config import TinyModelConfig
 from .rlhf.config import PPOConfig
+from .sae.config import SAEConfig, SAETraining
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -112,23 +113,11 @@ class DivergenceSection:
 
 
 @dataclass
-class SAESection:
+class SAESection(SAETraining):
+    """The [sae] section: how every SAE of the run is trained (`sae.config.SAETraining`), and the grid."""
+
     dict_ratios: list[int] = field(default_factory=lambda: [1, 2])
     """Dictionary sizes as multiples of the MLP width; the first is the small one (paper: 1x and 2x)."""
-    arch: str = "tied"
-    """SAE architecture: tied (the paper's), untied or topk."""
-    k: int = 0
-    """Active codes per token for arch = topk."""
-    l1: float = 1e-3
-    """L1 coefficient (paper: 1e-3); ignored when target_l0 > 0."""
-    target_l0: float = 0.0
-    """If > 0, search the l1 that gives this mean L0 instead of using l1."""
-    epochs: int = 3
-    """Passes over the activations (paper: 3)."""
-    lr: float = 1e-3
-    """Adam learning rate (paper: 1e-3)."""
-    batch_size: int = 256
-    """Tokens per training batch."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """One SAE pair per seed: MMCS and scores are reported as mean +- spread over seeds."""
 
@@ -287,7 +276,6 @@ def _drop_none(obj):
 EXPLAINERS = ("offline", "openai", "hf:MODEL")
 AGGREGATES = ("mean", "sum")
 STORE_DTYPES = ("float32", "bfloat16")
-SAE_ARCHS = ("tied", "untied", "topk")
 
 
 def _require(rules: list[tuple[bool, str]]) -> None:
@@ -295,6 +283,22 @@ def _require(rules: list[tuple[bool, str]]) -> None:
     for ok, message in rules:
         if not ok:
             raise UserError(message)
+
+
+def _check_sae(section: SAESection) -> None:
+    """The SAE's own rules (SAEConfig.check), on the largest dictionary of the grid at a stand-in width (the real
+    width is known once a model is loaded), its `--flag` names said as `sae.key`."""
+    import re
+
+    if section.arch in ("topk", "batchtopk") and (section.k is None or section.k < 1):
+        raise UserError(f"sae.k must be >= 1 with sae.arch = \"{section.arch}\" (got {section.k})")
+    training = {f.name: getattr(section, f.name) for f in dataclasses.fields(SAETraining)}
+    stand_in = SAEConfig(**training, d_in=10**6, dict_size=10**6 * max([1, *section.dict_ratios]))
+    try:
+        stand_in.check()
+    except UserError as err:
+        message = re.sub(r"--([a-z0-9-]+)", lambda m: "sae." + m.group(1).replace("-", "_"), str(err))
+        raise UserError(message.replace("--arch", "sae.arch")) from None
 
 
 def validate(config: RunConfig) -> None:
@@ -330,6 +334,7 @@ def validate(config: RunConfig) -> None:
     for key, owner in (("split", "data.test_split"), ("text_column", "data.text_column")):
         if getattr(config.diff, key) != getattr(diff_defaults, key):
             raise UserError(f"diff.{key} is taken from {owner} in a run; set {owner} instead")
+    _check_sae(config.sae)
     ppo_defaults = PPOConfig()
     for key, owner in (("device", "model.device"), ("dtype", "model.dtype"), ("text_column", "data.text_column")):
         if getattr(config.rlhf, key) != getattr(ppo_defaults, key):
@@ -351,19 +356,10 @@ def validate(config: RunConfig) -> None:
         (h.batch_size >= 1, f"harvest.batch_size must be >= 1 (got {h.batch_size})"),
         (h.shard_tokens >= 1, f"harvest.shard_tokens must be >= 1 (got {h.shard_tokens})"),
         (h.dtype in STORE_DTYPES, f"harvest.dtype must be one of {', '.join(STORE_DTYPES)} (got {h.dtype!r})"),
-        (s.arch in SAE_ARCHS, f"sae.arch must be one of {', '.join(SAE_ARCHS)} (got {s.arch!r})"),
-        (s.arch != "topk" or s.k >= 1, f"sae.k must be >= 1 with sae.arch = \"topk\" (got {s.k})"),
-        (s.arch == "topk" or s.k == 0, f"sae.k applies to sae.arch = \"topk\" only; set it to 0 (got {s.k})"),
-        (s.arch != "topk" or s.target_l0 == 0, "sae.target_l0 does not apply to sae.arch = \"topk\" (its L0 is sae.k)"),
         (len(s.dict_ratios) >= 2 and len(set(s.dict_ratios)) == len(s.dict_ratios),
          f"sae.dict_ratios needs at least two distinct sizes (MMCS compares the small dictionary with a larger "
          f"one; with one size it is 1.0 by construction), got {s.dict_ratios}"),
         (all(r >= 1 for r in s.dict_ratios), f"sae.dict_ratios must be whole multiples >= 1 (got {s.dict_ratios})"),
-        (s.l1 >= 0 and s.lr > 0, f"sae.l1 must be >= 0 and sae.lr > 0 (got {s.l1}, {s.lr})"),
-        (s.target_l0 >= 0, f"sae.target_l0 must be >= 0 (0: use sae.l1; got {s.target_l0})"),
-        (s.target_l0 == 0 or s.l1 > 0, "sae.target_l0 needs a starting sae.l1 > 0"),
-        (s.epochs >= 1, f"sae.epochs must be >= 1 (got {s.epochs})"),
-        (s.batch_size >= 1, f"sae.batch_size must be >= 1 (got {s.batch_size})"),
         (len(s.seeds) >= 1 and len(set(s.seeds)) == len(s.seeds),
          f"sae.seeds needs at least one seed and no repeats (got {s.seeds})"),
         (i.top_k >= 1, f"interp.top_k must be >= 1 (got {i.top_k})"),

@@ -23,7 +23,8 @@ NEW_FEATURE_THRESHOLD = 0.7
 """A feature of D whose best cosine in D' is below this has "no close counterpart" (new_features)."""
 
 
-def _pair(a: Dictionary, b: Dictionary) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_dictionaries(a: Dictionary, b: Dictionary) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both as unit-row tensors [m, d], [m', d]; UserError if their widths d differ."""
     da, db = load_dictionary(a), load_dictionary(b)
     if da.shape[1] != db.shape[1]:
         raise UserError(f"dictionaries have different widths (d = {da.shape[1]} vs {db.shape[1]}): "
@@ -33,7 +34,7 @@ def _pair(a: Dictionary, b: Dictionary) -> tuple[torch.Tensor, torch.Tensor]:
 
 def max_cosine(a: Dictionary, b: Dictionary, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """For every feature i of `a`: (the largest cosine with any feature of `b`, the index j of that feature)."""
-    da, db = _pair(a, b)
+    da, db = pair_dictionaries(a, b)
     values, match = [], []
     for start in range(0, da.shape[0], chunk):  # bounded memory for large dictionaries
         sims = da[start:start + chunk] @ db.t()
@@ -85,7 +86,7 @@ def hungarian_matching(a: Dictionary, b: Dictionary) -> list[dict]:
     (min(m, m') pairs): [{"feature": i, "match": j, "cosine": c}, ...] ordered by i."""
     from scipy.optimize import linear_sum_assignment
 
-    da, db = _pair(a, b)
+    da, db = pair_dictionaries(a, b)
     sims = (da @ db.t()).double().numpy()
     rows, cols = linear_sum_assignment(sims, maximize=True)
     return [{"feature": int(i), "match": int(j), "cosine": float(sims[i, j])} for i, j in zip(rows, cols)]
@@ -112,7 +113,7 @@ def new_features(tuned: Dictionary, base: Dictionary | Sequence[Dictionary],
 def compare(a: Dictionary, b: Dictionary, top_k: int = 10, hungarian: bool = False,
             new_below: float | None = None) -> dict:
     """The `rlhf-lens mmcs` JSON: {"mmcs", "top_features", ["hungarian"], ["new_features"]}."""
-    da, db = _pair(a, b)
+    da, db = pair_dictionaries(a, b)
     out: dict = {"mmcs": mmcs(da, db), "size_a": da.shape[0], "size_b": db.shape[0], "d": da.shape[1],
                  "top_features": top_features(da, db, top_k)}
     if hungarian:

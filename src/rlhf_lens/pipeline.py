@@ -93,24 +93,12 @@ def _identity(config: RunConfig) -> dict:
             "reward": config.reward.spec}
 
 
-def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
-    """Check inputs and the run folder before any work starts; then save the resolved config."""
+def check_inputs(config: RunConfig) -> None:
+    """Every setting, the corpus, the models and the reward, before anything is written."""
     from .data import load_corpus
     from .models import SMOLLM2, load_tokenizer
     from .rewards import load_reward, load_utility_table
 
-    existing = run_dir / CONFIG_FILE
-    if existing.is_file():
-        try:
-            old_identity = _identity(config_from_dict(read_toml(existing, "run config")))
-        except UserError:
-            raise UserError(f"{existing} is not a readable rlhf-lens config; use another --out") from None
-        if old_identity != _identity(config):
-            diff = ", ".join(f"{k}: {old_identity[k]!r} -> {v!r}" for k, v in _identity(config).items()
-                             if old_identity[k] != v)
-            raise UserError(f"{run_dir} holds another run ({diff}); use another --out or delete that folder")
-    elif run_dir.exists() and any(p.name not in (LOCK_FILE, MARKER) for p in run_dir.iterdir()):
-        raise UserError(f"{run_dir} exists and is not an rlhf-lens run folder; use another --out")
     validate(config)
     corpus = load_corpus(config.data.corpus, text_column=config.data.text_column)
     corpus.documents(config.data.test_split)
@@ -128,19 +116,50 @@ def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
     if not config.model.tuned:
         load_reward(config.reward.spec)
     load_utility_table(config.reward.table)
-    write_text(existing, config_toml(config))
+
+
+def check_run_dir(config: RunConfig, run_dir: Path) -> None:
+    """The folder is new, empty, or holds this same run (its config.toml names the same models, corpus and
+    reward); anything else is refused, untouched."""
+    existing = run_dir / CONFIG_FILE
+    if existing.is_file():
+        try:
+            old_identity = _identity(config_from_dict(read_toml(existing, "run config")))
+        except UserError:
+            raise UserError(f"{existing} is not a readable rlhf-lens config; use another --out") from None
+        if old_identity != _identity(config):
+            diff = ", ".join(f"{k}: {old_identity[k]!r} -> {v!r}" for k, v in _identity(config).items()
+                             if old_identity[k] != v)
+            raise UserError(f"{run_dir} holds another run ({diff}); use another --out or delete that folder")
+    elif run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
+        raise UserError(f"{run_dir} is not a folder this tool can own (a file or a link); use another --out")
+    elif run_dir.exists() and any(p.name not in (LOCK_FILE, MARKER) for p in run_dir.iterdir()):
+        raise UserError(f"{run_dir} exists and is not an rlhf-lens run folder; use another --out")
+
+
+def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
+    """Check inputs and the run folder before any work starts; then save the resolved config."""
+    check_inputs(config)
+    check_run_dir(config, run_dir)
+    write_text(run_dir / CONFIG_FILE, config_toml(config))
 
 
 def run(config: RunConfig, run_dir: str | os.PathLike) -> Path:
-    """Run (or resume) every stage; returns the report's path."""
+    """Run (or resume) every stage; returns the report's path.
+
+    Nothing is written before the inputs and the folder pass their checks; then the folder is locked for the
+    whole run (a second run on it stops at once, naming this one's pid) and checked again under the lock."""
     run_dir = Path(run_dir)
+    check_inputs(config)
+    check_run_dir(config, run_dir)
     check_writable(run_dir, "run folder")
-    with run_lock(run_dir):  # a second run on this folder stops here, naming this one's pid
+    with run_lock(run_dir):
         return _run_locked(config, run_dir)
 
 
 def _run_locked(config: RunConfig, run_dir: Path) -> Path:
-    prepare_run_dir(config, run_dir)
+    check_run_dir(config, run_dir)  # again: another process may have claimed it before the lock
+    write_text(run_dir / CONFIG_FILE, config_toml(config))
     ledger = Ledger(run_dir)
     state: dict = {}
     key = ""
@@ -307,7 +326,7 @@ def _init_seed(seed: int, model: str, layer: int, size: int) -> int:
 
 
 def _stage_saes(config: RunConfig, run_dir: Path, state: dict) -> dict:
-    from .sae import SAEConfig, train_saes
+    from .sae import SAEConfig, SAETraining, train_saes
     from .store import ActivationStore
 
     saes = []
@@ -323,10 +342,8 @@ def _stage_saes(config: RunConfig, run_dir: Path, state: dict) -> dict:
                     # the 2x dictionary's first rows (and base vs tuned) would start identical and
                     # MMCS would partly measure the shared start. Batches follow `seed` alone.
                     configs.append(SAEConfig(
-                        d_in=store.d, dict_size=size, arch=config.sae.arch, k=config.sae.k or None,
-                        l1=config.sae.l1, target_l0=config.sae.target_l0 or None, lr=config.sae.lr,
-                        epochs=config.sae.epochs, batch_size=config.sae.batch_size,
-                        seed=_init_seed(seed, name, layer, size), data_seed=seed,
+                        **{f.name: getattr(config.sae, f.name) for f in dataclasses.fields(SAETraining)},
+                        d_in=store.d, dict_size=size, seed=_init_seed(seed, name, layer, size), data_seed=seed,
                     ))
                     dirs.append(_sae_dir(run_dir, name, layer, size, seed))
                     saes.append({"model": name, "layer": layer, "dict_size": size, "ratio": ratio, "seed": seed,

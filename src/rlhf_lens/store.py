@@ -22,6 +22,7 @@ import torch
 
 from .errors import UserError, first_line
 from .io import read_json
+from .sources import ActivationSource
 
 FORMAT = "rlhf-lens.activations"
 VERSION = 1
@@ -94,7 +95,7 @@ class ActivationStore:
         return (f"ActivationStore({str(self.path)!r}, layers={self.layers}, d={self.d}, "
                 f"tokens={self.n_tokens}, docs={self.n_docs}, shards={len(self.manifest['shards'])})")
 
-    def source(self, layer: int, window_shards: int | None = None) -> LayerSource:
+    def source(self, layer: int, window_shards: int | None = None) -> ActivationSource:
         """One layer as an `ActivationSource` (shuffled float32 batches) for SAE training.
 
         By default the batches are a shuffle of the whole store when one layer of it fits in
@@ -152,7 +153,7 @@ class ActivationStore:
 
 
 class LayerSource:
-    """One layer of a store as an `ActivationSource` (the protocol sae.py trains from).
+    """One layer of a store as an `ActivationSource` (the one protocol SAEs train from, in sources.py).
 
     An epoch visits the shards in a random order, `window_shards` at a time; the rows of a
     window (plus the few left over from the previous one) are shuffled and cut into batches.
@@ -160,14 +161,34 @@ class LayerSource:
     depends only on (seed, epoch); memory holds at most `window_shards` shards of one layer.
     """
 
-    def __init__(self, store: ActivationStore, layer: int, window_shards: int = 4):
+    def __init__(self, store: ActivationStore, layer: int, window_shards: int = 4, tail: int = 0):
         if window_shards < 1:
             raise UserError(f"window_shards must be at least 1 (got {window_shards})")
+        if not 0 <= tail < max(store.n_tokens, 1):
+            raise UserError(f"cannot hold out {tail} of the store's {store.n_tokens} rows")
         self.store = store
         self.layer = layer
         self.window_shards = window_shards
+        self.tail = tail
+        """Rows at the end of the store (shard order) left out of `batches` (held out by `split`)."""
         self.d: int = store.d
-        self.n: int = store.n_tokens
+        self.n: int = store.n_tokens - tail
+        # rows each shard contributes: all, except the last `tail` rows of the store
+        self._keep, left = [], self.n
+        for entry in store.manifest["shards"]:
+            self._keep.append(min(int(entry["n_tokens"]), left))
+            left -= self._keep[-1]
+
+    def split(self, rows: int) -> tuple[LayerSource, torch.Tensor]:
+        """(this layer without its last `rows` rows, those rows as float32 [rows, d])."""
+        train = LayerSource(self.store, self.layer, self.window_shards, self.tail + rows)
+        key = layer_key(self.layer)
+        parts = []
+        for k, keep in enumerate(train._keep):
+            until = self._keep[k]
+            if keep < until:
+                parts.append(self.store._read(k, [key])[key][keep:until].float())
+        return train, torch.cat(parts) if parts else torch.empty(0, self.d)
 
     def __repr__(self) -> str:
         return f"LayerSource({str(self.store.path)!r}, layer={self.layer}, n={self.n}, d={self.d})"
@@ -181,8 +202,8 @@ class LayerSource:
         leftover = torch.empty(0, self.d)
         key = layer_key(self.layer)
         for start in range(0, n_shards, self.window_shards):
-            window = [leftover] + [self.store._read(int(k), [key])[key].float()
-                                   for k in order[start:start + self.window_shards]]
+            window = [leftover] + [self.store._read(int(k), [key])[key][:self._keep[int(k)]].float()
+                                   for k in order[start:start + self.window_shards] if self._keep[int(k)]]
             rows = torch.cat(window)
             del window
             rows = rows[torch.from_numpy(rng.permutation(len(rows)))]

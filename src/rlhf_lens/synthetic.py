@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import UserError, first_line
 from .io import save_safetensors
-from .sae import unit_rows
+
+if TYPE_CHECKING:
+    import torch
 
 CHUNK = 4096  # rows drawn per step: part of the data's definition (same seed, same rows)
 
@@ -46,6 +47,10 @@ class SyntheticConfig:
 
 def make_synthetic(cfg: SyntheticConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(activations [n, d], ground_truth [F, d] unit rows), deterministic in the config."""
+    import torch
+
+    from .sae import unit_rows
+
     cfg.check()
     g = torch.Generator().manual_seed(cfg.seed)
     truth = torch.randn(cfg.features, cfg.d, generator=g)
@@ -70,7 +75,10 @@ def write_synthetic(cfg: SyntheticConfig, out: str | Path) -> Path:
 
 def load_ground_truth(path: str | Path) -> torch.Tensor:
     """The `ground_truth [F, d]` tensor of a synthetic file (rows normalised)."""
+
     from safetensors import safe_open
+
+    from .sae import unit_rows
 
     path = Path(path)
     if not path.is_file():
@@ -98,10 +106,12 @@ def recovery(sae, ground_truth, *, pair=None, threshold: float = 0.9, top_k: int
     MMCS of the first dictionary against the pair and its top-k MMCS features, each with the cosine to
     its nearest true direction and whether that is >= threshold (`real`); `top_real_fraction` is their share.
     """
-    from .dictionaries import _pair, max_cosine, mmcs, top_features
+    import torch
+
+    from .dictionaries import max_cosine, mmcs, pair_dictionaries, top_features
 
     truth = ground_truth if isinstance(ground_truth, torch.Tensor) else load_ground_truth(ground_truth)
-    dictionary, truth = _pair(sae, truth)
+    dictionary, truth = pair_dictionaries(sae, truth)
 
     def recovered(dic: torch.Tensor, name) -> dict:
         best, _ = max_cosine(truth, dic)
@@ -113,7 +123,7 @@ def recovery(sae, ground_truth, *, pair=None, threshold: float = 0.9, top_k: int
     out: dict = {"threshold": threshold, "ground_truth_features": truth.shape[0], "d": truth.shape[1],
                  "dictionary": recovered(dictionary, label(sae))}
     if pair is not None:
-        other, _ = _pair(pair, truth)
+        other, _ = pair_dictionaries(pair, truth)
         out["pair"] = recovered(other, label(pair))
         out["mmcs"] = mmcs(dictionary, other)
         top = top_features(dictionary, other, top_k)

@@ -1,0 +1,139 @@
+"""SAE configuration: `SAEConfig`, the architectures, file names and the thresholds training and its flags use."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from ..errors import UserError
+
+ARCHS = ("tied", "untied", "topk", "batchtopk")
+CFG_FILE, WEIGHTS_FILE, METRICS_FILE, CHECKPOINT_FILE = "cfg.json", "sae_weights.safetensors", "metrics.json", "checkpoint.pt"
+DENSE_L0_FRACTION = 0.25
+"""A trained SAE whose mean L0 exceeds this fraction of d_in is flagged `dense_codes` (it is not sparse coding)."""
+MOSTLY_DEAD_FRACTION = 0.5
+"""A trained SAE with more than this fraction of features that never fired in its last epoch is flagged `mostly_dead`."""
+SPARSE_MAX_DENSITY = 0.15
+"""Codes at most this dense (fraction of nonzeros in the previous step) take the sparse path (see bench/bench_sae.py)."""
+SPARSE_MIN_WORK = 2**25
+"""...and only when a dense GEMM of the step (batch * m * d multiply-adds) is at least this big: below it the
+sparse path's fixed cost of extra small ops outweighs what it saves."""
+SINGLE_THREAD_WORK = 2**23
+"""Training whose largest step GEMM (batch * m * d) is below this runs on one thread: ops this small gain
+nothing from a second thread and pay an OpenMP barrier per op (badly so on a busy machine)."""
+EVAL_TOKENS = 65536
+"""Rows of the epoch-0 order on which the final MSE / FVU / L0 in metrics.json are measured."""
+AUX_COEFFICIENT = 1 / 32
+"""Weight of the auxiliary-k loss on dead latents (topk, batchtopk), as in Gao et al. 2024."""
+THRESHOLD_RATE = 0.01
+"""BatchTopK: rate of the running mean of the smallest kept activation (the inference threshold; bias-corrected)."""
+RESAMPLE_ENCODER_SCALE = 0.2
+"""Untied: a resampled latent's encoder row is its new direction times this times the mean live encoder norm."""
+
+
+
+@dataclass
+class SAETraining:
+    """How sparse autoencoders are trained (defaults: the paper's, but for the stopping rule). The run config's
+    [sae] section is these fields plus the dictionary sizes and seeds of the grid (`config.SAESection`)."""
+
+    arch: str = "tied"
+    """tied (paper: decoder = encoder, unit-norm rows, ReLU), untied (free encoder, unit-norm decoder rows), topk (untied, keep the k largest codes of each token) or batchtopk (untied, keep the k * batch largest codes of the batch; a learned threshold at inference)."""
+    k: int | None = None
+    """Active codes per token for --arch topk and batchtopk (batchtopk: on average)."""
+    l1: float = 1e-3
+    """L1 coefficient on the codes (MSE is averaged over elements, so the effective weight scales with d; see docs/sae.md). Ignored by topk."""
+    target_l0: float | None = None
+    """If set, search the l1 that gives this mean L0 on a sample first (the l1 above is the starting point)."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    epochs: int = 0
+    """Passes over the activations, exactly; 0: train until the held-out loss stops improving (see --tolerance, --window, --max-tokens, --max-seconds)."""
+    batch_size: int = 256
+    """Tokens per optimiser step (the paper does not give one)."""
+    holdout: int = 4096
+    """Rows held out of training (the tail of the data, at most a tenth of it) on which the loss curve and the stopping rule are measured; 0: none (then --epochs must be set)."""
+    eval_every: int = 100
+    """Optimiser steps between two held-out evaluations."""
+    window: int = 4
+    """Stopping rule: stop when the best held-out loss of the last WINDOW evaluations improves on the best before them by less than --tolerance (relative)."""
+    tolerance: float = 0.01
+    """Relative held-out loss improvement over --window evaluations below which training has converged."""
+    max_tokens: int = 50_000_000
+    """Training tokens at most when --epochs is 0 (0: no cap)."""
+    max_seconds: float = 3600.0
+    """Seconds of this SAE's training steps at most when --epochs is 0 (0: no cap)."""
+    dead_steps: int = 200
+    """A latent that has not fired for this many steps is dead: topk/batchtopk train it with the auxiliary-k loss, tied/untied resample it at the next evaluation; 0: neither."""
+    b_dec_init: str = "mean"
+    """Initial decoder bias: mean (of the first training batch) or zero (the paper)."""
+    lr_warmup: int = 0
+    """Steps of linear learning-rate warm-up from 0 (0: none)."""
+    l1_warmup: int = 0
+    """Steps of linear l1 warm-up from 0 (0: none; ignored by topk/batchtopk)."""
+
+
+@dataclass
+class SAEConfig(SAETraining):
+    """One sparse autoencoder: its shape, seeds and how it is trained."""
+
+    d_in: int = 0
+    """Activation width d (taken from the activations)."""
+    dict_size: int = 0
+    """Dictionary size m (number of features); the paper uses m = d and m = 2d."""
+    seed: int = 0
+    """Seed of the initial dictionary."""
+    data_seed: int = 0
+    """Seed of the shuffling order (shared by SAEs trained in one pass over the data)."""
+
+    def check(self) -> None:
+        """Raise UserError on a value out of range."""
+        if self.dict_size < 1:
+            raise UserError(f"--dict-size must be >= 1 (got {self.dict_size})")
+        if self.d_in < 1:
+            raise UserError(f"activation width must be >= 1 (got {self.d_in})")
+        if self.arch not in ARCHS:
+            raise UserError(f"--arch must be one of {', '.join(ARCHS)} (got {self.arch!r})")
+        if self.arch in ("topk", "batchtopk"):
+            if self.k is None or not 1 <= self.k <= self.dict_size:
+                raise UserError(f"--arch {self.arch} needs --k between 1 and the dictionary size {self.dict_size} (got {self.k})")
+            if self.target_l0 is not None:
+                raise UserError(f"--target-l0 does not apply to --arch {self.arch}: its L0 is --k")
+        if not (math.isfinite(self.l1) and self.l1 >= 0):
+            raise UserError(f"--l1 must be a finite number >= 0 (got {self.l1})")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"--lr must be > 0 (got {self.lr})")
+        if self.epochs < 0:
+            raise UserError(f"--epochs must be >= 0 (0: until converged; got {self.epochs})")
+        for name in ("holdout", "window", "max_tokens", "dead_steps", "lr_warmup", "l1_warmup"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
+        if self.eval_every < 1 or self.window < 1:
+            raise UserError(f"--eval-every and --window must be >= 1 (got {self.eval_every}, {self.window})")
+        if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
+            raise UserError(f"--tolerance must be a finite number >= 0 (got {self.tolerance})")
+        if not (math.isfinite(self.max_seconds) and self.max_seconds >= 0):
+            raise UserError(f"--max-seconds must be >= 0 (got {self.max_seconds})")
+        if self.epochs == 0 and self.holdout == 0:
+            raise UserError("training until converged (--epochs 0) needs held-out rows: set --holdout > 0 or --epochs N")
+        if self.b_dec_init not in ("mean", "zero"):
+            raise UserError(f"--b-dec-init must be mean or zero (got {self.b_dec_init!r})")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1 (got {self.batch_size})")
+        if self.target_l0 is not None and not 0 < self.target_l0 <= self.dict_size:
+            raise UserError(f"--target-l0 must be in (0, dict size {self.dict_size}] (got {self.target_l0})")
+        if self.target_l0 is not None and self.l1 <= 0:
+            raise UserError("--target-l0 needs a starting --l1 > 0")
+
+    @property
+    def codes_by_rank(self) -> bool:
+        """True for topk and batchtopk: sparsity by keeping the largest codes (no L1 term)."""
+        return self.arch in ("topk", "batchtopk")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SAEConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
