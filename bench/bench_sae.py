@@ -10,6 +10,9 @@ For each dictionary size m (default d=512, m=1024 and 2048, batch 4096: Pythia-7
                (warm-up: --warmup-steps steps of batch --warmup-batch on the same data); the sparse path
                can pass the dense bound since only x W^T stays a dense GEMM.
   eager        a plain eager-PyTorch step (autograd + Adam) of the same tied SAE, for reference.
+  topk         our step of a TopK SAE (k = --k), automatic path: its code density is k/m from the first
+               step, so it takes the sparse path (no trained state needed).
+  batchtopk    the same for BatchTopK (k * batch codes per batch; one top-k over the flattened batch).
   end-to-end   `train_saes` over --e2e-epochs epochs from initialisation (data shuffling, statistics,
                checkpoints excluded), 1x and 2x dictionaries in one pass; tokens/s per SAE from metrics.json.
 
@@ -131,6 +134,7 @@ def main() -> int:
     p.add_argument("--warmup-steps", type=int, default=400, help="training steps before the 'trained' figure")
     p.add_argument("--warmup-batch", type=int, default=256)
     p.add_argument("--e2e-epochs", type=int, default=1)
+    p.add_argument("--k", type=int, default=32, help="k of the topk and batchtopk rows")
     p.add_argument("--anchors", action="store_true", help="also run SAELens and the roofline anchor side by side")
     p.add_argument("--quick", action="store_true", help="small settings: d=128, m=256,512, batch 1024, few reps")
     p.add_argument("--threads", type=int, default=0)
@@ -169,20 +173,25 @@ def main() -> int:
         warm_stepper.grads(batches[0], sparse=False)  # the density at the full batch decides the path
         density = warm_stepper.density
         fresh = _Stepper(SparseAutoencoder(SAEConfig(d_in=d, dict_size=m)), 1e-3, 1e-3)
+        ranked = {arch: _Stepper(SparseAutoencoder(SAEConfig(d_in=d, dict_size=m, arch=arch, k=args.k)), 0.0, 1e-3)
+                  for arch in ("topk", "batchtopk")}
         t = interleaved({"bound": gemm_chain_fn(batch, d, m), "dense": our_step_fn(fresh, batches, False),
                          "trained": our_step_fn(warm_stepper, batches, None),
-                         "eager": eager_step_fn(batches[0], m)}, args.reps)
+                         "eager": eager_step_fn(batches[0], m),
+                         "topk": our_step_fn(ranked["topk"], batches, None),
+                         "batchtopk": our_step_fn(ranked["batchtopk"], batches, None)}, args.reps)
         bound = batch / t["bound"]
         print(f"INFO m={m} gemm chain {1e3 * t['bound']:.1f} ms ({5 * 2 * batch * d * m / t['bound'] / 1e9:.1f} GFLOP/s); "
               f"trained state after {done} steps of {args.warmup_batch}: code density {density:.3f} (L0 {density * m:.1f})")
         print(f"FIGURE sae_matmul_bound_m{m}_tokens_per_s={bound:.1f} tokens/s")
-        for name in ("dense", "trained", "eager"):
-            label = {"dense": "ours_dense", "trained": "ours_trained", "eager": "eager_torch"}[name]
+        for name in ("dense", "trained", "eager", "topk", "batchtopk"):
+            label = {"dense": "ours_dense", "trained": "ours_trained", "eager": "eager_torch",
+                     "topk": f"ours_topk{args.k}", "batchtopk": f"ours_batchtopk{args.k}"}[name]
             print(f"FIGURE {label}_m{m}_tokens_per_s={batch / t[name]:.1f} tokens/s "
                   f"({100 * t['bound'] / t[name]:.0f}% of bound)")
 
     # end to end: 1x and 2x trained in one pass over the data, from initialisation
-    configs = [SAEConfig(d_in=d, dict_size=m, epochs=args.e2e_epochs, batch_size=batch) for m in dicts]
+    configs = [SAEConfig(d_in=d, dict_size=m, epochs=args.e2e_epochs, batch_size=batch, holdout=0) for m in dicts]
     saes = train_saes(source, configs, None, quiet=True)
     for m, sae in zip(dicts, saes):
         metrics = sae.metrics
