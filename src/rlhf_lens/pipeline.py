@@ -18,12 +18,17 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import CONFIG_FILE, RunConfig, config_from_dict, config_toml, tomllib, validate
 from .errors import INTERRUPT_ENV, UserError, interrupt_point  # noqa: F401  (INTERRUPT_ENV: for tests)
 from .io import read_json, write_json, write_text
 from .progress import console
 
+if TYPE_CHECKING:
+    from .executors import Executor
+
+_EXECUTOR = "_executor"  # state[_EXECUTOR]: the run's executor (not a stage; stages read it with `_executor`)
 STAGES = ("base", "rlhf", "divergence", "control", "harvest", "saes", "mmcs", "features", "scores", "report")
 # Test hook: `stage:n` raises KeyboardInterrupt after n units of that stage finished (a killed run).
 
@@ -132,12 +137,30 @@ def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
     write_text(existing, config_toml(config))
 
 
-def run(config: RunConfig, run_dir: str | os.PathLike) -> Path:
-    """Run (or resume) every stage; returns the report's path."""
+def run(config: RunConfig, run_dir: str | os.PathLike, executor: str | Executor = "local",
+        ray_address: str | None = None) -> Path:
+    """Run (or resume) every stage; returns the report's path.
+
+    `executor` ("local", "ray", or an `executors.Executor`) runs the independent jobs of the harvest,
+    SAE and features stages (`executors.py`); it changes where they run, not what they write, so it is
+    no part of any stage key. `ray_address` joins an existing Ray cluster instead of starting one.
+    """
+    from .executors import Executor, make_executor
+
     run_dir = Path(run_dir)
+    owned = not isinstance(executor, Executor)
+    jobs = make_executor(executor, ray_address) if owned else executor  # a bad name or missing Ray: before any work
+    try:
+        return _run_stages(config, run_dir, jobs)
+    finally:
+        if owned:
+            jobs.close()
+
+
+def _run_stages(config: RunConfig, run_dir: Path, executor: Executor) -> Path:
     prepare_run_dir(config, run_dir)
     ledger = Ledger(run_dir)
-    state: dict = {}
+    state: dict = {_EXECUTOR: executor}
     key = ""
     for stage in STAGES:
         fn = _STAGE_FUNCTIONS[stage]
@@ -259,9 +282,9 @@ def _analysed_models(state: dict, run_dir: Path | None = None) -> dict[str, str]
 
 
 def _stage_harvest(config: RunConfig, run_dir: Path, state: dict) -> dict:
-    from .harvest import HarvestConfig, harvest
+    from .harvest import HarvestConfig
 
-    stores = {}
+    stores, jobs = {}, []
     for name, spec in _analysed_models(state, run_dir).items():
         hc = HarvestConfig(
             layers=state["divergence"]["top_layers"], corpus=config.data.corpus, split=config.data.test_split,
@@ -270,9 +293,18 @@ def _stage_harvest(config: RunConfig, run_dir: Path, state: dict) -> dict:
             text_column=config.data.text_column, model_dtype=config.model.dtype,
         )
         out = run_dir / "acts" / name
-        harvest(spec, hc, out)
+        jobs.append((spec, hc, str(out)))
         stores[name] = _rel(run_dir, out)
+    _executor(state).map(_harvest_job, jobs, resources=_resources(config, gpu=True))
     return {"stores": stores}
+
+
+def _harvest_job(job: tuple) -> None:
+    """One model's activations: (model spec, HarvestConfig, store folder)."""
+    from .harvest import harvest
+
+    spec, hc, out = job
+    harvest(spec, hc, Path(out))
 
 
 def _sae_dir(run_dir: Path, model: str, layer: int, size: int, seed: int) -> Path:
@@ -284,11 +316,10 @@ def _init_seed(seed: int, model: str, layer: int, size: int) -> int:
 
 
 def _stage_saes(config: RunConfig, run_dir: Path, state: dict) -> dict:
-    from .sae import SAEConfig, train_saes
+    from .sae import SAEConfig
     from .store import ActivationStore
 
-    saes = []
-    units = 0
+    saes, jobs = [], []
     for name, store_dir in state["harvest"]["stores"].items():
         store = ActivationStore(_abs(run_dir, store_dir))
         for layer in state["divergence"]["top_layers"]:
@@ -308,10 +339,20 @@ def _stage_saes(config: RunConfig, run_dir: Path, state: dict) -> dict:
                     dirs.append(_sae_dir(run_dir, name, layer, size, seed))
                     saes.append({"model": name, "layer": layer, "dict_size": size, "ratio": ratio, "seed": seed,
                                  "dir": _rel(run_dir, dirs[-1])})
-            train_saes(store.source(layer), configs, dirs)
-            units += 1
-            interrupt_point("saes", units)
+            # One job per (model, block): its SAEs share every pass over that block's activations.
+            jobs.append((str(_abs(run_dir, store_dir)), layer, configs, [str(d) for d in dirs], len(jobs) + 1))
+    _executor(state).map(_sae_job, jobs, resources=_resources(config, gpu=False))
     return {"saes": saes}
+
+
+def _sae_job(job: tuple) -> None:
+    """Every (ratio, seed) SAE of one model and block: (store folder, layer, SAEConfigs, SAE folders, unit number)."""
+    from .sae import train_saes
+    from .store import ActivationStore
+
+    store_dir, layer, configs, dirs, unit = job
+    train_saes(ActivationStore(Path(store_dir)).source(layer), configs, [Path(d) for d in dirs])
+    interrupt_point("saes", unit)
 
 
 def _small_and_large(state: dict, model: str, layer: int, seed: int) -> tuple[dict, dict]:
@@ -364,47 +405,90 @@ def _stage_mmcs(config: RunConfig, run_dir: Path, state: dict) -> dict:
 
 def _stage_features(config: RunConfig, run_dir: Path, state: dict) -> dict:
     """Explain the top-k features of every seed's small SAE, and the tuned model's most novel features."""
-    from .interp import LLMConfig, explain_features, get_explainer
+    models = _analysed_models(state, run_dir)
+    layers = state["divergence"]["top_layers"]
+    jobs = [(config, str(run_dir), state["mmcs"]["file"], name, models[name], str(_abs(run_dir, store_dir)), layers,
+             i * len(layers)) for i, (name, store_dir) in enumerate(state["harvest"]["stores"].items())]
+    explainer_gpu = config.interp.explainer.startswith("hf:")
+    files, new_records = {}, []
+    for name, (file, new) in zip(state["harvest"]["stores"], _executor(state).map(
+            _features_job, jobs, resources=_resources(config, gpu=explainer_gpu))):
+        files[name] = file
+        new_records += new
+    write_json(run_dir / "features" / "tuned-new.json", new_records)
+    return {"files": files, "new": _rel(run_dir, run_dir / "features" / "tuned-new.json")}
+
+
+def _features_job(job: tuple) -> tuple[str, list[dict]]:
+    """One model's feature records, every block and seed, written to features/{model}.json; returns that
+    file (relative to the run) and the records of the model's most novel features (the tuned model only).
+    (config, run folder, mmcs.json as recorded, model name, model spec, store folder, layers, units before it)"""
+    from .interp import explain_features
     from .models import load_tokenizer
     from .rewards import load_utility_table
     from .sae import SparseAutoencoder
     from .store import ActivationStore
 
-    mmcs_result = read_json(_abs(run_dir, state["mmcs"]["file"]))
-    llm = LLMConfig(base_url=config.interp.base_url, model=config.interp.llm_model) if config.interp.base_url else None
-    explainer = get_explainer(config.interp.explainer, llm=llm, device=config.model.device)
+    config, run_dir, mmcs_file, name, model_spec, store_dir, layers, units = job
+    run_dir = Path(run_dir)
+    mmcs_result = read_json(_abs(run_dir, mmcs_file))
+    explainer = _explainer(config.interp.explainer, config.interp.base_url, config.interp.llm_model,
+                           config.model.device)
     table = load_utility_table(config.reward.table)
-    models = _analysed_models(state, run_dir)
     first = f"s{config.sae.seeds[0]}"  # mmcs.json's `new`: the first seed's tuned dictionary against the base
-    files, new_records = {}, []
-    units = 0
-    for name, store_dir in state["harvest"]["stores"].items():
-        store = ActivationStore(_abs(run_dir, store_dir))
-        tokenizer = load_tokenizer(models[name])
-        records = []
-        for layer in state["divergence"]["top_layers"]:
-            tops = [t for t in mmcs_result["top"] if t["model"] == name and t["layer"] == layer]
-            saes = {f"s{t['seed']}": SparseAutoencoder.load(_abs(run_dir, t["sae"])) for t in tops}
-            features = {f"s{t['seed']}": [f["feature"] for f in t["features"]] for t in tops}
-            cosines = {f"s{t['seed']}": {f["feature"]: f["max_cosine"] for f in t["features"]} for t in tops}
-            novel = _most_novel(mmcs_result["new"], layer, config.interp.top_k) if name == "tuned" else []
-            # The new features ride along in the first seed's pass (one read of the store, one explainer
-            # batch); each feature's examples and explanation do not depend on the others asked for, and
-            # the top-k records are split off unchanged, so the headline is computed exactly as before.
-            wanted = {**features, first: list(dict.fromkeys(features[first] + [r["feature"] for r in novel]))}
-            explained = explain_features(store, layer, saes, wanted, tokenizer, explainer,
-                                         config.examples, model=name, max_cosine=cosines,
-                                         table=table, aggregate=config.reward.aggregate)
-            records += [r for r in explained if r["feature"] in features[r["sae"]]]
-            by_feature = {r["feature"]: r for r in explained if r["sae"] == first}
-            new_records += [{**by_feature[row["feature"]], "new": True, "max_cosine_to_base": row["max_cosine_to_base"],
-                             "match": row["match"]} for row in novel]
-            units += 1
-            interrupt_point("features", units)
-        write_json(run_dir / "features" / f"{name}.json", records)
-        files[name] = _rel(run_dir, run_dir / "features" / f"{name}.json")
-    write_json(run_dir / "features" / "tuned-new.json", new_records)
-    return {"files": files, "new": _rel(run_dir, run_dir / "features" / "tuned-new.json")}
+    new_records = []
+    store = ActivationStore(Path(store_dir))
+    tokenizer = load_tokenizer(model_spec)
+    records = []
+    for layer in layers:
+        tops = [t for t in mmcs_result["top"] if t["model"] == name and t["layer"] == layer]
+        saes = {f"s{t['seed']}": SparseAutoencoder.load(_abs(run_dir, t["sae"])) for t in tops}
+        features = {f"s{t['seed']}": [f["feature"] for f in t["features"]] for t in tops}
+        cosines = {f"s{t['seed']}": {f["feature"]: f["max_cosine"] for f in t["features"]} for t in tops}
+        novel = _most_novel(mmcs_result["new"], layer, config.interp.top_k) if name == "tuned" else []
+        # The new features ride along in the first seed's pass (one read of the store, one explainer
+        # batch); each feature's examples and explanation do not depend on the others asked for, and
+        # the top-k records are split off unchanged, so the headline is computed exactly as before.
+        wanted = {**features, first: list(dict.fromkeys(features[first] + [r["feature"] for r in novel]))}
+        explained = explain_features(store, layer, saes, wanted, tokenizer, explainer,
+                                     config.examples, model=name, max_cosine=cosines,
+                                     table=table, aggregate=config.reward.aggregate)
+        records += [r for r in explained if r["feature"] in features[r["sae"]]]
+        by_feature = {r["feature"]: r for r in explained if r["sae"] == first}
+        new_records += [{**by_feature[row["feature"]], "new": True, "max_cosine_to_base": row["max_cosine_to_base"],
+                         "match": row["match"]} for row in novel]
+        units += 1
+        interrupt_point("features", units)
+    write_json(run_dir / "features" / f"{name}.json", records)
+    return _rel(run_dir, run_dir / "features" / f"{name}.json"), new_records
+
+
+_EXPLAINERS: dict[tuple, object] = {}
+
+
+def _explainer(spec: str, base_url: str, llm_model: str, device: str):
+    """The run's explainer; an `hf:` one (a local LM, costly to load) is made once per process and shared by its jobs."""
+    from .interp import LLMConfig, get_explainer
+
+    llm = LLMConfig(base_url=base_url, model=llm_model) if base_url else None
+    if not spec.startswith("hf:"):
+        return get_explainer(spec, llm=llm, device=device)
+    key = (spec, base_url, llm_model, device)
+    if key not in _EXPLAINERS:
+        _EXPLAINERS[key] = get_explainer(spec, llm=llm, device=device)
+    return _EXPLAINERS[key]
+
+
+def _executor(state: dict) -> Executor:
+    """The run's executor (`run(executor=...)`); a stage called on its own runs its jobs in this process."""
+    from .executors import LocalExecutor
+
+    return state.get(_EXECUTOR) or LocalExecutor()
+
+
+def _resources(config: RunConfig, gpu: bool) -> dict:
+    """What one job declares to the executor: a CPU, and a GPU when it runs a model on cuda."""
+    return {"num_cpus": 1, "num_gpus": 1 if gpu and config.model.device.startswith("cuda") else 0}
 
 
 def _most_novel(new: list[dict], layer: int, k: int) -> list[dict]:
