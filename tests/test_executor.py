@@ -122,8 +122,8 @@ def _ok(result: subprocess.CompletedProcess, what: str) -> subprocess.CompletedP
 
 
 def _portable(obj):
-    if isinstance(obj, dict):
-        return {k: _portable(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, dict):  # PPO's log times its steps in `*_s` fields
+        return {k: _portable(v) for k, v in obj.items() if k not in TIMING_KEYS and not k.endswith("_s")}
     if isinstance(obj, list):
         return [_portable(v) for v in obj]
     return obj

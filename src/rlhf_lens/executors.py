@@ -34,6 +34,15 @@ exist (it is created first, so exactly one worker dies). Honoured by RayExecutor
 the local executor would kill the driver."""
 
 
+# Environment variables a job must see as the driver does (rlhf-lens's own, its test hooks included, and
+# those of the hub/transformers/tokenizers libraries): passed to every Ray task, on whichever node it runs.
+PASSED_ENV_PREFIXES = ("RLHF_LENS_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
+
+
+def passed_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV_PREFIXES)}
+
+
 class Executor:
     """Runs independent jobs; `map` returns their results in job order."""
 
@@ -126,7 +135,8 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             try:
                 # "local": a new cluster for this run, even where `ray start` or RAY_ADDRESS names another.
-                ray.init(address=self.address or "local", include_dashboard=False, configure_logging=False)
+                ray.init(address=self.address or "local", include_dashboard=False, configure_logging=False,
+                         runtime_env={"env_vars": passed_env()})
             except ConnectionError as e:
                 raise UserError(f"cannot join the Ray cluster at {self.address}: {first_line(e)}; "
                                 f"start it with `ray start --head` or check --ray-address") from None

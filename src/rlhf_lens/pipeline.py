@@ -285,7 +285,8 @@ def _stage_harvest(config: RunConfig, run_dir: Path, state: dict) -> dict:
     from .harvest import HarvestConfig
 
     stores, jobs = {}, []
-    for name, spec in _analysed_models(state, run_dir).items():
+    # Jobs get absolute paths: a Ray worker on another node does not share the driver's working directory.
+    for name, spec in _analysed_models(state, run_dir.absolute()).items():
         hc = HarvestConfig(
             layers=state["divergence"]["top_layers"], corpus=config.data.corpus, split=config.data.test_split,
             max_docs=config.harvest.max_docs or None, max_tokens=config.harvest.max_tokens,
@@ -293,7 +294,7 @@ def _stage_harvest(config: RunConfig, run_dir: Path, state: dict) -> dict:
             text_column=config.data.text_column, model_dtype=config.model.dtype,
         )
         out = run_dir / "acts" / name
-        jobs.append((spec, hc, str(out)))
+        jobs.append((spec, hc, str(out.absolute())))
         stores[name] = _rel(run_dir, out)
     _executor(state).map(_harvest_job, jobs, resources=_resources(config, gpu=True))
     return {"stores": stores}
@@ -340,7 +341,8 @@ def _stage_saes(config: RunConfig, run_dir: Path, state: dict) -> dict:
                     saes.append({"model": name, "layer": layer, "dict_size": size, "ratio": ratio, "seed": seed,
                                  "dir": _rel(run_dir, dirs[-1])})
             # One job per (model, block): its SAEs share every pass over that block's activations.
-            jobs.append((str(_abs(run_dir, store_dir)), layer, configs, [str(d) for d in dirs], len(jobs) + 1))
+            jobs.append((str(_abs(run_dir, store_dir).absolute()), layer, configs, [str(d.absolute()) for d in dirs],
+                         len(jobs) + 1))
     _executor(state).map(_sae_job, jobs, resources=_resources(config, gpu=False))
     return {"saes": saes}
 
@@ -405,10 +407,11 @@ def _stage_mmcs(config: RunConfig, run_dir: Path, state: dict) -> dict:
 
 def _stage_features(config: RunConfig, run_dir: Path, state: dict) -> dict:
     """Explain the top-k features of every seed's small SAE, and the tuned model's most novel features."""
-    models = _analysed_models(state, run_dir)
+    models = _analysed_models(state, run_dir.absolute())
     layers = state["divergence"]["top_layers"]
-    jobs = [(config, str(run_dir), state["mmcs"]["file"], name, models[name], str(_abs(run_dir, store_dir)), layers,
-             i * len(layers)) for i, (name, store_dir) in enumerate(state["harvest"]["stores"].items())]
+    jobs = [(config, str(run_dir.absolute()), state["mmcs"]["file"], name, models[name],
+             str(_abs(run_dir, store_dir).absolute()), layers, i * len(layers))
+            for i, (name, store_dir) in enumerate(state["harvest"]["stores"].items())]
     explainer_gpu = config.interp.explainer.startswith("hf:")
     files, new_records = {}, []
     for name, (file, new) in zip(state["harvest"]["stores"], _executor(state).map(
