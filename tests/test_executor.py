@@ -26,9 +26,9 @@ import pytest
 from conftest import assert_user_error, run_cli
 from rlhf_lens.errors import INTERRUPT_ENV, UserError
 from rlhf_lens.executors import KILL_WORKER_ENV, LocalExecutor, RayExecutor, make_executor
+from rlhf_lens.pipeline import STAGE_OUTPUTS, STAGES
 
 TIMING_KEYS = {"tokens_per_s", "seconds", "train_seconds", "wall_seconds", "finished", "created"}
-BEFORE_HARVEST = ("base", "rlhf", "divergence", "control")
 
 
 # --- without Ray ----------------------------------------------------------------------------------
@@ -121,11 +121,15 @@ def _ok(result: subprocess.CompletedProcess, what: str) -> subprocess.CompletedP
     return result
 
 
-def _portable(obj):
+def _portable(obj, run_dirs: tuple[Path, ...]):
+    """JSON content with the run folders replaced by <RUN> and timing values dropped."""
     if isinstance(obj, dict):  # PPO's log times its steps in `*_s` fields
-        return {k: _portable(v) for k, v in obj.items() if k not in TIMING_KEYS and not k.endswith("_s")}
+        return {k: _portable(v, run_dirs) for k, v in obj.items() if k not in TIMING_KEYS and not k.endswith("_s")}
     if isinstance(obj, list):
-        return [_portable(v) for v in obj]
+        return [_portable(v, run_dirs) for v in obj]
+    if isinstance(obj, str):
+        for run_dir in run_dirs:
+            obj = obj.replace(str(run_dir.resolve()), "<RUN>").replace(str(run_dir), "<RUN>")
     return obj
 
 
@@ -133,15 +137,17 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _artifacts(run_dir: Path) -> dict:
-    """What the executor's jobs and the stages after them wrote, as comparable values."""
+def _artifacts(run_dir: Path, copied_from: Path | None = None) -> dict:
+    """What the executor's jobs and the stages after them wrote, as comparable values (paths to the run
+    folder, or to the folder a copied run came from, as <RUN>)."""
+    run_dirs = (run_dir, copied_from) if copied_from else (run_dir,)
     out = {str(p.relative_to(run_dir)): _sha256(p) for pattern in ("saes/**/sae_weights.safetensors",
                                                                    "acts/**/*.safetensors")
            for p in sorted(run_dir.glob(pattern))}
     for pattern in ("saes/**/cfg.json", "saes/**/metrics.json", "features/*.json", "mmcs.json", "utility.json",
                     "results.json"):
         for p in sorted(run_dir.glob(pattern)):
-            out[str(p.relative_to(run_dir))] = _portable(json.loads(p.read_text()))
+            out[str(p.relative_to(run_dir))] = _portable(json.loads(p.read_text()), run_dirs)
     return out
 
 
@@ -160,10 +166,11 @@ def local_run(tmp_path_factory) -> Path:
 
 def _before_harvest(src: Path, dst: Path) -> Path:
     """A copy of a finished run as it was when its harvest stage was about to start."""
-    keep = {"config.toml", "models", "rlhf", "divergence.json", "divergence.png", "stages"}
+    later = STAGES[STAGES.index("harvest"):]
+    dropped = {Path(rel).parts[0] for stage in later for rel in STAGE_OUTPUTS[stage]}
     shutil.copytree(src, dst, ignore=lambda folder, names: (
-        set(names) - keep if Path(folder) == src else
-        {n for n in names if n[:-len(".json")] not in BEFORE_HARVEST} if Path(folder) == src / "stages" else set()))
+        dropped & set(names) if Path(folder) == src else
+        {f"{stage}.json" for stage in later} & set(names) if Path(folder) == src / "stages" else set()))
     return dst
 
 
@@ -183,7 +190,7 @@ def test_ray_run_killed_and_resumed_with_a_dead_worker_equals_the_local_run(loca
     print(f"ray run from saes on: {time.perf_counter() - start:.1f} s")
     assert marker.exists(), "the hook killed no worker"
     assert "harvest: done earlier, skipped" in resumed.stderr
-    mine, local = _artifacts(out), _artifacts(local_run)
+    mine, local = _artifacts(out, copied_from=local_run), _artifacts(local_run)
     assert mine.keys() == local.keys()
     assert any(k.endswith("sae_weights.safetensors") for k in mine)
     for key in local:
