@@ -521,11 +521,20 @@ def run(
                                    "--keys lists them)."),
     show_config: bool = typer.Option(False, "--show-config", help="Print the resolved config and exit."),
     keys: bool = typer.Option(False, "--keys", help="List every section.key with its default and meaning, and exit."),
+    executor: str = typer.Option("local", "--executor", help="Where the harvest, SAE and features jobs run: local "
+                                 "(in this process, one after another) or ray (Ray tasks; needs "
+                                 "pip install 'rlhf-lens\\[ray]'). Results are the same; see docs/scale-ray.md."),
+    ray_address: str = typer.Option(None, "--ray-address", help="With --executor ray: join the cluster at HOST:PORT "
+                                    "(or 'auto') instead of starting a local one for this run."),
 ) -> None:
     """Run the whole method: PPO, divergence, harvest, SAEs, MMCS, explanations, scores, report."""
     from .config import config_keys, config_toml, load_config
+    from .executors import check_executor
     from .pipeline import run as run_pipeline
 
+    check_executor(executor)
+    if ray_address and executor != "ray":
+        raise UserError("--ray-address needs --executor ray")
     if keys:
         for key, default, text in config_keys():
             typer.echo(f"{key} = {default}\n    {text}")
@@ -537,7 +546,7 @@ def run(
     if out is None:
         raise UserError("give the run folder with --out DIR")
     try:
-        report = run_pipeline(resolved, out)
+        report = run_pipeline(resolved, out, executor=executor, ray_address=ray_address)
     except KeyboardInterrupt:
         # Typer turns KeyboardInterrupt into a silent exit; say how to go on.
         typer.echo(f"interrupted: rerun the same command to resume the run in {out}", err=True)

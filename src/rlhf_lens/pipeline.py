@@ -18,12 +18,17 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import CONFIG_FILE, RunConfig, config_from_dict, config_toml, validate
 from .errors import INTERRUPT_ENV, UserError, interrupt_point  # noqa: F401  (INTERRUPT_ENV: for tests)
 from .io import LOCK_FILE, MARKER, check_writable, read_json, read_toml, remove_output, run_lock, write_json, write_text
 from .progress import console
 
+if TYPE_CHECKING:
+    from .executors import Executor
+
+_EXECUTOR = "_executor"  # state[_EXECUTOR]: the run's executor (not a stage; stages read it with `_executor`)
 STAGES = ("base", "rlhf", "divergence", "diff", "control", "harvest", "saes", "mmcs", "decompose", "features", "scores", "report")
 # Test hook: `stage:n` raises KeyboardInterrupt after n units of that stage finished (a killed run).
 
@@ -137,31 +142,37 @@ def check_run_dir(config: RunConfig, run_dir: Path) -> None:
         raise UserError(f"{run_dir} exists and is not an rlhf-lens run folder; use another --out")
 
 
-def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
-    """Check inputs and the run folder before any work starts; then save the resolved config."""
-    check_inputs(config)
-    check_run_dir(config, run_dir)
-    write_text(run_dir / CONFIG_FILE, config_toml(config))
-
-
-def run(config: RunConfig, run_dir: str | os.PathLike) -> Path:
+def run(config: RunConfig, run_dir: str | os.PathLike, executor: str | Executor = "local",
+        ray_address: str | None = None) -> Path:
     """Run (or resume) every stage; returns the report's path.
 
     Nothing is written before the inputs and the folder pass their checks; then the folder is locked for the
-    whole run (a second run on it stops at once, naming this one's pid) and checked again under the lock."""
+    whole run (a second run on it stops at once, naming this one's pid) and checked again under the lock.
+    `executor` ("local", "ray", or an `executors.Executor`) runs the independent jobs of the harvest, SAE and
+    features stages (`executors.py`); it changes where they run, not what they write, so it is no part of any
+    stage key. `ray_address` joins an existing Ray cluster instead of starting one.
+    """
+    from .executors import Executor, make_executor
+
     run_dir = Path(run_dir)
-    check_inputs(config)
-    check_run_dir(config, run_dir)
-    check_writable(run_dir, "run folder")
-    with run_lock(run_dir):
-        return _run_locked(config, run_dir)
+    owned = not isinstance(executor, Executor)
+    jobs = make_executor(executor, ray_address) if owned else executor  # a bad name or missing Ray: before any work
+    try:
+        check_inputs(config)
+        check_run_dir(config, run_dir)
+        check_writable(run_dir, "run folder")
+        with run_lock(run_dir):
+            return _run_locked(config, run_dir, jobs)
+    finally:
+        if owned:
+            jobs.close()
 
 
-def _run_locked(config: RunConfig, run_dir: Path) -> Path:
+def _run_locked(config: RunConfig, run_dir: Path, executor: Executor) -> Path:
     check_run_dir(config, run_dir)  # again: another process may have claimed it before the lock
     write_text(run_dir / CONFIG_FILE, config_toml(config))
     ledger = Ledger(run_dir)
-    state: dict = {}
+    state: dict = {_EXECUTOR: executor}
     key = ""
     for stage in STAGES:
         fn = _STAGE_FUNCTIONS[stage]
@@ -302,19 +313,29 @@ def _analysed_models(state: dict, run_dir: Path | None = None) -> dict[str, str]
 
 
 def _stage_harvest(config: RunConfig, run_dir: Path, state: dict) -> dict:
-    from .harvest import HarvestConfig, harvest
+    from .harvest import HarvestConfig
 
-    stores = {}
-    for name, spec in _analysed_models(state, run_dir).items():
+    stores, jobs = {}, []
+    # Jobs get absolute paths: a Ray worker on another node does not share the driver's working directory.
+    for name, spec in _analysed_models(state, run_dir.absolute()).items():
         hc = HarvestConfig(
             **dataclasses.asdict(config.harvest), layers=_layers(state),
             corpus=config.data.corpus, split=config.data.test_split, device=config.model.device,
             text_column=config.data.text_column, model_dtype=config.model.dtype,
         )
         out = run_dir / "acts" / name
-        harvest(spec, hc, out)
+        jobs.append((spec, hc, str(out.absolute())))
         stores[name] = _rel(run_dir, out)
+    _executor(state).map(_harvest_job, jobs, resources=_resources(config, gpu=True))
     return {"stores": stores}
+
+
+def _harvest_job(job: tuple) -> None:
+    """One model's activations: (model spec, HarvestConfig, store folder)."""
+    from .harvest import harvest
+
+    spec, hc, out = job
+    harvest(spec, hc, Path(out))
 
 
 def _sae_dir(run_dir: Path, model: str, layer: int, size: int, seed: int) -> Path:
@@ -326,11 +347,10 @@ def _init_seed(seed: int, model: str, layer: int, size: int) -> int:
 
 
 def _stage_saes(config: RunConfig, run_dir: Path, state: dict) -> dict:
-    from .sae import SAEConfig, SAETraining, train_saes
+    from .sae import SAEConfig, SAETraining
     from .store import ActivationStore
 
-    saes = []
-    units = 0
+    saes, jobs = [], []
     for name, store_dir in state["harvest"]["stores"].items():
         store = ActivationStore(_abs(run_dir, store_dir))
         for layer in _layers(state):
@@ -348,10 +368,21 @@ def _stage_saes(config: RunConfig, run_dir: Path, state: dict) -> dict:
                     dirs.append(_sae_dir(run_dir, name, layer, size, seed))
                     saes.append({"model": name, "layer": layer, "dict_size": size, "ratio": ratio, "seed": seed,
                                  "dir": _rel(run_dir, dirs[-1])})
-            train_saes(store.source(layer), configs, dirs)
-            units += 1
-            interrupt_point("saes", units)
+            # One job per (model, block): its SAEs share every pass over that block's activations.
+            jobs.append((str(_abs(run_dir, store_dir).absolute()), layer, configs, [str(d.absolute()) for d in dirs],
+                         len(jobs) + 1))
+    _executor(state).map(_sae_job, jobs, resources=_resources(config, gpu=False))
     return {"saes": saes}
+
+
+def _sae_job(job: tuple) -> None:
+    """Every (ratio, seed) SAE of one model and block: (store folder, layer, SAEConfigs, SAE folders, unit number)."""
+    from .sae import train_saes
+    from .store import ActivationStore
+
+    store_dir, layer, configs, dirs, unit = job
+    train_saes(ActivationStore(Path(store_dir)).source(layer), configs, [Path(d) for d in dirs])
+    interrupt_point("saes", unit)
 
 
 def _small_and_large(state: dict, model: str, layer: int, seed: int) -> tuple[dict, dict]:
@@ -476,47 +507,91 @@ def _change_utility(blocks: list[dict]) -> dict:
 
 def _stage_features(config: RunConfig, run_dir: Path, state: dict) -> dict:
     """Explain the top-k features of every seed's small SAE, and the tuned model's most novel features."""
-    from .interp import LLMConfig, explain_features, get_explainer
+    models = _analysed_models(state, run_dir.absolute())
+    layers = _layers(state)
+    jobs = [(config, str(run_dir.absolute()), state["mmcs"]["file"], name, models[name],
+             str(_abs(run_dir, store_dir).absolute()), layers, i * len(layers))
+            for i, (name, store_dir) in enumerate(state["harvest"]["stores"].items())]
+    explainer_gpu = config.interp.explainer.startswith("hf:")
+    files, new_records = {}, []
+    for name, (file, new) in zip(state["harvest"]["stores"], _executor(state).map(
+            _features_job, jobs, resources=_resources(config, gpu=explainer_gpu))):
+        files[name] = file
+        new_records += new
+    write_json(run_dir / "features" / "tuned-new.json", new_records)
+    return {"files": files, "new": _rel(run_dir, run_dir / "features" / "tuned-new.json")}
+
+
+def _features_job(job: tuple) -> tuple[str, list[dict]]:
+    """One model's feature records, every block and seed, written to features/{model}.json; returns that
+    file (relative to the run) and the records of the model's most novel features (the tuned model only).
+    (config, run folder, mmcs.json as recorded, model name, model spec, store folder, layers, units before it)"""
+    from .interp import explain_features
     from .models import load_tokenizer
     from .rewards import load_utility_table
     from .sae import SparseAutoencoder
     from .store import ActivationStore
 
-    mmcs_result = read_json(_abs(run_dir, state["mmcs"]["file"]))
-    llm = LLMConfig(base_url=config.interp.base_url, model=config.interp.llm_model) if config.interp.base_url else None
-    explainer = get_explainer(config.interp.explainer, llm=llm, device=config.model.device)
+    config, run_dir, mmcs_file, name, model_spec, store_dir, layers, units = job
+    run_dir = Path(run_dir)
+    mmcs_result = read_json(_abs(run_dir, mmcs_file))
+    explainer = _explainer(config.interp.explainer, config.interp.base_url, config.interp.llm_model,
+                           config.model.device)
     table = load_utility_table(config.reward.table)
-    models = _analysed_models(state, run_dir)
     first = f"s{config.sae.seeds[0]}"  # mmcs.json's `new`: the first seed's tuned dictionary against the base
-    files, new_records = {}, []
-    units = 0
-    for name, store_dir in state["harvest"]["stores"].items():
-        store = ActivationStore(_abs(run_dir, store_dir))
-        tokenizer = load_tokenizer(models[name])
-        records = []
-        for layer in _layers(state):
-            tops = [t for t in mmcs_result["top"] if t["model"] == name and t["layer"] == layer]
-            saes = {f"s{t['seed']}": SparseAutoencoder.load(_abs(run_dir, t["sae"])) for t in tops}
-            features = {f"s{t['seed']}": [f["feature"] for f in t["features"]] for t in tops}
-            cosines = {f"s{t['seed']}": {f["feature"]: f["max_cosine"] for f in t["features"]} for t in tops}
-            novel = _most_novel(mmcs_result["new"], layer, config.interp.top_k) if name == "tuned" else []
-            # The new features ride along in the first seed's pass (one read of the store, one explainer
-            # batch); each feature's examples and explanation do not depend on the others asked for, and
-            # the top-k records are split off unchanged, so the headline is computed exactly as before.
-            wanted = {**features, first: list(dict.fromkeys(features[first] + [r["feature"] for r in novel]))}
-            explained = explain_features(store, layer, saes, wanted, tokenizer, explainer,
-                                         config.examples, model=name, max_cosine=cosines,
-                                         table=table, aggregate=config.reward.aggregate)
-            records += [r for r in explained if r["feature"] in features[r["sae"]]]
-            by_feature = {r["feature"]: r for r in explained if r["sae"] == first}
-            new_records += [{**by_feature[row["feature"]], "new": True, "max_cosine_to_base": row["max_cosine_to_base"],
-                             "match": row["match"]} for row in novel]
-            units += 1
-            interrupt_point("features", units)
-        write_json(run_dir / "features" / f"{name}.json", records)
-        files[name] = _rel(run_dir, run_dir / "features" / f"{name}.json")
-    write_json(run_dir / "features" / "tuned-new.json", new_records)
-    return {"files": files, "new": _rel(run_dir, run_dir / "features" / "tuned-new.json")}
+    new_records = []
+    store = ActivationStore(Path(store_dir))
+    tokenizer = load_tokenizer(model_spec)
+    records = []
+    for layer in layers:
+        tops = [t for t in mmcs_result["top"] if t["model"] == name and t["layer"] == layer]
+        saes = {f"s{t['seed']}": SparseAutoencoder.load(_abs(run_dir, t["sae"])) for t in tops}
+        features = {f"s{t['seed']}": [f["feature"] for f in t["features"]] for t in tops}
+        cosines = {f"s{t['seed']}": {f["feature"]: f["max_cosine"] for f in t["features"]} for t in tops}
+        novel = _most_novel(mmcs_result["new"], layer, config.interp.top_k) if name == "tuned" else []
+        # The new features ride along in the first seed's pass (one read of the store, one explainer
+        # batch); each feature's examples and explanation do not depend on the others asked for, and
+        # the top-k records are split off unchanged, so the headline is computed exactly as before.
+        wanted = {**features, first: list(dict.fromkeys(features[first] + [r["feature"] for r in novel]))}
+        explained = explain_features(store, layer, saes, wanted, tokenizer, explainer,
+                                     config.examples, model=name, max_cosine=cosines,
+                                     table=table, aggregate=config.reward.aggregate)
+        records += [r for r in explained if r["feature"] in features[r["sae"]]]
+        by_feature = {r["feature"]: r for r in explained if r["sae"] == first}
+        new_records += [{**by_feature[row["feature"]], "new": True, "max_cosine_to_base": row["max_cosine_to_base"],
+                         "match": row["match"]} for row in novel]
+        units += 1
+        interrupt_point("features", units)
+    write_json(run_dir / "features" / f"{name}.json", records)
+    return _rel(run_dir, run_dir / "features" / f"{name}.json"), new_records
+
+
+_EXPLAINERS: dict[tuple, object] = {}
+
+
+def _explainer(spec: str, base_url: str, llm_model: str, device: str):
+    """The run's explainer; an `hf:` one (a local LM, costly to load) is made once per process and shared by its jobs."""
+    from .interp import LLMConfig, get_explainer
+
+    llm = LLMConfig(base_url=base_url, model=llm_model) if base_url else None
+    if not spec.startswith("hf:"):
+        return get_explainer(spec, llm=llm, device=device)
+    key = (spec, base_url, llm_model, device)
+    if key not in _EXPLAINERS:
+        _EXPLAINERS[key] = get_explainer(spec, llm=llm, device=device)
+    return _EXPLAINERS[key]
+
+
+def _executor(state: dict) -> Executor:
+    """The run's executor (`run(executor=...)`); a stage called on its own runs its jobs in this process."""
+    from .executors import LocalExecutor
+
+    return state.get(_EXECUTOR) or LocalExecutor()
+
+
+def _resources(config: RunConfig, gpu: bool) -> dict:
+    """What one job declares to the executor: a CPU, and a GPU when it runs a model on cuda."""
+    return {"num_cpus": 1, "num_gpus": 1 if gpu and config.model.device.startswith("cuda") else 0}
 
 
 def _most_novel(new: list[dict], layer: int, k: int) -> list[dict]:
