@@ -523,7 +523,7 @@ def run(
     keys: bool = typer.Option(False, "--keys", help="List every section.key with its default and meaning, and exit."),
     executor: str = typer.Option("local", "--executor", help="Where the harvest, SAE and features jobs run: local "
                                  "(in this process, one after another) or ray (Ray tasks; needs "
-                                 "pip install 'rlhf-lens\\[ray]'). Results are the same; see docs/scale-ray.md."),
+                                 "pip install 'rlhf-lens\\[ray]'). Results are the same; see docs/scale.md."),
     ray_address: str = typer.Option(None, "--ray-address", help="With --executor ray: join the cluster at HOST:PORT "
                                     "(or 'auto') instead of starting a local one for this run."),
 ) -> None:
