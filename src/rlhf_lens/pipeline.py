@@ -684,7 +684,11 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
         sae_rows.append({**{k: s[k] for k in ("model", "layer", "dict_size", "seed")}, "arch": config.sae.arch,
                          "l0": metrics.get("mean_l0"),
                          **{k: metrics.get(k) for k in ("l1", "target_l0", "mse", "fvu", "dead_fraction",
-                                                         "tokens_per_s", "warnings")}})
+                                                         "tokens_per_s", "warnings", "steps", "stop_reason",
+                                                         "converged", "still_improving", "heldout_fvu")},
+                         # the held-out loss curve, for the report's small multiples
+                         "curve": [{k: c.get(k) for k in ("step", "heldout_loss", "train_loss")}
+                                   for c in metrics.get("curve") or []]})
     mmcs_rows = []
     groups: dict[tuple, list[float]] = {}
     for w in mmcs_result["within"]:

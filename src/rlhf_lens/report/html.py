@@ -198,12 +198,49 @@ def _saes_html(results: dict) -> str:
                            *(_Raw(_esc(_metric_text(m[name], percent=name == "dead_fraction")))
                              for name in _SAE_METRICS),
                            _Raw('<span class="warn">' + "<br>".join(map(_esc, warnings)) + "</span>" if warnings else "")])
-    return (_table(["model", "block", "dict size", "arch", "l1", "seeds", "MSE", "FVU", "L0", "dead", "tokens/s",
-                    "warnings"], table_rows, numeric={1, 2, 4, 5, 6, 7, 8, 9, 10}, cls="saes")
+    converged = [r for r in saes if isinstance(r, dict) and r.get("converged") is not None]
+    stopped = ""
+    if converged:
+        still = [r for r in saes if isinstance(r, dict) and r.get("still_improving")]
+        reasons = sorted({str(r.get("stop_reason")) for r in converged})
+        stopped = (f'<p>Stopping: {sum(bool(r.get("converged")) for r in converged)} of {len(converged)} SAEs converged '
+                   f'(held-out loss plateaued); stop reasons: {_esc(", ".join(reasons))}. '
+                   + (f'<span class="warn">{len(still)} stopped while their held-out loss was still falling '
+                      "(not converged: read their features with care).</span>" if still else "") + "</p>")
+    return (stopped + _table(["model", "block", "dict size", "arch", "l1", "seeds", "MSE", "FVU", "L0", "dead",
+                              "tokens/s", "warnings"], table_rows, numeric={1, 2, 4, 5, 6, 7, 8, 9, 10}, cls="saes")
+            + _loss_curves(saes)
             + '<p class="note">One row per model, block and size: mean \u00b1 std over seeds (per-seed rows are in '
               "results.json); l1: the value used, a range when target_l0 calibrated it per seed. FVU: fraction of "
               "variance unexplained; L0: mean active features per token; dead: share of features that never fired on "
               "the training tokens.</p>")
+
+
+def _loss_curves(saes: list[dict]) -> str:
+    """Small multiples: held-out loss against step, one panel per model and block, one line per size and seed."""
+    panels: dict[tuple, list[dict]] = {}
+    for r in saes:
+        if isinstance(r, dict) and r.get("curve"):
+            panels.setdefault((str(r.get("model", "?")), _layer(r)), []).append(r)
+    if not panels:
+        return ""
+    keys = sorted(panels, key=lambda k: (_model_key(k[0]), k[1]))
+    cols = min(4, len(keys))
+    fig, axes = _figure(2.6 * cols, 2.2 * ((len(keys) + cols - 1) // cols), ncols=cols,
+                        nrows=(len(keys) + cols - 1) // cols)
+    for ax, key in zip(axes, keys):
+        for i, r in enumerate(sorted(panels[key], key=lambda r: (_float(r.get("dict_size")) or 0, str(r.get("seed"))))):
+            points = [(c.get("step"), _float(c.get("heldout_loss"))) for c in r["curve"] if _float(c.get("heldout_loss"))]
+            if points:
+                ax.plot(*zip(*points), color=_color(key[0], i), linewidth=1,
+                        linestyle="-" if r.get("converged") else "--", label=f"m{r.get('dict_size')} s{r.get('seed')}")
+        ax.set_title(f"{key[0]}, block {key[1]}", fontsize="small")
+        ax.tick_params(labelsize="x-small")
+    for ax in axes[len(keys):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize="xx-small")
+    return ('<p class="note">Held-out loss against the training step (dashed: stopped before it converged).</p>'
+            + _img(_png_uri(fig), "held-out loss curves of the SAEs"))
 
 
 def _mmcs_html(results: dict) -> str:

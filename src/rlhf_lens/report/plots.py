@@ -9,11 +9,12 @@ from typing import Any
 from .format import _color, _esc, _float, _stat
 
 
-def _figure(width: float, height: float, ncols: int = 1):
+def _figure(width: float, height: float, ncols: int = 1, nrows: int = 1):
+    """A figure and its axes as a flat list (row by row)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
     for ax in axes:
         ax.grid(axis="y", alpha=0.3)
         ax.spines[["top", "right"]].set_visible(False)
