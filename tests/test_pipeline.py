@@ -711,3 +711,55 @@ def test_a_model_tuned_elsewhere_skips_ppo_but_gets_the_held_out_evaluation(tmp_
     assert not (tmp_path / "rlhf" / "model").exists()
     with pytest.raises(UserError, match="model.tuned"):
         load_config(overrides=["rlhf.steps=0"])
+
+
+def test_the_placebo_stage_tunes_against_the_same_words_with_shuffled_values(tmp_path, tiny_model_dir, corpus_file):
+    """controls.placebo: PPO with the run's settings against the reward's table, values permuted over its words."""
+    from rlhf_lens.pipeline import _stage_placebo
+    from rlhf_lens.rewards import load_utility_table
+
+    table = tmp_path / "four.csv"
+    table.write_text("film,1\nmovie,2\nstory,-1\nplot,3\n")
+    config = load_config(overrides=[f"model.base={tiny_model_dir}", f"data.corpus={corpus_file}",
+                                    f"reward.spec=table:{table},scale=1", "controls.placebo=true", "rlhf.steps=1",
+                                    "rlhf.batch_size=8", "rlhf.mini_batch_size=8", "rlhf.eval_prompts=4"])
+    outputs = _stage_placebo(config, tmp_path, {"base": {"spec": str(tiny_model_dir)}})
+    shuffled = load_utility_table(str(tmp_path / outputs["table"]))
+    assert set(shuffled) == {"film", "movie", "story", "plot"}
+    assert sorted(shuffled.values()) == [-1, 1, 2, 3] and shuffled != load_utility_table(str(table))
+    record = json.loads((tmp_path / "placebo" / "ppo" / "config.json").read_text())
+    assert record["reward"].startswith("table:") and record["reward"].endswith(",scale=1")
+    assert (tmp_path / outputs["dir"] / "config.json").is_file()
+    assert _stage_placebo(load_config(), tmp_path / "off", {}) == {"spec": None}
+    with pytest.raises(UserError, match="controls.placebo"):
+        load_config(overrides=["controls.placebo=true", "reward.spec=sentiment"])
+
+
+def test_paper_presets_keep_the_papers_ppo_schedule_and_sae(tmp_path):
+    """Defect 4: TRL 0.7's constant lr without warm-up in the paper presets (the [rlhf] defaults); demo and tiny ask
+    for their linear decay explicitly. The paper's SAE: exactly 3 epochs, no held-out rows, b_dec at 0."""
+    from rlhf_lens.rlhf import PPOConfig
+
+    assert (PPOConfig().lr_schedule, PPOConfig().warmup_steps) == ("constant", 0)
+    for name in preset_names():
+        config = load_config(preset=name)
+        if name.startswith("pythia"):
+            assert (config.rlhf.lr_schedule, config.rlhf.warmup_steps) == ("constant", 0), name
+            assert (config.sae.epochs, config.sae.holdout, config.sae.b_dec_init, config.sae.arch) == (3, 0, "zero", "tied")
+            assert "not comparable with the paper's Table 3" in preset_text(name).splitlines()[0]
+        else:
+            assert config.rlhf.lr_schedule == "linear" and config.sae.epochs == 0, name
+
+
+def test_the_run_harvests_in_the_models_dtype(tmp_path, tiny_model_dir, corpus_file):
+    """Defect 5: the harvest of a run loads its models in model.dtype (it used float32 whatever the setting)."""
+    from rlhf_lens.pipeline import _stage_harvest
+    from rlhf_lens.store import ActivationStore
+
+    config = load_config(overrides=[f"model.base={tiny_model_dir}", f"data.corpus={corpus_file}",
+                                    "model.dtype=bfloat16", "harvest.max_docs=4", "harvest.max_tokens=16"])
+    state = {"base": {"spec": str(tiny_model_dir)}, "rlhf": {"spec": str(tiny_model_dir), "trained": False},
+             "placebo": {"spec": None}, "control": {"spec": None}, "diff": {"top_layers": [1]}}
+    outputs = _stage_harvest(config, tmp_path, state)
+    store = ActivationStore(tmp_path / outputs["stores"]["base"])
+    assert store.manifest["model_dtype"] == "bfloat16" and store.n_docs == 4

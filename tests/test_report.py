@@ -356,3 +356,16 @@ def test_report_in_headless_chromium(run_dir, tmp_path_factory):
         problems = [line for line in log.splitlines() if ":CONSOLE" in line or "Uncaught" in line
                     or "Content Security Policy" in line or "ERR_" in line]
         assert not problems, problems
+
+
+def test_offline_explanations_are_said_to_be_incomparable_with_table_3():
+    """Defect 7: the utility section says when the explanations did not come from an LLM like the paper's GPT-4."""
+    from rlhf_lens.report import render_html
+
+    results = {"config": {"interp": {"explainer": "offline"}},
+               "utility": {"aggregate": "mean", "table": "vader",
+                           "per_block": [{"layer": 1, "base": {"utility": 1.0}, "tuned": {"utility": 2.0}}],
+                           "total": {"base": {"utility": 1.0}, "tuned": {"utility": 2.0}}}}
+    assert "not comparable with the paper's Table 3" in render_html(results)
+    results["config"]["interp"]["explainer"] = "openai"
+    assert "not comparable with the paper's Table 3" not in render_html(results)

@@ -126,6 +126,10 @@ class SAESection(SAETraining):
 class ControlSection:
     random_init: bool = False
     """Also analyse a randomly initialised model of the base architecture, as a control."""
+    placebo: bool = False
+    """Also PPO-tune the base with the same [rlhf] settings against the reward's utility table with its values
+    shuffled over words (seeded), and diff and decompose it like the real tune: what tuning of that size changes
+    whatever the reward (a utility-table reward only: vader or table:FILE)."""
 
 
 @dataclass
@@ -311,6 +315,12 @@ def validate(config: RunConfig) -> None:
         check_device_dtype(m.device, m.dtype)
     except UserError as err:
         raise UserError(f"model.{err}") from None
+    if config.controls.placebo:
+        from .rewards import parse_spec
+
+        if parse_spec(config.reward.spec)[0] not in ("vader", "table") or m.tuned:
+            raise UserError("controls.placebo shuffles the reward's utility table and tunes with our PPO: it needs "
+                            "reward.spec = vader or table:FILE and no model.tuned; set controls.placebo = false")
     if config.rlhf.steps == 0 and not m.tuned:
         raise UserError("rlhf.steps = 0 means no PPO: give the tuned model as model.tuned (or set rlhf.steps >= 1)")
     try:

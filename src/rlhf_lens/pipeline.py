@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .executors import Executor
 
 _EXECUTOR = "_executor"  # state[_EXECUTOR]: the run's executor (not a stage; stages read it with `_executor`)
-STAGES = ("base", "rlhf", "divergence", "diff", "control", "harvest", "saes", "mmcs", "decompose", "features", "scores", "report")
+STAGES = ("base", "rlhf", "placebo", "divergence", "diff", "control", "harvest", "saes", "mmcs", "decompose", "features", "scores", "report")
 # Test hook: `stage:n` raises KeyboardInterrupt after n units of that stage finished (a killed run).
 
 
@@ -195,7 +195,7 @@ def _run_locked(config: RunConfig, run_dir: Path, executor: Executor) -> Path:
 
 # What each stage writes, relative to the run folder.
 STAGE_OUTPUTS = {
-    "base": ["models/base"], "rlhf": ["rlhf"], "divergence": ["divergence.json", "divergence.png"], "diff": ["diff"],
+    "base": ["models/base"], "rlhf": ["rlhf"], "placebo": ["placebo"], "divergence": ["divergence.json", "divergence.png"], "diff": ["diff"],
     "control": ["models/control"], "harvest": ["acts"], "saes": ["saes"], "mmcs": ["mmcs.json"], "decompose": ["decompose"],
     "features": ["features"], "scores": ["utility.json"], "report": ["results.json", "report.html", "summary.md"],
 }
@@ -214,7 +214,8 @@ def _stage_config(config: RunConfig, stage: str) -> dict:
         "rlhf": [c["rlhf"], c["reward"]["spec"]],
         "divergence": [c["divergence"]["top_n"]],
         "diff": [c["diff"], c["divergence"], c["reward"]["spec"], c["data"]["test_split"]],
-        "control": [c["controls"]],
+        "placebo": [c["controls"]["placebo"], c["rlhf"], c["reward"]["spec"]],
+        "control": [c["controls"]["random_init"]],
         "harvest": [c["harvest"], c["data"]["test_split"]],
         "saes": [c["sae"]],
         "mmcs": [c["interp"]["new_feature_threshold"], c["interp"]["new_feature_quantile"], c["interp"]["top_k"]],
@@ -258,6 +259,25 @@ def _stage_rlhf(config: RunConfig, run_dir: Path, state: dict) -> dict:
     return {"dir": _rel(run_dir, model_dir), "trained": True}
 
 
+def _stage_placebo(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    """The placebo tune (controls.placebo): the same PPO against the reward's table with its values shuffled over
+    its words, so "would any PPO run of this size change this much?" has an answer."""
+    if not config.controls.placebo:
+        return {"spec": None}
+    from .diff.placebo import shuffled_table, write_table
+    from .rewards import load_utility_table, parse_spec
+    from .rlhf import train_ppo
+
+    kind, arg, options = parse_spec(config.reward.spec)
+    table = shuffled_table(load_utility_table("vader" if kind == "vader" else arg), seed=config.model.seed)
+    path = write_table(table, run_dir / "placebo" / "table.tsv")
+    spec = ",".join([f"table:{path.resolve()}", *(f"{k}={v}" for k, v in sorted(options.items()))])
+    ppo = dataclasses.replace(config.rlhf, device=config.model.device, dtype=config.model.dtype,
+                              text_column=config.data.text_column)
+    model_dir = train_ppo(_model(state["base"], run_dir), spec, config.data.corpus, run_dir / "placebo" / "ppo", ppo)
+    return {"dir": _rel(run_dir, model_dir), "table": _rel(run_dir, path)}
+
+
 def _stage_divergence(config: RunConfig, run_dir: Path, state: dict) -> dict:
     from .divergence import divergence_from_specs, divergence_spread, plot_divergence, top_layers
 
@@ -280,7 +300,13 @@ def _stage_diff(config: RunConfig, run_dir: Path, state: dict) -> dict:
                          config.reward.spec, by_parameters, run_dir / "diff", settings, device=config.model.device,
                          dtype=config.model.dtype)
     chosen = by_parameters if config.divergence.rank == "parameters" else top_blocks(result, config.divergence.top_n)
-    return {"dir": _rel(run_dir, run_dir / "diff"), "top_layers": chosen, "rank": config.divergence.rank}
+    outputs = {"dir": _rel(run_dir, run_dir / "diff"), "top_layers": chosen, "rank": config.divergence.rank}
+    placebo = _model(state["placebo"], run_dir)
+    if placebo:  # the same measures for the placebo tune, beside the real one's
+        diff_models(_model(state["base"], run_dir), placebo, config.data.corpus, config.reward.spec, by_parameters,
+                    run_dir / "diff" / "placebo", settings, device=config.model.device, dtype=config.model.dtype)
+        outputs["placebo_dir"] = _rel(run_dir, run_dir / "diff" / "placebo")
+    return outputs
 
 
 def _layers(state: dict) -> list[int]:
@@ -309,6 +335,9 @@ def _analysed_models(state: dict, run_dir: Path | None = None) -> dict[str, str]
     control = _model(state["control"], run_dir)
     if control:
         models["control"] = control
+    placebo = _model(state["placebo"], run_dir)
+    if placebo:
+        models["placebo"] = placebo
     return models
 
 
@@ -438,15 +467,10 @@ def _stage_decompose(config: RunConfig, run_dir: Path, state: dict) -> dict:
     MLP outputs of the same tokens (top latents by share of |Δ|², explained, scored, steered against random
     directions), the shift of the base SAE's latents between the two models, and optionally a crosscoder."""
     from .data import load_corpus
-    from .diff.crosscoder import crosscoder_analysis
-    from .diff.diffsae import diff_sae, steer_top_latents
-    from .diff.paired_store import delta_store
-    from .diff.shift import count_among, shared_dictionary_shift
     from .diff.steering import heldout_prompts
-    from .interp import LLMConfig, explain_features, get_explainer
+    from .interp import LLMConfig, get_explainer
     from .models import load_model
     from .rewards import load_reward, load_utility_table
-    from .sae import SparseAutoencoder
     from .store import ActivationStore
 
     dc = config.decompose
@@ -460,11 +484,30 @@ def _stage_decompose(config: RunConfig, run_dir: Path, state: dict) -> dict:
     corpus = load_corpus(config.data.corpus, text_column=config.data.text_column)
     prompts = heldout_prompts(corpus, tokenizer, config.diff.prompts, config.data.test_split, [], dc.seed)
     out = run_dir / "decompose"
+    results = {}
+    for name in [m for m in ("tuned", "placebo") if m in stores]:
+        results[name] = _decompose_model(config, run_dir, state, stores, name, out if name == "tuned" else
+                                         out / name, mmcs_result, explainer, table, reward, base, tokenizer, prompts)
+    write_json(out / "decompose.json", {**results["tuned"], "placebo": results.get("placebo")})
+    return {"file": _rel(run_dir, out / "decompose.json"), "utility_of_change": results["tuned"]["utility_of_change"]}
+
+
+def _decompose_model(config: RunConfig, run_dir: Path, state: dict, stores: dict, name: str, out: Path,
+                     mmcs_result: dict, explainer, table: dict, reward, base, tokenizer, prompts) -> dict:
+    """The decompose stage's measures for one tuned model (`name`: tuned, or the placebo tune) against the base."""
+    from .diff.crosscoder import crosscoder_analysis
+    from .diff.diffsae import diff_sae, steer_top_latents
+    from .diff.paired_store import delta_store
+    from .diff.shift import count_among, shared_dictionary_shift
+    from .interp import explain_features
+    from .sae import SparseAutoencoder
+
+    dc = config.decompose
     seed = config.sae.seeds[0]
     blocks = []
     for layer in _layers(state):
         folder = out / f"layer{layer}"
-        delta = delta_store(stores["base"], stores["tuned"], layer, folder / "delta")
+        delta = delta_store(stores["base"], stores[name], layer, folder / "delta")
         result, saes = diff_sae(delta, layer, dc, out_dir=folder / "diffsae")
         result["steering"] = steer_top_latents(result, saes, base, tokenizer, reward, prompts, dc,
                                                new_tokens=config.diff.new_tokens)
@@ -476,23 +519,21 @@ def _stage_decompose(config: RunConfig, run_dir: Path, state: dict) -> dict:
         result["features"] = [_shown(r) for r in records]
         small, _ = _small_and_large(state, "base", layer, seed)
         sae = SparseAutoencoder.load(_abs(run_dir, small["dir"]))
-        shift = shared_dictionary_shift(sae, stores["base"], stores["tuned"], layer, dc)
+        shift = shared_dictionary_shift(sae, stores["base"], stores[name], layer, dc)
         top_mmcs = next((t["features"] for t in mmcs_result["top"]
                          if t["model"] == "base" and t["layer"] == layer and t["seed"] == seed), [])
         shift["among_top_mmcs"] = count_among(shift, [f["feature"] for f in top_mmcs])
         shifted = [row["latent"] for row in shift["top"][:dc.explain_top]]
         shift["features"] = [_shown(r) for r in explain_features(
-            stores["tuned"], layer, {f"s{seed}": sae}, {f"s{seed}": shifted}, tokenizer, explainer, config.examples,
-            model="base-sae on tuned", table=table, aggregate=config.reward.aggregate)] if shifted else []
+            stores[name], layer, {f"s{seed}": sae}, {f"s{seed}": shifted}, tokenizer, explainer, config.examples,
+            model=f"base-sae on {name}", table=table, aggregate=config.reward.aggregate)] if shifted else []
         shift["sae"] = small["dir"]
         block = {"layer": layer, "diff_sae": result, "shift": shift}
         if dc.crosscoder:
-            block["crosscoder"], _ = crosscoder_analysis(stores["base"], stores["tuned"], layer, dc,
+            block["crosscoder"], _ = crosscoder_analysis(stores["base"], stores[name], layer, dc,
                                                           out=folder / "crosscoder.safetensors")
         blocks.append(block)
-    utility = _change_utility(blocks)
-    write_json(out / "decompose.json", {"blocks": blocks, "utility_of_change": utility})
-    return {"file": _rel(run_dir, out / "decompose.json"), "utility_of_change": utility}
+    return {"blocks": blocks, "utility_of_change": _change_utility(blocks)}
 
 
 def _change_utility(blocks: list[dict]) -> dict:
@@ -713,6 +754,7 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
         "ppo": ppo,
         "diff": _diff_for_report(run_dir, state),
         "decompose": read_json(_abs(run_dir, state["decompose"]["file"])),
+        "placebo": _placebo_for_report(run_dir, state),
         "divergence": {"rows": rows, "top_layers": _layers(state), "rank": state["diff"]["rank"],
                        "by_parameters": state["divergence"]["top_layers"],
                        "spread": state["divergence"]["spread"]},
@@ -729,6 +771,15 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
 def _diff_for_report(run_dir: Path, state: dict) -> dict:
     """diff.json as the report shows it (the per-token tensors stay in deltas.safetensors)."""
     return read_json(_abs(run_dir, state["diff"]["dir"]) / "diff.json")
+
+
+def _placebo_for_report(run_dir: Path, state: dict) -> dict | None:
+    """The placebo tune's diff and utility of the change, shown beside the real tune's; None when it did not run."""
+    if not state["diff"].get("placebo_dir"):
+        return None
+    decompose = read_json(_abs(run_dir, state["decompose"]["file"])).get("placebo") or {}
+    return {"diff": read_json(_abs(run_dir, state["diff"]["placebo_dir"]) / "diff.json"),
+            "utility_of_change": decompose.get("utility_of_change"), "table": state["placebo"].get("table")}
 
 
 def _new_feature_counts(config: RunConfig, mmcs_result: dict, explained: list[dict]) -> dict:
@@ -750,7 +801,7 @@ def _shown(record: dict) -> dict:
 
 
 _STAGE_FUNCTIONS = {
-    "base": _stage_base, "rlhf": _stage_rlhf, "divergence": _stage_divergence, "diff": _stage_diff,
+    "base": _stage_base, "rlhf": _stage_rlhf, "placebo": _stage_placebo, "divergence": _stage_divergence, "diff": _stage_diff,
     "control": _stage_control,
     "harvest": _stage_harvest, "saes": _stage_saes, "mmcs": _stage_mmcs, "decompose": _stage_decompose, "features": _stage_features,
     "scores": _stage_scores, "report": _stage_report,

@@ -27,7 +27,7 @@ __all__ = ["NOT_RUN", "SECTIONS", "render_html", "render_markdown", "verdict", "
 _LIST_SECTIONS = ("saes", "mmcs", "features", "new_features", "headline")
 
 
-_DICT_SECTIONS = ("models", "config", "ppo", "divergence", "utility", "new_feature_counts", "diff", "decompose")
+_DICT_SECTIONS = ("models", "config", "ppo", "divergence", "utility", "new_feature_counts", "diff", "decompose", "placebo")
 
 
 def write_report(run_dir: str | os.PathLike) -> tuple[Path, Path]:

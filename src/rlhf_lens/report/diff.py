@@ -271,3 +271,14 @@ def decompose_markdown(decompose: dict) -> str:
                             [[f.get("feature"), f.get("explanation"), _float(f.get("utility"))]
                              for f in shift.get("features") or []]), ""]
     return "\n".join(lines)
+
+
+def same_token_rows(results: dict) -> list[list[Any]]:
+    """The headline's same-token rows: the real tune's, the utility of the change, and the placebo tune's beside."""
+    rows = diff_headline_rows(results.get("diff") or {})
+    placebo = results.get("placebo")
+    if results.get("decompose"):
+        rows.append(change_utility_row(results["decompose"], placebo))
+    if placebo and placebo.get("diff"):
+        rows += [[f"placebo tune: {row[0]}", *row[1:]] for row in diff_headline_rows(placebo["diff"])]
+    return rows

@@ -90,13 +90,9 @@ def _headline_html(results: dict) -> str:
             '1\u00d7 is suggestive, otherwise not distinguishable. "Reward alignment" needs no explainer.</p>')
     diff = results.get("diff")
     if diff:
-        from .diff import diff_headline_rows
+        from .diff import same_token_rows
 
-        same = diff_headline_rows(diff)
-        if results.get("decompose"):
-            from .diff import change_utility_row
-
-            same.append(change_utility_row(results["decompose"], results.get("placebo")))
+        same = same_token_rows(results)
         if same:
             table += ('<p>On the same tokens (base and tuned compared directly, no dictionaries; details in '
                       '<a href="#diff">What tuning changed</a>):</p>'

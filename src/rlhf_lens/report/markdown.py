@@ -63,14 +63,12 @@ def render_markdown(results: dict) -> str:
           r.get("verdict") or verdict(_stat(r.get("base")), _stat(r.get("tuned")))] for r in headline])
         if headline else None)
 
-    from .diff import change_utility_row, decompose_markdown, diff_headline_rows, diff_markdown
+    from .diff import decompose_markdown, diff_markdown, same_token_rows
 
     diff, decompose = results.get("diff"), results.get("decompose")
     if diff and headline:
-        rows = diff_headline_rows(diff)
-        if decompose:
-            rows.append(change_utility_row(decompose, results.get("placebo")))
-        out[-2] += "\n\nOn the same tokens (diff stage):\n\n" + _md_table(["measure", "value", "null", "verdict"], rows)
+        out[-2] += "\n\nOn the same tokens (diff stage):\n\n" + _md_table(["measure", "value", "null", "verdict"],
+                                                                           same_token_rows(results))
     section("diff", (diff_markdown(diff) + ("\n" + decompose_markdown(decompose) if decompose else "")) if diff else None)
 
     ppo = results.get("ppo") or {}
