@@ -3,7 +3,8 @@
 Stages, each recorded in `RUN_DIR/stages/<stage>.json` with a key that hashes its
 config and the keys of the stages it reads from:
 
-    base -> rlhf -> divergence -> diff -> control -> harvest -> saes -> mmcs -> features -> scores -> report
+    base -> rlhf -> placebo -> divergence -> diff -> control -> harvest -> saes -> mmcs -> decompose
+         -> features -> scores -> report
 
 Rerunning the same command skips finished stages (whose key still matches) and resumes
 the unfinished one (PPO, harvest and SAE training checkpoint themselves); changing a
