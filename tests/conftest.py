@@ -96,3 +96,24 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
     assert lines and lines[-1].startswith("error: "), result.stderr
     for fragment in fragments:
         assert fragment in result.stderr, result.stderr
+
+
+def plant_direction(model, tokenizer, norm: float) -> tuple:
+    """A residual-stream vector of `norm` aimed at four whole words of 4+ letters through the final norm and the
+    unembedding (against the other word-start tokens, which share a "a word starts here" direction), and the three
+    words it pushes most: (vector, words, their token ids). Planted changes in tests/test_diff.py and
+    tests/test_decompose.py."""
+    import torch
+
+    from rlhf_lens.diff.output import lens_logits, vocabulary
+
+    vocab = vocabulary(tokenizer, model.get_output_embeddings().weight.shape[0])
+    longer = [j for j, w in enumerate(vocab.words) if len(w) >= 4]
+    unembed = model.get_output_embeddings().weight.detach()
+    aim = [int(vocab.ids[j]) for j in longer[:4]]
+    rest = [int(i) for i in vocab.ids if int(i) not in aim]
+    v = unembed[aim].mean(0) - unembed[rest].mean(0)
+    v = norm * v / v.norm()
+    lens = lens_logits(model, v[None])[0][torch.from_numpy(vocab.ids)]
+    top = torch.topk(lens, 3).indices
+    return v, [vocab.words[int(j)] for j in top], [int(vocab.ids[int(j)]) for j in top]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import plant_direction
 from rlhf_lens.errors import UserError
 
 D = 32
@@ -219,24 +220,14 @@ def test_decompose_config_checks():
 def word_direction(tiny_model_dir, tmp_path_factory):
     """As in tests/test_diff.py: a vector of norm 2 aimed at four whole words through the final norm and
     unembedding of the tiny model, the three words it pushes most, and a table listing them."""
-    from rlhf_lens.diff.output import lens_logits, vocabulary
     from rlhf_lens.models import load_model
 
     model, tok = load_model(str(tiny_model_dir))
-    vocab = vocabulary(tok, model.get_output_embeddings().weight.shape[0])
-    longer = [j for j, w in enumerate(vocab.words) if len(w) >= 4]
-    unembed = model.get_output_embeddings().weight.detach()
-    aim = [int(vocab.ids[j]) for j in longer[:4]]
-    rest = [int(i) for i in vocab.ids if int(i) not in aim]
-    v = unembed[aim].mean(0) - unembed[rest].mean(0)
-    v = 2.0 * v / v.norm()
-    lens = lens_logits(model, v[None])[0][torch.from_numpy(vocab.ids)]
-    top = torch.topk(lens, 3).indices
-    words = [vocab.words[int(j)] for j in top]
+    v, words, ids = plant_direction(model, tok, 2.0)
     root = tmp_path_factory.mktemp("words")
     table = root / "table.tsv"
     table.write_text("".join(f"{w}\t3\n" for w in words))
-    return {"model": model, "tokenizer": tok, "v": v, "words": words, "ids": [int(vocab.ids[int(j)]) for j in top],
+    return {"model": model, "tokenizer": tok, "v": v, "words": words, "ids": ids,
             "table": table, "root": root}
 
 

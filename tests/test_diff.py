@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, plant_direction, run_cli
 
 PLANTED_BLOCK = 1
 PLANT_SCALE = 2.0
@@ -27,22 +27,10 @@ def _config(**kw):
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory, tiny_model_dir):
     """A copy of the tiny model whose block 1 MLP bias adds a vector pushing 4 chosen words, and a table of them."""
-    from rlhf_lens.diff.output import lens_logits, vocabulary
     from rlhf_lens.models import load_model, save_model
 
     model, tok = load_model(str(tiny_model_dir))
-    vocab = vocabulary(tok, model.get_output_embeddings().weight.shape[0])
-    # A direction aimed at four whole words of 4+ letters, against the other word-start tokens (all of them
-    # share a "a word starts here" direction); the planted words are the four it pushes most through the
-    # final norm and unembedding.
-    longer = [j for j, w in enumerate(vocab.words) if len(w) >= 4]
-    unembed = model.get_output_embeddings().weight.detach()
-    aim = [int(vocab.ids[j]) for j in longer[:4]]
-    rest = [int(i) for i in vocab.ids if int(i) not in aim]
-    v = unembed[aim].mean(0) - unembed[rest].mean(0)
-    v = PLANT_SCALE * v / v.norm()
-    lens = lens_logits(model, v[None])[0][torch.from_numpy(vocab.ids)]
-    words = [vocab.words[int(j)] for j in torch.topk(lens, 3).indices]
+    v, words, _ = plant_direction(model, tok, PLANT_SCALE)
     with torch.no_grad():
         model.gpt_neox.layers[PLANTED_BLOCK].mlp.dense_4h_to_h.bias += v
     root = tmp_path_factory.mktemp("planted")
