@@ -62,7 +62,8 @@ def _ok(result, what: str):
 
 def _hashes(root: Path, under: tuple[str, ...] = ()) -> dict[str, str]:
     """sha256 of every file below `root` (optionally only below the given top-level entries)."""
-    files = [p for p in sorted(root.rglob("*")) if p.is_file()]
+    # the lock file holds the pid of the last run that held it: not a result
+    files = [p for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".rlhf-lens.lock"]
     if under:
         files = [p for p in files if p.relative_to(root).parts[0] in under]
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
@@ -125,8 +126,8 @@ def _copy_run(src: Path, dst: Path, before: str | None = None) -> Path:
     Stage records name their files relative to the run folder, so a copy reads and writes its own.
     """
     later = set(STAGES[STAGES.index(before):]) if before else set()
-    outputs = {"saes": {"saes"}, "mmcs": {"mmcs.json"}, "features": {"features"}, "scores": {"utility.json"},
-               "report": {"results.json", "report.html", "summary.md"}}
+    outputs = {"saes": {"saes"}, "mmcs": {"mmcs.json"}, "decompose": {"decompose"}, "features": {"features"},
+               "scores": {"utility.json"}, "report": {"results.json", "report.html", "summary.md"}}
     assert later <= set(outputs), "only stages from saes on can be dropped"
 
     def ignore(folder: str, names: list[str]) -> set[str]:
@@ -390,8 +391,9 @@ def test_new_tuned_features_are_explained_apart_from_the_top_k(tiny_run):
 
 def test_new_features_are_judged_against_base_seed_noise(tiny_run):
     """The tiny preset leaves interp.new_feature_threshold at 0 (auto) with two SAE seeds: each block's threshold
-    is the new_feature_quantile of base seed 0 vs seed 1, the tuned features are compared with every base seed,
-    and mmcs.json, results.json, the report and summary.md carry the seed-noise baseline beside the tuned count."""
+    is the new_feature_quantile of base seed 0 vs seed 1, the tuned seed-0 features are compared with the same other
+    base seeds as the null (leave-one-out), and mmcs.json, results.json, the report and summary.md carry the
+    seed-noise baseline beside the tuned count."""
     from rlhf_lens.dictionaries import max_cosine_any, seed_null
 
     out = tiny_run.out
@@ -409,7 +411,7 @@ def test_new_features_are_judged_against_base_seed_noise(tiny_run):
         assert block["threshold_source"] == f"auto: {quantile:g} quantile of base seed {seeds[0]} vs seed {seeds[1]}"
         assert block["null"]["below"] == int((null < block["threshold"]).sum()) and block["null"]["n"] == width
         assert block["null"]["p05"] == pytest.approx(float(torch.quantile(null, 0.05)))
-        tuned, _, _ = max_cosine_any(out / f"saes/tuned/layer{layer}/m{width}-s{seeds[0]}", bases)
+        tuned, _, _ = max_cosine_any(out / f"saes/tuned/layer{layer}/m{width}-s{seeds[0]}", bases[1:])
         rows = [r for r in result["new"] if r["layer"] == layer]
         assert block["found"] == len(rows) == int((tuned < block["threshold"]).sum()) and block["tuned_n"] == width
         assert all(r["match_seed"] in seeds and r["max_cosine_to_base"] < block["threshold"] for r in rows)

@@ -103,7 +103,54 @@ def make_results(seed: int = 0) -> dict:
              "control": _stat([12.0, 12.6]), "n_seeds": 2, "verdict": "tuned - base = 8.8 (precomputed line)"},
             {"name": "reward alignment", "base": _stat([1.2]), "tuned": _stat([2.9]), "control": None, "n_seeds": 1},
         ],
+        "diff": make_diff(),
+        "decompose": make_decompose(),
     }
+
+
+def make_diff() -> dict:
+    """The diff stage's diff.json, as far as the report reads it (docs/diff.md)."""
+    words = [{"word": w, "piece": " " + w, "utility": u, "score": s} for w, u, s in
+             (("love", 3.2, 0.02), ("beautiful", 2.9, 0.015), ("the", 0.0, 0.01))]
+    null = {"observed": 2.03, "null_mean": 0.01, "null_std": 0.1, "z": 20.2, "percentile": 100.0, "in_table": 2}
+    rows = [{"alpha": a, "reward": r, "se": 0.05, "gain": r - 0.1, "gain_se": 0.04, "kl": k, "coherent": k <= 1.0}
+            for a, r, k in ((0.0, 0.1, 0.0), (1.0, 0.3, 0.1), (2.0, 0.6, 0.4), (4.0, 0.9, 1.3))]
+    random = [{"alpha": a, "rewards": [0.1, 0.12, 0.08], "kl": 0.1} for a in (0.0, 1.0, 2.0, 4.0)]
+    return {"n_tokens": 1900, "n_docs": 48, "split": "test", "reward": "vader",
+            "verdicts": {"output": "tuning promotes reward-laden words (z=20.2)",
+                         "steering_3": "steering base by 2\u00b7\u0394_3 raises the reward beyond every random direction"},
+            "output": {"promoted": words, "demoted": words[2:], "promoted_null": null, "demoted_null": None,
+                       "kl": {"mean": 0.3, "p90": 0.6, "max": 8.0}, "reading": {"note": "VADER table"},
+                       "contexts": [{"doc": 1, "pos": 3, "kl": 2.0, "tokens": ["a", " great", " film"],
+                                     "kl_per_token": [0.1, 2.0, 0.3]}]},
+            "reference": {"n_prompts": 24, "new_tokens": 12, "base": {"reward": 0.1, "se": 0.05},
+                          "tuned": {"reward": 0.5, "se": 0.1, "kl": 0.4}},
+            "steering": [{"layer": 3, "alpha": 2.0, "delta_norm": 4.2, "delta": rows, "random": random,
+                          "verdict": "steering base by 2\u00b7\u0394_3 raises the reward beyond every random direction",
+                          "promoted": words[:2], "promoted_null": null,
+                          "lens": {"top": words[2:], "verdict": "the lens of \u0394 is no more reward-laden than random directions"}}],
+            "ranking": {"alpha": 2.0, "verdict": "block 3's own change raises the reward most",
+                        "rows": [{"rank": 1, "layer": 3, "own_norm": 1.0, "gain": 0.4, "gain_se": 0.1, "gain_per_norm": 0.2,
+                                  "null_gains": [0.01], "kl": 0.3, "coherent": True, "beats_null": True}]},
+            "blocks": [{"layer": i, "delta_norm": 0.5 * i, "base_norm": 10.0, "relative": 0.05 * i, "own_norm": 0.5,
+                        "token_diff_norm": 1.0} for i in range(6)]}
+
+
+def make_decompose() -> dict:
+    """The decompose stage's decompose.json, as far as the report reads it."""
+    feature = {"feature": 7, "sae": "s0", "explanation": 'Fires on "love" and "wonderful".', "score": 0.4, "utility": 3.0,
+               "examples": [{"doc": 1, "tokens": ["i", " love", " it"], "activations": [0, 10, 2], "max_activation": 1.0}]}
+    return {"utility_of_change": {"mean": 3.0, "std": 0.5, "n": 2},
+            "blocks": [{"layer": 3,
+                        "diff_sae": {"arch": "batchtopk", "dict_size": 64, "seeds": [0, 1],
+                                     "agreement": {"mean": 0.9, "above_0.9": 1},
+                                     "top": [{"latent": 7, "share": 0.3, "agreement": 0.95}], "features": [feature],
+                                     "steering": {"base": {"reward": 0.1}, "latents": [
+                                         {"latent": 7, "gain": 0.3, "gain_se": 0.05, "beats_null": True}]}},
+                        "shift": {"n_shifted": 1, "n_latents": 32, "n_rising": 1, "n_falling": 0,
+                                  "among_top_mmcs": {"count": 0, "of": 1},
+                                  "top": [{"latent": 7, "mean_change": 0.5, "z": 6.0, "rate_change": 0.1}],
+                                  "features": [feature]}}]}
 
 
 class _Page(HTMLParser):
@@ -258,11 +305,11 @@ def test_missing_sections_say_not_run(tmp_path):
     html_path, md_path = write_report(tmp_path)
     text = html_path.read_text(encoding="utf-8")
     assert "not run" not in _section(text, "divergence")
-    for sid in ("headline", "ppo", "saes", "mmcs", "features", "utility", "config"):
+    for sid in ("headline", "diff", "ppo", "saes", "mmcs", "features", "utility", "config"):
         assert "not run" in _section(text, sid), sid
     assert "No tuned feature" in _section(text, "new-features")  # ran, found none: not "not run"
     md = md_path.read_text(encoding="utf-8")
-    assert md.count("_not run_") == 6
+    assert md.count("_not run_") == 7  # the diff too
 
 
 def test_numbers_are_shown_to_three_digits_and_float_residue_as_zero():
@@ -369,3 +416,18 @@ def test_offline_explanations_are_said_to_be_incomparable_with_table_3():
     assert "not comparable with the paper's Table 3" in render_html(results)
     results["config"]["interp"]["explainer"] = "openai"
     assert "not comparable with the paper's Table 3" not in render_html(results)
+
+
+def test_what_tuning_changed_is_shown_with_its_nulls(run_dir):
+    """The diff and decompose stages in the report: verdicts, promoted words with their null, the steering curve,
+    the feature tables, and the same-token rows of the headline (utility of the change without a placebo: no null)."""
+    html_path, md_path = write_report(run_dir)
+    text = html_path.read_text(encoding="utf-8")
+    diff = _section(text, "diff")
+    assert "tuning promotes reward-laden words" in diff and "love" in diff and "z = 20.2" in diff
+    assert "Which features changed" in diff and "beats every random direction" in diff
+    headline = _section(text, "headline")
+    assert "On the same tokens" in headline and "utility of the change" in headline
+    assert "the placebo tune (controls.placebo) was off" in headline
+    md = md_path.read_text(encoding="utf-8")
+    assert "utility of the words tuning promotes" in md and "diff-SAE top latents" in md

@@ -194,7 +194,7 @@ def change_utility_row(decompose: dict, placebo: dict | None = None) -> list[Any
         verdict = ("above the placebo tune by more than twice the combined seed spread" if spread and gap > 2 * spread
                    else "not distinguishable from the placebo tune")
     else:
-        null = "no null: the placebo tune (controls.placebo) did not run"
+        null = "no null: the placebo tune (controls.placebo) was off"
         verdict = "no comparison without the placebo tune; read the explanations below"
     return ["utility of the change (top diff-SAE latents' explanations)", value, null, verdict]
 
