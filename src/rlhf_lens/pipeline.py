@@ -293,19 +293,16 @@ def _stage_divergence(config: RunConfig, run_dir: Path, state: dict) -> dict:
 def _stage_diff(config: RunConfig, run_dir: Path, state: dict) -> dict:
     """Base and tuned on the same tokens (docs/diff.md); with divergence.rank = causal it picks the analysed blocks."""
     from .diff.ranking import top_blocks
-    from .diff.run import diff_models
 
     by_parameters = state["divergence"]["top_layers"]
-    settings = dataclasses.replace(config.diff, split=config.data.test_split, text_column=config.data.text_column)
-    result = diff_models(_model(state["base"], run_dir), _model(state["rlhf"], run_dir), config.data.corpus,
-                         config.reward.spec, by_parameters, run_dir / "diff", settings, device=config.model.device,
-                         dtype=config.model.dtype)
+    result = _diff_in_run(config, run_dir, run_dir / "diff", _model(state["base"], run_dir),
+                          _model(state["rlhf"], run_dir), by_parameters)
     chosen = by_parameters if config.divergence.rank == "parameters" else top_blocks(result, config.divergence.top_n)
     outputs = {"dir": _rel(run_dir, run_dir / "diff"), "top_layers": chosen, "rank": config.divergence.rank}
     placebo = _model(state["placebo"], run_dir)
     if placebo:  # the same measures for the placebo tune, beside the real one's
-        diff_models(_model(state["base"], run_dir), placebo, config.data.corpus, config.reward.spec, by_parameters,
-                    run_dir / "diff" / "placebo", settings, device=config.model.device, dtype=config.model.dtype)
+        _diff_in_run(config, run_dir, run_dir / "diff" / "placebo", _model(state["base"], run_dir), placebo,
+                     by_parameters)
         outputs["placebo_dir"] = _rel(run_dir, run_dir / "diff" / "placebo")
     return outputs
 
@@ -770,8 +767,26 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
 
 
 def _diff_for_report(run_dir: Path, state: dict) -> dict:
-    """diff.json as the report shows it (the per-token tensors stay in deltas.safetensors)."""
-    return read_json(_abs(run_dir, state["diff"]["dir"]) / "diff.json")
+    """diff.json as the report shows it (the per-token tensors stay in deltas.safetensors); models saved in the run
+    named relative to it, as everywhere in results.json, so a moved run folder still describes itself."""
+    return _read_diff(run_dir, state["diff"]["dir"])
+
+
+def _read_diff(run_dir: Path, folder: str) -> dict:
+    return read_json(_abs(run_dir, folder) / "diff.json")
+
+
+def _diff_in_run(config: RunConfig, run_dir: Path, folder: Path, base: str, tuned: str, layers: list[int]) -> dict:
+    """`diff_models` writing into the run, its models recorded relative to the run folder (as every record of a
+    run is), so a moved or copied run still describes itself."""
+    from .diff.run import diff_models
+
+    settings = dataclasses.replace(config.diff, split=config.data.test_split, text_column=config.data.text_column)
+    result = diff_models(base, tuned, config.data.corpus, config.reward.spec, layers, folder, settings,
+                         device=config.model.device, dtype=config.model.dtype)
+    result.update({k: _rel(run_dir, result[k]) for k in ("base", "tuned") if Path(str(result[k])).is_absolute()})
+    write_json(folder / "diff.json", result)
+    return result
 
 
 def _placebo_for_report(run_dir: Path, state: dict) -> dict | None:
@@ -779,7 +794,7 @@ def _placebo_for_report(run_dir: Path, state: dict) -> dict | None:
     if not state["diff"].get("placebo_dir"):
         return None
     decompose = read_json(_abs(run_dir, state["decompose"]["file"])).get("placebo") or {}
-    return {"diff": read_json(_abs(run_dir, state["diff"]["placebo_dir"]) / "diff.json"),
+    return {"diff": _read_diff(run_dir, state["diff"]["placebo_dir"]),
             "utility_of_change": decompose.get("utility_of_change"), "table": state["placebo"].get("table")}
 
 
