@@ -1,4 +1,4 @@
-"""Sparse autoencoders on stored activations: the paper's tied ReLU SAE (default), untied and TopK options.
+"""Sparse autoencoders on stored activations: the paper's tied ReLU SAE (default), untied, TopK and BatchTopK.
 
 Architecture (paper / design.md): dictionary W [m, d] with rows normalised to unit norm in the forward pass,
 
