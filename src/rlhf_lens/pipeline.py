@@ -466,7 +466,6 @@ def _stage_decompose(config: RunConfig, run_dir: Path, state: dict) -> dict:
     directions), the shift of the base SAE's latents between the two models, and optionally a crosscoder."""
     from .data import load_corpus
     from .diff.steering import heldout_prompts
-    from .interp import LLMConfig, get_explainer
     from .models import load_model
     from .rewards import load_reward, load_utility_table
     from .store import ActivationStore
@@ -474,8 +473,8 @@ def _stage_decompose(config: RunConfig, run_dir: Path, state: dict) -> dict:
     dc = config.decompose
     stores = {name: ActivationStore(_abs(run_dir, path)) for name, path in state["harvest"]["stores"].items()}
     mmcs_result = read_json(_abs(run_dir, state["mmcs"]["file"]))
-    llm = LLMConfig(base_url=config.interp.base_url, model=config.interp.llm_model) if config.interp.base_url else None
-    explainer = get_explainer(config.interp.explainer, llm=llm, device=config.model.device)
+    explainer = _explainer(config.interp.explainer, config.interp.base_url, config.interp.llm_model,
+                           config.model.device)
     table = load_utility_table(config.reward.table)
     reward = load_reward(config.reward.spec, device=config.model.device)
     base, tokenizer = load_model(_model(state["base"], run_dir), device=config.model.device, dtype=config.model.dtype)
