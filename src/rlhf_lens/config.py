@@ -289,6 +289,22 @@ def _require(rules: list[tuple[bool, str]]) -> None:
             raise UserError(message)
 
 
+def _in_section(section: str, check, *args) -> None:
+    """Run a stage's own check; its message, which starts with the field name, then names `section.field`."""
+    try:
+        check(*args)
+    except UserError as err:
+        raise UserError(f"{section}.{err}") from None
+
+
+def _taken_from_run(section: str, settings, keys: tuple[tuple[str, str], ...], why: str) -> None:
+    """Keys of a stage's config that a run sets from another section: refused when set here, naming the owner."""
+    defaults = type(settings)()
+    for key, owner in keys:
+        if getattr(settings, key) != getattr(defaults, key):
+            raise UserError(f"{section}.{key} is taken from {owner} in a run{why}; set {owner} instead")
+
+
 def _check_sae(section: SAESection) -> None:
     """The SAE's own rules (SAEConfig.check), on the largest dictionary of the grid at a stand-in width (the real
     width is known once a model is loaded), its `--flag` names said as `sae.key`."""
@@ -308,13 +324,12 @@ def _check_sae(section: SAESection) -> None:
 def validate(config: RunConfig) -> None:
     """Types were checked while parsing; here ranges, choices and cross-field rules, each failure one line
     naming `section.key` and what to set instead. Nothing is loaded: files and models are checked by the run."""
+    from .diff.config import check_config as check_diff
+    from .diff.decompose_config import check_decompose_config
     from .rlhf.config import check_config, check_device_dtype
 
     m, h, s, i, e = config.model, config.harvest, config.sae, config.interp, config.examples
-    try:
-        check_device_dtype(m.device, m.dtype)
-    except UserError as err:
-        raise UserError(f"model.{err}") from None
+    _in_section("model", check_device_dtype, m.device, m.dtype)
     if config.controls.placebo:
         from .rewards import parse_spec
 
@@ -323,32 +338,14 @@ def validate(config: RunConfig) -> None:
                             "reward.spec = vader or table:FILE and no model.tuned; set controls.placebo = false")
     if config.rlhf.steps == 0 and not m.tuned:
         raise UserError("rlhf.steps = 0 means no PPO: give the tuned model as model.tuned (or set rlhf.steps >= 1)")
-    try:
-        # steps 0 (a model tuned elsewhere) is checked above; the other PPO settings still apply to its evaluation
-        check_config(dataclasses.replace(config.rlhf, steps=max(config.rlhf.steps, 1)))
-    except UserError as err:
-        raise UserError(f"rlhf.{err}") from None
-    from .diff.config import check_config as check_diff
-
-    try:
-        check_diff(config.diff)
-    except UserError as err:
-        raise UserError(f"diff.{err}") from None
-    from .diff.decompose_config import check_decompose_config
-
-    try:
-        check_decompose_config(config.decompose)
-    except UserError as err:
-        raise UserError(f"decompose.{err}") from None
-    diff_defaults = DiffConfig()
-    for key, owner in (("split", "data.test_split"), ("text_column", "data.text_column")):
-        if getattr(config.diff, key) != getattr(diff_defaults, key):
-            raise UserError(f"diff.{key} is taken from {owner} in a run; set {owner} instead")
+    # steps 0 (a model tuned elsewhere) is checked above; the other PPO settings still apply to its evaluation
+    _in_section("rlhf", check_config, dataclasses.replace(config.rlhf, steps=max(config.rlhf.steps, 1)))
+    _in_section("diff", check_diff, config.diff)
+    _in_section("decompose", check_decompose_config, config.decompose)
+    _taken_from_run("diff", config.diff, (("split", "data.test_split"), ("text_column", "data.text_column")), "")
     _check_sae(config.sae)
-    ppo_defaults = PPOConfig()
-    for key, owner in (("device", "model.device"), ("dtype", "model.dtype"), ("text_column", "data.text_column")):
-        if getattr(config.rlhf, key) != getattr(ppo_defaults, key):
-            raise UserError(f"rlhf.{key} is taken from {owner} in a run (every stage uses it); set {owner} instead")
+    _taken_from_run("rlhf", config.rlhf, (("device", "model.device"), ("dtype", "model.dtype"),
+                                          ("text_column", "data.text_column")), " (every stage uses it)")
     t = config.tiny
     _require([
         (m.base.strip() != "", "model.base is empty; give a hub id, a folder, smollm2 or tiny"),
