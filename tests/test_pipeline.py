@@ -601,6 +601,7 @@ def test_changing_a_middle_setting_reruns_that_stage_over_its_old_outputs(tiny_r
     ((*RUN_ARGS, "--set", "sae.arch=topk", "--set", "sae.k=0"), ("sae.k", "topk")),
     ((*RUN_ARGS, "--set", "rlhf.device=cuda"), ("rlhf.device", "model.device")),
     ((*RUN_ARGS, "--set", "rlhf.steps=0"), ("rlhf.steps",)),
+    ((*RUN_ARGS, "--set", "rlhf.steps=-1"), ("rlhf.steps",)),
     ((*RUN_ARGS, "--set", "model.dtype=float8"), ("model.dtype",)),
     ((*RUN_ARGS, "--set", "examples.n_top=0"), ("examples.n_top",)),
 ])

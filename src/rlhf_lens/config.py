@@ -339,7 +339,7 @@ def validate(config: RunConfig) -> None:
     if config.rlhf.steps == 0 and not m.tuned:
         raise UserError("rlhf.steps = 0 means no PPO: give the tuned model as model.tuned (or set rlhf.steps >= 1)")
     # steps 0 (a model tuned elsewhere) is checked above; the other PPO settings still apply to its evaluation
-    _in_section("rlhf", check_config, dataclasses.replace(config.rlhf, steps=max(config.rlhf.steps, 1)))
+    _in_section("rlhf", check_config, dataclasses.replace(config.rlhf, steps=config.rlhf.steps or 1))
     _in_section("diff", check_diff, config.diff)
     _in_section("decompose", check_decompose_config, config.decompose)
     _taken_from_run("diff", config.diff, (("split", "data.test_split"), ("text_column", "data.text_column")), "")
