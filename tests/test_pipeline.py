@@ -602,6 +602,9 @@ def test_changing_a_middle_setting_reruns_that_stage_over_its_old_outputs(tiny_r
     ((*RUN_ARGS, "--set", "rlhf.device=cuda"), ("rlhf.device", "model.device")),
     ((*RUN_ARGS, "--set", "rlhf.steps=0"), ("rlhf.steps",)),
     ((*RUN_ARGS, "--set", "rlhf.steps=-1"), ("rlhf.steps",)),
+    ((*RUN_ARGS, "--set", "diff.split=train"), ("diff.split", "data.test_split")),
+    ((*RUN_ARGS, "--set", "decompose.explain_top=-1"), ("decompose.explain_top",)),
+    ((*RUN_ARGS, "--set", "controls.placebo=true", "--set", "reward.spec=sentiment"), ("controls.placebo",)),
     ((*RUN_ARGS, "--set", "model.dtype=float8"), ("model.dtype",)),
     ((*RUN_ARGS, "--set", "examples.n_top=0"), ("examples.n_top",)),
 ])
