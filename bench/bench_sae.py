@@ -51,12 +51,13 @@ def median(values: list[float]) -> float:
     return values[len(values) // 2]
 
 
-def gemm_chain_fn(batch: int, d: int, m: int):
+def gemm_chain_fn(batch: int, d: int, m: int, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """The five GEMMs of one dense step, into preallocated outputs (same transposed views as a real step)."""
-    x, w = torch.randn(batch, d), torch.randn(m, d) / d**0.5
-    f, g, dpre = torch.relu(torch.randn(batch, m)), torch.randn(batch, d), torch.randn(batch, m)
-    o_bm, o_bd, o_md, o_bm2, o_md2 = (torch.empty(batch, m), torch.empty(batch, d), torch.empty(m, d),
-                                      torch.empty(batch, m), torch.empty(m, d))
+    new = {"device": device, "dtype": dtype}
+    x, w = torch.randn(batch, d, **new), torch.randn(m, d, **new) / d**0.5
+    f, g, dpre = torch.relu(torch.randn(batch, m, **new)), torch.randn(batch, d, **new), torch.randn(batch, m, **new)
+    o_bm, o_bd, o_md, o_bm2, o_md2 = (torch.empty(batch, m, **new), torch.empty(batch, d, **new),
+                                      torch.empty(m, d, **new), torch.empty(batch, m, **new), torch.empty(m, d, **new))
 
     def chain():
         torch.mm(x, w.t(), out=o_bm)

@@ -31,6 +31,18 @@ def make_reviews(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` run only where CUDA is available (`pytest -m gpu` selects them)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _env(tmp_path_factory):
     """A private user cache and quiet progress bars for the whole session."""

@@ -92,8 +92,8 @@ def test_fast_gradients_equal_autograd(arch, sparse):
     x_hat = sae.decode(f)
     for name, p in sae.named_parameters():
         torch.testing.assert_close(fast[name], p.grad, rtol=1e-4, atol=1e-6, msg=f"{arch} {name}")
-    assert sq == pytest.approx(float((x_hat - x).pow(2).sum()), rel=1e-5)
-    assert l1sum == pytest.approx(float(f.sum()), rel=1e-5)
+    assert float(sq) == pytest.approx(float((x_hat - x).pow(2).sum()), rel=1e-5)
+    assert float(l1sum) == pytest.approx(float(f.sum()), rel=1e-5)
     assert torch.equal(counts, (f > 0).sum(0))
 
 
@@ -234,8 +234,8 @@ def test_sparse_path_with_no_active_code():
     stepper = _Stepper(sae, 1e-3, 1e-3)
     x = torch.randn(10, 8)
     sq, l1sum, counts = stepper.grads(x, sparse=True)
-    assert int(counts.sum()) == 0 and l1sum == 0.0
-    assert sq == pytest.approx(float(x.pow(2).sum()), rel=1e-5)
+    assert int(counts.sum()) == 0 and float(l1sum) == 0.0
+    assert float(sq) == pytest.approx(float(x.pow(2).sum()), rel=1e-5)
 
 
 def test_train_save_load_and_saelens_layout(small_acts, tmp_path):

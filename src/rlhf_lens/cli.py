@@ -299,6 +299,8 @@ def train_sae_command(
     batch_size: int = typer.Option(_SAEConfig.batch_size, "--batch-size", help=doc(_SAEConfig, "batch_size")),
     seed: str = typer.Option("0", "--seed", help=doc(_SAEConfig, "seed") + " Comma-separated seeds train together."),
     data_seed: int = typer.Option(_SAEConfig.data_seed, "--data-seed", help=doc(_SAEConfig, "data_seed")),
+    device: str = typer.Option(_SAEConfig.device, "--device", help=doc(_SAEConfig, "device")),
+    dtype: str = typer.Option(_SAEConfig.dtype, "--dtype", help=doc(_SAEConfig, "dtype")),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics of each SAE as JSON."),
 ) -> None:
     """Train sparse autoencoders (default: the paper's tied ReLU SAE) on stored activations."""
@@ -313,7 +315,8 @@ def train_sae_command(
     configs = [SAEConfig(d_in=source.d, dict_size=size, arch=arch, k=k, l1=l1, target_l0=target_l0, lr=lr,
                          epochs=epochs, holdout=holdout, eval_every=eval_every, window=window, tolerance=tolerance,
                          max_tokens=max_tokens, max_seconds=max_seconds, dead_steps=dead_steps, b_dec_init=b_dec_init,
-                         lr_warmup=lr_warmup, l1_warmup=l1_warmup, batch_size=batch_size, seed=s, data_seed=data_seed)
+                         lr_warmup=lr_warmup, l1_warmup=l1_warmup, batch_size=batch_size, seed=s, data_seed=data_seed,
+                         device=device, dtype=dtype)
                for size in sizes for s in seeds]
     single = len(configs) == 1
     out_dirs = [out] if single else [out / f"m{c.dict_size}-s{c.seed}" for c in configs]

@@ -344,6 +344,7 @@ def validate(config: RunConfig) -> None:
     _in_section("decompose", check_decompose_config, config.decompose)
     _taken_from_run("diff", config.diff, (("split", "data.test_split"), ("text_column", "data.text_column")), "")
     _check_sae(config.sae)
+    _taken_from_run("sae", config.sae, (("device", "model.device"),), " (SAEs train where the models run)")
     _taken_from_run("rlhf", config.rlhf, (("device", "model.device"), ("dtype", "model.dtype"),
                                           ("text_column", "data.text_column")), " (every stage uses it)")
     t = config.tiny

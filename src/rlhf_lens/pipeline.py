@@ -389,8 +389,10 @@ def _stage_saes(config: RunConfig, run_dir: Path, state: dict) -> dict:
                     # the 2x dictionary's first rows (and base vs tuned) would start identical and
                     # MMCS would partly measure the shared start. Batches follow `seed` alone.
                     configs.append(SAEConfig(
-                        **{f.name: getattr(config.sae, f.name) for f in dataclasses.fields(SAETraining)},
+                        **{f.name: getattr(config.sae, f.name) for f in dataclasses.fields(SAETraining)
+                           if f.name != "device"},
                         d_in=store.d, dict_size=size, seed=_init_seed(seed, name, layer, size), data_seed=seed,
+                        device=config.model.device,
                     ))
                     dirs.append(_sae_dir(run_dir, name, layer, size, seed))
                     saes.append({"model": name, "layer": layer, "dict_size": size, "ratio": ratio, "seed": seed,
@@ -398,7 +400,7 @@ def _stage_saes(config: RunConfig, run_dir: Path, state: dict) -> dict:
             # One job per (model, block): its SAEs share every pass over that block's activations.
             jobs.append((str(_abs(run_dir, store_dir).absolute()), layer, configs, [str(d.absolute()) for d in dirs],
                          len(jobs) + 1))
-    _executor(state).map(_sae_job, jobs, resources=_resources(config, gpu=False))
+    _executor(state).map(_sae_job, jobs, resources=_resources(config, gpu=True))
     return {"saes": saes}
 
 

@@ -52,7 +52,8 @@ class TensorSource:
             raise UserError(f"{self.name}: {key!r} must be floating point, got {acts.dtype}")
         if acts.shape[0] < 1 or acts.shape[1] < 1:
             raise UserError(f"{self.name}: {key!r} is empty (shape {list(acts.shape)})")
-        self.acts = acts.detach().to("cpu", torch.float32).contiguous()
+        # a tensor on a GPU stays there (batches are then cut on the GPU); a file is read into CPU memory
+        self.acts = acts.detach().to(torch.float32).contiguous()
         check_finite(self.acts, self.name)
         self.n, self.d = self.acts.shape
 
@@ -63,7 +64,7 @@ class TensorSource:
 
     def batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[torch.Tensor]:
         g = torch.Generator().manual_seed(_order_seed(seed, epoch))
-        perm = torch.randperm(self.n, generator=g)
+        perm = torch.randperm(self.n, generator=g).to(self.acts.device)  # drawn on the CPU: same order everywhere
         for start in range(0, self.n, batch_size):
             # sorted rows within a batch: same set, friendlier memory access
             yield self.acts.index_select(0, perm[start:start + batch_size].sort().values)

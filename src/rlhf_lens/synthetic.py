@@ -45,8 +45,9 @@ class SyntheticConfig:
             raise UserError(f"--sparsity is a probability in (0, 1] (got {self.sparsity})")
 
 
-def make_synthetic(cfg: SyntheticConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(activations [n, d], ground_truth [F, d] unit rows), deterministic in the config."""
+def make_synthetic(cfg: SyntheticConfig, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(activations [n, d], ground_truth [F, d] unit rows), deterministic in the config. On a GPU (`device`) the
+    rows are drawn there, by the GPU's generator: the same ground truth, deterministic, other rows than the CPU's."""
     import torch
 
     from .sae import unit_rows
@@ -55,11 +56,14 @@ def make_synthetic(cfg: SyntheticConfig) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(cfg.seed)
     truth = torch.randn(cfg.features, cfg.d, generator=g)
     truth = unit_rows(truth)
-    acts = torch.empty(cfg.n, cfg.d)
+    if torch.device(device).type != "cpu":
+        g = torch.Generator(device).manual_seed(cfg.seed)
+        truth = truth.to(device)
+    acts = torch.empty(cfg.n, cfg.d, device=device)
     for start in range(0, cfg.n, CHUNK):
         rows = min(CHUNK, cfg.n - start)
-        on = torch.rand(rows, cfg.features, generator=g) < cfg.sparsity
-        coeff = torch.rand(rows, cfg.features, generator=g) * on
+        on = torch.rand(rows, cfg.features, generator=g, device=device) < cfg.sparsity
+        coeff = torch.rand(rows, cfg.features, generator=g, device=device) * on
         torch.mm(coeff, truth, out=acts[start:start + rows])
     return acts, truth
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 
 from ..errors import UserError
 
 ARCHS = ("tied", "untied", "topk", "batchtopk")
+DTYPES = ("float32", "bfloat16")
 CFG_FILE, WEIGHTS_FILE, METRICS_FILE, CHECKPOINT_FILE = "cfg.json", "sae_weights.safetensors", "metrics.json", "checkpoint.pt"
 DENSE_L0_FRACTION = 0.25
 """A trained SAE whose mean L0 exceeds this fraction of d_in is flagged `dense_codes` (it is not sparse coding)."""
@@ -72,6 +74,10 @@ class SAETraining:
     """Steps of linear learning-rate warm-up from 0 (0: none)."""
     l1_warmup: int = 0
     """Steps of linear l1 warm-up from 0 (0: none; ignored by topk/batchtopk)."""
+    device: str = "cpu"
+    """Where the SAE trains: cpu, cuda or cuda:N (the activations are moved there batch by batch; the saved SAE is the same files)."""
+    dtype: str = "float32"
+    """Matrix products of a training step in float32 or bfloat16 (bf16 autocast: weights, Adam state and the loss stay float32)."""
 
 
 @dataclass
@@ -119,6 +125,10 @@ class SAEConfig(SAETraining):
             raise UserError("training until converged (--epochs 0) needs held-out rows: set --holdout > 0 or --epochs N")
         if self.b_dec_init not in ("mean", "zero"):
             raise UserError(f"--b-dec-init must be mean or zero (got {self.b_dec_init!r})")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise UserError(f"--device must be cpu, cuda or cuda:N (got {self.device!r})")
+        if self.dtype not in DTYPES:
+            raise UserError(f"--dtype must be one of {', '.join(DTYPES)} (got {self.dtype!r})")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be >= 1 (got {self.batch_size})")
         if self.target_l0 is not None and not 0 < self.target_l0 <= self.dict_size:
@@ -130,6 +140,13 @@ class SAEConfig(SAETraining):
     def codes_by_rank(self) -> bool:
         """True for topk and batchtopk: sparsity by keeping the largest codes (no L1 term)."""
         return self.arch in ("topk", "batchtopk")
+
+    def identity(self) -> dict:
+        """The fields that define the trained SAE (all but `device`: where it trained does not change what it is);
+        a finished or checkpointed SAE folder is reused only for the same identity."""
+        fields = dataclasses.asdict(self)
+        fields.pop("device")
+        return fields
 
     @classmethod
     def from_dict(cls, data: dict) -> SAEConfig:

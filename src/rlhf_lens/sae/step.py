@@ -23,15 +23,26 @@ class _Stepper:
     BatchTopK keeps the k * b largest codes of the whole batch (one top-k over the flattened [b, m]
     pre-activations) and otherwise steps like TopK. TopK/BatchTopK add the auxiliary-k loss on latents
     idle for cfg.dead_steps steps (`_aux`, dense over the dead columns only).
+
+    On a GPU (the SAE's parameters on cuda) every step takes the dense path (cuBLAS GEMMs; CSR products
+    there are slower than the dense ones they replace) and nothing in a step waits for the GPU: the step's
+    statistics are returned as tensors, the BatchTopK threshold is updated on the device, and the dead-latent
+    mask is read back only when some latent may have been idle for cfg.dead_steps steps (`_idle_bound`).
+    cfg.dtype bfloat16 runs the GEMMs on bf16 copies of their operands with float32 results (autocast-style);
+    weights, gradients, Adam state and the loss stay float32.
     """
 
     def __init__(self, sae: SparseAutoencoder, l1: float, lr: float):
         self.sae = sae
+        self.device = sae.decoder.device
+        self.lowp = torch.bfloat16 if sae.cfg.dtype == "bfloat16" else None
         self.l1 = 0.0 if sae.cfg.codes_by_rank else float(l1)
-        self.idle = torch.zeros(sae.cfg.dict_size, dtype=torch.int64)
+        self.idle = torch.zeros(sae.cfg.dict_size, dtype=torch.int64, device=self.device)
         """Steps since each latent last fired."""
+        self._idle_bound = 0
+        """An upper bound on max(idle), known without reading the device: steps since it was last read."""
         self.threshold_steps = 0
-        self._min_kept: float | None = None
+        self._min_kept: torch.Tensor | None = None
         self.aux_sq = 0.0
         params = [p for p in (sae.decoder, sae.encoder, sae.b_enc, sae.b_dec) if p is not None]
         for p in params:
@@ -42,13 +53,14 @@ class _Stepper:
             self.opt = torch.optim.Adam(params, lr=lr)
         self.density = 1.0  # the first step takes the dense path
         self._bufs: dict[str, torch.Tensor] = {}
+        self._slope_key: tuple[int, float] | None = None
 
     def _buf(self, name: str, rows: int, cols: int, dtype=torch.float32) -> torch.Tensor:
         """A reused [rows, cols] scratch tensor (no page-faulting fresh allocation every step)."""
         numel = rows * cols
         buf = self._bufs.get(name)
         if buf is None or buf.numel() < numel or buf.dtype != dtype:
-            buf = self._bufs[name] = torch.empty(numel, dtype=dtype)
+            buf = self._bufs[name] = torch.empty(numel, dtype=dtype, device=self.device)
         return buf[:numel].view(rows, cols)
 
     def dead_mask(self) -> torch.Tensor | None:
@@ -56,27 +68,45 @@ class _Stepper:
         steps = self.sae.cfg.dead_steps
         return None if steps <= 0 else self.idle >= steps
 
-    def step(self, x: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+    def maybe_dead(self) -> bool:
+        """False when no latent can be dead yet, decided without a device read while the bound allows."""
+        steps = self.sae.cfg.dead_steps
+        if steps <= 0:
+            return False
+        if self._idle_bound >= steps:
+            self._idle_bound = int(self.idle.max())  # one read; then again only when the bound reaches `steps`
+        return self._idle_bound >= steps
+
+    def step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimiser step on the batch x [b, d]; returns (sum of squared errors, sum of codes, fire counts
+        [m]) as tensors on the SAE's device (read them only when needed: each read waits for a GPU)."""
         stats = self.grads(x)
         self.opt.step()
         counts = stats[2]
         self.idle.add_(1).masked_fill_(counts > 0, 0)
+        self._idle_bound += 1
         if self._min_kept is not None:  # BatchTopK: bias-corrected running mean of the smallest kept code
             self.threshold_steps += 1
             rate = THRESHOLD_RATE
             thr = self.sae.threshold
             raw = thr * (1 - (1 - rate) ** (self.threshold_steps - 1))  # undo the previous correction
             raw = raw * (1 - rate) + rate * self._min_kept
-            thr.copy_(raw / (1 - (1 - rate) ** self.threshold_steps))
+            # a batch with no positive code (min = inf) leaves the threshold as it was
+            thr.copy_(torch.where(torch.isfinite(self._min_kept), raw / (1 - (1 - rate) ** self.threshold_steps), thr))
         return stats
 
     @torch.no_grad()
     def grads(self, x: torch.Tensor, sparse: bool | None = None,
-              dead: torch.Tensor | None = None) -> tuple[float, float, torch.Tensor]:
+              dead: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Write the loss gradients into .grad; return (sum of squared errors, sum of codes, fire counts [m]).
         `dead` [m] overrides the dead-latent mask of the auxiliary-k loss (topk/batchtopk)."""
         sae, cfg = self.sae, self.sae.cfg
-        self._dead = (self.dead_mask() if dead is None else dead) if cfg.codes_by_rank else None
+        if not cfg.codes_by_rank:
+            self._dead = None
+        elif dead is not None:
+            self._dead = dead
+        else:
+            self._dead = self.dead_mask() if self.maybe_dead() else None
         self._aux_grads = None
         self.aux_sq = 0.0
         b, d = x.shape
@@ -85,10 +115,12 @@ class _Stepper:
         r = raw.norm(dim=1, keepdim=True).clamp_min(1e-12)
         dn = raw / r
         enc = dn if sae.encoder is None else sae.encoder.detach()
-        pre = torch.addmm(sae.b_enc.detach(), x, enc.t(), out=self._buf("pre", b, m))
+        pre = self._gemm(x, enc.t(), self._buf("pre", b, m), bias=sae.b_enc.detach())
         if sparse is None:
             density = cfg.k / m if cfg.codes_by_rank else self.density
-            sparse = density <= SPARSE_MAX_DENSITY and b * m * d >= SPARSE_MIN_WORK
+            sparse = density <= SPARSE_MAX_DENSITY and b * m * d >= SPARSE_MIN_WORK and self.device.type == "cpu"
+        elif sparse and (self.device.type != "cpu" or self.lowp is not None):
+            raise ValueError("the sparse path runs on the CPU in float32 only")
         g_dec, g_enc = sae.decoder.grad, (None if sae.encoder is None else sae.encoder.grad)
         if sparse:
             sq, l1sum, counts = self._sparse(x, pre, dn, g_dec, g_enc)
@@ -103,6 +135,23 @@ class _Stepper:
         proj = (g_dec * dn).sum(dim=1, keepdim=True)
         g_dec.sub_(dn * proj).div_(r)
         return sq, l1sum, counts
+
+    def _gemm(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None = None,
+              accumulate: bool = False) -> torch.Tensor:
+        """out = a @ b (+ bias; or out += a @ b), float32 out; with cfg.dtype bfloat16 the product runs on bf16
+        copies of a and b (float32 accumulation inside the GEMM, as autocast does)."""
+        if self.lowp is None:
+            if accumulate:
+                return out.addmm_(a, b)
+            if bias is not None:
+                return torch.addmm(bias, a, b, out=out)
+            return torch.mm(a, b, out=out)
+        product = torch.mm(a.to(self.lowp), b.to(self.lowp))
+        if accumulate:
+            return out.add_(product)
+        if bias is not None:
+            return torch.add(bias, product, out=out)
+        return out.copy_(product)
 
     def _dense(self, x, pre, dn, g_dec, g_enc):
         sae, cfg = self.sae, self.sae.cfg
@@ -121,30 +170,32 @@ class _Stepper:
         else:
             mask = torch.gt(pre, 0, out=self._buf("mask", b, cfg.dict_size, torch.bool))
             f = pre.relu_()
-        x_hat = torch.addmm(sae.b_dec.detach(), f, dn, out=self._buf("xhat", b, d))
+        x_hat = self._gemm(f, dn, self._buf("xhat", b, d), bias=sae.b_dec.detach())
         err = x_hat.sub_(x)
         self._aux(x, pre, dn, err)
         flat = err.view(-1)
-        sq = float(torch.dot(flat, flat))
+        sq = torch.dot(flat, flat)
         g = err.mul_(2.0 / (b * d))
         if self.l1:  # the L1 slope rides in the GEMM's bias: no extra pass over [b, m]
-            slope = self._bufs.get(f"slope{b}")
-            if slope is None:
-                slope = self._bufs[f"slope{b}"] = torch.full((cfg.dict_size,), self.l1 / b)
-            dpre = torch.addmm(slope, g, dn.t(), out=self._buf("df", b, cfg.dict_size))
+            slope = self._bufs.get("slope")
+            if slope is None or self._slope_key != (b, self.l1):  # rebuilt when the l1 warm-up moves l1
+                slope = self._bufs["slope"] = torch.full((cfg.dict_size,), self.l1 / b, device=self.device)
+                self._slope_key = (b, self.l1)
+            dpre = self._gemm(g, dn.t(), self._buf("df", b, cfg.dict_size), bias=slope)
         else:
-            dpre = torch.mm(g, dn.t(), out=self._buf("df", b, cfg.dict_size))
+            dpre = self._gemm(g, dn.t(), self._buf("df", b, cfg.dict_size))
         dpre.mul_(mask)
-        torch.mm(f.t(), g, out=g_dec)
+        self._gemm(f.t(), g, g_dec)
         if g_enc is None:
-            g_dec.addmm_(dpre.t(), x)
+            self._gemm(dpre.t(), x, g_dec, accumulate=True)
         else:
-            torch.mm(dpre.t(), x, out=g_enc)
+            self._gemm(dpre.t(), x, g_enc)
         torch.sum(dpre, dim=0, out=sae.b_enc.grad)
         torch.sum(g, dim=0, out=sae.b_dec.grad)
         counts = mask.sum(dim=0, dtype=torch.int32).long()  # int32 accumulation: fewer bytes than int64
-        self.density = float(counts.sum()) / (b * cfg.dict_size)
-        return sq, float(f.sum()), counts
+        if self.device.type == "cpu":  # the next step's path choice (a GPU always takes the dense path)
+            self.density = float(counts.sum()) / (b * cfg.dict_size)
+        return sq, f.sum(), counts
 
     def _sparse(self, x, pre, dn, g_dec, g_enc):
         sae, cfg = self.sae, self.sae.cfg
@@ -180,7 +231,7 @@ class _Stepper:
         err = x_hat.sub_(x)
         self._aux(x, pre, dn, err)
         flat_err = err.view(-1)
-        sq = float(torch.dot(flat_err, flat_err))
+        sq = torch.dot(flat_err, flat_err)
         g = err.mul_(2.0 / (b * d))
         # dL/dpre at the nonzeros only: (g Dn^T) sampled on f's pattern, plus the L1 slope
         dvals = torch.sparse.sampled_addmm(f, g, dn.t(), beta=0.0).values()
@@ -204,11 +255,11 @@ class _Stepper:
         torch.sum(g, dim=0, out=sae.b_dec.grad)
         counts = torch.bincount(col if live is None else col[live], minlength=m)
         self.density = float(counts.sum()) / (b * m)
-        return sq, float(vals.sum()), counts
+        return sq, vals.sum(), counts
 
     def _note_min_kept(self, vals: torch.Tensor) -> None:
-        kept = vals[vals > 0]
-        self._min_kept = float(kept.min()) if kept.numel() else None
+        """The smallest kept positive code of the batch (inf when none is positive), left on the device."""
+        self._min_kept = torch.where(vals > 0, vals, torch.inf).min()
 
     def _aux(self, x: torch.Tensor, pre: torch.Tensor, dn: torch.Tensor, err: torch.Tensor) -> None:
         """Auxiliary-k loss on the dead latents (see SparseAutoencoder.aux_loss): its squared error goes to
@@ -232,7 +283,7 @@ class _Stepper:
         dn_d = dn.index_select(0, dead_idx)
         r = torch.addmm(err, f_aux, dn_d)  # e_hat - e, with e = x - x_hat = -err
         coef = AUX_COEFFICIENT * scale
-        self.aux_sq = coef * float(r.pow(2).sum())
+        self.aux_sq = coef * r.pow(2).sum()
         g = r.mul_(2.0 * coef / (b * d))
         dpre = (g @ dn_d.t()).mul_(mask)
         self._aux_grads = (dead_idx, f_aux.t() @ g, dpre.t() @ x, dpre.sum(0))

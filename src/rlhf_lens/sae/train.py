@@ -46,7 +46,8 @@ class _Run:
 
     def __init__(self, cfg: SAEConfig, out_dir: Path | None, l1: float):
         self.cfg, self.out_dir = cfg, out_dir
-        self.sae = SparseAutoencoder(cfg)
+        self.device = torch.device(cfg.device)
+        self.sae = SparseAutoencoder(cfg).to(self.device)  # drawn on the CPU: the same init on every device
         self.sae.l1_used = l1
         self.l1 = l1
         self.stepper = _Stepper(self.sae, l1, cfg.lr)
@@ -62,6 +63,10 @@ class _Run:
         self.resampled = 0
         self.initialised = False
         self._interval_loss, self._interval_steps = 0.0, 0
+        self._pending: list[tuple[torch.Tensor, float, int]] = []
+        """Steps not yet added to the statistics: (their [sq, l1 sum, nnz] on the device, l1, rows)."""
+        self._timing: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        """On a GPU: (start, end) events of the steps not yet added to train_seconds."""
         self._reset_epoch_stats()
 
     @property
@@ -69,7 +74,7 @@ class _Run:
         return self.stop_reason is not None
 
     def _reset_epoch_stats(self) -> None:
-        self.fired = torch.zeros(self.cfg.dict_size, dtype=torch.int64)
+        self.fired = torch.zeros(self.cfg.dict_size, dtype=torch.int64, device=self.device)
         self.sq = self.l1sum = 0.0
         self.nnz = 0
         self.rows = 0
@@ -82,7 +87,9 @@ class _Run:
         if not cfg.codes_by_rank:
             self.stepper.l1 = self.l1 * min(1.0, t / cfg.l1_warmup) if cfg.l1_warmup else self.l1
 
-    def step(self, x: torch.Tensor, heldout: torch.Tensor | None) -> tuple[float, float]:
+    def step(self, x: torch.Tensor, heldout: torch.Tensor | None) -> torch.Tensor:
+        """One training step; returns its [sum of squared errors, sum of codes, nnz] (a device tensor: read it
+        only to show it). The statistics are read back from the device at evaluation points and epoch ends."""
         cfg = self.cfg
         if not self.initialised:
             if cfg.b_dec_init == "mean" and self.steps == 0:
@@ -90,25 +97,23 @@ class _Run:
                     self.sae.b_dec.copy_(x.mean(0))
             self.initialised = True
         self._schedule()
-        t0 = time.perf_counter()
-        sq, l1sum, counts = self.stepper.step(x)
-        self.train_seconds += time.perf_counter() - t0
-        b, d = x.shape
-        if not math.isfinite(sq):
-            raise UserError(f"SAE m={cfg.dict_size} seed={cfg.seed} diverged (loss is NaN/inf); "
-                            "lower --lr or check the activations' scale")
+        if self.device.type == "cuda":  # GPU time of the step itself, read at the next sync (events do not wait)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            sq, l1sum, counts = self.stepper.step(x)
+            end.record()
+            self._timing.append((start, end))
+        else:
+            t0 = time.perf_counter()
+            sq, l1sum, counts = self.stepper.step(x)
+            self.train_seconds += time.perf_counter() - t0
         self.fired += counts
-        nnz = int(counts.sum())
-        self.sq += sq
-        self.l1sum += l1sum
-        self.nnz += nnz
-        self.rows += b
-        self.tokens_seen += b
+        stats = torch.stack([sq.double(), l1sum.double(), counts.sum().double()])
+        self._pending.append((stats, self.stepper.l1, x.shape[0]))
+        self.tokens_seen += x.shape[0]
         self.steps += 1
-        loss = sq / (b * d) + self.stepper.l1 * l1sum / b
-        self._interval_loss += loss
-        self._interval_steps += 1
         if self.steps % cfg.eval_every == 0:
+            self._collect()
             if heldout is not None:
                 self.evaluate(heldout)
             self._resample(x)
@@ -119,14 +124,38 @@ class _Run:
         if cfg.epochs == 0 and not self.done:
             if cfg.max_tokens and self.tokens_seen >= cfg.max_tokens:
                 self.stop_reason = "max_tokens"
-            elif cfg.max_seconds and self.train_seconds >= cfg.max_seconds:
+            elif cfg.max_seconds and self.train_seconds >= cfg.max_seconds:  # on a GPU: as of the last evaluation
                 self.stop_reason = "max_seconds"
-        return loss, nnz / b
+        return stats
+
+    def _collect(self) -> None:
+        """Add the pending steps to the epoch and interval statistics (one device read for all of them) and their
+        GPU time to train_seconds; UserError if the loss went NaN/inf."""
+        if self._timing:
+            self._timing[-1][1].synchronize()
+            self.train_seconds += sum(start.elapsed_time(end) for start, end in self._timing) / 1000
+            self._timing.clear()
+        if not self._pending:
+            return
+        values = torch.stack([stats for stats, _, _ in self._pending]).tolist()
+        d = self.cfg.d_in
+        for (sq, l1sum, nnz), (_, l1, b) in zip(values, self._pending):
+            if not math.isfinite(sq):
+                raise UserError(f"SAE m={self.cfg.dict_size} seed={self.cfg.seed} diverged (loss is NaN/inf); "
+                                "lower --lr or check the activations' scale")
+            self.sq += sq
+            self.l1sum += l1sum
+            self.nnz += int(nnz)
+            self.rows += b
+            self._interval_loss += sq / (b * d) + l1 * l1sum / b
+            self._interval_steps += 1
+        self._pending.clear()
 
     @torch.no_grad()
     def evaluate(self, heldout: torch.Tensor) -> None:
         """Append a point to the loss curve: the mean training loss since the last point and the held-out
         loss (the training objective at the current l1, codes as at inference, no auxiliary loss)."""
+        self._collect()
         if self.curve and self.curve[-1]["step"] == self.steps:
             return
         sq = l1sum = 0.0
@@ -154,6 +183,8 @@ class _Run:
         direction, b_enc = 0, Adam moments of those rows reset (untied: encoder row = the direction times
         RESAMPLE_ENCODER_SCALE times the mean live encoder norm). Not in the last epoch of a fixed-epoch run."""
         cfg, sae = self.cfg, self.sae
+        if not self.stepper.maybe_dead():
+            return
         dead = self.stepper.dead_mask()
         if dead is None or not bool(dead.any()):
             return
@@ -161,11 +192,11 @@ class _Run:
             return
         idx = dead.nonzero().view(-1)
         residual = x - sae(x)[0]
-        weights = residual.pow(2).sum(1).double()
+        weights = residual.pow(2).sum(1).double().cpu()  # drawn on the CPU: the same rows on every device
         if float(weights.sum()) <= 0:
             return
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.steps)
-        rows = torch.multinomial(weights, idx.numel(), replacement=idx.numel() > x.shape[0], generator=g)
+        rows = torch.multinomial(weights, idx.numel(), replacement=idx.numel() > x.shape[0], generator=g).to(x.device)
         direction = unit_rows(residual[rows])
         sae.decoder[idx] = direction
         if sae.encoder is not None:
@@ -183,6 +214,7 @@ class _Run:
         self.resampled += idx.numel()
 
     def end_epoch(self) -> None:
+        self._collect()
         rows = max(self.rows, 1)
         self.last_epoch = {
             "epoch": self.epoch, "train_mse": self.sq / (rows * self.cfg.d_in), "train_l0": self.nnz / rows,
@@ -222,6 +254,7 @@ class _Run:
         self.curve = list(state["curve"])
         self.resampled = int(state["resampled"])
         self.stepper.idle.copy_(state["idle"])
+        self.stepper._idle_bound = int(state["idle"].max()) if state["idle"].numel() else 0
         self.stepper.threshold_steps = int(state["threshold_steps"])
         self._interval_loss, self._interval_steps = state["interval"]
         self.initialised = self.steps > 0
@@ -240,12 +273,12 @@ def _finished(out_dir: Path, cfg: SAEConfig) -> bool:
     ckpt = out_dir / CHECKPOINT_FILE
     if ckpt.is_file():
         saved = _read_checkpoint(ckpt)["config"]
-        if saved != asdict(cfg):
+        if SAEConfig.from_dict(saved).identity() != cfg.identity():
             raise UserError(f"{out_dir}: holds a checkpoint of a different SAE config; use another output folder or delete it")
         return False
     if cfg_path.is_file() and (out_dir / METRICS_FILE).is_file() and (out_dir / WEIGHTS_FILE).is_file():
         saved = (read_json(cfg_path).get("rlhf_lens") or {}).get("config")
-        if saved != asdict(cfg):
+        if not isinstance(saved, dict) or SAEConfig.from_dict(saved).identity() != cfg.identity():
             raise UserError(f"{out_dir}: holds an SAE of a different config; use another output folder or delete it")
         return True
     return False
@@ -271,6 +304,7 @@ def train_saes(source: ActivationSource, configs: list[SAEConfig], out_dirs: lis
         cfg.check()
         if cfg.d_in != source.d:
             raise UserError(f"SAE d_in {cfg.d_in} does not match the activations' width {source.d}")
+        check_device(cfg.device)
     results: list[SparseAutoencoder | None] = [None] * len(configs)
     runs: list[tuple[int, _Run]] = []
     for i, cfg in enumerate(configs):
@@ -300,6 +334,7 @@ def train_saes(source: ActivationSource, configs: list[SAEConfig], out_dirs: lis
         for message in run.sae.metrics["warnings"]:
             if not quiet:
                 console.print(f"[yellow]warning[/yellow] SAE m={run.cfg.dict_size} seed={run.cfg.seed}: {message}")
+        run.sae.to("cpu")  # what train_saes returns lives on the CPU, wherever it trained
         if run.out_dir is not None:
             run.sae.save(run.out_dir, metadata=metadata)
             write_json(run.out_dir / METRICS_FILE, run.sae.metrics)
@@ -318,14 +353,24 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _split(source: ActivationSource, holdout: int) -> tuple[ActivationSource, torch.Tensor | None]:
-    """(training rows, held-out rows): the last min(holdout, n // 10) rows of the data are held out."""
+def check_device(device: str) -> None:
+    """UserError, before any training, when `device` names a GPU this machine does not have."""
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"SAE device {device!r}: CUDA is not available on this machine; train on --device cpu")
+        index = torch.device(device).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise UserError(f"SAE device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def _split(source: ActivationSource, holdout: int, device: torch.device) -> tuple[ActivationSource, torch.Tensor | None]:
+    """(training rows, held-out rows on `device`): the last min(holdout, n // 10) rows of the data are held out."""
     rows = min(holdout, source.n // 10)
     if rows < 1:
         return source, None
     train, heldout = source.split(rows)
     check_finite(heldout, "held-out activations")
-    return train, heldout.to(torch.float32).contiguous()
+    return train, heldout.to(device, torch.float32).contiguous()
 
 
 def _total_steps(cfg: SAEConfig, steps_per_epoch: int) -> int | None:
@@ -336,18 +381,20 @@ def _total_steps(cfg: SAEConfig, steps_per_epoch: int) -> int | None:
 
 
 def _train_groups(source: ActivationSource, runs: list[tuple[int, _Run]], eval_tokens: int, quiet: bool) -> None:
-    """The passes over the data: SAEs with the same batch size, data seed and held-out size share every batch."""
+    """The passes over the data: SAEs with the same batch size, data seed, held-out size and device share every
+    batch (moved to the device once)."""
     from ..progress import progress_bar
 
-    groups: dict[tuple[int, int, int], list[_Run]] = {}
+    groups: dict[tuple[int, int, int, str], list[_Run]] = {}
     for _, run in runs:
-        groups.setdefault((run.cfg.batch_size, run.cfg.data_seed, run.cfg.holdout), []).append(run)
+        groups.setdefault((run.cfg.batch_size, run.cfg.data_seed, run.cfg.holdout, str(run.device)), []).append(run)
     progress = progress_bar()
     if quiet:
         progress.disable = True  # before the live display starts
     with progress:
-        for (batch_size, data_seed, holdout), group in groups.items():
-            train, heldout = _split(source, holdout)
+        for (batch_size, data_seed, holdout, device), group in groups.items():
+            device = torch.device(device)
+            train, heldout = _split(source, holdout, device)
             steps_per_epoch = math.ceil(train.n / batch_size)
 
             tasks = {id(run): progress.add_task(f"SAE m={run.cfg.dict_size} s={run.cfg.seed}",
@@ -364,17 +411,21 @@ def _train_groups(source: ActivationSource, runs: list[tuple[int, _Run]], eval_t
                     for x in train.batches(batch_size, data_seed, epoch):
                         if x.shape[0] == 0:
                             continue
-                        x = x.to(torch.float32).contiguous()
-                        check_finite(x, "activation batch")
+                        if x.device.type == "cpu":  # a source on the GPU was checked whole when it was made
+                            check_finite(x, "activation batch")
+                        x = x.to(device, torch.float32, non_blocking=True).contiguous()
                         stepping = [run for run in active if not run.done]
                         if not stepping:
                             break
                         shown = [run.step(x, heldout) for run in stepping]
                         now = time.perf_counter()
-                        for run, (loss, l0) in zip(stepping, shown):
+                        for run, stats in zip(stepping, shown):
                             desc = None
-                            if now - last_update > 0.5:
-                                desc = f"SAE m={run.cfg.dict_size} s={run.cfg.seed} loss {loss:.4g} L0 {l0:.1f}"
+                            if now - last_update > 0.5:  # the only per-step device read, twice a second
+                                sq, l1sum, nnz = stats.tolist()
+                                b = x.shape[0]
+                                loss = sq / (b * run.cfg.d_in) + run.stepper.l1 * l1sum / b
+                                desc = f"SAE m={run.cfg.dict_size} s={run.cfg.seed} loss {loss:.4g} L0 {nnz / b:.1f}"
                             progress.update(tasks[id(run)], advance=1, description=desc)
                         if now - last_update > 0.5:
                             last_update = now
@@ -397,14 +448,14 @@ def _train_groups(source: ActivationSource, runs: list[tuple[int, _Run]], eval_t
 def _evaluate(source: ActivationSource, runs: list[_Run], eval_tokens: int, heldout: torch.Tensor | None) -> None:
     """Final metrics with the final weights on the first `eval_tokens` training rows of the epoch-0 order,
     and on the held-out rows."""
-    batch_size, data_seed = runs[0].cfg.batch_size, runs[0].cfg.data_seed
+    batch_size, data_seed, device = runs[0].cfg.batch_size, runs[0].cfg.data_seed, runs[0].device
     n = 0
-    sum_x = torch.zeros(source.d, dtype=torch.float64)
+    sum_x = torch.zeros(source.d, dtype=torch.float64, device=device)
     sum_x2 = 0.0
     sq = [0.0] * len(runs)
     nnz = [0] * len(runs)
     for x in source.batches(batch_size, data_seed, 0):
-        x = x.to(torch.float32)
+        x = x.to(device, torch.float32)
         take = min(x.shape[0], eval_tokens - n)
         x = x[:take]
         n += take
