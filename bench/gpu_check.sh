@@ -3,8 +3,8 @@
 #   1. the tests marked `gpu` (SAE training on cuda: gradients, CPU agreement, bf16, resume);
 #   2. bench/bench_sae_gpu.py: the paper's SAE grid (60 SAEs, 6.4M tokens x 3 epochs each), float32 and bfloat16;
 #   3. the same at batch 256, one (model, block) pass of one epoch (the launch-bound regime);
-#   4. the `tiny` preset end to end with model.device=cuda (and its headline);
-#   5. one PPO step, a harvest and an SAE group on a randomly initialised Pythia-70m-shaped model (bench/gpu_parts.py).
+#   4. one PPO step, a harvest and an SAE group on a randomly initialised Pythia-70m-shaped model (bench/gpu_parts.py);
+#   5. the `tiny` preset end to end with model.device=cuda (and its headline).
 # Each step runs under its own time limit (STEP_LIMIT seconds, default 900) and a failed step does not stop the
 # next; each ends with a `STEP name rc=... wall=...` line. Figures are printed as `FIGURE name=value unit`.
 # DEVICE=cpu QUICK=1 runs the same steps small on a CPU (a dry run of the script; its figures say nothing of a GPU).
@@ -61,6 +61,6 @@ EOF
 }
 export PY DEVICE OUT
 export -f tiny_preset
-step 4 tiny_preset bash -c tiny_preset
-step 5 parts "$PY" bench/gpu_parts.py --device "$DEVICE" --out "$OUT/parts" $quick
+step 4 parts "$PY" bench/gpu_parts.py --device "$DEVICE" --out "$OUT/parts" $quick
+step 5 tiny_preset bash -c tiny_preset
 echo "outputs in $OUT"
