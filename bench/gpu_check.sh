@@ -5,7 +5,7 @@
 #   3. the same at batch 256, one (model, block) pass of one epoch (the launch-bound regime);
 #   4. one PPO step, a harvest and an SAE group on a randomly initialised Pythia-70m-shaped model (bench/gpu_parts.py);
 #   5. the `tiny` preset end to end with model.device=cuda (and its headline).
-# Each step runs under its own time limit (STEP_LIMIT seconds, default 900) and a failed step does not stop the
+# Each step runs under its own time limit (LIMIT_<number>, else STEP_LIMIT seconds, default 900) and a failed step does not stop the
 # next; each ends with a `STEP name rc=... wall=...` line. Figures are printed as `FIGURE name=value unit`.
 # DEVICE=cpu QUICK=1 runs the same steps small on a CPU (a dry run of the script; its figures say nothing of a GPU).
 #
@@ -28,9 +28,9 @@ step() {  # step NUMBER NAME COMMAND...
   shift 2
   case " $SKIP " in *" $number "*) echo "== $number. $name: skipped"; return;; esac
   echo "== $number. $name"
-  local start rc
+  local start rc limit_name="LIMIT_$number"
   start=$(date +%s%N)
-  timeout "$STEP_LIMIT" "$@"
+  timeout "${!limit_name:-$STEP_LIMIT}" "$@"
   rc=$?
   echo "STEP $name rc=$rc wall=$(( ($(date +%s%N) - start) / 1000000 )) ms"
 }
