@@ -186,7 +186,7 @@ def test_cuda_killed_run_resumes(acts, tmp_path):
                     raise KeyboardInterrupt
                 yield batch
 
-    cfg = SAEConfig(d_in=16, dict_size=32, arch="topk", k=3, epochs=2, batch_size=128, seed=2, device="cuda")
+    cfg = SAEConfig(d_in=16, dict_size=32, arch="topk", k=3, epochs=2, holdout=0, batch_size=128, seed=2, device="cuda")
     with pytest.raises(KeyboardInterrupt):
         train_saes(Killed(acts), [cfg], [tmp_path / "killed"], quiet=True)
     resumed = train_saes(TensorSource(acts), [cfg], [tmp_path / "killed"], quiet=True)[0]
