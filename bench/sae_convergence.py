@@ -29,7 +29,8 @@ def main() -> None:
     else:
         base["l1"] = args.l1
     variants = {"b_dec 0": dict(b_dec_init="zero"), "b_dec mean": dict(b_dec_init="mean"),
-                "b_dec mean + lr warm-up 200": dict(b_dec_init="mean", lr_warmup=200)}
+                "b_dec mean + lr warm-up 200": dict(b_dec_init="mean", lr_warmup=200),
+                "b_dec mean + lr cool-down 1000": dict(b_dec_init="mean", lr_decay=1000)}
     if args.arch in ("tied", "untied"):
         variants["b_dec mean + l1 warm-up 500"] = dict(b_dec_init="mean", l1_warmup=500)
     saes = train_saes(TensorSource(acts), [SAEConfig(**base, **v) for v in variants.values()], None, quiet=True)

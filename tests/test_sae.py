@@ -178,6 +178,20 @@ def test_converges_on_a_plateau_and_not_before():
     assert all(set(p) >= {"step", "tokens", "train_loss", "heldout_loss", "heldout_mse", "heldout_l0"} for p in m["curve"])
 
 
+def test_lr_decay_cools_down_after_the_plateau_or_ends_a_fixed_run(small_acts):
+    """Until converged, --lr-decay K trains K more steps from the plateau the plain run stops at (the two runs are
+    the same until then); with --epochs N the decay takes the run's last K steps."""
+    source = TensorSource(small_acts)
+    common = dict(d_in=16, dict_size=24, arch="topk", k=3, lr=3e-3, holdout=204, eval_every=10, batch_size=64, seed=1)
+    plain, cooled = train_saes(source, [SAEConfig(**common), SAEConfig(**common, lr_decay=50)], None, quiet=True)
+    assert plain.metrics["stop_reason"] == cooled.metrics["stop_reason"] == "converged"
+    assert cooled.metrics["lr_decay_start"] == plain.metrics["steps"] and plain.metrics["lr_decay_start"] is None
+    assert cooled.metrics["steps"] == plain.metrics["steps"] + 50
+    assert cooled.metrics["curve"][:len(plain.metrics["curve"]) - 1] == plain.metrics["curve"][:-1]
+    fixed = train_saes(source, [SAEConfig(**{**common, "epochs": 2}, lr_decay=20)], None, quiet=True)[0]
+    assert fixed.metrics["steps"] == 2 * 29 and fixed.metrics["lr_decay_start"] == 2 * 29 - 20
+
+
 def test_fixed_epochs_run_exactly_and_flag_still_improving(small_acts):
     source = CountingSource(TensorSource(small_acts).acts)
     cfg = SAEConfig(d_in=16, dict_size=24, l1=1e-2, lr=1e-4, epochs=3, batch_size=64, eval_every=5, seed=1)

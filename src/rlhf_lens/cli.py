@@ -296,6 +296,7 @@ def train_sae_command(
     b_dec_init: str = typer.Option(_SAEConfig.b_dec_init, "--b-dec-init", help=doc(_SAEConfig, "b_dec_init")),
     lr_warmup: int = typer.Option(_SAEConfig.lr_warmup, "--lr-warmup", help=doc(_SAEConfig, "lr_warmup")),
     l1_warmup: int = typer.Option(_SAEConfig.l1_warmup, "--l1-warmup", help=doc(_SAEConfig, "l1_warmup")),
+    lr_decay: int = typer.Option(_SAEConfig.lr_decay, "--lr-decay", help=doc(_SAEConfig, "lr_decay")),
     batch_size: int = typer.Option(_SAEConfig.batch_size, "--batch-size", help=doc(_SAEConfig, "batch_size")),
     seed: str = typer.Option("0", "--seed", help=doc(_SAEConfig, "seed") + " Comma-separated seeds train together."),
     data_seed: int = typer.Option(_SAEConfig.data_seed, "--data-seed", help=doc(_SAEConfig, "data_seed")),
@@ -315,7 +316,7 @@ def train_sae_command(
     configs = [SAEConfig(d_in=source.d, dict_size=size, arch=arch, k=k, l1=l1, target_l0=target_l0, lr=lr,
                          epochs=epochs, holdout=holdout, eval_every=eval_every, window=window, tolerance=tolerance,
                          max_tokens=max_tokens, max_seconds=max_seconds, dead_steps=dead_steps, b_dec_init=b_dec_init,
-                         lr_warmup=lr_warmup, l1_warmup=l1_warmup, batch_size=batch_size, seed=s, data_seed=data_seed,
+                         lr_warmup=lr_warmup, l1_warmup=l1_warmup, lr_decay=lr_decay, batch_size=batch_size, seed=s, data_seed=data_seed,
                          device=device, dtype=dtype)
                for size in sizes for s in seeds]
     single = len(configs) == 1

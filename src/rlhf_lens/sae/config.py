@@ -74,6 +74,8 @@ class SAETraining:
     """Steps of linear learning-rate warm-up from 0 (0: none)."""
     l1_warmup: int = 0
     """Steps of linear l1 warm-up from 0 (0: none; ignored by topk/batchtopk)."""
+    lr_decay: int = 0
+    """Steps of linear learning-rate decay to 0 that end training (0: none): with --epochs N the last LR_DECAY steps; until converged, a cool-down of LR_DECAY more steps once the held-out loss has plateaued."""
     device: str = "cpu"
     """Where the SAE trains: cpu, cuda or cuda:N (the activations are moved there batch by batch; the saved SAE is the same files)."""
     dtype: str = "float32"
@@ -112,7 +114,7 @@ class SAEConfig(SAETraining):
             raise UserError(f"--lr must be > 0 (got {self.lr})")
         if self.epochs < 0:
             raise UserError(f"--epochs must be >= 0 (0: until converged; got {self.epochs})")
-        for name in ("holdout", "window", "max_tokens", "dead_steps", "lr_warmup", "l1_warmup"):
+        for name in ("holdout", "window", "max_tokens", "dead_steps", "lr_warmup", "l1_warmup", "lr_decay"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
         if self.eval_every < 1 or self.window < 1:

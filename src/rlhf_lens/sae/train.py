@@ -61,6 +61,9 @@ class _Run:
         self.curve: list[dict] = []
         self.stop_reason: str | None = None
         self.resampled = 0
+        self.decay_start: int | None = None
+        """Step after which the learning rate decays (--lr-decay): set from the run's length with --epochs N,
+        at the plateau until converged (the cool-down); None: not decaying."""
         self.initialised = False
         self._interval_loss, self._interval_steps = 0.0, 0
         self._pending: list[tuple[torch.Tensor, float, int]] = []
@@ -83,6 +86,8 @@ class _Run:
         """Learning rate and l1 of the next step (linear warm-ups)."""
         cfg, t = self.cfg, self.steps + 1
         lr = cfg.lr * min(1.0, t / cfg.lr_warmup) if cfg.lr_warmup else cfg.lr
+        if self.decay_start is not None and t > self.decay_start:  # linear to 0 at decay_start + lr_decay
+            lr *= max(0.0, 1 - (t - self.decay_start) / cfg.lr_decay)
         self.stepper.opt.param_groups[0]["lr"] = lr
         if not cfg.codes_by_rank:
             self.stepper.l1 = self.l1 * min(1.0, t / cfg.l1_warmup) if cfg.l1_warmup else self.l1
@@ -116,11 +121,18 @@ class _Run:
             self._collect()
             if heldout is not None:
                 self.evaluate(heldout)
-            self._resample(x)
-            if cfg.epochs == 0 and heldout is not None and self.steps >= max(cfg.lr_warmup, cfg.l1_warmup) \
+            if self.decay_start is None or self.steps < self.decay_start:  # no resampling into the decay
+                self._resample(x)
+            if cfg.epochs == 0 and heldout is not None and self.decay_start is None \
+                    and self.steps >= max(cfg.lr_warmup, cfg.l1_warmup) \
                     and plateaued([p["heldout_loss"] for p in self.curve if p["step"] > max(cfg.lr_warmup, cfg.l1_warmup)],
                                   cfg.window, cfg.tolerance):
-                self.stop_reason = "converged"
+                if cfg.lr_decay:
+                    self.decay_start = self.steps  # the cool-down: lr_decay more steps, then stop
+                else:
+                    self.stop_reason = "converged"
+        if cfg.epochs == 0 and self.decay_start is not None and self.steps >= self.decay_start + cfg.lr_decay:
+            self.stop_reason = "converged"
         if cfg.epochs == 0 and not self.done:
             if cfg.max_tokens and self.tokens_seen >= cfg.max_tokens:
                 self.stop_reason = "max_tokens"
@@ -232,7 +244,7 @@ class _Run:
                  "rng": torch.get_rng_state(), "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
                  "wall_seconds": self.wall_seconds, "last_epoch": self.last_epoch, "calibration": self.calibration,
                  "steps": self.steps, "curve": self.curve, "resampled": self.resampled, "idle": self.stepper.idle,
-                 "threshold_steps": self.stepper.threshold_steps,
+                 "threshold_steps": self.stepper.threshold_steps, "decay_start": self.decay_start,
                  "interval": [self._interval_loss, self._interval_steps]}
         with atomic_path(self.out_dir / CHECKPOINT_FILE) as tmp:
             torch.save(state, tmp)
@@ -256,6 +268,7 @@ class _Run:
         self.stepper.idle.copy_(state["idle"])
         self.stepper._idle_bound = int(state["idle"].max()) if state["idle"].numel() else 0
         self.stepper.threshold_steps = int(state["threshold_steps"])
+        self.decay_start = state.get("decay_start")
         self._interval_loss, self._interval_steps = state["interval"]
         self.initialised = self.steps > 0
 
@@ -397,6 +410,9 @@ def _train_groups(source: ActivationSource, runs: list[tuple[int, _Run]], eval_t
             train, heldout = _split(source, holdout, device)
             steps_per_epoch = math.ceil(train.n / batch_size)
 
+            for run in group:
+                if run.cfg.epochs and run.cfg.lr_decay:  # the run's length is known: decay over its last steps
+                    run.decay_start = max(0, steps_per_epoch * run.cfg.epochs - run.cfg.lr_decay)
             tasks = {id(run): progress.add_task(f"SAE m={run.cfg.dict_size} s={run.cfg.seed}",
                                                 total=_total_steps(run.cfg, steps_per_epoch), completed=run.steps)
                      for run in group}
@@ -497,6 +513,7 @@ def _evaluate(source: ActivationSource, runs: list[_Run], eval_tokens: int, held
             "still_improving": still_improving,
             "curve": run.curve,
             "resampled": run.resampled,
+            "lr_decay_start": run.decay_start,
             "threshold": float(run.sae.threshold.mean()) if cfg.arch == "batchtopk" else None,
             "train_seconds": run.train_seconds,
             "wall_seconds": run.wall_seconds,
