@@ -16,8 +16,15 @@ For each dictionary size m (default d=512, m=1024 and 2048, batch 4096: Pythia-7
   end-to-end   `train_saes` over --e2e-epochs epochs from initialisation (data shuffling, statistics,
                checkpoints excluded), 1x and 2x dictionaries in one pass; tokens/s per SAE from metrics.json.
 
-With --anchors, also runs ../shared/anchors (SAELens's trainer and the roofline script) on the same
-activations, so the figures share one machine state (ANCHORS_VENV defaults to /tmp/saelens-venv if present).
+With --anchors, also runs ../shared/anchors (SAELens's trainer on its StandardTrainingSAE, and the roofline
+script) and bench/saelens_arch_anchor.py (SAELens's trainer on its TopKTrainingSAE and BatchTopKTrainingSAE, k =
+--k) on the same activations and shapes, so the figures share one machine state, then prints a SUMMARY block:
+for tied, topk and batchtopk at each m, ours, SAELens's and their ratio. Ours for tied is the end-to-end
+`train_saes` figure (a trainer from initialisation against SAELens's `fit()` from initialisation, both with
+dense codes and their per-step bookkeeping; the dense-path step is printed beside it); ours for topk/batchtopk
+is the step figure above (gradients + Adam) against SAELens's `fit()` (which adds its per-step bookkeeping:
+firing counts, grad-clip, schedulers). ANCHORS_VENV defaults to /tmp/saelens-venv if present, else the
+anchors' /tmp/anchors.
 
 Data: --acts FILE (safetensors, key `activations`) or synthetic (d, 4d features, firing probability 0.005,
 65536 rows; like the anchors' data). Each figure is printed as `FIGURE name=value unit`.
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -44,6 +52,8 @@ from rlhf_lens.synthetic import SyntheticConfig, write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 ANCHORS = ROOT.parent / "shared" / "anchors"
+TARGET_RATIO = 1.5
+"""Issue target: ours >= 1.5x SAELens's trainer."""
 
 
 def median(values: list[float]) -> float:
@@ -112,16 +122,45 @@ def interleaved(fns: dict, reps: int, warmup: int = 2) -> dict[str, float]:
     return {name: median(ts) for name, ts in times.items()}
 
 
-def run_anchor(script: str, args: list[str]) -> str | None:
-    path = ANCHORS / script
-    if not path.is_file():
+def run_anchor(script: str | Path, args: list[str]) -> str | None:
+    """Run an anchor script (a name in ../shared/anchors, or a path); its FIGURE and key INFO lines, or None."""
+    path = script if isinstance(script, Path) else ANCHORS / script
+    if not path.is_file() or not (ANCHORS / "_bootstrap.py").is_file():
         return None
     env = dict(os.environ)
     if "ANCHORS_VENV" not in env and Path("/tmp/saelens-venv/bin/python").exists():
         env["ANCHORS_VENV"] = "/tmp/saelens-venv"
     result = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, env=env)
-    lines = [line for line in result.stdout.splitlines() if line.startswith(("FIGURE", "INFO eager", "INFO after"))]
+    keep = ("FIGURE", "INFO eager", "INFO after", "INFO elapsed")
+    lines = [line for line in result.stdout.splitlines() if line.startswith(keep)]
     return "\n".join(lines) if result.returncode == 0 else f"(anchor failed: {result.stderr.strip().splitlines()[-1:]})"
+
+
+def note_anchor(figures: dict, key: tuple[str, int], out: str | None) -> None:
+    """Record the tokens/s of an anchor's FIGURE line (absent if the anchor failed)."""
+    match = re.search(r"^FIGURE \S+=([0-9.]+) tokens/s", out or "", re.M)
+    if match:
+        figures[key] = float(match.group(1))
+
+
+def summary(figures: dict, dicts: list[int], k: int) -> None:
+    """Ours beside SAELens's trainer, same run, per architecture and m; ratio and the issue's 1.5x target."""
+    rows = [("tied", "ours_e2e", "e2e", "saelens_standard"),
+            ("tied", "ours_dense (step)", "dense", "saelens_standard"),
+            (f"topk k{k}", f"ours_topk{k} (step)", "topk", "saelens_topk"),
+            (f"batchtopk k{k}", f"ours_batchtopk{k} (step)", "batchtopk", "saelens_batchtopk")]
+    print(f"SUMMARY tokens/s, one run; SAELens = its SAETrainer.fit() (standard / TopK / BatchTopK training SAE); "
+          f"target ours >= {TARGET_RATIO}x SAELens")
+    print(f"SUMMARY {'arch':<14} {'m':>5} {'ours figure':<22} {'ours':>9} {'SAELens':>9} {'ratio':>6}  target")
+    for arch, label, ours_key, theirs_key in rows:
+        for m in dicts:
+            ours, theirs = figures.get((ours_key, m)), figures.get((theirs_key, m))
+            if ours is None or theirs is None:
+                print(f"SUMMARY {arch:<14} {m:>5} {label:<22} {ours or float('nan'):>9.0f} {'n/a':>9}")
+                continue
+            ratio = ours / theirs
+            print(f"SUMMARY {arch:<14} {m:>5} {label:<22} {ours:>9.0f} {theirs:>9.0f} {ratio:>6.2f}  "
+                  f"{'met' if ratio >= TARGET_RATIO else 'NOT met'}")
 
 
 def main() -> int:
@@ -159,6 +198,7 @@ def main() -> int:
     d, batch = source.d, args.batch
     print(f"INFO data={acts_path} rows={source.n} d={d} batch={batch}")
     batches = [x for x, _ in zip(source.batches(batch, 0, 0), range(4))]
+    figures: dict[tuple[str, int], float] = {}  # (name, m) -> tokens/s, for the summary
 
     for m in dicts:
         # a trained state: sparse codes (the paper's l1 on these data), reached with small batches
@@ -182,22 +222,27 @@ def main() -> int:
                          "topk": our_step_fn(ranked["topk"], batches, None),
                          "batchtopk": our_step_fn(ranked["batchtopk"], batches, None)}, args.reps)
         bound = batch / t["bound"]
-        print(f"INFO m={m} gemm chain {1e3 * t['bound']:.1f} ms ({5 * 2 * batch * d * m / t['bound'] / 1e9:.1f} GFLOP/s); "
-              f"trained state after {done} steps of {args.warmup_batch}: code density {density:.3f} (L0 {density * m:.1f})")
+        print(f"INFO m={m} gemm chain {1e3 * t['bound']:.1f} ms "
+              f"({5 * 2 * batch * d * m / t['bound'] / 1e9:.1f} GFLOP/s); trained state after {done} steps of "
+              f"{args.warmup_batch}: code density {density:.3f} (L0 {density * m:.1f})")
         print(f"FIGURE sae_matmul_bound_m{m}_tokens_per_s={bound:.1f} tokens/s")
+        figures[("bound", m)] = bound
         for name in ("dense", "trained", "eager", "topk", "batchtopk"):
             label = {"dense": "ours_dense", "trained": "ours_trained", "eager": "eager_torch",
                      "topk": f"ours_topk{args.k}", "batchtopk": f"ours_batchtopk{args.k}"}[name]
             print(f"FIGURE {label}_m{m}_tokens_per_s={batch / t[name]:.1f} tokens/s "
                   f"({100 * t['bound'] / t[name]:.0f}% of bound)")
+            figures[(name, m)] = batch / t[name]
 
     # end to end: 1x and 2x trained in one pass over the data, from initialisation
     configs = [SAEConfig(d_in=d, dict_size=m, epochs=args.e2e_epochs, batch_size=batch, holdout=0) for m in dicts]
     saes = train_saes(source, configs, None, quiet=True)
     for m, sae in zip(dicts, saes):
         metrics = sae.metrics
-        print(f"INFO e2e m={m}: L0 {metrics['mean_l0']:.1f} fvu {metrics['fvu']:.3f} after {metrics['tokens_seen']} tokens")
+        print(f"INFO e2e m={m}: L0 {metrics['mean_l0']:.1f} fvu {metrics['fvu']:.3f} "
+              f"after {metrics['tokens_seen']} tokens")
         print(f"FIGURE ours_e2e_m{m}_tokens_per_s={metrics['tokens_per_s']:.1f} tokens/s")
+        figures[("e2e", m)] = metrics["tokens_per_s"]
 
     if args.anchors:
         threads = ["--threads", str(args.threads)] if args.threads else []
@@ -206,8 +251,17 @@ def main() -> int:
             out = run_anchor("saelens_sae_throughput.py", ["--acts", str(acts_path), "--dict", str(m),
                                                             "--batch", str(batch), "--steps", steps, *threads])
             print(f"ANCHOR saelens m={m}:\n{out}" if out else "ANCHOR saelens: anchors not found")
-            out = run_anchor("torch_sae_roofline.py", ["--d", str(d), "--dict", str(m), "--batch", str(batch), *threads])
+            note_anchor(figures, ("saelens_standard", m), out)
+            for arch in ("topk", "batchtopk"):
+                out = run_anchor(ROOT / "bench" / "saelens_arch_anchor.py",
+                                 ["--arch", arch, "--acts", str(acts_path), "--dict", str(m), "--batch", str(batch),
+                                  "--k", str(args.k), "--steps", "40" if m <= 1024 else "25", *threads])
+                print(f"ANCHOR saelens {arch} k={args.k} m={m}:\n{out}" if out else "ANCHOR saelens: anchors not found")
+                note_anchor(figures, (f"saelens_{arch}", m), out)
+            out = run_anchor("torch_sae_roofline.py",
+                             ["--d", str(d), "--dict", str(m), "--batch", str(batch), *threads])
             print(f"ANCHOR roofline m={m}:\n{out}" if out else "ANCHOR roofline: anchors not found")
+        summary(figures, dicts, args.k)
     return 0
 
 
