@@ -16,8 +16,9 @@ DENSE_L0_FRACTION = 0.25
 """A trained SAE whose mean L0 exceeds this fraction of d_in is flagged `dense_codes` (it is not sparse coding)."""
 MOSTLY_DEAD_FRACTION = 0.5
 """A trained SAE with more than this fraction of features that never fired in its last epoch is flagged `mostly_dead`."""
-SPARSE_MAX_DENSITY = 0.15
-"""Codes at most this dense (fraction of nonzeros in the previous step) take the sparse path (see bench/bench_sae.py)."""
+SPARSE_MAX_DENSITY = 0.09
+"""Codes at most this dense (fraction of nonzeros in the previous step) take the sparse path: where it overtakes
+the dense one at d 512, m 1024 and 2048, batch 4096, one or two threads (bench/sae_sparse_crossover.py)."""
 SPARSE_MIN_WORK = 2**25
 """...and only when a dense GEMM of the step (batch * m * d multiply-adds) is at least this big: below it the
 sparse path's fixed cost of extra small ops outweighs what it saves."""
