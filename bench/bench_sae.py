@@ -56,6 +56,23 @@ TARGET_RATIO = 1.5
 """Issue target: ours >= 1.5x SAELens's trainer."""
 
 
+def bench_data(d: int, n: int, seed: int = 0) -> SyntheticConfig:
+    """The benches' synthetic activations: d dims, 4d features, each firing with probability 0.005."""
+    return SyntheticConfig(d=d, features=4 * d, sparsity=0.005, n=n, seed=seed)
+
+
+def train_steps(stepper: _Stepper, source: TensorSource, steps: int, batch: int) -> int:
+    """Train `steps` steps of `batch` rows (data seed 1) to reach a trained state; returns the steps done."""
+    done = 0
+    while done < steps:
+        for x in source.batches(batch, 1, done):
+            stepper.step(x)
+            done += 1
+            if done >= steps:
+                break
+    return done
+
+
 def median(values: list[float]) -> float:
     values = sorted(values)
     return values[len(values) // 2]
@@ -192,8 +209,7 @@ def main() -> int:
         acts_path = Path(args.acts)
         source = TensorSource(acts_path)
     else:
-        cfg = SyntheticConfig(d=args.d, features=4 * args.d, sparsity=0.005, n=args.n, seed=0)
-        acts_path = write_synthetic(cfg, tmp / "acts.safetensors")
+        acts_path = write_synthetic(bench_data(args.d, args.n), tmp / "acts.safetensors")
         source = TensorSource(acts_path)
     d, batch = source.d, args.batch
     print(f"INFO data={acts_path} rows={source.n} d={d} batch={batch}")
@@ -204,13 +220,7 @@ def main() -> int:
         # a trained state: sparse codes (the paper's l1 on these data), reached with small batches
         warm = SparseAutoencoder(SAEConfig(d_in=d, dict_size=m))
         warm_stepper = _Stepper(warm, 1e-3, 1e-3)
-        done = 0
-        while done < args.warmup_steps:
-            for x in source.batches(args.warmup_batch, 1, done):
-                warm_stepper.step(x)
-                done += 1
-                if done >= args.warmup_steps:
-                    break
+        done = train_steps(warm_stepper, source, args.warmup_steps, args.warmup_batch)
         warm_stepper.grads(batches[0], sparse=False)  # the density at the full batch decides the path
         density = warm_stepper.density
         fresh = _Stepper(SparseAutoencoder(SAEConfig(d_in=d, dict_size=m)), 1e-3, 1e-3)

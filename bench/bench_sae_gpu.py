@@ -27,10 +27,10 @@ import time
 
 import torch
 
-from bench_sae import gemm_chain_fn
+from bench_sae import bench_data, gemm_chain_fn
 from rlhf_lens.sae import SAEConfig, SparseAutoencoder, TensorSource, train_saes
 from rlhf_lens.sae.step import _Stepper
-from rlhf_lens.synthetic import SyntheticConfig, make_synthetic
+from rlhf_lens.synthetic import make_synthetic
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -54,8 +54,7 @@ def timed(fn, device: str, reps: int, warmup: int = 3) -> float:
 
 def step_figures(args, dtype: str) -> None:
     """Our step against the matmul bound of its five GEMMs, per dictionary size."""
-    x = make_synthetic(SyntheticConfig(d=args.d, features=4 * args.d, sparsity=0.005, n=args.batch, seed=99),
-                       device=args.device)[0]
+    x = make_synthetic(bench_data(args.d, args.batch, seed=99), device=args.device)[0]
     for m in args.dicts:
         bound = timed(gemm_chain_fn(args.batch, args.d, m, args.device, DTYPES[dtype]), args.device, args.reps)
         sae = SparseAutoencoder(SAEConfig(d_in=args.d, dict_size=m, dtype=dtype)).to(args.device)
@@ -79,8 +78,7 @@ def grid(args, dtype: str) -> None:
     for model in range(args.models):
         for block in range(args.blocks):
             t0 = time.perf_counter()
-            synthetic = SyntheticConfig(d=args.d, features=4 * args.d, sparsity=0.005, n=args.tokens,
-                                        seed=1000 * model + block)
+            synthetic = bench_data(args.d, args.tokens, seed=1000 * model + block)
             source = TensorSource(make_synthetic(synthetic, device=args.device)[0])
             sync(args.device)
             t1 = time.perf_counter()

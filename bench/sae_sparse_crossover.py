@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from bench_sae import interleaved, our_step_fn
+from bench_sae import bench_data, interleaved, our_step_fn, train_steps
 from rlhf_lens.sae import SAEConfig, SparseAutoencoder, TensorSource
 from rlhf_lens.sae.config import SPARSE_MAX_DENSITY
 from rlhf_lens.sae.step import _Stepper
-from rlhf_lens.synthetic import SyntheticConfig, write_synthetic
+from rlhf_lens.synthetic import write_synthetic
 
 
 def main() -> None:
@@ -35,21 +35,13 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = write_synthetic(SyntheticConfig(d=512, features=2048, sparsity=0.005, n=65536, seed=0),
-                           Path(tempfile.mkdtemp(prefix="crossover-")) / "acts.safetensors")
+    data = write_synthetic(bench_data(512, 65536), Path(tempfile.mkdtemp(prefix="crossover-")) / "acts.safetensors")
     source = TensorSource(data)
     batches = [x for x, _ in zip(source.batches(4096, 0, 0), range(4))]
     print(f"INFO threads={torch.get_num_threads()} m={args.dict} SPARSE_MAX_DENSITY={SPARSE_MAX_DENSITY}")
     for l1 in (float(v) for v in args.l1.split(",")):
         stepper = _Stepper(SparseAutoencoder(SAEConfig(d_in=512, dict_size=args.dict)), l1, 1e-3)
-        done, epoch = 0, 0
-        while done < args.steps:
-            for x in source.batches(4096, 1, epoch):
-                stepper.step(x)
-                done += 1
-                if done >= args.steps:
-                    break
-            epoch += 1
+        train_steps(stepper, source, args.steps, 4096)
         stepper.grads(batches[0], sparse=False)
         t = interleaved({"dense": our_step_fn(stepper, batches, False),
                          "sparse": our_step_fn(stepper, batches, True)}, args.reps)
