@@ -65,9 +65,12 @@ def kl_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch
 
 
 def full_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
-    """KL(policy || reference) of the next-token distributions at each position: [B, T, V] -> [B, T]."""
+    """KL(policy || reference) of the next-token distributions at each position: [B, T, V] -> [B, T].
+
+    An exact KL is >= 0; the float sum over V can land a few ulps below 0 where policy = reference
+    (the first step), so the rounding is clamped off rather than logged as a negative KL."""
     logp, ref_logp = torch.log_softmax(logits.float(), -1), torch.log_softmax(ref_logits.float(), -1)
-    return (logp.exp() * (logp - ref_logp)).sum(-1)
+    return (logp.exp() * (logp - ref_logp)).sum(-1).clamp_min(0.0)
 
 
 def gae(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: float,
