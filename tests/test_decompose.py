@@ -22,7 +22,7 @@ def _index(docs: int = DOCS, per: int = PER_DOC, seed: int = 0):
 
 def _write_store(path, acts: torch.Tensor, index, layer: int = 1, shards: int = 2):
     """A store of `acts` (rows ordered by document) cut into `shards` shards of whole documents."""
-    from rlhf_lens.diff.paired_store import StoreWriter
+    from rlhf_lens.decompose.paired_store import StoreWriter
 
     tok, doc, pos = index
     n_docs = int(doc.max()) + 1
@@ -60,7 +60,7 @@ def planted_pair(tmp_path_factory):
 
 
 def test_delta_store_is_a_store_of_the_differences(planted_pair):
-    from rlhf_lens.diff.paired_store import delta_store
+    from rlhf_lens.decompose.paired_store import delta_store
 
     delta = delta_store(planted_pair["base"], planted_pair["tuned"], 1, planted_pair["root"] / "delta")
     assert delta.layers == [1] and delta.n_tokens == planted_pair["base"].n_tokens and delta.d == D
@@ -78,7 +78,7 @@ def test_delta_store_is_a_store_of_the_differences(planted_pair):
 
 
 def test_unpaired_stores_fail_in_one_line(planted_pair, tmp_path):
-    from rlhf_lens.diff.paired_store import delta_store
+    from rlhf_lens.decompose.paired_store import delta_store
 
     tok, doc, pos = planted_pair["index"]
     other = _write_store(tmp_path / "other", planted_pair["base_acts"], ((tok + 1) % 300, doc, pos))
@@ -96,16 +96,16 @@ def test_unpaired_stores_fail_in_one_line(planted_pair, tmp_path):
 
 
 def _archs():
-    from rlhf_lens.diff.diffsae import default_arch
+    from rlhf_lens.decompose.diffsae import default_arch
 
     return ["topk"] + ([default_arch()] if default_arch() != "topk" else [])
 
 
 @pytest.fixture(scope="module")
 def diffsae_result(planted_pair):
-    from rlhf_lens.diff.decompose_config import DecomposeConfig
-    from rlhf_lens.diff.diffsae import diff_sae
-    from rlhf_lens.diff.paired_store import delta_store
+    from rlhf_lens.decompose.config import DecomposeConfig
+    from rlhf_lens.decompose.diffsae import diff_sae
+    from rlhf_lens.decompose.paired_store import delta_store
 
     delta = delta_store(planted_pair["base"], planted_pair["tuned"], 1, planted_pair["root"] / "delta-sae")
     config = DecomposeConfig(diffsae_arch="topk", diffsae_k=1, diffsae_expansion=1.0, diffsae_epochs=20,
@@ -115,7 +115,7 @@ def diffsae_result(planted_pair):
 
 
 def test_diffsae_top_latent_is_the_planted_direction(planted_pair, diffsae_result):
-    from rlhf_lens.diff.diffsae import decoder_rows
+    from rlhf_lens.decompose.diffsae import decoder_rows
 
     result, saes = diffsae_result["result"], diffsae_result["saes"]
     top = result["top"]
@@ -134,8 +134,8 @@ def test_diffsae_top_latent_is_the_planted_direction(planted_pair, diffsae_resul
 
 @pytest.mark.parametrize("arch", _archs())
 def test_diffsae_configs_follow_the_arch_parameter(arch):
-    from rlhf_lens.diff.decompose_config import DecomposeConfig
-    from rlhf_lens.diff.diffsae import diffsae_configs
+    from rlhf_lens.decompose.config import DecomposeConfig
+    from rlhf_lens.decompose.diffsae import diffsae_configs
 
     configs = diffsae_configs(64, DecomposeConfig(diffsae_arch=arch, diffsae_expansion=1.5, diffsae_seeds=[3, 4]))
     assert [c.arch for c in configs] == [arch, arch] and [c.seed for c in configs] == [3, 4]
@@ -147,8 +147,8 @@ def test_diffsae_configs_follow_the_arch_parameter(arch):
 
 
 def test_shared_dictionary_shift_ranks_the_planted_feature_first(tmp_path):
-    from rlhf_lens.diff.decompose_config import DecomposeConfig
-    from rlhf_lens.diff.shift import count_among, shared_dictionary_shift
+    from rlhf_lens.decompose.config import DecomposeConfig
+    from rlhf_lens.decompose.shift import count_among, shared_dictionary_shift
     from rlhf_lens.sae import SAEConfig, SparseAutoencoder
 
     g = torch.Generator().manual_seed(2)
@@ -204,7 +204,7 @@ def test_placebo_table_is_a_seeded_permutation(tmp_path, suffix):
 
 
 def test_decompose_config_checks():
-    from rlhf_lens.diff.decompose_config import DecomposeConfig, check_decompose_config
+    from rlhf_lens.decompose.config import DecomposeConfig, check_decompose_config
 
     check_decompose_config(DecomposeConfig())
     for bad in (dict(diffsae_seeds=[]), dict(steer_norm="x"), dict(shift_quantile=1.0), dict(crosscoder_arch="x"),
@@ -236,10 +236,10 @@ def test_steering_by_the_top_latent_beats_random_directions(word_direction, corp
     that vector, and steering base by it raises the planted words and the reward of a table of them beyond
     random directions of the same norm."""
     from rlhf_lens.data import load_corpus
+    from rlhf_lens.decompose.config import DecomposeConfig
+    from rlhf_lens.decompose.diffsae import decoder_rows, diff_sae, steer_top_latents
+    from rlhf_lens.decompose.paired_store import delta_store
     from rlhf_lens.diff import steering
-    from rlhf_lens.diff.decompose_config import DecomposeConfig
-    from rlhf_lens.diff.diffsae import decoder_rows, diff_sae, steer_top_latents
-    from rlhf_lens.diff.paired_store import delta_store
     from rlhf_lens.rewards import load_reward
 
     root, v = word_direction["root"], word_direction["v"]
@@ -286,8 +286,8 @@ def test_crosscoder_latent_scaling_classes_planted_directions_and_l1_shrinks():
     each concept's latent correctly. The L1 crosscoder trained the same way shows complete shrinkage: W's base
     decoder is (almost) gone, so its decoder norms call it tuned-only, while Latent Scaling, which asks base's
     error for W's direction, still calls it shared."""
-    from rlhf_lens.diff.crosscoder import crosscoder_report, match_latents, train_crosscoder
-    from rlhf_lens.diff.decompose_config import DecomposeConfig
+    from rlhf_lens.decompose.config import DecomposeConfig
+    from rlhf_lens.decompose.crosscoder import crosscoder_report, match_latents, train_crosscoder
 
     g = torch.Generator().manual_seed(0)
     d, n = 24, 8192
@@ -325,8 +325,8 @@ def test_crosscoder_latent_scaling_classes_planted_directions_and_l1_shrinks():
 
 
 def test_crosscoder_on_paired_stores(planted_pair, tmp_path):
-    from rlhf_lens.diff.crosscoder import crosscoder_analysis
-    from rlhf_lens.diff.decompose_config import DecomposeConfig
+    from rlhf_lens.decompose.config import DecomposeConfig
+    from rlhf_lens.decompose.crosscoder import crosscoder_analysis
 
     config = DecomposeConfig(crosscoder_k=4, crosscoder_steps=50, crosscoder_rows=1000)
     report, cc = crosscoder_analysis(planted_pair["base"], planted_pair["tuned"], 1, config, out=tmp_path / "cc.st")

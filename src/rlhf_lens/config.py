@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from .decompose.config import DecomposeConfig
 from .diff.config import DiffConfig
-from .diff.decompose_config import DecomposeConfig
 from .errors import UserError
 from .harvest.config import HarvestSettings
 from .interp.config import ExampleConfig, InterpConfig
@@ -324,8 +324,8 @@ def _check_sae(section: SAESection) -> None:
 def validate(config: RunConfig) -> None:
     """Types were checked while parsing; here ranges, choices and cross-field rules, each failure one line
     naming `section.key` and what to set instead. Nothing is loaded: files and models are checked by the run."""
+    from .decompose.config import check_decompose_config
     from .diff.config import check_config as check_diff
-    from .diff.decompose_config import check_decompose_config
     from .rlhf.config import check_config, check_device_dtype
 
     m, h, s, i, e = config.model, config.harvest, config.sae, config.interp, config.examples

@@ -494,10 +494,10 @@ def _stage_decompose(config: RunConfig, run_dir: Path, state: dict) -> dict:
 def _decompose_model(config: RunConfig, run_dir: Path, state: dict, stores: dict, name: str, out: Path,
                      mmcs_result: dict, explainer, table: dict, reward, base, tokenizer, prompts) -> dict:
     """The decompose stage's measures for one tuned model (`name`: tuned, or the placebo tune) against the base."""
-    from .diff.crosscoder import crosscoder_analysis
-    from .diff.diffsae import diff_sae, steer_top_latents
-    from .diff.paired_store import delta_store
-    from .diff.shift import count_among, shared_dictionary_shift
+    from .decompose.crosscoder import crosscoder_analysis
+    from .decompose.diffsae import diff_sae, steer_top_latents
+    from .decompose.paired_store import delta_store
+    from .decompose.shift import count_among, shared_dictionary_shift
     from .interp import explain_features
     from .sae import SparseAutoencoder
 

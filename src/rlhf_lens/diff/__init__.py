@@ -9,11 +9,8 @@
   the same norm, with a coherence guard.
 - `ranking`: causal block ranking (reward gain of steering each block by its own contribution).
 - `run`: `diff_models(...)`, writing diff.json and deltas.safetensors (docs/diff.md).
-- decompositions of the change (library only; settings: `decompose_config.DecomposeConfig`):
-  `paired_store` (paired-store checks, `delta_store`: Δ = tuned - base as a store), `diffsae` (SAEs on Δ,
-  latents ranked by share of |Δ|², seed agreement, steering by a latent), `shift` (a base SAE encodes both
-  models: per-latent change of mean activation and firing rate against a document-halving null), `crosscoder`
-  (BatchTopK/L1 crosscoder with Latent Scaling classes), `placebo` (shuffled utility table for a placebo tune).
+- `placebo`: a shuffled utility table for the placebo tune (a control).
+- the decompositions of the change (diff-SAE, shift, crosscoder) are their own package: `rlhf_lens.decompose`.
 - the report section lives with the report: `rlhf_lens.report.diff` (`diff_html`, `diff_markdown`).
 """
 

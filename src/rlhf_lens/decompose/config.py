@@ -1,5 +1,5 @@
 """`DecomposeConfig`: settings of the decompositions of what tuning changed (no torch here: the CLI reads it
-for `--help`). The methods live in `diff.diffsae`, `diff.shift`, `diff.crosscoder`, `diff.placebo`
+for `--help`). The methods live in `decompose.diffsae`, `decompose.shift`, `decompose.crosscoder` and `diff.placebo`
 (docs/diff.md, sections "diff-SAE", "Shared-dictionary shift", "Crosscoder with Latent Scaling", "Placebo tune")."""
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..store import ActivationStore
-from .decompose_config import DecomposeConfig, check_decompose_config
+from .config import DecomposeConfig, check_decompose_config
 
 ROWS_PER_CHUNK = 8192
 

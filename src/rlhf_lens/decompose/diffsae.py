@@ -24,7 +24,7 @@ import torch
 
 from ..errors import UserError
 from ..store import ActivationStore
-from .decompose_config import DecomposeConfig, check_decompose_config
+from .config import DecomposeConfig, check_decompose_config
 
 ROWS_PER_CHUNK = 8192
 
@@ -208,7 +208,7 @@ def steer_latents(base, tokenizer, reward, prompts: list[list[int]], layer: int,
     `watch_ids` (e.g. the tokens of the words a reward lists), also the mean over them of the log-probability
     change against base on the sampled positions, for the vector and for each random direction: a far less
     noisy reading than the sampled reward."""
-    from . import steering
+    from ..diff import steering
 
     if base_result is None:
         base_result = steering.run_groups(base, base, tokenizer, reward, prompts, [{}], new_tokens, seed)[0]

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .decompose_config import DecomposeConfig, check_decompose_config
+from .config import DecomposeConfig, check_decompose_config
 
 ROWS_PER_CHUNK = 4096
 CLASSES = ("shared", "tuned-only", "base-only", "dead")
