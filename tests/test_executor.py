@@ -200,10 +200,6 @@ def test_ray_run_killed_and_resumed_with_a_dead_worker_equals_the_local_run(loca
 @pytest.mark.timeout(900)  # two runs of the tiny preset, on a possibly loaded 2-core machine
 def test_a_second_driver_on_the_same_folder_is_refused(local_run, tmp_path):
     pytest.importorskip("ray")
-    from rlhf_lens import io
-
-    if not hasattr(io, "run_lock"):
-        pytest.skip("rlhf_lens.io.run_lock (the run-folder lock) is not in this tree yet")
     out = _before_harvest(local_run, tmp_path / "run")
     slow = ("--set", "sae.epochs=200")  # the first driver is still training SAEs when the second one starts
     first = subprocess.Popen([sys.executable, "-m", "rlhf_lens", "run", "--preset", "tiny", *SHORT, *slow,
