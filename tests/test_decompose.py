@@ -22,17 +22,17 @@ def _index(docs: int = DOCS, per: int = PER_DOC, seed: int = 0):
 
 def _write_store(path, acts: torch.Tensor, index, layer: int = 1, shards: int = 2):
     """A store of `acts` (rows ordered by document) cut into `shards` shards of whole documents."""
-    from rlhf_lens.decompose.paired_store import StoreWriter
+    from rlhf_lens.store import StoreWriter
 
     tok, doc, pos = index
     n_docs = int(doc.max()) + 1
-    writer = StoreWriter(path, [layer], acts.shape[1], {"model": str(path), "tokenizer": "tiny", "corpus": "c",
-                                                        "split": "test"})
+    writer = StoreWriter(path, {"model": str(path), "tokenizer": "tiny", "corpus": "c", "split": "test",
+                                "layers": [layer], "d": acts.shape[1], "dtype": "float32", "n_docs": n_docs})
     bounds = [round(i * n_docs / shards) for i in range(shards + 1)]
     for lo, hi in zip(bounds, bounds[1:]):
         rows = (doc >= lo) & (doc < hi)
-        writer.add({layer: acts[rows]}, tok[rows], doc[rows], pos[rows], lo, hi)
-    return writer.close(n_docs)
+        writer.add_shard({layer: acts[rows]}, {"token_ids": tok[rows], "doc": doc[rows], "pos": pos[rows]}, lo, hi)
+    return writer.finish()
 
 
 def _unit(g, d=D):

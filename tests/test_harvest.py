@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import rlhf_lens.harvest.run as harvest_module
+import rlhf_lens.store as store_module
 from conftest import WORDS_NEG, WORDS_NEUTRAL, WORDS_POS, assert_user_error, run_cli
 from rlhf_lens.errors import UserError
 from rlhf_lens.harvest import HarvestConfig, harvest
@@ -93,7 +93,7 @@ def test_killed_harvest_resumes_identically(tiny_model_dir, varied_corpus, tmp_p
     assert n_shards >= 4
 
     model, tok = load_model(str(tiny_model_dir))
-    real_save = harvest_module.save_safetensors
+    real_save = store_module.save_safetensors
     written = []
 
     def save_then_die(path, tensors, metadata=None):
@@ -102,7 +102,7 @@ def test_killed_harvest_resumes_identically(tiny_model_dir, varied_corpus, tmp_p
         real_save(path, tensors, metadata)
         written.append(path)
 
-    monkeypatch.setattr(harvest_module, "save_safetensors", save_then_die)
+    monkeypatch.setattr(store_module, "save_safetensors", save_then_die)
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         harvest(str(tiny_model_dir), config, out, model=model, tokenizer=tok)
@@ -114,7 +114,7 @@ def test_killed_harvest_resumes_identically(tiny_model_dir, varied_corpus, tmp_p
     assert ActivationStore(out, allow_incomplete=True).n_tokens == sum(s["n_tokens"] for s in partial["shards"])
     (out / ".shard-00002.safetensors.x1y2.tmp").write_bytes(b"half a shard")  # what a SIGKILL leaves
 
-    monkeypatch.setattr(harvest_module, "save_safetensors", real_save)
+    monkeypatch.setattr(store_module, "save_safetensors", real_save)
     resumed = harvest(str(tiny_model_dir), config, out)
     assert resumed.manifest == whole.manifest
     for entry in whole.manifest["shards"]:

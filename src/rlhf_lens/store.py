@@ -6,12 +6,14 @@ shard holds, for every harvested layer L, `layer{L}` `[n, d]` (float32 or bfloat
 ordered by (doc, pos), the same rows for every layer. Documents never straddle shards.
 
 Readers load one layer of one shard at a time, so memory stays bounded by a few shards
-whatever the size of the store.
+whatever the size of the store. `StoreWriter` is the one writer of the format (harvest, the diff's
+paired stores and the Δ store all write through it).
 """
 
 from __future__ import annotations
 
 import bisect
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,8 +23,7 @@ import numpy as np
 import torch
 
 from .errors import UserError, first_line
-from .io import read_json
-from .sources import ActivationSource
+from .io import read_json, save_safetensors, write_json
 
 FORMAT = "rlhf-lens.activations"
 VERSION = 1
@@ -36,6 +37,7 @@ LARGE_STORE_WINDOW = 4
 # safetensors dtype names as they appear in a shard's header
 _HEADER_DTYPES = {"float32": "F32", "bfloat16": "BF16"}
 INDEX_KEYS = {"token_ids": "I32", "doc": "I64", "pos": "I32"}
+_INDEX_DTYPES = {"token_ids": torch.int32, "doc": torch.int64, "pos": torch.int32}
 MANIFEST_KEYS = ("format", "version", "model", "tokenizer", "corpus", "split", "layers", "d", "dtype",
                  "n_docs", "n_tokens", "complete", "shards")
 
@@ -95,8 +97,8 @@ class ActivationStore:
         return (f"ActivationStore({str(self.path)!r}, layers={self.layers}, d={self.d}, "
                 f"tokens={self.n_tokens}, docs={self.n_docs}, shards={len(self.manifest['shards'])})")
 
-    def source(self, layer: int, window_shards: int | None = None) -> ActivationSource:
-        """One layer as an `ActivationSource` (shuffled float32 batches) for SAE training.
+    def source(self, layer: int, window_shards: int | None = None) -> LayerSource:
+        """One layer as an `ActivationSource` (sources.py: shuffled float32 batches) for SAE training.
 
         By default the batches are a shuffle of the whole store when one layer of it fits in
         `WHOLE_SHUFFLE_BYTES` as float32 (the store is in corpus order, and a corpus may be sorted by
@@ -212,6 +214,82 @@ class LayerSource:
             for i in range(0, usable, batch_size):
                 yield rows[i:min(i + batch_size, usable)]
             leftover = rows[usable:].clone()
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def index_tensors(docs: list[list[int]], doc_start: int = 0) -> dict[str, torch.Tensor]:
+    """The index keys of a shard holding consecutive documents `doc_start`, ... with these token ids:
+    token_ids, doc and pos, one entry per token, ordered by (doc, pos)."""
+    lengths = torch.tensor([len(ids) for ids in docs], dtype=torch.int64)
+    n = int(lengths.sum())
+    offsets = torch.cumsum(lengths, 0) - lengths
+    return {"token_ids": torch.tensor([t for ids in docs for t in ids], dtype=torch.int32),
+            "doc": torch.repeat_interleave(torch.arange(doc_start, doc_start + len(docs), dtype=torch.int64), lengths),
+            "pos": (torch.arange(n, dtype=torch.int64) - torch.repeat_interleave(offsets, lengths)).int()}
+
+
+class StoreWriter:
+    """Writes an activation store: shards atomically, each listed in the in-memory manifest as it is added;
+    the manifest goes to disk on `save` (a checkpoint: a killed writer leaves a valid unfinished store) and
+    on `finish` (complete).
+
+    `fields` are the manifest's descriptive keys in the order they are written (model, tokenizer, corpus,
+    ..., and always `layers`, `d`, `dtype`, `n_docs`); the writer puts format and version first and
+    n_tokens, complete and shards last."""
+
+    def __init__(self, out: str | os.PathLike, fields: dict):
+        manifest = {"format": FORMAT, "version": VERSION, **fields}
+        manifest.update(format=FORMAT, version=VERSION, n_tokens=0, complete=False, shards=[])
+        self.out = Path(out)
+        self.manifest: dict = manifest
+
+    @classmethod
+    def resume(cls, out: str | os.PathLike, manifest: dict) -> StoreWriter:
+        """A writer that goes on with the (checked) manifest of an unfinished or finished store at `out`."""
+        writer = cls.__new__(cls)
+        writer.out, writer.manifest = Path(out), manifest
+        return writer
+
+    def write_shard(self, k: int, acts: dict[int, torch.Tensor], index: dict[str, torch.Tensor], doc_start: int,
+                    doc_end: int) -> int:
+        """Write shard `k` (documents [doc_start, doc_end)): `acts` maps each layer of the store to its rows
+        [n, d], `index` holds token_ids, doc and pos [n]. The manifest is not touched. Returns its size in bytes."""
+        dtype = STORE_DTYPES[self.manifest["dtype"]]
+        tensors = {layer_key(layer): acts[layer].to(dtype) for layer in self.manifest["layers"]}
+        tensors.update({key: index[key].to(torch_dtype) for key, torch_dtype in _INDEX_DTYPES.items()})
+        path = self.out / shard_name(k)
+        # One metadata key: safetensors writes several in a random order, and shards must be byte-identical on resume.
+        info = json.dumps({"format": FORMAT, "shard": k, "doc_start": doc_start, "doc_end": doc_end})
+        save_safetensors(path, tensors, metadata={"rlhf_lens": info})
+        return path.stat().st_size
+
+    def add_shard(self, acts: dict[int, torch.Tensor], index: dict[str, torch.Tensor], doc_start: int,
+                  doc_end: int) -> int:
+        """Write the next shard (it starts where the last one ended) and list it in the manifest; returns its tokens."""
+        shards = self.manifest["shards"]
+        expected = shards[-1]["doc_end"] if shards else 0
+        if doc_start != expected:
+            raise ValueError(f"shard starts at document {doc_start}, expected {expected}")
+        k = len(shards)
+        size = self.write_shard(k, acts, index, doc_start, doc_end)
+        n = int(len(index["doc"]))
+        shards.append({"file": shard_name(k), "doc_start": doc_start, "doc_end": doc_end, "n_tokens": n, "bytes": size})
+        self.manifest["n_tokens"] += n
+        return n
+
+    def save(self) -> None:
+        """Write the manifest as it stands."""
+        write_json(self.out / MANIFEST, self.manifest)
+
+    def finish(self) -> ActivationStore:
+        """Mark the store complete (writing the manifest unless it already was) and open it, which checks every
+        shard against the manifest."""
+        if not self.manifest["complete"]:
+            self.manifest["complete"] = True
+            self.save()
+        return ActivationStore(self.out)
 
 
 # --- validation (shared with harvest) --------------------------------------------------------

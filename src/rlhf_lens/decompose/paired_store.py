@@ -10,7 +10,6 @@ that first (token_ids, doc and pos equal, shard by shard) and says so in one lin
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..store import FORMAT, INDEX_KEYS, MANIFEST, VERSION, ActivationStore, Shard, layer_key, shard_name
+from ..store import INDEX_KEYS, MANIFEST, ActivationStore, Shard, StoreWriter
 
 DELTA_SITE_KEY = "delta"
 """Manifest key of a Δ store: {"base", "tuned", "base_model", "tuned_model", "layer", "site"}."""
@@ -91,46 +90,6 @@ def sample_paired_rows(base: ActivationStore, tuned: ActivationStore, layer: int
     return torch.cat(out_b), torch.cat(out_t), torch.cat(out_doc)
 
 
-class StoreWriter:
-    """Write rows into a new activation store (docs/store.md), one shard per `add`, manifest last.
-
-    Shards are written atomically; the manifest is written by `close` (complete) and the store is
-    reopened there, which validates every shard against it."""
-
-    def __init__(self, out: str | os.PathLike, layers: list[int], d: int, fields: dict):
-        self.out = Path(out)
-        self.layers, self.d, self.fields = sorted(layers), d, dict(fields)
-        self.entries: list[dict] = []
-        self.doc_end = 0
-        self.n_tokens = 0
-
-    def add(self, acts: dict[int, torch.Tensor], token_ids: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor,
-            doc_start: int, doc_end: int) -> None:
-        from ..io import save_safetensors
-
-        if doc_start != self.doc_end:
-            raise ValueError(f"shard starts at document {doc_start}, expected {self.doc_end}")
-        k = len(self.entries)
-        tensors = {layer_key(layer): acts[layer].float().contiguous() for layer in self.layers}
-        tensors.update(token_ids=token_ids.to(torch.int32), doc=doc.to(torch.int64), pos=pos.to(torch.int32))
-        info = json.dumps({"format": FORMAT, "shard": k, "doc_start": doc_start, "doc_end": doc_end})
-        save_safetensors(self.out / shard_name(k), tensors, metadata={"rlhf_lens": info})
-        n = int(len(doc))
-        self.entries.append({"file": shard_name(k), "doc_start": doc_start, "doc_end": doc_end, "n_tokens": n,
-                             "bytes": (self.out / shard_name(k)).stat().st_size})
-        self.doc_end = doc_end
-        self.n_tokens += n
-
-    def close(self, n_docs: int) -> ActivationStore:
-        from ..io import write_json
-
-        manifest = {**self.fields, "format": FORMAT, "version": VERSION, "layers": self.layers, "d": self.d,
-                    "dtype": "float32", "n_docs": n_docs, "n_tokens": self.n_tokens, "complete": True,
-                    "shards": self.entries}
-        write_json(self.out / MANIFEST, manifest)
-        return ActivationStore(self.out)
-
-
 def delta_store(base_store: ActivationStore | str | os.PathLike, tuned_store: ActivationStore | str | os.PathLike,
                 layer: int, out: str | os.PathLike) -> ActivationStore:
     """Write Δ = h_tuned - h_base of `layer` (same rows, float32) as a new store at `out`; return it.
@@ -156,8 +115,8 @@ def delta_store(base_store: ActivationStore | str | os.PathLike, tuned_store: Ac
               if k not in ("shards", "layers", "n_tokens", "complete", "dtype", "d", "n_docs", "model_fingerprint")}
     fields["model"] = f"{provenance['tuned_model']} - {provenance['base_model']}"
     fields[DELTA_SITE_KEY] = provenance
-    writer = StoreWriter(out, [layer], base.d, fields)
+    writer = StoreWriter(out, {**fields, "layers": [layer], "d": base.d, "dtype": "float32", "n_docs": base.n_docs})
     for (sb, st), entry in zip(iter_paired(base, tuned, layer), base.manifest["shards"]):
-        writer.add({layer: st.acts - sb.acts}, sb.token_ids, sb.doc, sb.pos, int(entry["doc_start"]),
-                   int(entry["doc_end"]))
-    return writer.close(base.n_docs)
+        writer.add_shard({layer: st.acts - sb.acts}, {"token_ids": sb.token_ids, "doc": sb.doc, "pos": sb.pos},
+                         int(entry["doc_start"]), int(entry["doc_end"]))
+    return writer.finish()

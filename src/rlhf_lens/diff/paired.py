@@ -231,32 +231,18 @@ def write_pair_stores(out: str | os.PathLike, paired: Paired, specs: dict[str, s
     (tokenizer, corpus, corpus_fingerprint, split, text_column, max_docs, max_tokens, model_dtype).
     Returns {"base": folder, "tuned": folder}.
     """
-    import json
-
-    from ..io import save_safetensors, write_json
-    from ..store import FORMAT, MANIFEST, VERSION, ActivationStore, layer_key, shard_name
+    from ..store import StoreWriter, index_tensors
 
     layers = sorted(paired.acts)
-    lengths = torch.tensor([len(x) for x in paired.docs], dtype=torch.int64)
-    offsets = torch.cumsum(lengths, 0) - lengths
-    index = {"token_ids": torch.tensor([t for ids in paired.docs for t in ids], dtype=torch.int32),
-             "doc": torch.repeat_interleave(torch.arange(len(paired.docs), dtype=torch.int64), lengths),
-             "pos": (torch.arange(int(lengths.sum())) - torch.repeat_interleave(offsets, lengths)).int()}
+    index = index_tensors(paired.docs)
+    n = len(index["doc"])
     folders = {}
     for which, side in (("base", 0), ("tuned", 1)):
-        folder = Path(out) / which
-        tensors = {layer_key(layer): paired.acts[layer][side].contiguous() for layer in layers}
-        tensors.update(index)
-        n = int(lengths.sum())
-        info = json.dumps({"format": FORMAT, "shard": 0, "doc_start": 0, "doc_end": len(paired.docs)})
-        save_safetensors(folder / shard_name(0), tensors, metadata={"rlhf_lens": info})
-        d = int(next(iter(tensors.values())).shape[1]) if layers else 0
-        manifest = {"format": FORMAT, "version": VERSION, "model": specs[which], **meta, "layers": layers,
-                    "site": "residual", "dtype": "float32", "shard_tokens": n, "n_docs": len(paired.docs), "d": d,
-                    "n_tokens": n, "complete": True,
-                    "shards": [{"file": shard_name(0), "doc_start": 0, "doc_end": len(paired.docs), "n_tokens": n,
-                                "bytes": (folder / shard_name(0)).stat().st_size}]}
-        write_json(folder / MANIFEST, manifest)
-        ActivationStore(folder)  # validate what was written
-        folders[which] = str(folder)
+        acts = {layer: paired.acts[layer][side] for layer in layers}
+        d = int(acts[layers[0]].shape[1]) if layers else 0
+        writer = StoreWriter(Path(out) / which, {
+            "model": specs[which], **meta, "layers": layers, "site": "residual", "dtype": "float32",
+            "shard_tokens": n, "n_docs": len(paired.docs), "d": d})
+        writer.add_shard(acts, index, 0, len(paired.docs))
+        folders[which] = str(writer.finish().path)  # opening it validates what was written
     return folders

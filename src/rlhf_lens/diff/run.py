@@ -33,7 +33,7 @@ def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, 
     so a caller holding them does not load them again. Returns the dict written to diff.json.
     """
     from ..data import load_corpus
-    from ..harvest import _local_or_name, _texts_fingerprint
+    from ..harvest import local_or_name, texts_fingerprint
     from ..interp.text import TokenDecoder
     from ..io import save_safetensors, write_json
     from ..models import check_layers, load_model, load_tokenizer, num_blocks
@@ -54,7 +54,7 @@ def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, 
     texts = data.texts(config.split, config.max_docs)
     reward = load_reward(reward_spec, device=device)
     utility = output.WordUtility(reward_spec, reward, config.table, config.word_template)
-    same = _local_or_name(base_path) == _local_or_name(tuned_path)
+    same = local_or_name(base_path) == local_or_name(tuned_path)
 
     if models is not None:
         base, tuned, tokenizer = models
@@ -159,8 +159,8 @@ def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, 
     tuned_mean, tuned_se = steering.mean_se(tuned_result.rewards)
     result = {
         "format": FORMAT, "version": VERSION,
-        "base": _local_or_name(base_path), "tuned": _local_or_name(tuned_path), "corpus": _local_or_name(corpus),
-        "corpus_fingerprint": _texts_fingerprint(texts), "split": config.split, "reward": reward_spec,
+        "base": local_or_name(base_path), "tuned": local_or_name(tuned_path), "corpus": local_or_name(corpus),
+        "corpus_fingerprint": texts_fingerprint(texts), "split": config.split, "reward": reward_spec,
         "reward_info": getattr(reward, "info", {}), "layers": layers, "n_blocks": num_blocks(base), "d": d,
         "vocab_size": int(pair.logprob_change.shape[0]), "n_docs": len(docs), "n_tokens": pair.n_tokens,
         "config": dataclasses.asdict(config), "device": device, "dtype": dtype,
@@ -186,7 +186,7 @@ def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, 
                                     "demote_share": pair.demote_share.contiguous()},
                      metadata={"rlhf_lens": f'{{"format": "{FORMAT}", "version": {VERSION}}}'})
     if config.save_activations:
-        meta = {"tokenizer": _local_or_name(base_path), "corpus": _local_or_name(corpus),
+        meta = {"tokenizer": local_or_name(base_path), "corpus": local_or_name(corpus),
                 "corpus_fingerprint": result["corpus_fingerprint"], "split": config.split,
                 "text_column": config.text_column, "max_docs": config.max_docs, "max_tokens": config.max_tokens,
                 "model_type": base.config.model_type, "model_dtype": dtype, "vocab_size": len(tokenizer),

@@ -12,7 +12,6 @@ content depends only on the corpus, the config and the model. See docs/store.md.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,15 +20,15 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..io import save_safetensors, write_json
 from ..store import (
     FORMAT,
     MANIFEST,
     STORE_DTYPES,
     VERSION,
     ActivationStore,
+    StoreWriter,
     check_manifest,
-    layer_key,
+    index_tensors,
     shard_name,
     shard_problem,
 )
@@ -57,10 +56,9 @@ def harvest(
     existing = _existing_manifest(out)
     corpus = load_corpus(config.corpus, text_column=config.text_column)
     texts = corpus.texts(config.split, config.max_docs or None)
-    spec = _local_or_name(model_spec)
     settings = {
-        "model": spec, "tokenizer": _tokenizer_spec(tokenizer, model_spec),
-        "corpus": _local_or_name(config.corpus), "corpus_fingerprint": _texts_fingerprint(texts),
+        "model": local_or_name(model_spec), "tokenizer": _tokenizer_spec(tokenizer, model_spec),
+        "corpus": local_or_name(config.corpus), "corpus_fingerprint": texts_fingerprint(texts),
         "split": config.split, "text_column": config.text_column, "layers": sorted(set(config.layers)),
         "dtype": config.dtype, "model_dtype": config.model_dtype, "max_docs": config.max_docs,
         "max_tokens": config.max_tokens, "shard_tokens": config.shard_tokens, "n_docs": len(texts),
@@ -82,37 +80,34 @@ def harvest(
     settings.update(model_type=model.config.model_type, d=mlp_width(model), model_fingerprint=model_fingerprint(model))
     if existing is not None:
         _check_same(existing, settings, out, skip=())
-        manifest = existing
+        writer = StoreWriter.resume(out, existing)
     else:
-        manifest = {"format": FORMAT, "version": VERSION, **settings, "vocab_size": len(tokenizer),
-                    "pad_token_id": int(tokenizer.pad_token_id), "n_tokens": 0, "complete": False, "shards": []}
-        write_json(out / MANIFEST, manifest)
+        writer = StoreWriter(out, {**settings, "vocab_size": len(tokenizer), "pad_token_id": int(tokenizer.pad_token_id)})
+        writer.save()
     for stale in out.glob(".shard-*.tmp"):
         stale.unlink()  # left by a killed run (atomic writes never rename a partial file into place)
 
     harvester = _Harvester(model, tokenizer, texts, config, settings["layers"])
     from ..progress import progress_bar
 
+    manifest = writer.manifest
     with progress_bar() as bar:
         done = manifest["shards"][-1]["doc_end"] if manifest["shards"] else 0
         task = bar.add_task(f"harvest layers {','.join(map(str, settings['layers']))}", total=len(texts),
                             completed=done)
         for k, entry in enumerate(manifest["shards"]):
             if shard_problem(out, manifest, entry):
-                harvester.write_shard(out, k, entry["doc_start"], entry["doc_end"], expect_tokens=entry["n_tokens"])
+                acts, index = harvester.shard(out, k, entry["doc_start"], entry["doc_end"],
+                                              expect_tokens=entry["n_tokens"])
+                writer.write_shard(k, acts, index, entry["doc_start"], entry["doc_end"])
         while done < len(texts):
             k = len(manifest["shards"])
             doc_end = harvester.shard_end(done)
-            n_tokens, n_bytes = harvester.write_shard(out, k, done, doc_end, bar=bar, task=task)
-            manifest["shards"].append({"file": shard_name(k), "doc_start": done, "doc_end": doc_end,
-                                       "n_tokens": n_tokens, "bytes": n_bytes})
-            manifest["n_tokens"] += n_tokens
+            acts, index = harvester.shard(out, k, done, doc_end, bar=bar, task=task)
+            writer.add_shard(acts, index, done, doc_end)
             done = doc_end
-            write_json(out / MANIFEST, manifest)
-    if not manifest["complete"]:
-        manifest["complete"] = True
-        write_json(out / MANIFEST, manifest)
-    return ActivationStore(out)
+            writer.save()
+    return writer.finish()
 
 
 def model_fingerprint(model: nn.Module, samples: int = 256) -> str:
@@ -128,6 +123,20 @@ def model_fingerprint(model: nn.Module, samples: int = 256) -> str:
         h.update(f"{name}|{tuple(param.shape)}|{param.dtype}".encode())
         h.update(sample.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def texts_fingerprint(texts: list[str]) -> str:
+    """A short hash of the documents, in order: it tells an edited corpus from the one a store was harvested on."""
+    h = hashlib.sha256()
+    for text in texts:
+        h.update(hashlib.sha256(text.encode()).digest())
+    return h.hexdigest()[:16]
+
+
+def local_or_name(spec: str) -> str:
+    """A local path as an absolute path (so the store can be read from anywhere), a name as given."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
 
 
 class _StopForward(Exception):
@@ -177,9 +186,9 @@ class _Harvester:
 
     # -- forward passes -------------------------------------------------------------------------
 
-    def write_shard(self, out: Path, k: int, start: int, end: int, expect_tokens: int | None = None,
-                    bar=None, task=None) -> tuple[int, int]:
-        """Run documents [start, end) and write shard k atomically. Returns (tokens, bytes)."""
+    def shard(self, out: Path, k: int, start: int, end: int, expect_tokens: int | None = None,
+              bar=None, task=None) -> tuple[dict[int, torch.Tensor], dict[str, torch.Tensor]]:
+        """Run documents [start, end) (shard k of the store at `out`): (layer -> activations, index tensors)."""
         docs = self._shard_tokens(start, end)
         lengths = torch.tensor([len(ids) for ids in docs], dtype=torch.int64)
         n = int(lengths.sum())
@@ -197,15 +206,7 @@ class _Harvester:
                 bar.update(task, advance=len(batch))
         if bar is not None:
             bar.update(task, advance=len(docs) - len(order))  # documents with no tokens
-        tensors = {layer_key(layer): buf for layer, buf in buffers.items()}
-        tensors["token_ids"] = torch.tensor([t for ids in docs for t in ids], dtype=torch.int32)
-        tensors["doc"] = torch.repeat_interleave(torch.arange(start, end, dtype=torch.int64), lengths)
-        tensors["pos"] = (torch.arange(n, dtype=torch.int64) - torch.repeat_interleave(offsets, lengths)).int()
-        path = out / shard_name(k)
-        # One metadata key: safetensors writes several in a random order, and shards must be byte-identical on resume.
-        info = json.dumps({"format": FORMAT, "shard": k, "doc_start": start, "doc_end": end})
-        save_safetensors(path, tensors, metadata={"rlhf_lens": info})
-        return n, path.stat().st_size
+        return buffers, index_tensors(docs, start)
 
     def _forward(self, batch: list[int], docs: list[list[int]], offsets: torch.Tensor,
                  buffers: dict[int, torch.Tensor]) -> None:
@@ -263,30 +264,17 @@ def _check_config(config: HarvestConfig) -> None:
         raise UserError("no corpus given; name one (pang-lee, imdb) or a file")
 
 
-def _texts_fingerprint(texts: list[str]) -> str:
-    h = hashlib.sha256()
-    for text in texts:
-        h.update(hashlib.sha256(text.encode()).digest())
-    return h.hexdigest()[:16]
-
-
 def _tokenizer_spec(tokenizer, model_spec: str) -> str:
     """What `models.load_tokenizer` needs to reload the tokenizer (interp decodes tokens with it)."""
     name = getattr(tokenizer, "name_or_path", "") if tokenizer is not None else ""
     if not name:
-        return _local_or_name(model_spec)
+        return local_or_name(model_spec)
     folder = Path(name).expanduser()
     if folder.is_dir():
         # A folder without tokenizer files (e.g. the GGUF package of smollm2) is reloaded through the model spec.
         has_files = any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
-        return str(folder.resolve()) if has_files else _local_or_name(model_spec)
+        return str(folder.resolve()) if has_files else local_or_name(model_spec)
     return name  # a hub id
-
-
-def _local_or_name(spec: str) -> str:
-    """A local path as an absolute path (so the store can be read from anywhere), a name as given."""
-    path = Path(spec).expanduser()
-    return str(path.resolve()) if path.exists() else spec
 
 
 def _existing_manifest(out: Path) -> dict | None:

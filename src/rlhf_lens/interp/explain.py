@@ -91,8 +91,7 @@ def explain_sae(sae_dir, model_spec: str, layer: int, explainer: Explainer, *, f
     """The `explain` command: load the SAE(s), harvest `corpus` (or open `acts`), explain, score.
 
     Everything a user can get wrong (widths, layer, feature indices) is checked before the harvest.
-    A harvest goes to `cache_dir()/interp-acts/<key>` (key: model fingerprint, layer, corpus, split,
-    max_docs, max_tokens = config.max_tokens) and resumes there.
+    A harvest goes to the user cache (`harvest.cached_harvest`, max_tokens = config.max_tokens) and resumes there.
     """
     from pathlib import Path
 
@@ -117,7 +116,7 @@ def explain_sae(sae_dir, model_spec: str, layer: int, explainer: Explainer, *, f
     else:
         if corpus is None:
             raise UserError("give --corpus NAME to harvest, or --acts STORE_DIR to reuse an activation store")
-        store, tokenizer = _harvest_cached(sae, sae_dir, model_spec, layer, corpus, split, max_docs, config, device)
+        store, tokenizer = _load_and_harvest(sae, sae_dir, model_spec, layer, corpus, split, max_docs, config, device)
     name = str(sae_dir)
     return explain_features(store, layer, {name: sae}, {name: chosen}, tokenizer, explainer, config,
                             model=label or Path(str(model_spec)).name, max_cosine={name: cosines},
@@ -132,25 +131,13 @@ def _check_width(sae, d: int, layer: int, sae_dir) -> None:
                         "use an SAE trained on this model and layer")
 
 
-def _harvest_cached(sae, sae_dir, model_spec, layer, corpus, split, max_docs, config, device):
-    import hashlib
-    import json
-    from pathlib import Path
-
-    from ..harvest import HarvestConfig, harvest, model_fingerprint
-    from ..io import cache_dir
+def _load_and_harvest(sae, sae_dir, model_spec, layer, corpus, split, max_docs, config, device):
+    """Load the model, check it against the SAE, harvest `layer` over the corpus into the user cache."""
+    from ..harvest import cached_harvest
     from ..models import check_layers, load_model, mlp_width
 
     model, tokenizer = load_model(model_spec, device=device)
     check_layers(model, [layer])
     _check_width(sae, mlp_width(model), layer, sae_dir)
-    hconfig = HarvestConfig(layers=[layer], corpus=corpus, split=split, max_docs=max_docs or 0,
-                            max_tokens=config.max_tokens, device=device)
-    source = Path(corpus)
-    # a corpus file is keyed by its place and content stamp, so an edited file is harvested afresh
-    corpus_key = [str(source.resolve()), source.stat().st_size, source.stat().st_mtime_ns] if source.is_file() \
-        else corpus
-    key = json.dumps([model_fingerprint(model), layer, corpus_key, split, max_docs, config.max_tokens])
-    out = cache_dir() / "interp-acts" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    store = harvest(model_spec, hconfig, out, model=model, tokenizer=tokenizer)
+    store = cached_harvest(model_spec, model, tokenizer, layer, corpus, split, max_docs, config.max_tokens, device)
     return store, tokenizer
