@@ -17,7 +17,8 @@ import pytest
 
 from conftest import assert_user_error, run_cli
 from rlhf_lens.errors import UserError
-from rlhf_lens.report import SECTIONS, verdict, write_report
+from rlhf_lens.report import SECTIONS, write_report
+from rlhf_lens.verdict import verdict
 
 SECTION_IDS = [sid for sid, _ in SECTIONS]
 HEADLINE_NAMES = ["MMCS (within)", "simulation score", "utility score", "reward alignment"]
@@ -313,7 +314,7 @@ def test_missing_sections_say_not_run(tmp_path):
 
 
 def test_numbers_are_shown_to_three_digits_and_float_residue_as_zero():
-    from rlhf_lens.report import _num
+    from rlhf_lens.verdict import format_number as _num
 
     assert _num(0.123456) == "0.123" and _num(12345.6) == "12,346" and _num(3.2e-6) == "3.20e-06"
     assert 0.1 + 0.2 - 0.3 != 0 and _num(0.1 + 0.2 - 0.3) == "0" and _num(0.0) == "0" and _num(None) == "-"

@@ -650,8 +650,8 @@ def _mean_std(values: list[float]) -> dict:
 def _stage_scores(config: RunConfig, run_dir: Path, state: dict) -> dict:
     """Utility score (Table 3), reward alignment, simulation and MMCS per model, as mean +- spread over seeds."""
     from .interp import utility_scores
-    from .report.verdict import verdict
     from .rewards import load_utility_table
+    from .verdict import verdict
 
     table = load_utility_table(config.reward.table)
     records = {name: read_json(_abs(run_dir, path)) for name, path in state["features"]["files"].items()}

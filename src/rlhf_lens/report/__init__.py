@@ -6,9 +6,14 @@ through a Content-Security-Policy, so it opens the same offline, mailed or archi
 stable id (`SECTIONS`); a section whose stage was skipped (missing or null in results.json) says "not run".
 All text from the run is HTML-escaped.
 
-Parts: `verdict` (the rule that says whether tuned - base exceeds the seed spread, used by the pipeline
-too), `format` (numbers, statistics and table rows for people), `plots` (matplotlib figures as data
-URIs), `html` (the page's sections), `markdown` (summary.md)."""
+Parts: `format` (numbers, statistics and table rows for people; the number formatting itself and the
+verdict rule live in `rlhf_lens.verdict`, shared with the pipeline), `tables` (HTML and Markdown tables and
+the other pieces every section builds with), `plots` (matplotlib figures as data URIs), `html` (the page),
+its sections by topic `tuning` (PPO, divergence), `dictionaries` (SAEs, MMCS), `features` (top and new
+features, utility) and `diff` (what tuning changed, HTML and Markdown), and `markdown` (summary.md).
+A new section: an id in `format.SECTIONS`, a renderer in the topic's module registered in
+`html._SECTION_RENDERERS`, its table in `markdown.render_markdown`, and its results.json key in
+`RESULT_SECTIONS`."""
 
 from __future__ import annotations
 
@@ -17,17 +22,19 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..io import read_json, write_text
-from .format import NOT_RUN, SECTIONS, _num  # noqa: F401  (re-exported)
+from .format import NOT_RUN, SECTIONS
 from .html import render_html
 from .markdown import render_markdown
-from .verdict import verdict  # noqa: F401  (re-exported)
 
-__all__ = ["NOT_RUN", "SECTIONS", "render_html", "render_markdown", "verdict", "write_report"]
+__all__ = ["NOT_RUN", "RESULT_SECTIONS", "SECTIONS", "render_html", "render_markdown", "write_report"]
 
-_LIST_SECTIONS = ("saes", "mmcs", "features", "new_features", "headline")
-
-
-_DICT_SECTIONS = ("models", "config", "ppo", "divergence", "utility", "new_feature_counts", "diff", "decompose", "placebo")
+RESULT_SECTIONS = {
+    "saes": "list", "mmcs": "list", "features": "list", "new_features": "list", "headline": "list",
+    "models": "object", "config": "object", "ppo": "object", "divergence": "object", "utility": "object",
+    "new_feature_counts": "object", "diff": "object", "decompose": "object", "placebo": "object",
+}
+"""The sections of results.json the report reads, each a list of objects or an object (or null: not run);
+the pipeline writes them, `write_report` checks them, in this order."""
 
 
 def write_report(run_dir: str | os.PathLike) -> tuple[Path, Path]:
@@ -56,12 +63,12 @@ def _load_results(run_dir: Path) -> dict:
     if not isinstance(results, dict):
         raise UserError(f"{path}: expected a JSON object of sections, got {type(results).__name__}; "
                         "regenerate it with `rlhf-lens run`")
-    for key in _LIST_SECTIONS:
+    for key, kind in RESULT_SECTIONS.items():
         value = results.get(key)
-        if value is not None and not (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
+        if value is None:
+            continue
+        if kind == "list" and not (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
             raise UserError(f"{path}: section {key!r} must be a list of objects or null; regenerate it with `rlhf-lens run`")
-    for key in _DICT_SECTIONS:
-        value = results.get(key)
-        if value is not None and not isinstance(value, dict):
+        if kind == "object" and not isinstance(value, dict):
             raise UserError(f"{path}: section {key!r} must be an object or null; regenerate it with `rlhf-lens run`")
     return results

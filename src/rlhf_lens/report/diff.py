@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .format import _esc, _float, _num
-from .html import _Raw, _table
-from .markdown import _md_table
 from .plots import _figure, _img, _png_uri
+from .tables import Raw, explanation_cell, html_table, md_table
 
 
 def _word_span(token: dict) -> str:
@@ -81,7 +80,7 @@ def diff_html(diff: dict) -> str:
              f'({_esc(diff.get("n_docs"))} documents, split {_esc(diff.get("split"))}); reward '
              f'<code>{_esc(diff.get("reward"))}</code>.</p>']
     verdicts = diff.get("verdicts") or {}
-    parts.append(_table(["measure", "verdict"], [[k, v] for k, v in verdicts.items()]))
+    parts.append(html_table(["measure", "verdict"], [[k, v] for k, v in verdicts.items()]))
     reading = out.get("reading") or {}
     kl = out.get("kl") or {}
     parts.append("<h3>Output: which tokens tuning promotes</h3>"
@@ -114,15 +113,15 @@ def diff_html(diff: dict) -> str:
                  f'<p class="note">Each block steered by its own change (Δ_L − Δ_(L−1)) at α = '
                  f'{_esc(_num(_float(ranking.get("alpha"))))}; reward gain over the base, paired over prompts; '
                  f'null: random directions of the same norm. {_esc(ranking.get("verdict"))}</p>')
-    parts.append(_table(["rank", "block", "|own change|", "gain", "± se", "gain per unit norm", "random gains", "KL",
+    parts.append(html_table(["rank", "block", "|own change|", "gain", "± se", "gain per unit norm", "random gains", "KL",
                          "coherent"],
                         [[r.get("rank"), r.get("layer"), _float(r.get("own_norm")), _float(r.get("gain")),
                           _float(r.get("gain_se")), _float(r.get("gain_per_norm")),
                           ", ".join(_num(_float(x)) for x in r.get("null_gains") or []) or "-", _float(r.get("kl")),
-                          "yes" if r.get("coherent") else _Raw("<strong>no</strong>")] for r in rows]))
+                          "yes" if r.get("coherent") else Raw("<strong>no</strong>")] for r in rows]))
     blocks = diff.get("blocks") or []
     parts.append("<h3>Mean residual difference per block</h3>")
-    parts.append(_table(["block", "|Δ_L|", "mean |h_base|", "|Δ_L| / |h_base|", "|own change|", "mean |h_t − h_b|"],
+    parts.append(html_table(["block", "|Δ_L|", "mean |h_base|", "|Δ_L| / |h_base|", "|own change|", "mean |h_t − h_b|"],
                         [[b.get("layer"), _float(b.get("delta_norm")), _float(b.get("base_norm")),
                           _float(b.get("relative")), _float(b.get("own_norm")), _float(b.get("token_diff_norm"))]
                          for b in blocks]))
@@ -141,7 +140,7 @@ def _words_md(tokens: list[dict]) -> str:
 def diff_markdown(diff: dict) -> str:
     """The diff section in Markdown: verdicts, words, steering at the reported α, block ranking."""
     out = diff.get("output") or {}
-    lines = [_md_table(["measure", "verdict"], [[k, v] for k, v in (diff.get("verdicts") or {}).items()]), "",
+    lines = [md_table(["measure", "verdict"], [[k, v] for k, v in (diff.get("verdicts") or {}).items()]), "",
              f"Promoted words (utility): {_words_md(out.get('promoted') or [])}", "",
              f"Null: {_null_text(out.get('promoted_null'))}", "",
              f"Demoted words (utility): {_words_md(out.get('demoted') or [])}", ""]
@@ -152,9 +151,9 @@ def diff_markdown(diff: dict) -> str:
         rows.append([curve.get("layer"), _float(curve.get("alpha")), _float(at.get("reward")), _float(at.get("se")),
                      ", ".join(_num(_float(x)) for x in random.get("rewards") or []) or "-", curve.get("verdict")])
     if rows:
-        lines += [_md_table(["block", "α", "reward", "se", "random directions", "verdict"], rows), ""]
+        lines += [md_table(["block", "α", "reward", "se", "random directions", "verdict"], rows), ""]
     ranking = diff.get("ranking") or {}
-    lines += [_md_table(["block", "gain", "se", "gain per unit norm", "coherent"],
+    lines += [md_table(["block", "gain", "se", "gain per unit norm", "coherent"],
                         [[r.get("layer"), _float(r.get("gain")), _float(r.get("gain_se")), _float(r.get("gain_per_norm")),
                           "yes" if r.get("coherent") else "no"] for r in ranking.get("rows") or []]), ""]
     return "\n".join(lines)
@@ -207,9 +206,7 @@ def _steer_text(row: dict | None) -> str:
 
 
 def _latent_rows(features: list[dict], extra: dict[int, list[Any]]) -> list[list[Any]]:
-    from .html import _explanation_cell
-
-    return [[f.get("feature"), *extra.get(int(f.get("feature", -1)), []), _explanation_cell(f), _float(f.get("score")),
+    return [[f.get("feature"), *extra.get(int(f.get("feature", -1)), []), explanation_cell(f), _float(f.get("score")),
              _float(f.get("utility"))] for f in features if isinstance(f, dict)]
 
 
@@ -235,7 +232,7 @@ def decompose_html(decompose: dict) -> str:
                      f"{_esc(ds.get('dict_size'))} latents, seeds {_esc(ds.get('seeds'))})</h4>"
                      f'<p class="note">top-{len(top)} seed agreement: mean {_num(_float(agreement.get("mean")))}, '
                      f'{_esc(agreement.get("above_0.9", "-"))} above 0.9.</p>')
-        parts.append(_table(["latent", "share of |\u0394|\u00b2", "seed agreement", "steering gain",
+        parts.append(html_table(["latent", "share of |\u0394|\u00b2", "seed agreement", "steering gain",
                              "explanation and top examples", "sim. score", "utility"],
                             _latent_rows(first, extra), numeric={0, 1, 2, 5, 6}, cls="features"))
         among = shift.get("among_top_mmcs") or {}
@@ -246,7 +243,7 @@ def decompose_html(decompose: dict) -> str:
                      f'beyond the null ({_esc(shift.get("n_rising"))} up, {_esc(shift.get("n_falling"))} down); of the '
                      f'top {_esc(among.get("of"))}, {_esc(among.get("count"))} are among the paper\u2019s top-MMCS '
                      "features.</p>")
-        parts.append(_table(["latent", "mean change", "z", "firing-rate change", "explanation and top examples",
+        parts.append(html_table(["latent", "mean change", "z", "firing-rate change", "explanation and top examples",
                              "sim. score", "utility"], _latent_rows(shift.get("features") or [], shifted),
                             numeric={0, 1, 2, 3, 5, 6}, cls="features"))
         cc = block.get("crosscoder")
@@ -263,11 +260,11 @@ def decompose_markdown(decompose: dict) -> str:
         first = [f for f in ds.get("features") or [] if f.get("sae") == f"s{(ds.get('seeds') or [0])[0]}"]
         share = {int(t["latent"]): t.get("share") for t in ds.get("top") or []}
         lines += [f"Block {block.get('layer')}, diff-SAE top latents:", "",
-                  _md_table(["latent", "share", "explanation", "utility"],
+                  md_table(["latent", "share", "explanation", "utility"],
                             [[f.get("feature"), _float(share.get(int(f.get("feature", -1)))), f.get("explanation"),
                               _float(f.get("utility"))] for f in first]), "",
                   f"Block {block.get('layer')}, shifted base-SAE latents ({shift.get('n_shifted')} beyond the null):", "",
-                  _md_table(["latent", "explanation", "utility"],
+                  md_table(["latent", "explanation", "utility"],
                             [[f.get("feature"), f.get("explanation"), _float(f.get("utility"))]
                              for f in shift.get("features") or []]), ""]
     return "\n".join(lines)

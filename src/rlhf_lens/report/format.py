@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import html
-import math
 import statistics
 from typing import Any
+
+# The report writes numbers as the verdict sentence does: one formatting, in rlhf_lens.verdict, under short names here.
+from ..verdict import finite_float as _float
+from ..verdict import format_number as _num
+from ..verdict import seed_stat as _stat
 
 # (id, title) of every section, in page order: the ids are stable (tests and links use them).
 SECTIONS = (
@@ -35,52 +39,9 @@ _COLORS = {"base": "#1f77b4", "tuned": "#d62728", "control": "#7f7f7f", "tuned-v
 _EXTRA_COLORS = ("#2ca02c", "#8c564b", "#e377c2", "#17becf", "#ff7f0e")
 
 
-def _float(x: Any) -> float | None:
-    """A finite float, or None for anything else (missing, null, text, NaN)."""
-    if isinstance(x, bool) or x is None:
-        return None
-    try:
-        value = float(x)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _num(x: Any, digits: int = 3) -> str:
-    """A number for people: 3 significant digits, thousands separated; '-' when missing."""
-    if x is None:
-        return "-"
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return str(x)
-    if isinstance(x, int):
-        return f"{x:,}"
-    if not math.isfinite(x):
-        return str(x)
-    if abs(x) < 1e-12:  # float residue of a mean that is 0 (e.g. 6.9e-18), not a measurement
-        return "0"
-    if abs(x) >= 10 ** digits:
-        return f"{x:,.0f}"
-    if x != 0 and abs(x) < 1e-4:
-        return f"{x:.{digits - 1}e}"
-    return f"{x:.{digits}g}"
-
-
-def _signed(x: float) -> str:
-    return ("+" if x >= 0 else "") + _num(x)
-
-
 def _pct(x: Any) -> str:
     value = _float(x)
     return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def _stat(d: Any) -> dict:
-    """{"mean", "std", "n"} from a headline value: a dict (mean/std/n/values), a bare number or None."""
-    if isinstance(d, dict):
-        values = [v for v in (_float(x) for x in d.get("values") or []) if v is not None]
-        n = d.get("n", len(values) if values else None)
-        return {"mean": _float(d.get("mean")), "std": _float(d.get("std")), "n": n if isinstance(n, int) else None}
-    return {"mean": _float(d), "std": None, "n": None}
 
 
 def _mean_std(d: Any) -> str:

@@ -1,0 +1,92 @@
+"""The pieces every section of the report builds with: HTML tables (`html_table`, with `Raw` for cells that
+are already HTML), the "not run" line, a feature's explanation cell with its highlighted examples, and
+Markdown tables (`md_table`, `md_cell`). Section modules import them from here; nothing here imports a section."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .format import NOT_RUN, _esc, _float, _num
+
+_MAX_INLINE_EXAMPLES = 1  # the rest of a feature's examples sit in a <details> (no JS needed)
+
+
+class Raw(str):
+    """A table cell that is already HTML (escaped where needed)."""
+
+
+def _cell(value: Any) -> tuple[str, bool]:
+    """(html, is_number) of one table cell."""
+    if isinstance(value, Raw):
+        return str(value), False
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _esc(_num(value)), True
+    return _esc("-" if value is None else value), False
+
+
+def html_table(headers: list[str], rows: list[list[Any]], numeric: set[int] | None = None, cls: str = "") -> str:
+    """An HTML table; numbers (and the columns named in `numeric`) right-aligned."""
+    numeric = numeric or set()
+    head = "".join(f'<th{" class=num" if i in numeric else ""}>{_esc(h)}</th>' for i, h in enumerate(headers))
+    body = []
+    for row in rows:
+        cells = []
+        for i, value in enumerate(row):
+            text, is_num = _cell(value)
+            cells.append(f'<td{" class=num" if is_num or i in numeric else ""}>{text}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    attr = f' class="{cls}"' if cls else ""
+    # The wrapper scrolls a wide table sideways instead of widening the page.
+    return f'<div class="wrap"><table{attr}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def not_run_html(what: str = "") -> str:
+    return f'<p class="not-run">{NOT_RUN}{_esc(": " + what) if what else ""}</p>'
+
+
+def _token_span(token: Any, activation: Any) -> str:
+    text = str(token).replace("\r\n", "\n").replace("\r", "\n")
+    shown = text.replace("\n", "\u21b5").replace("\t", "\u21e5")
+    value = _float(activation) or 0.0
+    alpha = min(1.0, max(0.0, value / 10.0))
+    title = f"activation {_num(activation if isinstance(activation, (int, float)) else value)}"
+    return (f'<span class="tok" style="background-color: rgba(255, 127, 14, {alpha:.2f})" '
+            f'title="{_esc(title)}">{_esc(shown) if shown else "&#8203;"}</span>')
+
+
+def _example_html(example: dict) -> str:
+    tokens = example.get("tokens") or []
+    activations = list(example.get("activations") or [])
+    activations += [0] * (len(tokens) - len(activations))
+    spans = "".join(_token_span(t, a) for t, a in zip(tokens, activations))
+    info = f'doc {_esc(example.get("doc", "?"))}, max {_esc(_num(_float(example.get("max_activation"))))}'
+    return f'<div class="example"><span class="exinfo">{info}</span>{spans}</div>'
+
+
+def explanation_cell(feature: dict) -> Raw:
+    explanation = feature.get("explanation")
+    parts = [f'<div class="expl">{_esc(explanation) if explanation else "<em>not explained</em>"}</div>']
+    examples = [e for e in (feature.get("examples") or []) if isinstance(e, dict)]
+    parts += [_example_html(e) for e in examples[:_MAX_INLINE_EXAMPLES]]
+    rest = examples[_MAX_INLINE_EXAMPLES:]
+    if rest:
+        parts.append(f"<details><summary>{len(rest)} more example{'s' if len(rest) > 1 else ''}</summary>"
+                     + "".join(_example_html(e) for e in rest) + "</details>")
+    return Raw("".join(parts))
+
+
+def md_cell(x: Any) -> str:
+    """A Markdown table cell: one line, table and HTML characters escaped."""
+    if x is None:
+        return "-"
+    text = _num(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x)
+    text = " ".join(text.split())
+    for ch in "\\|<>`*_[]":
+        text = text.replace(ch, "\\" + ch)
+    return text or "-"
+
+
+def md_table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(md_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
