@@ -29,7 +29,7 @@ def saes_html(results: dict) -> str:
                    + (f'<span class="warn">{len(still)} stopped while their held-out loss was still falling '
                       "(not converged: read their features with care).</span>" if still else "") + "</p>")
     return (stopped + html_table(["model", "block", "dict size", "arch", "l1", "seeds", "MSE", "FVU", "L0", "dead",
-                              "tokens/s", "warnings"], table_rows, numeric={1, 2, 4, 5, 6, 7, 8, 9, 10}, cls="saes")
+                                  "tokens/s", "warnings"], table_rows, numeric={1, 2, 4, 5, 6, 7, 8, 9, 10}, cls="saes")
             + _loss_curves(saes)
             + '<p class="note">One row per model, block and size: mean \u00b1 std over seeds (per-seed rows are in '
               "results.json); l1: the value used, a range when target_l0 calibrated it per seed. FVU: fraction of "
@@ -90,8 +90,8 @@ def mmcs_html(results: dict) -> str:
         ax.set_title("Mean max cosine similarity per block (bars: mean over seeds, dots: seeds)", fontsize="medium")
         plot = _img(_png_uri(fig), "MMCS per block")
     table = html_table(["model", "block", "kind", "MMCS mean \u00b1 std", "per seed"],
-                   [[r.get("model"), r.get("layer"), r.get("kind"), Raw(_esc(_mean_std(r))),
-                     ", ".join(_num(_float(v)) for v in (r.get("values") or []))] for r in rows], numeric={3})
+                       [[r.get("model"), r.get("layer"), r.get("kind"), Raw(_esc(_mean_std(r))),
+                         ", ".join(_num(_float(v)) for v in (r.get("values") or []))] for r in rows], numeric={3})
     note = ('<p class="note">within: small vs large dictionary of the same model and block (features both agree on); '
             "across: tuned vs base dictionaries at the same block.</p>")
     return plot + table + note

@@ -114,17 +114,17 @@ def diff_html(diff: dict) -> str:
                  f'{_esc(_num(_float(ranking.get("alpha"))))}; reward gain over the base, paired over prompts; '
                  f'null: random directions of the same norm. {_esc(ranking.get("verdict"))}</p>')
     parts.append(html_table(["rank", "block", "|own change|", "gain", "± se", "gain per unit norm", "random gains", "KL",
-                         "coherent"],
-                        [[r.get("rank"), r.get("layer"), _float(r.get("own_norm")), _float(r.get("gain")),
-                          _float(r.get("gain_se")), _float(r.get("gain_per_norm")),
-                          ", ".join(_num(_float(x)) for x in r.get("null_gains") or []) or "-", _float(r.get("kl")),
-                          "yes" if r.get("coherent") else Raw("<strong>no</strong>")] for r in rows]))
+                             "coherent"],
+                            [[r.get("rank"), r.get("layer"), _float(r.get("own_norm")), _float(r.get("gain")),
+                              _float(r.get("gain_se")), _float(r.get("gain_per_norm")),
+                              ", ".join(_num(_float(x)) for x in r.get("null_gains") or []) or "-", _float(r.get("kl")),
+                              "yes" if r.get("coherent") else Raw("<strong>no</strong>")] for r in rows]))
     blocks = diff.get("blocks") or []
     parts.append("<h3>Mean residual difference per block</h3>")
     parts.append(html_table(["block", "|Δ_L|", "mean |h_base|", "|Δ_L| / |h_base|", "|own change|", "mean |h_t − h_b|"],
-                        [[b.get("layer"), _float(b.get("delta_norm")), _float(b.get("base_norm")),
-                          _float(b.get("relative")), _float(b.get("own_norm")), _float(b.get("token_diff_norm"))]
-                         for b in blocks]))
+                            [[b.get("layer"), _float(b.get("delta_norm")), _float(b.get("base_norm")),
+                              _float(b.get("relative")), _float(b.get("own_norm")), _float(b.get("token_diff_norm"))]
+                             for b in blocks]))
     contexts = out.get("contexts") or []
     if contexts:
         parts.append("<h3>Highest-KL contexts</h3><p class=\"note\">Shading: KL(tuned‖base) of the next-token "
@@ -154,8 +154,8 @@ def diff_markdown(diff: dict) -> str:
         lines += [md_table(["block", "α", "reward", "se", "random directions", "verdict"], rows), ""]
     ranking = diff.get("ranking") or {}
     lines += [md_table(["block", "gain", "se", "gain per unit norm", "coherent"],
-                        [[r.get("layer"), _float(r.get("gain")), _float(r.get("gain_se")), _float(r.get("gain_per_norm")),
-                          "yes" if r.get("coherent") else "no"] for r in ranking.get("rows") or []]), ""]
+                       [[r.get("layer"), _float(r.get("gain")), _float(r.get("gain_se")), _float(r.get("gain_per_norm")),
+                         "yes" if r.get("coherent") else "no"] for r in ranking.get("rows") or []]), ""]
     return "\n".join(lines)
 
 
@@ -233,8 +233,8 @@ def decompose_html(decompose: dict) -> str:
                      f'<p class="note">top-{len(top)} seed agreement: mean {_num(_float(agreement.get("mean")))}, '
                      f'{_esc(agreement.get("above_0.9", "-"))} above 0.9.</p>')
         parts.append(html_table(["latent", "share of |\u0394|\u00b2", "seed agreement", "steering gain",
-                             "explanation and top examples", "sim. score", "utility"],
-                            _latent_rows(first, extra), numeric={0, 1, 2, 5, 6}, cls="features"))
+                                 "explanation and top examples", "sim. score", "utility"],
+                                _latent_rows(first, extra), numeric={0, 1, 2, 5, 6}, cls="features"))
         among = shift.get("among_top_mmcs") or {}
         shifted = {int(r["latent"]): [_float(r.get("mean_change")), _float(r.get("z")), _float(r.get("rate_change"))]
                    for r in shift.get("top") or []}
@@ -244,8 +244,8 @@ def decompose_html(decompose: dict) -> str:
                      f'top {_esc(among.get("of"))}, {_esc(among.get("count"))} are among the paper\u2019s top-MMCS '
                      "features.</p>")
         parts.append(html_table(["latent", "mean change", "z", "firing-rate change", "explanation and top examples",
-                             "sim. score", "utility"], _latent_rows(shift.get("features") or [], shifted),
-                            numeric={0, 1, 2, 3, 5, 6}, cls="features"))
+                                 "sim. score", "utility"], _latent_rows(shift.get("features") or [], shifted),
+                                numeric={0, 1, 2, 3, 5, 6}, cls="features"))
         cc = block.get("crosscoder")
         if cc:
             parts.append(f"<p>Crosscoder ({_esc(cc.get('arch'))}): classes by Latent Scaling "
@@ -261,12 +261,12 @@ def decompose_markdown(decompose: dict) -> str:
         share = {int(t["latent"]): t.get("share") for t in ds.get("top") or []}
         lines += [f"Block {block.get('layer')}, diff-SAE top latents:", "",
                   md_table(["latent", "share", "explanation", "utility"],
-                            [[f.get("feature"), _float(share.get(int(f.get("feature", -1)))), f.get("explanation"),
-                              _float(f.get("utility"))] for f in first]), "",
+                           [[f.get("feature"), _float(share.get(int(f.get("feature", -1)))), f.get("explanation"),
+                             _float(f.get("utility"))] for f in first]), "",
                   f"Block {block.get('layer')}, shifted base-SAE latents ({shift.get('n_shifted')} beyond the null):", "",
                   md_table(["latent", "explanation", "utility"],
-                            [[f.get("feature"), f.get("explanation"), _float(f.get("utility"))]
-                             for f in shift.get("features") or []]), ""]
+                           [[f.get("feature"), f.get("explanation"), _float(f.get("utility"))]
+                            for f in shift.get("features") or []]), ""]
     return "\n".join(lines)
 
 

@@ -38,12 +38,12 @@ def features_html(results: dict) -> str:
         parts.append(f'<h3 id="features-{_esc(model)}">{_esc(model)} '
                      f'<span class="note">({len(rows)} features; explainer: {_esc(", ".join(explainers) or "-")})</span></h3>')
         parts.append(html_table(["block", "feature", "max cos", "explanation and top examples", "sim. score", "utility",
-                             "reward corr", "sign share", *(["sim. failed"] if failed else [])],
-                            [[f.get("layer"), f.get("feature"), _float(f.get("max_cosine")), explanation_cell(f),
-                              _float(f.get("score")), _float(f.get("utility")), _float(f.get("reward_corr")),
-                              _float(f.get("sign_share")), *([f.get("simulation_failures")] if failed else [])]
-                             for f in rows],
-                            numeric={0, 1, 2, 4, 5, 6, 7, 8}, cls="features"))
+                                 "reward corr", "sign share", *(["sim. failed"] if failed else [])],
+                                [[f.get("layer"), f.get("feature"), _float(f.get("max_cosine")), explanation_cell(f),
+                                  _float(f.get("score")), _float(f.get("utility")), _float(f.get("reward_corr")),
+                                  _float(f.get("sign_share")), *([f.get("simulation_failures")] if failed else [])]
+                                 for f in rows],
+                                numeric={0, 1, 2, 4, 5, 6, 7, 8}, cls="features"))
     return "".join(parts)
 
 
@@ -64,10 +64,10 @@ def new_features_html(results: dict) -> str:
     words = _table_words_text(results)
     return ("".join(parts) + (f"<p>{_esc(words)}</p>" if words else "")
             + html_table([*_NEW_HEADERS[:3], "explanation and top examples", *_NEW_HEADERS[4:], "sign share"],
-                     [[r.get("layer"), r.get("feature"), _float(r.get("max_cosine_to_base")), explanation_cell(r),
-                       _float(r.get("score")), _float(r.get("utility")), _float(r.get("reward_corr")),
-                       _float(r.get("sign_share"))] for r in rows],
-                     numeric={0, 1, 2, 4, 5, 6, 7}, cls="features"))
+                         [[r.get("layer"), r.get("feature"), _float(r.get("max_cosine_to_base")), explanation_cell(r),
+                           _float(r.get("score")), _float(r.get("utility")), _float(r.get("reward_corr")),
+                           _float(r.get("sign_share"))] for r in rows],
+                         numeric={0, 1, 2, 4, 5, 6, 7}, cls="features"))
 
 
 def utility_html(results: dict) -> str:

@@ -49,7 +49,7 @@ def render_markdown(results: dict) -> str:
     diff, decompose = results.get("diff"), results.get("decompose")
     if diff and headline:
         out[-2] += "\n\nOn the same tokens (diff stage):\n\n" + md_table(["measure", "value", "null", "verdict"],
-                                                                           same_token_rows(results))
+                                                                          same_token_rows(results))
     section("diff", (diff_markdown(diff) + ("\n" + decompose_markdown(decompose) if decompose else "")) if diff else None)
 
     ppo = results.get("ppo") or {}
@@ -75,8 +75,8 @@ def render_markdown(results: dict) -> str:
     top = {int(x) for x in (divergence.get("top_layers") or []) if _float(x) is not None}
     section("divergence", (f"Blocks analysed: {', '.join(map(str, sorted(top))) or '-'}\n\n"
                            + md_table(["block", "divergence", "analysed"],
-                                       [[r.get("layer"), _float(r.get("divergence")), "yes" if _layer(r) in top else ""]
-                                        for r in rows])) if rows else None)
+                                      [[r.get("layer"), _float(r.get("divergence")), "yes" if _layer(r) in top else ""]
+                                       for r in rows])) if rows else None)
 
     saes = results.get("saes")
     section("saes", md_table(
@@ -87,8 +87,8 @@ def render_markdown(results: dict) -> str:
 
     mmcs = results.get("mmcs")
     section("mmcs", md_table(["model", "block", "kind", "MMCS mean \u00b1 std", "seeds"],
-                              [[r.get("model"), r.get("layer"), r.get("kind"), _mean_std(r), len(r.get("values") or [])]
-                               for r in mmcs]) if mmcs else None)
+                             [[r.get("model"), r.get("layer"), r.get("kind"), _mean_std(r), len(r.get("values") or [])]
+                              for r in mmcs]) if mmcs else None)
 
     features = results.get("features")
     if features:
@@ -120,9 +120,9 @@ def render_markdown(results: dict) -> str:
                             "per explanation, summed; reward alignment: sum over features of (share of top tokens with U > 0 "
                             "minus share with U < 0).\n\n"
                             + md_table(["block"] + [f"utility: {m}" for m in models]
-                                        + [f"reward alignment: {m}" for m in models],
-                                        [[layer] + [u[m] for m in models] + [a[m] for m in models]
-                                         for layer, u, a in rows])) if rows else None)
+                                       + [f"reward alignment: {m}" for m in models],
+                                       [[layer] + [u[m] for m in models] + [a[m] for m in models]
+                                        for layer, u, a in rows])) if rows else None)
     else:
         section("utility", None)
     return "\n".join(out).rstrip() + "\n"

@@ -41,6 +41,7 @@ def html_table(headers: list[str], rows: list[list[Any]], numeric: set[int] | No
 
 
 def not_run_html(what: str = "") -> str:
+    """The line a section shows when its stage did not run (`what`: why, or which part)."""
     return f'<p class="not-run">{NOT_RUN}{_esc(": " + what) if what else ""}</p>'
 
 
@@ -64,6 +65,7 @@ def _example_html(example: dict) -> str:
 
 
 def explanation_cell(feature: dict) -> Raw:
+    """A feature's explanation with its first example highlighted inline and the rest in a <details>."""
     explanation = feature.get("explanation")
     parts = [f'<div class="expl">{_esc(explanation) if explanation else "<em>not explained</em>"}</div>']
     examples = [e for e in (feature.get("examples") or []) if isinstance(e, dict)]
@@ -87,6 +89,7 @@ def md_cell(x: Any) -> str:
 
 
 def md_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table (numbers as `format_number` writes them)."""
     lines = ["| " + " | ".join(md_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)

@@ -38,7 +38,7 @@ def ppo_html(results: dict) -> str:
         if examples:
             parts.append("<h3>Completions</h3>")
             parts.append(html_table(["prompt", "base", "tuned"],
-                                [[e.get("prompt"), e.get("base"), e.get("tuned")] for e in examples], cls="texts"))
+                                    [[e.get("prompt"), e.get("base"), e.get("tuned")] for e in examples], cls="texts"))
     else:
         parts.append(not_run_html("no held-out evaluation"))
     return "".join(parts)
@@ -85,9 +85,9 @@ def divergence_html(results: dict) -> str:
                if ranked else "")
     causal = ["causal gain", "causal rank"] if ranked else []
     table = html_table(["block", "divergence", "vs mean", *causal, "analysed"],
-                   [[_layer(r), _float(r["divergence"]), Raw(_esc(f"{100 * (_float(r['divergence']) / mean - 1):+.2f}%"
-                                                                   if mean else "-")),
-                     *([_float(ranked.get(_layer(r), {}).get("gain")), ranked.get(_layer(r), {}).get("rank")]
-                       if ranked else []),
-                     "yes" if _layer(r) in top else ""] for r in by_layer], numeric={2, 3, 4} if ranked else {2})
+                       [[_layer(r), _float(r["divergence"]), Raw(_esc(f"{100 * (_float(r['divergence']) / mean - 1):+.2f}%"
+                                                                      if mean else "-")),
+                         *([_float(ranked.get(_layer(r), {}).get("gain")), ranked.get(_layer(r), {}).get("rank")]
+                           if ranked else []),
+                         "yes" if _layer(r) in top else ""] for r in by_layer], numeric={2, 3, 4} if ranked else {2})
     return spread + _img(_png_uri(fig), "layer divergence per block") + table
