@@ -314,10 +314,12 @@ def test_missing_sections_say_not_run(tmp_path):
 
 
 def test_numbers_are_shown_to_three_digits_and_float_residue_as_zero():
-    from rlhf_lens.verdict import format_number as _num
+    from rlhf_lens.verdict import format_number
 
-    assert _num(0.123456) == "0.123" and _num(12345.6) == "12,346" and _num(3.2e-6) == "3.20e-06"
-    assert 0.1 + 0.2 - 0.3 != 0 and _num(0.1 + 0.2 - 0.3) == "0" and _num(0.0) == "0" and _num(None) == "-"
+    assert format_number(0.123456) == "0.123" and format_number(12345.6) == "12,346"
+    assert format_number(3.2e-6) == "3.20e-06"
+    assert 0.1 + 0.2 - 0.3 != 0 and format_number(0.1 + 0.2 - 0.3) == "0"
+    assert format_number(0.0) == "0" and format_number(None) == "-"
 
 
 def test_verdict_rule():
