@@ -178,3 +178,30 @@ def test_sae_batches_shuffle_the_whole_store_so_corpus_order_cannot_bias_them(st
     assert min(whole) < store.n_docs // 4 and max(whole) >= 3 * store.n_docs // 4
     one_shard = first_batch_docs(store.source(2, window_shards=1))
     assert max(one_shard) - min(one_shard) < store.n_docs // 2  # what windows of shards did
+
+
+def test_store_writer_writes_what_the_reader_reads(tmp_path):
+    """The one writer of the format: format and version first, the given fields in order, the totals last; a
+    checkpointed store is unfinished until `finish`; a shard that does not follow the last one is refused."""
+    from rlhf_lens.store import StoreWriter, index_tensors
+
+    docs = [[5, 7, 9], [], [11, 2], [4]]
+    acts = torch.arange(6 * 4, dtype=torch.float32).reshape(6, 4)
+    writer = StoreWriter(tmp_path / "s", {"model": "m", "tokenizer": "t", "corpus": "c", "split": "test",
+                                          "layers": [3], "d": 4, "dtype": "bfloat16", "n_docs": 4})
+    writer.add_shard({3: acts[:3]}, index_tensors(docs[:2]), 0, 2)
+    writer.save()
+    with pytest.raises(UserError, match="unfinished"):
+        ActivationStore(tmp_path / "s")
+    with pytest.raises(ValueError, match="expected 2"):
+        writer.add_shard({3: acts[3:]}, index_tensors(docs[2:], 2), 1, 4)
+    writer.add_shard({3: acts[3:]}, index_tensors(docs[2:], 2), 2, 4)
+    store = writer.finish()
+    assert list(store.manifest) == ["format", "version", "model", "tokenizer", "corpus", "split", "layers", "d",
+                                    "dtype", "n_docs", "n_tokens", "complete", "shards"]
+    assert store.n_tokens == 6 and [e["n_tokens"] for e in store.manifest["shards"]] == [3, 3]
+    assert store.document_tokens(2).tolist() == [11, 2] and store.document_tokens(1).tolist() == []
+    second = store.read_shard(1, 3)
+    assert second.doc.tolist() == [2, 2, 3] and second.pos.tolist() == [0, 1, 0]
+    assert torch.equal(second.acts, acts[3:])
+    assert load_file(str(store.path / "shard-00001.safetensors"))["layer3"].dtype == torch.bfloat16  # the manifest's
