@@ -186,8 +186,7 @@ def test_shared_dictionary_shift_ranks_the_planted_feature_first(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".tsv", ".csv", ".json"])
 def test_placebo_table_is_a_seeded_permutation(tmp_path, suffix):
-    from rlhf_lens.diff.placebo import shuffled_table, write_table
-    from rlhf_lens.rewards import load_utility_table
+    from rlhf_lens.rewards import load_utility_table, shuffled_table, write_table
 
     table = {"good": 1.9, "bad": -2.5, "great": 3.1, "awful": -3.0, "fine": 0.8, "meh": -0.3, "can't stand": -2.0,
              "a,b": 0.1}

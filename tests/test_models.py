@@ -3,7 +3,7 @@ import torch
 
 from conftest import assert_user_error, run_cli
 from rlhf_lens.errors import UserError
-from rlhf_lens.models import blocks, check_layers, load_model, mlp_module, num_blocks
+from rlhf_lens.models import blocks, check_layers, kwarg_names, load_model, mlp_module, num_blocks, positions
 
 
 def test_tiny_neox_loads_and_resolves(tiny_model_dir):
@@ -13,6 +13,19 @@ def test_tiny_neox_loads_and_resolves(tiny_model_dir):
     assert tok.pad_token is not None
     ids = tok("a good film", return_tensors="pt")["input_ids"]
     assert model(ids).logits.shape[-1] == model.config.vocab_size
+
+
+def test_left_padded_batch_with_its_positions_gives_the_unpadded_logits(tiny_model_dir):
+    model, tok = load_model(str(tiny_model_dir))
+    ids = tok("a good film", return_tensors="pt")["input_ids"]
+    n, pad = ids.shape[1], 3
+    padded = torch.cat([torch.full((1, pad), tok.pad_token_id), ids], 1)
+    mask = torch.cat([torch.zeros(1, pad, dtype=torch.long), torch.ones(1, n, dtype=torch.long)], 1)
+    assert positions(mask).tolist() == [[0] * pad + list(range(n))]
+    assert {"attention_mask", "position_ids"} <= kwarg_names(model)
+    with torch.no_grad():
+        logits = model(input_ids=padded, attention_mask=mask, position_ids=positions(mask)).logits[:, pad:]
+        assert torch.allclose(logits, model(ids).logits, atol=1e-5)
 
 
 def test_llama_and_gpt2_resolve(tiny_llama_dir):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -81,8 +82,6 @@ def write_error(path: str | os.PathLike, e: BaseException, library: bool = False
 
 def _errno_in(text: str) -> int | None:
     """The errno a library message carries ("os error 28", "No space left on device"), if any."""
-    import re
-
     found = re.search(r"(?:os error|errno)\s*(\d+)", text, re.IGNORECASE)
     if found:
         return int(found.group(1))
@@ -176,9 +175,8 @@ def read_json(path: str | os.PathLike, expect: type | tuple[type, ...] | None = 
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); regenerate or fix it") from None
     if expect is not None and not isinstance(obj, expect):
-        names = " or ".join(t.__name__ for t in (expect if isinstance(expect, tuple) else (expect,)))
         kinds = {"dict": "a JSON object", "list": "a JSON list"}
-        want = " or ".join(kinds.get(n, n) for n in names.split(" or "))
+        want = " or ".join(kinds.get(t.__name__, t.__name__) for t in (expect if isinstance(expect, tuple) else (expect,)))
         raise UserError(f"{path}: expected {want} at the top level, found {type(obj).__name__}; regenerate or fix it")
     return obj
 

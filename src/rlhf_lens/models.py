@@ -1,4 +1,4 @@
-"""Causal LMs: load one, build a tiny GPT-NeoX, and find its blocks and MLPs.
+"""Causal LMs: load one, run it on padded batches, build a tiny GPT-NeoX, and find its blocks and MLPs.
 
 A model spec is a Hugging Face id, a local directory (`save_pretrained`
 layout), or `smollm2` (the offline SmolLM2-135M-Instruct GGUF inside the
@@ -124,6 +124,21 @@ def _check_source(spec: str) -> None:
 def _looks_like_hub_id(spec: str) -> bool:
     parts = spec.split("/")
     return len(parts) == 2 and all(parts) and not Path(spec).exists()
+
+
+# --- running an LM on padded batches ---------------------------------------------------------
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch: each row counts from 0 at its first real token (padding gets 0)."""
+    return (attention_mask.cumsum(1) - 1).clamp(min=0)
+
+
+def kwarg_names(lm) -> set[str]:
+    """The keyword arguments the LM's `forward` takes (they differ across transformers versions)."""
+    import inspect
+
+    return set(inspect.signature(lm.forward).parameters)
 
 
 # --- blocks and MLPs ------------------------------------------------------------------------

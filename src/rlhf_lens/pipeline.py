@@ -265,8 +265,7 @@ def _stage_placebo(config: RunConfig, run_dir: Path, state: dict) -> dict:
     its words, so "would any PPO run of this size change this much?" has an answer."""
     if not config.controls.placebo:
         return {"spec": None}
-    from .diff.placebo import shuffled_table, write_table
-    from .rewards import load_utility_table, parse_spec
+    from .rewards import load_utility_table, parse_spec, shuffled_table, write_table
     from .rlhf import train_ppo
 
     kind, arg, options = parse_spec(config.reward.spec)

@@ -9,7 +9,7 @@
   the same norm, with a coherence guard.
 - `ranking`: causal block ranking (reward gain of steering each block by its own contribution).
 - `run`: `diff_models(...)`, writing diff.json and deltas.safetensors (docs/diff.md).
-- `placebo`: a shuffled utility table for the placebo tune (a control).
+- the placebo tune's shuffled utility table (a control) lives with the rewards: `rlhf_lens.rewards.placebo`.
 - the decompositions of the change (diff-SAE, shift, crosscoder) are their own package: `rlhf_lens.decompose`.
 - the report section lives with the report: `rlhf_lens.report.diff` (`diff_html`, `diff_markdown`).
 """

@@ -86,7 +86,7 @@ def _batch_vectors(groups: list[dict[int, torch.Tensor]], n_prompts: int, d: int
 def _sample(model: nn.Module, prompts: list[list[int]], n_groups: int, n_new: int, eos_id: int | None,
             uniforms: torch.Tensor):
     """Left-padded prompts (repeated per group) + n_new tokens drawn by inverse CDF from `uniforms` [P, n_new]."""
-    from ..rlhf import _kwarg_names, _positions
+    from ..models import kwarg_names, positions
 
     device = next(model.parameters()).device
     p, width = len(prompts), max(len(x) for x in prompts)
@@ -97,9 +97,9 @@ def _sample(model: nn.Module, prompts: list[list[int]], n_groups: int, n_new: in
         attention[i, width - len(x):] = 1
     ids, attention = ids.repeat(n_groups, 1).to(device), attention.repeat(n_groups, 1).to(device)
     u = uniforms.repeat(n_groups, 1).to(device)
-    cache_arg = "cache" if "cache" in _kwarg_names(model) else "past_key_values"
-    out = model(input_ids=ids, attention_mask=attention, position_ids=_positions(attention), use_cache=True)
-    position = _positions(attention)[:, -1:]
+    cache_arg = "cache" if "cache" in kwarg_names(model) else "past_key_values"
+    out = model(input_ids=ids, attention_mask=attention, position_ids=positions(attention), use_cache=True)
+    position = positions(attention)[:, -1:]
     alive = torch.ones(len(ids), dtype=torch.bool, device=device)
     tokens, masks = [], []
     for t in range(n_new):
@@ -127,10 +127,10 @@ def _sample(model: nn.Module, prompts: list[list[int]], n_groups: int, n_new: in
 def _kl_and_change(policy: nn.Module, reference: nn.Module, vectors: dict[int, torch.Tensor], ids, attention, mask,
                    width: int, n_new: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: mean KL(policy || reference) over its sampled tokens, and the sum of log-prob changes there."""
-    from ..rlhf import _positions
+    from ..models import positions
 
     window = slice(width - 1, width - 1 + n_new)  # positions that predicted the sampled tokens
-    kwargs = {"attention_mask": attention, "position_ids": _positions(attention), "use_cache": False}
+    kwargs = {"attention_mask": attention, "position_ids": positions(attention), "use_cache": False}
     with Steer(policy, vectors):
         lp_s = torch.log_softmax(policy(input_ids=ids, **kwargs).logits[:, window].float(), -1)
     lp_b = torch.log_softmax(reference(input_ids=ids, **kwargs).logits[:, window].float(), -1)

@@ -13,8 +13,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import UserError
 
 MAX_DRAWS = 100
@@ -25,6 +23,8 @@ def shuffled_table(table: dict[str, float], seed: int) -> dict[str, float]:
 
     When the values are not all equal the assignment differs from the original (a permutation that happens to
     give every word its own value back is drawn again)."""
+    import numpy as np  # here, so that reading a reward spec does not import numpy
+
     if not table:
         raise UserError("the utility table is empty; a placebo needs words to shuffle")
     words = list(table)

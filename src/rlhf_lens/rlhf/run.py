@@ -1,0 +1,218 @@
+"""The RLHF stage's entry points: `train_ppo` (a resumable PPO run into a folder), `evaluate_models` (held-out
+reward of a model tuned elsewhere), `evaluate_reward` (the held-out evaluation both share), `plot_log`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError, interrupt_point
+from ..io import read_json, write_json, write_text
+from .config import PPOConfig, check_config
+from .rollouts import _generator, _score, _seed, decode_rollouts, sample
+from .trainer import _Trainer
+
+FORMAT = "rlhf-lens.ppo"
+VERSION = 1
+RESUME_IGNORES = ("checkpoint_every",)  # settings that may change between a run and its resume
+
+
+def evaluate_reward(model, tokenizer, reward, prompts: list[list[int]], config: PPOConfig) -> dict:
+    """Mean reward (with standard error) and fraction positive of completions of `prompts`.
+
+    Response lengths and sampling are seeded by config.seed alone, so two models evaluated with
+    the same prompts and config get the same lengths and random streams.
+    """
+    device = next(model.parameters()).device
+    rng = np.random.RandomState(_seed(config.seed, 2**30) % 2**32)
+    lengths = rng.randint(config.min_new_tokens, config.max_new_tokens + 1, size=len(prompts)).tolist()
+    generator = _generator(device, _seed(config.seed, 2**30 + 1))
+    eos = tokenizer.eos_token_id
+    scores: list[float] = []
+    completions = []
+    for start in range(0, len(prompts), config.batch_size):
+        batch = [p or [eos] for p in prompts[start:start + config.batch_size]]
+        rollouts = sample(model, batch, lengths[start:start + config.batch_size], eos, generator, config.top_k,
+                          config.top_p)
+        queries, responses = decode_rollouts(tokenizer, batch, rollouts)
+        batch_scores = _score(reward, queries, responses, config.score_query)
+        scores += batch_scores
+        completions += [{"prompt": q, "response": r, "reward": s} for q, r, s in zip(queries, responses, batch_scores)]
+    values = np.array(scores)
+    se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+    return {"mean": float(values.mean()), "se": se, "positive_frac": float((values > 0).mean()), "n": len(values),
+            "completions": completions}
+
+
+def _run_record(base: str, reward_spec: str, corpus: str, config: PPOConfig) -> dict:
+    return {"format": FORMAT, "version": VERSION, "base": base, "reward": reward_spec, "corpus": corpus,
+            "config": dataclasses.asdict(config)}
+
+
+def _check_out_dir(out: Path, record: dict) -> bool:
+    """True when `out` holds this run (to resume); False when it is new; UserError when it is another."""
+    path = out / "config.json"
+    if not path.is_file():
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"{out} exists and is not an rlhf-lens PPO folder; use another --out")
+        return False
+    old = read_json(path)
+    if not isinstance(old, dict) or old.get("format") != FORMAT:
+        raise UserError(f"{path} is not an rlhf-lens PPO config; use another --out")
+    flat_old = {**{k: v for k, v in old.items() if k != "config"}, **old.get("config", {})}
+    flat_new = {**{k: v for k, v in record.items() if k != "config"}, **record["config"]}
+    diff = [f"{k}: {flat_old.get(k)!r} -> {v!r}" for k, v in flat_new.items()
+            if k not in RESUME_IGNORES and flat_old.get(k) != v]
+    if diff:
+        raise UserError(f"{out} holds a PPO run with other settings ({'; '.join(diff[:3])}); "
+                        "use another --out or delete that folder")
+    return True
+
+
+def _read_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # only a torn last line can be bad (writes are atomic): keep what came before
+    return rows
+
+
+def train_ppo(base: str, reward_spec: str, corpus: str, out: str | os.PathLike, config: PPOConfig | None = None) -> Path:
+    """Fine-tune `base` with PPO against the reward on `corpus`'s prompts; resumable. Returns out/model.
+
+    Writes out/config.json, out/log.jsonl (one JSON object per step), out/checkpoint/ (while
+    running), out/model/ (save_pretrained, without the value head), out/eval.json, out/ppo.png.
+    """
+    from ..data import load_corpus, sample_prompts
+    from ..models import load_model, save_model
+    from ..progress import progress_bar
+    from ..rewards import load_reward
+
+    config = config or PPOConfig()
+    out = Path(out)
+    check_config(config)
+    record = _run_record(base, reward_spec, corpus, config)
+    resuming = _check_out_dir(out, record)
+    if resuming and (out / "eval.json").is_file() and (out / "model").is_dir():
+        return out / "model"  # finished earlier
+    reward = load_reward(reward_spec, device=config.device)
+    data = load_corpus(corpus, text_column=config.text_column)
+    policy, tokenizer = load_model(base, device=config.device, dtype=config.dtype)
+    eval_prompts = sample_prompts(data, tokenizer, config.eval_prompts, seed=config.seed, split="test",
+                                  min_chars=config.prompt_min_chars, min_tokens=config.prompt_min_tokens,
+                                  max_tokens=config.prompt_max_tokens)
+    sample_prompts(data, tokenizer, 1, split="train", min_chars=config.prompt_min_chars)  # fail before writing
+    reference = copy.deepcopy(policy).requires_grad_(False).eval()  # frozen copy of the base
+    write_json(out / "config.json", record)
+
+    with torch.random.fork_rng(devices=[policy.device] if policy.device.type == "cuda" else []):
+        trainer = _Trainer(policy, reference, tokenizer, reward, data, config)
+        checkpoint = out / "checkpoint"
+        if not checkpoint.is_dir() and (out / "checkpoint.old").is_dir():  # a crash mid-swap
+            os.replace(out / "checkpoint.old", checkpoint)
+        if checkpoint.is_dir():
+            trainer.load_checkpoint(checkpoint, _read_log(out / "log.jsonl"))
+        with progress_bar() as bar:
+            task = bar.add_task("ppo", total=config.steps, completed=trainer.step)
+            while trainer.step < config.steps:
+                row = trainer.train_step()
+                write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in trainer.log))
+                if trainer.step % config.checkpoint_every == 0 or trainer.step == config.steps:
+                    trainer.save_checkpoint(checkpoint)
+                bar.update(task, advance=1, description=f"ppo reward {row['reward']:+.3f} kl {row['kl']:.2f}")
+                interrupt_point("rlhf", trainer.step)
+        model_dir = save_model(policy.eval(), tokenizer, out / "model")
+        base_eval = evaluate_reward(reference, tokenizer, reward, eval_prompts, config)
+        tuned_eval = evaluate_reward(policy, tokenizer, reward, eval_prompts, config)
+    plot_log(trainer.log, out / "ppo.png", kl_target=config.kl_target if config.adaptive_kl else None)
+    _write_eval(out, reward_spec, reward, base_eval, tuned_eval, config,
+                final_kl=trainer.log[-1]["kl"] if trainer.log else None)
+    shutil.rmtree(checkpoint, ignore_errors=True)  # model/ and eval.json now hold the result
+    return model_dir
+
+
+def _write_eval(out: Path, reward_spec: str, reward, base_eval: dict, tuned_eval: dict, config: PPOConfig,
+                final_kl: float | None, tuned_by: str = "ppo") -> None:
+    """out/eval.json: held-out reward of base and tuned on the same prompts and random streams."""
+    examples = [{"prompt": b["prompt"], "base": b["response"], "base_reward": b["reward"],
+                 "tuned": t["response"], "tuned_reward": t["reward"]}
+                for b, t in zip(base_eval["completions"][:config.eval_examples],
+                                tuned_eval["completions"][:config.eval_examples])]
+    write_json(out / "eval.json", {
+        "reward": reward_spec, "reward_info": getattr(reward, "info", {}), "split": "test", "n": base_eval["n"],
+        "base": {k: base_eval[k] for k in ("mean", "se", "positive_frac")},
+        "tuned": {k: tuned_eval[k] for k in ("mean", "se", "positive_frac")},
+        "final_kl": final_kl, "steps": config.steps if tuned_by == "ppo" else 0, "tuned_by": tuned_by,
+        "examples": examples})
+
+
+def evaluate_models(base: str, tuned: str, reward_spec: str, corpus: str, out: str | os.PathLike,
+                    config: PPOConfig | None = None) -> dict:
+    """Held-out reward of `base` and a model tuned elsewhere (OpenRLHF, TRL, ...), on the same prompts and random
+    streams as after a PPO run of ours; writes out/eval.json (tuned_by: "external") and returns it. No training."""
+    from ..data import load_corpus, sample_prompts
+    from ..models import load_model
+    from ..rewards import load_reward
+
+    config = config or PPOConfig()
+    out = Path(out)
+    reward = load_reward(reward_spec, device=config.device)
+    data = load_corpus(corpus, text_column=config.text_column)
+    base_model, tokenizer = load_model(base, device=config.device, dtype=config.dtype)
+    prompts = sample_prompts(data, tokenizer, config.eval_prompts, seed=config.seed, split="test",
+                             min_chars=config.prompt_min_chars, min_tokens=config.prompt_min_tokens,
+                             max_tokens=config.prompt_max_tokens)
+    with torch.random.fork_rng(devices=[base_model.device] if base_model.device.type == "cuda" else []):
+        base_eval = evaluate_reward(base_model.eval(), tokenizer, reward, prompts, config)
+        del base_model
+        tuned_model, _ = load_model(tuned, device=config.device, dtype=config.dtype)
+        tuned_eval = evaluate_reward(tuned_model.eval(), tokenizer, reward, prompts, config)
+    _write_eval(out, reward_spec, reward, base_eval, tuned_eval, config, final_kl=None, tuned_by="external")
+    return read_json(out / "eval.json")
+
+
+def plot_log(log: list[dict], path: Path, kl_target: float | None = None) -> None:
+    """Reward, KL, beta and the losses against the step, as a 2x2 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io import atomic_path
+
+    steps = [row["step"] for row in log]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
+    reward = np.array([row["reward"] for row in log])
+    spread = np.array([row["reward_std"] for row in log])
+    axes[0, 0].plot(steps, reward, color="C0")
+    axes[0, 0].fill_between(steps, reward - spread, reward + spread, color="C0", alpha=0.2)
+    axes[0, 0].set_title("reward (mean ± std over the batch)")
+    axes[0, 1].plot(steps, [row["kl"] for row in log], color="C1")
+    if kl_target is not None:
+        axes[0, 1].axhline(kl_target, color="grey", linestyle="--", label="target")
+        axes[0, 1].legend()
+    axes[0, 1].set_title("KL to the reference (nats per response)")
+    axes[1, 0].plot(steps, [row["beta"] for row in log], color="C2")
+    axes[1, 0].set_title("KL coefficient beta")
+    axes[1, 1].plot(steps, [row["policy_loss"] for row in log], label="policy")
+    axes[1, 1].plot(steps, [row["value_loss"] for row in log], label="value")
+    axes[1, 1].legend()
+    axes[1, 1].set_title("losses")
+    for ax in axes[1]:
+        ax.set_xlabel("PPO step")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
