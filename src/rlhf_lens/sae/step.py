@@ -28,7 +28,7 @@ class Stepper:
     On a GPU (the SAE's parameters on cuda) every step takes the dense path (cuBLAS GEMMs; CSR products
     there are slower than the dense ones they replace) and nothing in a step waits for the GPU: the step's
     statistics are returned as tensors, the BatchTopK threshold is updated on the device, and the dead-latent
-    mask is read back only when some latent may have been idle for cfg.dead_steps steps (`_idle_bound`).
+    mask is read back only when some latent may have been idle for cfg.dead_steps steps (`idle_bound`).
     cfg.dtype bfloat16 runs the GEMMs on bf16 copies of their operands with float32 results (autocast-style);
     weights, gradients, Adam state and the loss stay float32.
     """
@@ -41,7 +41,7 @@ class Stepper:
         self.l1 = 0.0 if self.arch.codes_by_rank else float(l1)
         self.idle = torch.zeros(sae.cfg.dict_size, dtype=torch.int64, device=self.device)
         """Steps since each latent last fired."""
-        self._idle_bound = 0
+        self.idle_bound = 0
         """An upper bound on max(idle), known without reading the device: steps since it was last read."""
         self.threshold_steps = 0
         """BatchTopK: steps its threshold has been updated (the bias correction's count)."""
@@ -77,9 +77,9 @@ class Stepper:
         steps = self.sae.cfg.dead_steps
         if steps <= 0:
             return False
-        if self._idle_bound >= steps:
-            self._idle_bound = int(self.idle.max())  # one read; then again only when the bound reaches `steps`
-        return self._idle_bound >= steps
+        if self.idle_bound >= steps:
+            self.idle_bound = int(self.idle.max())  # one read; then again only when the bound reaches `steps`
+        return self.idle_bound >= steps
 
     def step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One optimiser step on the batch x [b, d]; returns (sum of squared errors, sum of codes, fire counts
@@ -88,7 +88,7 @@ class Stepper:
         self.opt.step()
         counts = stats[2]
         self.idle.add_(1).masked_fill_(counts > 0, 0)
-        self._idle_bound += 1
+        self.idle_bound += 1
         self.arch.after_step(self)
         return stats
 
