@@ -149,7 +149,7 @@ def test_batchtopk_training_l0_threshold_and_files(small_acts, tmp_path):
 
 
 def test_stopping_rule():
-    from rlhf_lens.sae.metrics import plateaued
+    from rlhf_lens.sae.training_run import plateaued
 
     assert not plateaued([5, 4, 3], window=3, tolerance=0.01)  # too few points
     assert not plateaued([10, 5, 4, 3, 2.9], window=2, tolerance=0.01)
@@ -160,7 +160,7 @@ def test_stopping_rule():
 def test_converges_on_a_plateau_and_not_before():
     """Non-negative data in d dimensions and a tied SAE with m = d, l1 = 0: the optimum reconstructs exactly
     (MSE 0). Training until converged stops at the first evaluation where the rule holds, near the optimum."""
-    from rlhf_lens.sae.metrics import plateaued
+    from rlhf_lens.sae.training_run import plateaued
 
     g = torch.Generator().manual_seed(0)
     acts = torch.rand(20000, 8, generator=g) * (torch.rand(20000, 8, generator=g) < 0.3)

@@ -14,8 +14,8 @@ The package: `config` (SAEConfig, the architecture names, constants; torch-free)
 architecture, registered by name: its codes, its part of the training step, its SAELens export), `model`
 (SparseAutoencoder and its files in SAELens's layout), `step` (the training step without autograd:
 hand-written backward, dense or sparse products, Adam), `train` (`train_saes`, the entry point), `loop` (the
-passes over the data shared by several SAEs), `training_run` (one SAE being trained: schedule, loss curve,
-stopping, resampling), `checkpoint` (epoch checkpoints and resume), `metrics` (stopping rule, final metrics,
+passes over the data shared by several SAEs), `training_run` (one SAE being trained: schedule, loss curve, the
+stopping rule, resampling), `checkpoint` (epoch checkpoints and resume), `metrics` (final metrics,
 quality flags) and `calibrate` (l1 search for a target L0). Activation sources live in `rlhf_lens.sources`;
 their names are re-exported here.
 

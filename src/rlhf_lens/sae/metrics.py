@@ -1,29 +1,17 @@
-"""What training reports: the stopping rule (`plateaued`), the final metrics of trained SAEs (metrics.json),
-their quality flags, and reading metrics.json back."""
+"""What training reports: the final metrics of trained SAEs (metrics.json), their quality flags, and reading
+metrics.json back."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..io import read_json
 from ..sources import ActivationSource
 from .config import DENSE_L0_FRACTION, METRICS_FILE, MOSTLY_DEAD_FRACTION, SAEConfig
-
-if TYPE_CHECKING:
-    from .training_run import TrainingRun
-
-
-def plateaued(losses: list[float], window: int, tolerance: float) -> bool:
-    """The stopping rule: with at least window + 1 evaluations, the best of the last `window` improves on the
-    best before them by less than `tolerance` (relative)."""
-    if len(losses) <= window:
-        return False
-    before, recent = min(losses[:-window]), min(losses[-window:])
-    return before - recent < tolerance * abs(before)
+from .training_run import TrainingRun, plateaued
 
 
 @torch.no_grad()

@@ -12,9 +12,17 @@ import torch
 
 from ..errors import UserError
 from .config import RESAMPLE_ENCODER_SCALE, SAEConfig
-from .metrics import plateaued
 from .model import SparseAutoencoder, unit_rows
 from .step import Stepper
+
+
+def plateaued(losses: list[float], window: int, tolerance: float) -> bool:
+    """The stopping rule: with at least window + 1 evaluations, the best of the last `window` improves on the
+    best before them by less than `tolerance` (relative)."""
+    if len(losses) <= window:
+        return False
+    before, recent = min(losses[:-window]), min(losses[-window:])
+    return before - recent < tolerance * abs(before)
 
 
 class TrainingRun:

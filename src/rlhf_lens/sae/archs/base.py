@@ -4,15 +4,34 @@ hand-written training step (`sae/step.py`) and the trainer. One subclass per arc
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from ..config import SAEConfig
 
-if TYPE_CHECKING:
-    from ..model import SparseAutoencoder
-    from ..step import Stepper
+
+class SAEProtocol(Protocol):
+    """What an architecture uses of the SAE (`sae.model.SparseAutoencoder`; named here, not imported, so the
+    model can import the registry)."""
+
+    cfg: SAEConfig
+    threshold: torch.Tensor
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def unit_dictionary(self) -> torch.Tensor: ...
+
+
+class StepperProtocol(Protocol):
+    """What an architecture uses of the hand-written step (`sae.step.Stepper`)."""
+
+    sae: SAEProtocol
+    min_kept: torch.Tensor | None
+    threshold_steps: int
+
+    def buf(self, name: str, rows: int, cols: int, dtype: torch.dtype = torch.float32) -> torch.Tensor: ...
+
 
 SparseCodes = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"]
 """A batch's codes for the sparse step, in CSR order: (values, row, column, crow, live); `live` [nnz] marks the
@@ -37,27 +56,27 @@ class Architecture:
 
     # --- codes (the model, with autograd) ---
 
-    def encode(self, sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
+    def encode(self, sae: SAEProtocol, pre: torch.Tensor) -> torch.Tensor:
         """Codes f [..., m] at inference from the pre-activations x E^T + b_enc."""
         raise NotImplementedError
 
-    def train_codes(self, sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
+    def train_codes(self, sae: SAEProtocol, pre: torch.Tensor) -> torch.Tensor:
         """Codes as training computes them on a batch [b, m] (the same as `encode` unless overridden)."""
         return self.encode(sae, pre)
 
-    def aux_loss(self, sae: SparseAutoencoder, x: torch.Tensor, residual: torch.Tensor,
+    def aux_loss(self, sae: SAEProtocol, x: torch.Tensor, residual: torch.Tensor,
                  dead: torch.Tensor) -> torch.Tensor:
         """The loss term on dead latents (architectures with `codes_by_rank`)."""
         raise NotImplementedError
 
     # --- the hand-written step ---
 
-    def dense_codes(self, stepper: Stepper, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def dense_codes(self, stepper: StepperProtocol, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(codes f [b, m], mask [b, m] of where the gradient flows) for the dense step; may overwrite `pre`
         only when the architecture has no auxiliary loss (which reads the raw pre-activations)."""
         raise NotImplementedError
 
-    def sparse_codes(self, stepper: Stepper, pre: torch.Tensor) -> SparseCodes:
+    def sparse_codes(self, stepper: StepperProtocol, pre: torch.Tensor) -> SparseCodes:
         """The batch's nonzero codes for the sparse step (`SparseCodes`)."""
         raise NotImplementedError
 
@@ -66,7 +85,7 @@ class Architecture:
         """The step's part of `aux_loss`: (its squared error, (dead rows, their gradients)) or None."""
         raise NotImplementedError
 
-    def after_step(self, stepper: Stepper) -> None:
+    def after_step(self, stepper: StepperProtocol) -> None:
         """Whatever the architecture tracks across steps, updated after the optimiser step (default: nothing)."""
 
     # --- files in SAELens's layout ---
@@ -75,11 +94,11 @@ class Architecture:
         """cfg.json fields beyond the common ones (written after them)."""
         return {}
 
-    def saelens_tensors(self, sae: SparseAutoencoder) -> dict[str, torch.Tensor]:
+    def saelens_tensors(self, sae: SAEProtocol) -> dict[str, torch.Tensor]:
         """Weights saved beyond W_enc, b_enc, W_dec, b_dec."""
         return {}
 
-    def load_tensors(self, sae: SparseAutoencoder, weights: dict[str, torch.Tensor], path: Path) -> None:
+    def load_tensors(self, sae: SAEProtocol, weights: dict[str, torch.Tensor], path: Path) -> None:
         """Copy those extra weights back into `sae` (UserError when the folder lacks them)."""
 
     def foreign_config(self, raw: dict, d: int, m: int) -> SAEConfig:

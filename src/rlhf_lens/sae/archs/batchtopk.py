@@ -7,18 +7,13 @@ with the crosscoder (`decompose/crosscoder.py`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from ...errors import UserError
 from ..config import THRESHOLD_RATE, WEIGHTS_FILE, SAEConfig
-from .base import SparseCodes
+from .base import SAEProtocol, SparseCodes, StepperProtocol
 from .topk import TopK
-
-if TYPE_CHECKING:
-    from ..model import SparseAutoencoder
-    from ..step import Stepper
 
 
 def batch_topk(score: torch.Tensor, k: int, sorted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,17 +35,17 @@ class BatchTopK(TopK):
     saelens_architecture = "jumprelu"
     reads_saelens = False
 
-    def encode(self, sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
+    def encode(self, sae: SAEProtocol, pre: torch.Tensor) -> torch.Tensor:
         """The inference rule: f = ReLU(pre) * [pre > threshold]."""
         return jumprelu(torch.relu(pre), sae.threshold, score=pre)
 
-    def train_codes(self, sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
+    def train_codes(self, sae: SAEProtocol, pre: torch.Tensor) -> torch.Tensor:
         """The k * b largest ReLU codes of the batch (ties broken as torch.topk does)."""
         acts = pre.relu()
         vals, idx = batch_topk(acts, sae.cfg.k)
         return torch.zeros_like(acts.reshape(-1)).scatter(0, idx, vals).view_as(pre)
 
-    def dense_codes(self, stepper: Stepper, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def dense_codes(self, stepper: StepperProtocol, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, m = pre.shape
         vals, pos = batch_topk(pre, stepper.sae.cfg.k, sorted=False)
         vals.relu_()
@@ -59,7 +54,7 @@ class BatchTopK(TopK):
         f.view(-1).scatter_(0, pos, vals)
         return f, f > 0
 
-    def sparse_codes(self, stepper: Stepper, pre: torch.Tensor) -> SparseCodes:
+    def sparse_codes(self, stepper: StepperProtocol, pre: torch.Tensor) -> SparseCodes:
         b, m = pre.shape
         vals, pos = batch_topk(pre, stepper.sae.cfg.k, sorted=False)
         pos, order = pos.sort()  # flat positions in order are CSR order
@@ -70,7 +65,7 @@ class BatchTopK(TopK):
         crow = torch.searchsorted(pos, torch.arange(b + 1) * m)
         return vals, row, col, crow, vals > 0
 
-    def after_step(self, stepper: Stepper) -> None:
+    def after_step(self, stepper: StepperProtocol) -> None:
         """The threshold: bias-corrected running mean of the smallest kept code, updated on the SAE's device."""
         if stepper.min_kept is None:
             return
@@ -85,16 +80,16 @@ class BatchTopK(TopK):
     def saelens_fields(self, cfg: SAEConfig) -> dict:
         return {}
 
-    def saelens_tensors(self, sae: SparseAutoencoder) -> dict[str, torch.Tensor]:
+    def saelens_tensors(self, sae: SAEProtocol) -> dict[str, torch.Tensor]:
         return {"threshold": sae.threshold.detach().clone()}
 
-    def load_tensors(self, sae: SparseAutoencoder, weights: dict[str, torch.Tensor], path: Path) -> None:
+    def load_tensors(self, sae: SAEProtocol, weights: dict[str, torch.Tensor], path: Path) -> None:
         m = sae.cfg.dict_size
         if tuple(weights.get("threshold", torch.zeros(0)).shape) != (m,):
             raise UserError(f"{path}: a BatchTopK SAE needs a threshold [{m}] in {WEIGHTS_FILE}")
         sae.threshold.copy_(weights["threshold"].float())
 
 
-def _note_min_kept(stepper: Stepper, vals: torch.Tensor) -> None:
+def _note_min_kept(stepper: StepperProtocol, vals: torch.Tensor) -> None:
     """The smallest kept positive code of the batch (inf when none is positive), left on the device."""
     stepper.min_kept = torch.where(vals > 0, vals, torch.inf).min()

@@ -5,17 +5,12 @@ crosscoder (`decompose/crosscoder.py`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from ...errors import UserError
 from ..config import AUX_COEFFICIENT, SAEConfig
-from .base import Architecture, SparseCodes
-
-if TYPE_CHECKING:
-    from ..model import SparseAutoencoder
-    from ..step import Stepper
+from .base import Architecture, SAEProtocol, SparseCodes, StepperProtocol
 
 
 def topk_codes(pre: torch.Tensor, k: int, score: torch.Tensor | None = None) -> torch.Tensor:
@@ -36,10 +31,10 @@ class TopK(Architecture):
     saelens_architecture = "topk"
     reads_saelens = True
 
-    def encode(self, sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
+    def encode(self, sae: SAEProtocol, pre: torch.Tensor) -> torch.Tensor:
         return topk_codes(pre, sae.cfg.k)
 
-    def aux_loss(self, sae: SparseAutoencoder, x: torch.Tensor, residual: torch.Tensor,
+    def aux_loss(self, sae: SAEProtocol, x: torch.Tensor, residual: torch.Tensor,
                  dead: torch.Tensor) -> torch.Tensor:
         """Auxiliary-k loss (Gao et al. 2024, as SAELens): the k_aux = min(d/2, #dead) largest pre-activations
         among dead latents (no ReLU) reconstruct the residual x - x_hat; AUX_COEFFICIENT * min(#dead / (d/2), 1)
@@ -55,13 +50,13 @@ class TopK(Architecture):
         f_aux = torch.zeros_like(pre).scatter(-1, idx, vals)
         return AUX_COEFFICIENT * scale * (f_aux @ sae.unit_dictionary() - residual).pow(2).mean()
 
-    def dense_codes(self, stepper: Stepper, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def dense_codes(self, stepper: StepperProtocol, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, m = pre.shape
         vals, idx = pre.topk(stepper.sae.cfg.k, dim=1, sorted=False)
         f = stepper.buf("f", b, m).zero_().scatter_(1, idx, vals.relu_())
         return f, f > 0
 
-    def sparse_codes(self, stepper: Stepper, pre: torch.Tensor) -> SparseCodes:
+    def sparse_codes(self, stepper: StepperProtocol, pre: torch.Tensor) -> SparseCodes:
         b = pre.shape[0]
         k = stepper.sae.cfg.k
         vals, idx = pre.topk(k, dim=1, sorted=False)

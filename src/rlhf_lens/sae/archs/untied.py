@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-from .base import Architecture, SparseCodes
-
-if TYPE_CHECKING:
-    from ..model import SparseAutoencoder
-    from ..step import Stepper
+from .base import Architecture, SAEProtocol, SparseCodes, StepperProtocol
 
 
 class Untied(Architecture):
@@ -19,15 +13,15 @@ class Untied(Architecture):
     name = "untied"
     reads_saelens = True
 
-    def encode(self, sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
+    def encode(self, sae: SAEProtocol, pre: torch.Tensor) -> torch.Tensor:
         return torch.relu(pre)
 
-    def dense_codes(self, stepper: Stepper, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def dense_codes(self, stepper: StepperProtocol, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, m = pre.shape
         mask = torch.gt(pre, 0, out=stepper.buf("mask", b, m, torch.bool))
         return pre.relu_(), mask  # in place: the ReLU SAE has no auxiliary loss to read `pre` afterwards
 
-    def sparse_codes(self, stepper: Stepper, pre: torch.Tensor) -> SparseCodes:
+    def sparse_codes(self, stepper: StepperProtocol, pre: torch.Tensor) -> SparseCodes:
         b, m = pre.shape
         flat = pre.view(-1)
         pos = torch.nonzero(torch.gt(flat, 0, out=stepper.buf("mask1", 1, b * m, torch.bool).view(-1))).view(-1)
