@@ -29,7 +29,7 @@ def test_the_config_rules_agree_with_the_registry(name):
     assert SAEConfig(arch=name).codes_by_rank == arch.codes_by_rank
     without_k = SAEConfig(d_in=4, dict_size=8, arch=name)
     if arch.codes_by_rank:
-        with pytest.raises(UserError, match="needs --k"):
+        with pytest.raises(UserError):
             without_k.check()
     else:
         without_k.check()
