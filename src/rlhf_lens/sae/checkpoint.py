@@ -55,6 +55,7 @@ def restore(run: TrainingRun, state: dict) -> None:
 
 
 def read_checkpoint(path: Path) -> dict:
+    """A checkpoint's state (on the CPU); UserError when the file cannot be read."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
