@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 
 from rlhf_lens.sae import SAEConfig, SparseAutoencoder, TensorSource, train_saes
-from rlhf_lens.sae.step import _Stepper
+from rlhf_lens.sae.step import Stepper
 from rlhf_lens.synthetic import SyntheticConfig, write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def bench_data(d: int, n: int, seed: int = 0) -> SyntheticConfig:
     return SyntheticConfig(d=d, features=4 * d, sparsity=0.005, n=n, seed=seed)
 
 
-def train_steps(stepper: _Stepper, source: TensorSource, steps: int, batch: int) -> int:
+def train_steps(stepper: Stepper, source: TensorSource, steps: int, batch: int) -> int:
     """Train `steps` steps of `batch` rows (data seed 1) to reach a trained state; returns the steps done."""
     done = 0
     while done < steps:
@@ -114,7 +114,7 @@ def eager_step_fn(x: torch.Tensor, m: int):
     return step
 
 
-def our_step_fn(stepper: _Stepper, batches: list[torch.Tensor], sparse: bool | None):
+def our_step_fn(stepper: Stepper, batches: list[torch.Tensor], sparse: bool | None):
     """One full step of ours (gradients + Adam) on the next batch; sparse=None: the automatic path."""
     counter = iter(range(10**9))
 
@@ -219,12 +219,12 @@ def main() -> int:
     for m in dicts:
         # a trained state: sparse codes (the paper's l1 on these data), reached with small batches
         warm = SparseAutoencoder(SAEConfig(d_in=d, dict_size=m))
-        warm_stepper = _Stepper(warm, 1e-3, 1e-3)
+        warm_stepper = Stepper(warm, 1e-3, 1e-3)
         done = train_steps(warm_stepper, source, args.warmup_steps, args.warmup_batch)
         warm_stepper.grads(batches[0], sparse=False)  # the density at the full batch decides the path
         density = warm_stepper.density
-        fresh = _Stepper(SparseAutoencoder(SAEConfig(d_in=d, dict_size=m)), 1e-3, 1e-3)
-        ranked = {arch: _Stepper(SparseAutoencoder(SAEConfig(d_in=d, dict_size=m, arch=arch, k=args.k)), 0.0, 1e-3)
+        fresh = Stepper(SparseAutoencoder(SAEConfig(d_in=d, dict_size=m)), 1e-3, 1e-3)
+        ranked = {arch: Stepper(SparseAutoencoder(SAEConfig(d_in=d, dict_size=m, arch=arch, k=args.k)), 0.0, 1e-3)
                   for arch in ("topk", "batchtopk")}
         t = interleaved({"bound": gemm_chain_fn(batch, d, m), "dense": our_step_fn(fresh, batches, False),
                          "trained": our_step_fn(warm_stepper, batches, None),

@@ -29,7 +29,7 @@ import torch
 
 from bench_sae import bench_data, gemm_chain_fn
 from rlhf_lens.sae import SAEConfig, SparseAutoencoder, TensorSource, train_saes
-from rlhf_lens.sae.step import _Stepper
+from rlhf_lens.sae.step import Stepper
 from rlhf_lens.synthetic import make_synthetic
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -58,7 +58,7 @@ def step_figures(args, dtype: str) -> None:
     for m in args.dicts:
         bound = timed(gemm_chain_fn(args.batch, args.d, m, args.device, DTYPES[dtype]), args.device, args.reps)
         sae = SparseAutoencoder(SAEConfig(d_in=args.d, dict_size=m, dtype=dtype)).to(args.device)
-        stepper = _Stepper(sae, 1e-3, 1e-3)
+        stepper = Stepper(sae, 1e-3, 1e-3)
         ours = timed(lambda stepper=stepper: stepper.step(x), args.device, args.reps)
         flops = 5 * 2 * args.batch * args.d * m
         print(f"INFO {dtype} m={m} batch={args.batch}: gemm chain {1e3 * bound:.3f} ms "

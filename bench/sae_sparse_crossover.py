@@ -3,7 +3,7 @@
 
 For each l1 in --l1 a tied SAE (d 512, m --dict, batch 4096, on the same synthetic activations as
 bench/bench_sae.py) trains --steps steps from initialisation; the density of its codes then decides nothing
-here: both paths of `_Stepper.grads` are timed on that state, interleaved rep by rep. The automatic path takes
+here: both paths of `Stepper.grads` are timed on that state, interleaved rep by rep. The automatic path takes
 the sparse one at density <= SPARSE_MAX_DENSITY (rlhf_lens/sae/config.py); that constant should sit where the
 two columns cross.
 
@@ -21,7 +21,7 @@ import torch
 from bench_sae import bench_data, interleaved, our_step_fn, train_steps
 from rlhf_lens.sae import SAEConfig, SparseAutoencoder, TensorSource
 from rlhf_lens.sae.config import SPARSE_MAX_DENSITY
-from rlhf_lens.sae.step import _Stepper
+from rlhf_lens.sae.step import Stepper
 from rlhf_lens.synthetic import write_synthetic
 
 
@@ -40,7 +40,7 @@ def main() -> None:
     batches = [x for x, _ in zip(source.batches(4096, 0, 0), range(4))]
     print(f"INFO threads={torch.get_num_threads()} m={args.dict} SPARSE_MAX_DENSITY={SPARSE_MAX_DENSITY}")
     for l1 in (float(v) for v in args.l1.split(",")):
-        stepper = _Stepper(SparseAutoencoder(SAEConfig(d_in=512, dict_size=args.dict)), l1, 1e-3)
+        stepper = Stepper(SparseAutoencoder(SAEConfig(d_in=512, dict_size=args.dict)), l1, 1e-3)
         train_steps(stepper, source, args.steps, 4096)
         stepper.grads(batches[0], sparse=False)
         t = interleaved({"dense": our_step_fn(stepper, batches, False),

@@ -95,12 +95,6 @@ def test_unpaired_stores_fail_in_one_line(planted_pair, tmp_path):
 # --- diff-SAE --------------------------------------------------------------------------------------------
 
 
-def _archs():
-    from rlhf_lens.decompose.diffsae import default_arch
-
-    return ["topk"] + ([default_arch()] if default_arch() != "topk" else [])
-
-
 @pytest.fixture(scope="module")
 def diffsae_result(planted_pair):
     from rlhf_lens.decompose.config import DecomposeConfig
@@ -132,7 +126,7 @@ def test_diffsae_top_latent_is_the_planted_direction(planted_pair, diffsae_resul
     assert result["saes"][0]["explained"] > 0.9
 
 
-@pytest.mark.parametrize("arch", _archs())
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 def test_diffsae_configs_follow_the_arch_parameter(arch):
     from rlhf_lens.decompose.config import DecomposeConfig
     from rlhf_lens.decompose.diffsae import diffsae_configs
@@ -140,7 +134,7 @@ def test_diffsae_configs_follow_the_arch_parameter(arch):
     configs = diffsae_configs(64, DecomposeConfig(diffsae_arch=arch, diffsae_expansion=1.5, diffsae_seeds=[3, 4]))
     assert [c.arch for c in configs] == [arch, arch] and [c.seed for c in configs] == [3, 4]
     assert configs[0].dict_size == 96 and configs[0].k == 16
-    assert diffsae_configs(64, DecomposeConfig())[0].arch in ("batchtopk", "topk")
+    assert diffsae_configs(64, DecomposeConfig())[0].arch == "batchtopk"
 
 
 # --- shared-dictionary shift ------------------------------------------------------------------------------

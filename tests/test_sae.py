@@ -19,7 +19,7 @@ from rlhf_lens.sae import (
     calibrate_l1,
     train_saes,
 )
-from rlhf_lens.sae.step import _Stepper
+from rlhf_lens.sae.step import Stepper
 from rlhf_lens.synthetic import SyntheticConfig, make_synthetic, recovery
 
 
@@ -82,7 +82,7 @@ def test_fast_gradients_equal_autograd(arch, sparse):
         if sae.encoder is not None:
             sae.encoder.add_(0.2 * torch.randn_like(sae.encoder))
     x = torch.randn(50, 12)
-    stepper = _Stepper(sae, cfg.l1, cfg.lr)
+    stepper = Stepper(sae, cfg.l1, cfg.lr)
     sq, l1sum, counts = stepper.grads(x, sparse=sparse)
     fast = {name: p.grad.clone() for name, p in sae.named_parameters()}
     for p in sae.parameters():
@@ -112,7 +112,7 @@ def test_aux_k_gradients_equal_autograd(arch, sparse):
     for n_dead in (4, 20):  # fewer dead latents than d/2 (k_aux = #dead, scaled down) and more
         dead = torch.zeros(30, dtype=torch.bool)
         dead[torch.randperm(30)[:n_dead]] = True
-        stepper = _Stepper(sae, 0.0, 1e-3)
+        stepper = Stepper(sae, 0.0, 1e-3)
         stepper.grads(x, sparse=sparse, dead=dead)
         assert stepper.aux_sq > 0
         fast = {name: p.grad.clone() for name, p in sae.named_parameters()}
@@ -131,7 +131,7 @@ def test_batchtopk_training_l0_threshold_and_files(small_acts, tmp_path):
     sae = train_saes(source, [cfg], [tmp_path / "btk"], quiet=True)[0]
     x = source.acts[:128]
     assert int((sae.train_codes(x) > 0).sum()) == 3 * 128  # L0 = k on a training batch (codes are positive)
-    stepper = _Stepper(sae, 0.0, 1e-3)
+    stepper = Stepper(sae, 0.0, 1e-3)
     _, _, counts = stepper.grads(x, sparse=True)
     assert int(counts.sum()) == 3 * 128
     assert abs(sae.metrics["mean_l0"] - 3) <= 0.5, sae.metrics["mean_l0"]  # the threshold at inference
@@ -149,7 +149,7 @@ def test_batchtopk_training_l0_threshold_and_files(small_acts, tmp_path):
 
 
 def test_stopping_rule():
-    from rlhf_lens.sae.train import plateaued
+    from rlhf_lens.sae.training_run import plateaued
 
     assert not plateaued([5, 4, 3], window=3, tolerance=0.01)  # too few points
     assert not plateaued([10, 5, 4, 3, 2.9], window=2, tolerance=0.01)
@@ -160,7 +160,7 @@ def test_stopping_rule():
 def test_converges_on_a_plateau_and_not_before():
     """Non-negative data in d dimensions and a tied SAE with m = d, l1 = 0: the optimum reconstructs exactly
     (MSE 0). Training until converged stops at the first evaluation where the rule holds, near the optimum."""
-    from rlhf_lens.sae.train import plateaued
+    from rlhf_lens.sae.training_run import plateaued
 
     g = torch.Generator().manual_seed(0)
     acts = torch.rand(20000, 8, generator=g) * (torch.rand(20000, 8, generator=g) < 0.3)
@@ -221,9 +221,9 @@ def test_dead_latents_are_revived(arch):
         cfg = SAEConfig(d_in=16, dict_size=32, arch=arch, k=4 if arch == "topk" else None, l1=1e-2, lr=1e-2,
                         epochs=3, batch_size=128, eval_every=20, dead_steps=dead_steps, seed=0)
         run_sae = SparseAutoencoder(cfg)
-        from rlhf_lens.sae import train as train_module
+        from rlhf_lens.sae import training_run
 
-        original = train_module.SparseAutoencoder
+        original = training_run.SparseAutoencoder
 
         def planted_sae(c, _original=original):
             sae = _original(c)
@@ -231,11 +231,11 @@ def test_dead_latents_are_revived(arch):
                 sae.b_enc[planted] = -2.0
             return sae
 
-        train_module.SparseAutoencoder = planted_sae
+        training_run.SparseAutoencoder = planted_sae
         try:
             run_sae = train_saes(TensorSource(acts), [cfg], None, quiet=True)[0]
         finally:
-            train_module.SparseAutoencoder = original
+            training_run.SparseAutoencoder = original
         fired[dead_steps] = int((run_sae.encode(acts[:4096])[:, planted] > 0).any(0).sum())
     assert fired[0] <= 1, fired
     assert fired[20] >= 6, fired
@@ -245,7 +245,7 @@ def test_sparse_path_with_no_active_code():
     sae = SparseAutoencoder(SAEConfig(d_in=8, dict_size=16))
     with torch.no_grad():
         sae.b_enc.fill_(-100.0)  # every code is off
-    stepper = _Stepper(sae, 1e-3, 1e-3)
+    stepper = Stepper(sae, 1e-3, 1e-3)
     x = torch.randn(10, 8)
     sq, l1sum, counts = stepper.grads(x, sparse=True)
     assert int(counts.sum()) == 0 and float(l1sum) == 0.0

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from conftest import assert_user_error, run_cli
 from rlhf_lens.errors import UserError
 from rlhf_lens.sae import SAEConfig, SparseAutoencoder, TensorSource, train_saes
-from rlhf_lens.sae.step import _Stepper
+from rlhf_lens.sae.step import Stepper
 from rlhf_lens.synthetic import SyntheticConfig, make_synthetic
 
 ARCHS = ["tied", "untied", "topk", "batchtopk"]
@@ -41,7 +41,7 @@ def _off_init(arch: str, device: str = "cpu", dtype: str = "float32") -> SparseA
 
 
 def _step_grads(sae: SparseAutoencoder, x: torch.Tensor, l1: float) -> tuple[dict, float]:
-    stepper = _Stepper(sae, l1, 1e-3)
+    stepper = Stepper(sae, l1, 1e-3)
     sq, _, _ = stepper.grads(x, sparse=False)
     return {name: p.grad.clone() for name, p in sae.named_parameters()}, float(sq)
 
@@ -71,7 +71,7 @@ def test_the_dense_step_follows_the_l1_warmup():
     """The L1 slope rides in a cached GEMM bias; a new l1 (the warm-up moves it every step) must replace it."""
     sae = _off_init("tied")
     x = torch.randn(64, 12)
-    stepper = _Stepper(sae, 1e-4, 1e-3)
+    stepper = Stepper(sae, 1e-4, 1e-3)
     stepper.grads(x, sparse=False)
     stepper.l1 = 0.05
     stepper.grads(x, sparse=False)

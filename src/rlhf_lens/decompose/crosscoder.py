@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..sae.archs import batch_topk, jumprelu, topk_codes
 from .config import DecomposeConfig, check_decompose_config
 
 ROWS_PER_CHUNK = 4096
@@ -79,14 +80,11 @@ class Crosscoder(nn.Module):
             return pre
         score = pre * self.decoder_norms().sum(0)
         if self.arch == "batchtopk" and training:
-            flat = score.flatten()
-            keep = min(self.k * len(score), flat.numel())
-            cut = flat.topk(keep).values[-1]
+            cut = batch_topk(score, self.k).values[-1]
             return pre * (score >= cut) * (score > 0)
         if self.arch == "batchtopk" and not torch.isnan(self.threshold):
-            return pre * (score > self.threshold)
-        idx = score.topk(self.k, dim=-1).indices
-        return torch.zeros_like(pre).scatter(-1, idx, pre.gather(-1, idx))
+            return jumprelu(pre, self.threshold, score)
+        return topk_codes(pre, self.k, score)
 
     def decode(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return f @ self.W_dec[0] + self.b_dec[0], f @ self.W_dec[1] + self.b_dec[1]
@@ -105,8 +103,7 @@ class Crosscoder(nn.Module):
         cuts = []
         for lo in range(0, len(h_base), batch_size):
             score = self.pre(h_base[lo:lo + batch_size], h_tuned[lo:lo + batch_size]) * self.decoder_norms().sum(0)
-            flat = score.flatten()
-            cuts.append(float(flat.topk(min(self.k * len(score), flat.numel())).values[-1]))
+            cuts.append(float(batch_topk(score, self.k).values[-1]))
         self.threshold.fill_(sum(cuts) / len(cuts))
 
 

@@ -27,20 +27,15 @@ from ..store import ActivationStore
 from .config import DecomposeConfig, check_decompose_config
 
 ROWS_PER_CHUNK = 8192
-
-
-def default_arch() -> str:
-    """batchtopk when the SAE module offers it, else topk."""
-    from .. import sae
-
-    return "batchtopk" if "batchtopk" in sae.ARCHS else "topk"
+DEFAULT_ARCH = "batchtopk"
+"""Architecture of the diff-SAEs when the config names none."""
 
 
 def diffsae_configs(d: int, config: DecomposeConfig) -> list:
     """One SAEConfig per seed of `config.diffsae_seeds` for Δ rows of width d."""
     from ..sae import SAEConfig
 
-    arch = config.diffsae_arch or default_arch()
+    arch = config.diffsae_arch or DEFAULT_ARCH
     m = max(1, round(config.diffsae_expansion * d))
     k = min(config.diffsae_k, m)
     return [SAEConfig(d_in=d, dict_size=m, arch=arch, k=k, lr=config.diffsae_lr, epochs=config.diffsae_epochs,

@@ -10,10 +10,16 @@ The MSE is averaged over the b*d elements (as the authors did with nn.MSELoss), 
 "sum over d, mean over tokens" convention (SAELens) the effective sparsity weight is l1 * d: the paper's
 l1 = 1e-3 acts like 0.512 at d = 512. Untied: a free encoder E [m, d] replaces Wn in the first line.
 
-The package: `config` (SAEConfig, architectures, constants), `model` (SparseAutoencoder and its files in
-SAELens's layout), `step` (the training step without autograd: hand-written backward, dense or sparse
-products, Adam), `train` (training loop, evaluation, quality flags, l1 calibration). Activation sources
-live in `rlhf_lens.sources`; their names are re-exported here.
+The package: `config` (SAEConfig, the architecture names, constants; torch-free), `archs` (one module per
+architecture, registered by name: its codes, its part of the training step, its SAELens export), `model`
+(SparseAutoencoder and its files in SAELens's layout), `step` (the training step without autograd:
+hand-written backward, dense or sparse products, Adam), `train` (`train_saes`, the entry point), `loop` (the
+passes over the data shared by several SAEs), `training_run` (one SAE being trained: schedule, loss curve, the
+stopping rule, resampling), `checkpoint` (epoch checkpoints and resume), `metrics` (final metrics,
+quality flags) and `calibrate` (l1 search for a target L0). Activation sources live in `rlhf_lens.sources`;
+their names are re-exported here.
+
+A new architecture goes in `archs/` (see its docstring); a new training setting in `config.SAETraining`.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from .config import ARCHS, SAEConfig, SAETraining
 # Served lazily (module __getattr__), so reading the settings above does not import torch.
 _WHERE = {"ActivationSource": "..sources", "TensorSource": "..sources", "check_finite": "..sources",
           "open_source": "..sources", "SparseAutoencoder": ".model", "load_dictionary": ".model",
-          "unit_rows": ".model", "calibrate_l1": ".train", "quality_flags": ".train", "read_metrics": ".train",
+          "unit_rows": ".model", "calibrate_l1": ".calibrate", "quality_flags": ".metrics", "read_metrics": ".metrics",
           "train_saes": ".train"}
 
 __all__ = ["ARCHS", "SAETraining", "ActivationSource", "TensorSource", "SAEConfig", "SparseAutoencoder", "train_saes",

@@ -1,5 +1,6 @@
-"""The SAE model: `SparseAutoencoder` (tied, untied, topk), dictionary row normalisation, and its files in
-SAELens's layout (save, load, foreign SAELens SAEs folded into ours, `load_dictionary`)."""
+"""The SAE model: `SparseAutoencoder` (what every architecture shares; what differs is asked of its entry in
+the `archs` registry), dictionary row normalisation, and its files in SAELens's layout (save, load, foreign
+SAELens SAEs folded into ours, `load_dictionary`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from torch import nn
 
 from ..errors import UserError, first_line
 from ..io import read_json, save_safetensors, write_json
-from .config import AUX_COEFFICIENT, CFG_FILE, METRICS_FILE, WEIGHTS_FILE, SAEConfig
+from .archs import get_arch, saelens_readable, saelens_reader
+from .config import CFG_FILE, METRICS_FILE, WEIGHTS_FILE, SAEConfig
 
 _INIT_SEED_OFFSET = 0x5AE_5EED
 
@@ -28,6 +30,8 @@ class SparseAutoencoder(nn.Module):
         super().__init__()
         cfg.check()
         self.cfg = cfg
+        self.arch = get_arch(cfg.arch)
+        """The architecture's entry in the registry (`archs`): what differs between architectures."""
         m, d = cfg.dict_size, cfg.d_in
         # offset: seed 0 must not replay other seed-0 draws (e.g. the synthetic ground truth itself)
         g = torch.Generator().manual_seed(_INIT_SEED_OFFSET + cfg.seed)
@@ -35,11 +39,11 @@ class SparseAutoencoder(nn.Module):
         w = unit_rows(w)
         self.decoder = nn.Parameter(w)
         """Raw dictionary [m, d]; rows are normalised in every forward pass."""
-        self.encoder = None if cfg.arch == "tied" else nn.Parameter(w.clone())
+        self.encoder = nn.Parameter(w.clone()) if self.arch.has_encoder else None
         """Untied/TopK/BatchTopK encoder [m, d] (row j reads feature j); None when tied."""
         self.b_enc = nn.Parameter(torch.zeros(m))
         self.b_dec = nn.Parameter(torch.zeros(d))
-        if cfg.arch == "batchtopk":
+        if self.arch.learns_threshold:
             self.register_buffer("threshold", torch.zeros(m))
             """BatchTopK inference threshold per latent (all equal when trained here): f = pre * [pre > threshold]."""
         self.l1_used = cfg.l1
@@ -49,14 +53,15 @@ class SparseAutoencoder(nn.Module):
     def dictionary(self) -> torch.Tensor:
         """The features: unit-norm decoder rows [m, d]."""
         with torch.no_grad():
-            return self._dn()
+            return self.unit_dictionary()
 
-    def _dn(self) -> torch.Tensor:
+    def unit_dictionary(self) -> torch.Tensor:
+        """The unit-norm decoder rows [m, d], with autograd (`dictionary` is the same without)."""
         return unit_rows(self.decoder)
 
     def encoder_matrix(self) -> torch.Tensor:
         """[m, d]: the rows the codes are read with (the normalised dictionary when tied)."""
-        return self._dn() if self.encoder is None else self.encoder
+        return self.unit_dictionary() if self.encoder is None else self.encoder
 
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.cfg.d_in:
@@ -69,27 +74,16 @@ class SparseAutoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Codes f [..., m] (BatchTopK: the inference rule, JumpReLU at the learned threshold)."""
-        pre = self.pre_activations(x)
-        if self.cfg.arch == "topk":
-            vals, idx = pre.topk(self.cfg.k, dim=-1)
-            return torch.zeros_like(pre).scatter(-1, idx, vals.relu())
-        if self.cfg.arch == "batchtopk":
-            return torch.relu(pre) * (pre > self.threshold)
-        return torch.relu(pre)
+        return self.arch.encode(self, self.pre_activations(x))
 
     def train_codes(self, x: torch.Tensor) -> torch.Tensor:
         """Codes as training computes them: BatchTopK keeps the k * b largest ReLU codes of the batch x [b, d]
         (ties broken as torch.topk does); every other architecture as `encode`."""
-        if self.cfg.arch != "batchtopk":
-            return self.encode(x)
-        pre = self.pre_activations(x)
-        flat = pre.relu().reshape(-1)
-        vals, idx = flat.topk(min(self.cfg.k * pre.shape[0], flat.numel()))
-        return torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre)
+        return self.arch.train_codes(self, self.pre_activations(x))
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         """Reconstruction x_hat [..., d] from codes [..., m]."""
-        return f @ self._dn() + self.b_dec
+        return f @ self.unit_dictionary() + self.b_dec
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.encode(x)
@@ -100,31 +94,17 @@ class SparseAutoencoder(nn.Module):
         (no L1 for topk/batchtopk), with training codes; plus, for topk/batchtopk with a `dead` mask [m], the auxiliary-k loss."""
         f = self.train_codes(x)
         x_hat = self.decode(f)
-        l1 = (self.l1_used if l1 is None else l1) if not self.cfg.codes_by_rank else 0.0
+        l1 = (self.l1_used if l1 is None else l1) if not self.arch.codes_by_rank else 0.0
         loss = (x_hat - x).pow(2).mean() + l1 * f.abs().sum(-1).mean()
-        if dead is not None and self.cfg.codes_by_rank and bool(dead.any()):
-            loss = loss + self.aux_loss(x, (x - x_hat).detach(), dead)
+        if dead is not None and self.arch.codes_by_rank and bool(dead.any()):
+            loss = loss + self.arch.aux_loss(self, x, (x - x_hat).detach(), dead)
         return loss
-
-    def aux_loss(self, x: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
-        """Auxiliary-k loss (Gao et al. 2024, as SAELens): the k_aux = min(d/2, #dead) largest pre-activations
-        among dead latents (no ReLU) reconstruct the residual x - x_hat; AUX_COEFFICIENT * min(#dead / (d/2), 1)
-        * mean-element squared error."""
-        n_dead = int(dead.sum())
-        k_aux = self.cfg.d_in // 2
-        scale = min(n_dead / k_aux, 1.0) if k_aux else 0.0
-        k_aux = min(k_aux, n_dead)
-        if k_aux == 0:
-            return x.new_zeros(())
-        pre = self.pre_activations(x).masked_fill(~dead, float("-inf"))
-        vals, idx = pre.topk(k_aux, dim=-1)
-        f_aux = torch.zeros_like(pre).scatter(-1, idx, vals)
-        return AUX_COEFFICIENT * scale * (f_aux @ self._dn() - residual).pow(2).mean()
 
     # --- files (SAELens layout) ---
 
     def save(self, out_dir: str | Path, metadata: dict | None = None) -> Path:
-        """Write cfg.json and sae_weights.safetensors (W_enc [d,m], b_enc, W_dec [m,d] unit rows, b_dec)."""
+        """Write cfg.json and sae_weights.safetensors (W_enc [d,m], b_enc, W_dec [m,d] unit rows, b_dec, and the
+        architecture's own: BatchTopK's threshold, saved as a SAELens JumpReLU SAE)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         with torch.no_grad():
@@ -132,22 +112,19 @@ class SparseAutoencoder(nn.Module):
             w_enc = dn.t().contiguous() if self.encoder is None else self.encoder.detach().t().contiguous()
             tensors = {"W_enc": w_enc, "b_enc": self.b_enc.detach().clone(), "W_dec": dn,
                        "b_dec": self.b_dec.detach().clone()}
-            if self.cfg.arch == "batchtopk":
-                tensors["threshold"] = self.threshold.detach().clone()
+            tensors.update(self.arch.saelens_tensors(self))
         save_safetensors(out / WEIGHTS_FILE, tensors)
         from .. import __version__
 
         cfg = {
-            # batchtopk is saved as SAELens saves its own BatchTopK SAEs for inference: a JumpReLU SAE
-            "architecture": {"topk": "topk", "batchtopk": "jumprelu"}.get(self.cfg.arch, "standard"),
+            "architecture": self.arch.saelens_architecture,
             "d_in": self.cfg.d_in, "d_sae": self.cfg.dict_size, "dtype": "float32", "device": "cpu",
             "apply_b_dec_to_input": False, "normalize_activations": "none", "reshape_activations": "none",
             # SAELens reads the schema version from here (6.x layout); the rest is ours
             "metadata": {"sae_lens_version": "6.0.0", "sae_lens_training_version": None, **(metadata or {})},
             "rlhf_lens": {"version": __version__, "config": asdict(self.cfg), "l1_used": self.l1_used},
         }
-        if self.cfg.arch == "topk":
-            cfg.update(k=self.cfg.k, rescale_acts_by_decoder_norm=False)
+        cfg.update(self.arch.saelens_fields(self.cfg))
         write_json(out / CFG_FILE, cfg)
         return out
 
@@ -178,18 +155,14 @@ class SparseAutoencoder(nn.Module):
                 if raw.get("apply_b_dec_to_input", True):
                     b_enc = b_enc - b_dec @ w_enc
                 norms = w_dec.norm(dim=1).clamp_min(1e-12)
-                if cfg.arch == "topk" and not torch.allclose(norms, torch.ones_like(norms), atol=1e-3):
-                    raise UserError(f"{path}: TopK SAE without unit-norm decoder rows cannot be folded exactly")
+                sae.arch.check_fold(norms, path)
                 w_enc, b_enc, w_dec = w_enc * norms, b_enc * norms, w_dec / norms[:, None]
             sae.decoder.copy_(w_dec)
             if sae.encoder is not None:
                 sae.encoder.copy_(w_enc.t())
             sae.b_enc.copy_(b_enc)
             sae.b_dec.copy_(b_dec)
-            if cfg.arch == "batchtopk":
-                if tuple(weights.get("threshold", torch.zeros(0)).shape) != (m,):
-                    raise UserError(f"{path}: a BatchTopK SAE needs a threshold [{m}] in {WEIGHTS_FILE}")
-                sae.threshold.copy_(weights["threshold"].float())
+            sae.arch.load_tensors(sae, weights, path)
         sae.l1_used = float(ours.get("l1_used", cfg.l1)) if ours else cfg.l1
         if (path / METRICS_FILE).is_file():
             sae.metrics = read_json(path / METRICS_FILE)
@@ -217,11 +190,10 @@ def _foreign_config(raw: dict, path: Path) -> SAEConfig:
         raise UserError(f"{path / CFG_FILE}: needs integer d_in and d_sae") from None
     if raw.get("normalize_activations", "none") not in ("none", None, False):
         raise UserError(f"{path}: SAEs with normalize_activations={raw['normalize_activations']!r} are not supported")
-    if arch == "standard":
-        return SAEConfig(d_in=d, dict_size=m, arch="untied")
-    if arch == "topk":
-        return SAEConfig(d_in=d, dict_size=m, arch="topk", k=int(raw.get("k", 100)))
-    raise UserError(f"{path}: SAE architecture {arch!r} is not supported (standard or topk)")
+    reader = saelens_reader(arch)
+    if reader is None:
+        raise UserError(f"{path}: SAE architecture {arch!r} is not supported ({' or '.join(saelens_readable())})")
+    return reader.foreign_config(raw, d, m)
 
 
 def load_dictionary(sae: str | Path | SparseAutoencoder | torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """The training step without autograd: forward, hand-written backward (dense GEMMs or sparse CSR products)
-and fused Adam for one SAE. Gradients are checked against autograd in tests/test_sae.py."""
+and fused Adam for one SAE. How a batch's codes are chosen, the auxiliary-k loss and BatchTopK's threshold are
+the architecture's (`archs`). Gradients are checked against autograd in tests/test_sae.py."""
 
 from __future__ import annotations
 
@@ -7,42 +8,45 @@ import warnings
 
 import torch
 
-from .config import AUX_COEFFICIENT, SPARSE_MAX_DENSITY, SPARSE_MIN_WORK, THRESHOLD_RATE
+from .config import SPARSE_MAX_DENSITY, SPARSE_MIN_WORK
 from .model import SparseAutoencoder
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 
-class _Stepper:
+class Stepper:
     """Forward, hand-written backward and Adam for one SAE, without autograd.
 
     Dense path: five GEMMs (x E^T, f Dn, g Dn^T, f^T g, dpre^T x) into preallocated buffers.
     Sparse path (codes at most SPARSE_MAX_DENSITY dense): only x E^T stays dense; f is a CSR matrix,
     f Dn and the two weight gradients are sparse x dense products, and g Dn^T is needed only at the
     nonzeros of f (sampled_addmm).
-    BatchTopK keeps the k * b largest codes of the whole batch (one top-k over the flattened [b, m]
-    pre-activations) and otherwise steps like TopK. TopK/BatchTopK add the auxiliary-k loss on latents
-    idle for cfg.dead_steps steps (`_aux`, dense over the dead columns only).
+    The architecture (`sae.arch`) gives the codes of each path (`dense_codes`, `sparse_codes`): ReLU, TopK, or
+    BatchTopK's k * b largest codes of the whole batch. TopK/BatchTopK add the auxiliary-k loss on latents
+    idle for cfg.dead_steps steps (`aux_grads`, dense over the dead columns only).
 
     On a GPU (the SAE's parameters on cuda) every step takes the dense path (cuBLAS GEMMs; CSR products
     there are slower than the dense ones they replace) and nothing in a step waits for the GPU: the step's
     statistics are returned as tensors, the BatchTopK threshold is updated on the device, and the dead-latent
-    mask is read back only when some latent may have been idle for cfg.dead_steps steps (`_idle_bound`).
+    mask is read back only when some latent may have been idle for cfg.dead_steps steps (`idle_bound`).
     cfg.dtype bfloat16 runs the GEMMs on bf16 copies of their operands with float32 results (autocast-style);
     weights, gradients, Adam state and the loss stay float32.
     """
 
     def __init__(self, sae: SparseAutoencoder, l1: float, lr: float):
         self.sae = sae
+        self.arch = sae.arch
         self.device = sae.decoder.device
         self.lowp = torch.bfloat16 if sae.cfg.dtype == "bfloat16" else None
-        self.l1 = 0.0 if sae.cfg.codes_by_rank else float(l1)
+        self.l1 = 0.0 if self.arch.codes_by_rank else float(l1)
         self.idle = torch.zeros(sae.cfg.dict_size, dtype=torch.int64, device=self.device)
         """Steps since each latent last fired."""
-        self._idle_bound = 0
+        self.idle_bound = 0
         """An upper bound on max(idle), known without reading the device: steps since it was last read."""
         self.threshold_steps = 0
-        self._min_kept: torch.Tensor | None = None
+        """BatchTopK: steps its threshold has been updated (the bias correction's count)."""
+        self.min_kept: torch.Tensor | None = None
+        """BatchTopK: the smallest positive code the last batch kept (inf when none), on the device."""
         self.aux_sq = 0.0
         params = [p for p in (sae.decoder, sae.encoder, sae.b_enc, sae.b_dec) if p is not None]
         for p in params:
@@ -55,7 +59,7 @@ class _Stepper:
         self._bufs: dict[str, torch.Tensor] = {}
         self._slope_key: tuple[int, float] | None = None
 
-    def _buf(self, name: str, rows: int, cols: int, dtype=torch.float32) -> torch.Tensor:
+    def buf(self, name: str, rows: int, cols: int, dtype=torch.float32) -> torch.Tensor:
         """A reused [rows, cols] scratch tensor (no page-faulting fresh allocation every step)."""
         numel = rows * cols
         buf = self._bufs.get(name)
@@ -73,9 +77,9 @@ class _Stepper:
         steps = self.sae.cfg.dead_steps
         if steps <= 0:
             return False
-        if self._idle_bound >= steps:
-            self._idle_bound = int(self.idle.max())  # one read; then again only when the bound reaches `steps`
-        return self._idle_bound >= steps
+        if self.idle_bound >= steps:
+            self.idle_bound = int(self.idle.max())  # one read; then again only when the bound reaches `steps`
+        return self.idle_bound >= steps
 
     def step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One optimiser step on the batch x [b, d]; returns (sum of squared errors, sum of codes, fire counts
@@ -84,15 +88,8 @@ class _Stepper:
         self.opt.step()
         counts = stats[2]
         self.idle.add_(1).masked_fill_(counts > 0, 0)
-        self._idle_bound += 1
-        if self._min_kept is not None:  # BatchTopK: bias-corrected running mean of the smallest kept code
-            self.threshold_steps += 1
-            rate = THRESHOLD_RATE
-            thr = self.sae.threshold
-            raw = thr * (1 - (1 - rate) ** (self.threshold_steps - 1))  # undo the previous correction
-            raw = raw * (1 - rate) + rate * self._min_kept
-            # a batch with no positive code (min = inf) leaves the threshold as it was
-            thr.copy_(torch.where(torch.isfinite(self._min_kept), raw / (1 - (1 - rate) ** self.threshold_steps), thr))
+        self.idle_bound += 1
+        self.arch.after_step(self)
         return stats
 
     @torch.no_grad()
@@ -101,7 +98,7 @@ class _Stepper:
         """Write the loss gradients into .grad; return (sum of squared errors, sum of codes, fire counts [m]).
         `dead` [m] overrides the dead-latent mask of the auxiliary-k loss (topk/batchtopk)."""
         sae, cfg = self.sae, self.sae.cfg
-        if not cfg.codes_by_rank:
+        if not self.arch.codes_by_rank:
             self._dead = None
         elif dead is not None:
             self._dead = dead
@@ -115,9 +112,9 @@ class _Stepper:
         r = raw.norm(dim=1, keepdim=True).clamp_min(1e-12)
         dn = raw / r
         enc = dn if sae.encoder is None else sae.encoder.detach()
-        pre = self._gemm(x, enc.t(), self._buf("pre", b, m), bias=sae.b_enc.detach())
+        pre = self._gemm(x, enc.t(), self.buf("pre", b, m), bias=sae.b_enc.detach())
         if sparse is None:
-            density = cfg.k / m if cfg.codes_by_rank else self.density
+            density = cfg.k / m if self.arch.codes_by_rank else self.density
             sparse = density <= SPARSE_MAX_DENSITY and b * m * d >= SPARSE_MIN_WORK and self.device.type == "cpu"
         elif sparse and (self.device.type != "cpu" or self.lowp is not None):
             raise ValueError("the sparse path runs on the CPU in float32 only")
@@ -156,21 +153,8 @@ class _Stepper:
     def _dense(self, x, pre, dn, g_dec, g_enc):
         sae, cfg = self.sae, self.sae.cfg
         b, d = x.shape
-        if cfg.arch == "topk":
-            vals, idx = pre.topk(cfg.k, dim=1, sorted=False)
-            f = self._buf("f", b, cfg.dict_size).zero_().scatter_(1, idx, vals.relu_())
-            mask = f > 0
-        elif cfg.arch == "batchtopk":
-            vals, pos = pre.view(-1).topk(min(cfg.k * b, b * cfg.dict_size), sorted=False)
-            vals.relu_()
-            self._note_min_kept(vals)
-            f = self._buf("f", b, cfg.dict_size).zero_()
-            f.view(-1).scatter_(0, pos, vals)
-            mask = f > 0
-        else:
-            mask = torch.gt(pre, 0, out=self._buf("mask", b, cfg.dict_size, torch.bool))
-            f = pre.relu_()
-        x_hat = self._gemm(f, dn, self._buf("xhat", b, d), bias=sae.b_dec.detach())
+        f, mask = self.arch.dense_codes(self, pre)
+        x_hat = self._gemm(f, dn, self.buf("xhat", b, d), bias=sae.b_dec.detach())
         err = x_hat.sub_(x)
         self._aux(x, pre, dn, err)
         flat = err.view(-1)
@@ -181,9 +165,9 @@ class _Stepper:
             if slope is None or self._slope_key != (b, self.l1):  # rebuilt when the l1 warm-up moves l1
                 slope = self._bufs["slope"] = torch.full((cfg.dict_size,), self.l1 / b, device=self.device)
                 self._slope_key = (b, self.l1)
-            dpre = self._gemm(g, dn.t(), self._buf("df", b, cfg.dict_size), bias=slope)
+            dpre = self._gemm(g, dn.t(), self.buf("df", b, cfg.dict_size), bias=slope)
         else:
-            dpre = self._gemm(g, dn.t(), self._buf("df", b, cfg.dict_size))
+            dpre = self._gemm(g, dn.t(), self.buf("df", b, cfg.dict_size))
         dpre.mul_(mask)
         self._gemm(f.t(), g, g_dec)
         if g_enc is None:
@@ -201,31 +185,7 @@ class _Stepper:
         sae, cfg = self.sae, self.sae.cfg
         b, d = x.shape
         m = cfg.dict_size
-        live = None
-        if cfg.arch == "topk":
-            vals, idx = pre.topk(cfg.k, dim=1, sorted=False)
-            idx, order = idx.sort(dim=1)  # CSR wants column indices sorted within a row
-            vals = vals.gather(1, order).relu_().view(-1)
-            col = idx.view(-1)
-            row = torch.arange(b).repeat_interleave(cfg.k)
-            crow = torch.arange(0, b * cfg.k + 1, cfg.k)
-            live = vals > 0
-        elif cfg.arch == "batchtopk":
-            vals, pos = pre.view(-1).topk(min(cfg.k * b, b * m), sorted=False)
-            pos, order = pos.sort()
-            vals = vals.index_select(0, order).relu_()
-            self._note_min_kept(vals)
-            row = pos.div(m, rounding_mode="floor")
-            col = pos - row * m
-            crow = torch.searchsorted(pos, torch.arange(b + 1) * m)
-            live = vals > 0
-        else:
-            flat = pre.view(-1)
-            pos = torch.nonzero(torch.gt(flat, 0, out=self._buf("mask1", 1, b * m, torch.bool).view(-1))).view(-1)
-            vals = flat.index_select(0, pos)
-            row = pos.div(m, rounding_mode="floor")
-            col = pos - row * m
-            crow = torch.searchsorted(pos, torch.arange(b + 1) * m)
+        vals, row, col, crow, live = self.arch.sparse_codes(self, pre)
         f = torch.sparse_csr_tensor(crow, col, vals, (b, m), check_invariants=False)
         x_hat = torch.addmm(sae.b_dec.detach(), f, dn)
         err = x_hat.sub_(x)
@@ -257,33 +217,11 @@ class _Stepper:
         self.density = float(counts.sum()) / (b * m)
         return sq, vals.sum(), counts
 
-    def _note_min_kept(self, vals: torch.Tensor) -> None:
-        """The smallest kept positive code of the batch (inf when none is positive), left on the device."""
-        self._min_kept = torch.where(vals > 0, vals, torch.inf).min()
-
     def _aux(self, x: torch.Tensor, pre: torch.Tensor, dn: torch.Tensor, err: torch.Tensor) -> None:
-        """Auxiliary-k loss on the dead latents (see SparseAutoencoder.aux_loss): its squared error goes to
-        self.aux_sq and its gradients (rows of the dead latents) to self._aux_grads, added after the main ones.
-        `pre` must still hold the raw pre-activations and `err` = x_hat - x, unscaled."""
-        dead = self._dead
-        if dead is None:
+        """The auxiliary-k loss on the dead latents (the architecture's `aux_grads`): its squared error goes to
+        self.aux_sq and its gradients (rows of the dead latents) to self._aux_grads, added after the main ones."""
+        if self._dead is None:
             return
-        b, d = x.shape
-        dead_idx = dead.nonzero().view(-1)
-        n_dead = dead_idx.numel()
-        k_aux = d // 2
-        if n_dead == 0 or k_aux == 0:
-            return
-        scale = min(n_dead / k_aux, 1.0)
-        k_aux = min(k_aux, n_dead)
-        pre_d = pre.index_select(1, dead_idx)
-        vals, idx = pre_d.topk(k_aux, dim=1, sorted=False)
-        f_aux = torch.zeros_like(pre_d).scatter_(1, idx, vals)
-        mask = torch.zeros_like(pre_d, dtype=torch.bool).scatter_(1, idx, True)
-        dn_d = dn.index_select(0, dead_idx)
-        r = torch.addmm(err, f_aux, dn_d)  # e_hat - e, with e = x - x_hat = -err
-        coef = AUX_COEFFICIENT * scale
-        self.aux_sq = coef * r.pow(2).sum()
-        g = r.mul_(2.0 * coef / (b * d))
-        dpre = (g @ dn_d.t()).mul_(mask)
-        self._aux_grads = (dead_idx, f_aux.t() @ g, dpre.t() @ x, dpre.sum(0))
+        found = self.arch.aux_grads(x, pre, dn, err, self._dead)
+        if found is not None:
+            self.aux_sq, self._aux_grads = found
