@@ -9,7 +9,7 @@ import typer
 
 from ..diff.config import DiffConfig, check_config
 from ..rules import flag
-from .app import REWARD, app
+from .common import REWARD, app
 from .options import Options, parse_ints, takes
 
 

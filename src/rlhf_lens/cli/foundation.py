@@ -9,7 +9,7 @@ import typer
 from ..errors import UserError
 from ..models_config import TinyModelConfig
 from ..rules import flag
-from .app import app
+from .common import app
 from .options import Options, takes
 
 

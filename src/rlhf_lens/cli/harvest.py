@@ -10,7 +10,7 @@ import typer
 from ..config import DivergenceSection
 from ..harvest.config import HarvestConfig
 from ..rules import flag
-from .app import app, print_json
+from .common import app, print_json
 from .options import Options, takes
 
 

@@ -11,7 +11,7 @@ from ..config import RewardSection
 from ..harvest.config import HarvestConfig
 from ..interp.config import ExampleConfig, InterpConfig, LLMConfig, check_aggregate
 from ..rules import flag
-from .app import app, print_json
+from .common import app, print_json
 from .options import Options, parse_ints, takes
 
 UTILITY = Options(RewardSection, only=("table", "aggregate"))

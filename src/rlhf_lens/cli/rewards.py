@@ -13,7 +13,7 @@ from ..errors import UserError
 from ..rlhf.config import PPOConfig, check_config
 from ..rules import flag
 from ..serve import ServeConfig
-from .app import REWARD, app
+from .common import REWARD, app
 from .options import Options, takes
 
 

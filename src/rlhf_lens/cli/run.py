@@ -18,7 +18,7 @@ from ..decompose.config import (
 )
 from ..errors import UserError
 from ..interp.config import InterpConfig
-from .app import app
+from .common import app
 
 
 def _every_field(cls: type) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from ..errors import UserError
 from ..interp.config import InterpConfig
 from ..sae.config import SAEConfig
 from ..synthetic import SyntheticConfig
-from .app import app, print_json
+from .common import app, print_json
 from .options import Options, build, takes
 
 
