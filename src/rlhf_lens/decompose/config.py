@@ -93,8 +93,8 @@ class CrosscodingSettings:
 @dataclass
 class DecomposeConfig:
     crosscoder: bool = False
-    """Also train a crosscoder with Latent Scaling in a run (they need many tokens: on in the paper presets, off
-    in demo and tiny); how: `crosscoding`."""
+    """Also train a crosscoder with Latent Scaling in a run, as [decompose.crosscoding] says (they need many tokens:
+    on in the paper presets, off in demo and tiny)."""
     explain_top: int = 5
     """In a run: the top diff-SAE latents and the top shifted base-SAE latents explained and scored per block."""
     seed: int = 0

@@ -66,7 +66,7 @@ class InterpConfig:
     top_k: int = 10
     """Features explained per model and block: the small dictionary's top-k by max cosine (paper: 10)."""
     explainer: str = "offline"
-    """Explainer: offline (no LLM), openai (an OpenAI-compatible API, see llm) or hf:MODEL (a local LM)."""
+    """Explainer: offline (no LLM), openai (an OpenAI-compatible API) or hf:MODEL (a local LM)."""
     llm: LLMConfig = field(default_factory=lambda: LLMConfig(base_url=""))
     """The LLM explainer's back-end; in a run explainer = openai needs llm.base_url (no default API)."""
     new_feature_threshold: float = 0.0
