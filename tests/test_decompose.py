@@ -97,13 +97,13 @@ def test_unpaired_stores_fail_in_one_line(planted_pair, tmp_path):
 
 @pytest.fixture(scope="module")
 def diffsae_result(planted_pair):
-    from rlhf_lens.decompose.config import DecomposeConfig
+    from rlhf_lens.decompose.config import DecomposeConfig, DiffSAESettings
     from rlhf_lens.decompose.diffsae import diff_sae
     from rlhf_lens.decompose.paired_store import delta_store
 
     delta = delta_store(planted_pair["base"], planted_pair["tuned"], 1, planted_pair["root"] / "delta-sae")
-    config = DecomposeConfig(diffsae_arch="topk", diffsae_k=1, diffsae_expansion=1.0, diffsae_epochs=20,
-                             diffsae_batch_size=64, diffsae_lr=3e-3, diffsae_seeds=[0, 1], diffsae_top=4)
+    config = DecomposeConfig(diffsae=DiffSAESettings(arch="topk", k=1, expansion=1.0, epochs=20, batch_size=64,
+                                                     lr=3e-3, seeds=[0, 1], top=4))
     result, saes = diff_sae(delta, 1, config, out_dir=planted_pair["root"] / "diffsae")
     return {"result": result, "saes": saes, "delta": delta, "config": config}
 
@@ -128,10 +128,10 @@ def test_diffsae_top_latent_is_the_planted_direction(planted_pair, diffsae_resul
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 def test_diffsae_configs_follow_the_arch_parameter(arch):
-    from rlhf_lens.decompose.config import DecomposeConfig
+    from rlhf_lens.decompose.config import DecomposeConfig, DiffSAESettings
     from rlhf_lens.decompose.diffsae import diffsae_configs
 
-    configs = diffsae_configs(64, DecomposeConfig(diffsae_arch=arch, diffsae_expansion=1.5, diffsae_seeds=[3, 4]))
+    configs = diffsae_configs(64, DecomposeConfig(diffsae=DiffSAESettings(arch=arch, expansion=1.5, seeds=[3, 4])))
     assert [c.arch for c in configs] == [arch, arch] and [c.seed for c in configs] == [3, 4]
     assert configs[0].dict_size == 96 and configs[0].k == 16
     assert diffsae_configs(64, DecomposeConfig())[0].arch == "batchtopk"
@@ -141,7 +141,7 @@ def test_diffsae_configs_follow_the_arch_parameter(arch):
 
 
 def test_shared_dictionary_shift_ranks_the_planted_feature_first(tmp_path):
-    from rlhf_lens.decompose.config import DecomposeConfig
+    from rlhf_lens.decompose.config import DecomposeConfig, ShiftSettings
     from rlhf_lens.decompose.shift import count_among, shared_dictionary_shift
     from rlhf_lens.sae import SAEConfig, SparseAutoencoder
 
@@ -161,17 +161,17 @@ def test_shared_dictionary_shift_ranks_the_planted_feature_first(tmp_path):
     base = codes @ dictionary + 0.01 * torch.randn(n, D, generator=g)
     tuned = raised @ dictionary + 0.01 * torch.randn(n, D, generator=g)
     base_store, tuned_store = _write_store(tmp_path / "b", base, index), _write_store(tmp_path / "t", tuned, index)
-    result = shared_dictionary_shift(sae, base_store, tuned_store, 1, DecomposeConfig(shift_splits=8, shift_top=5))
+    result = shared_dictionary_shift(sae, base_store, tuned_store, 1, DecomposeConfig(shift=ShiftSettings(splits=8, top=5)))
     top = result["top"]
     assert top[0]["latent"] == planted and top[0]["shifted"] and top[0]["mean_change"] > 0
     assert top[0]["z"] > 5 and result["n_shifted"] == 1 and result["n_rising"] == 1
     assert abs(top[0]["rate_change"]) < 0.02  # it fires where it fired: only its activation rose
     assert all(not t["shifted"] for t in top[1:])
     assert count_among(result, [planted, 3]) == {"count": 1, "of": 1, "latents": [planted], "features": 2}
-    by_z = shared_dictionary_shift(sae, base_store, tuned_store, 1, DecomposeConfig(shift_splits=8, shift_rank_by="z"))
+    by_z = shared_dictionary_shift(sae, base_store, tuned_store, 1, DecomposeConfig(shift=ShiftSettings(splits=8, rank_by="z")))
     assert by_z["top"][0]["latent"] == planted
     # a self-comparison shifts nothing
-    same = shared_dictionary_shift(sae, base_store, base_store, 1, DecomposeConfig(shift_splits=8))
+    same = shared_dictionary_shift(sae, base_store, base_store, 1, DecomposeConfig(shift=ShiftSettings(splits=8)))
     assert same["n_shifted"] == 0 and same["top"] == []
 
 
@@ -197,13 +197,29 @@ def test_placebo_table_is_a_seeded_permutation(tmp_path, suffix):
 
 
 def test_decompose_config_checks():
-    from rlhf_lens.decompose.config import DecomposeConfig, check_decompose_config
+    """Each method's settings are checked in their own section; the message names the key as the caller spells it."""
+    from rlhf_lens.decompose.config import (
+        CrosscodingSettings,
+        DecomposeConfig,
+        DiffSAESettings,
+        ShiftSettings,
+        SteerSettings,
+        check_decompose_config,
+    )
+    from rlhf_lens.rules import flag, in_section
 
     check_decompose_config(DecomposeConfig())
-    for bad in (dict(diffsae_seeds=[]), dict(steer_norm="x"), dict(shift_quantile=1.0), dict(crosscoder_arch="x"),
-                dict(scaling_threshold=0.0)):
-        with pytest.raises(UserError):
+    for bad, named in ((dict(diffsae=DiffSAESettings(seeds=[])), "diffsae.seeds"),
+                       (dict(steer=SteerSettings(norm="x")), "steer.norm"),
+                       (dict(shift=ShiftSettings(quantile=1.0)), "shift.quantile"),
+                       (dict(crosscoding=CrosscodingSettings(arch="x")), "crosscoding.arch"),
+                       (dict(crosscoding=CrosscodingSettings(scaling_threshold=0.0)), "crosscoding.scaling_threshold")):
+        with pytest.raises(UserError, match=named.replace(".", r"\.")):
             check_decompose_config(DecomposeConfig(**bad))
+    with pytest.raises(UserError, match="^decompose.diffsae.expansion must be > 0 and decompose.diffsae.k >= 1$"):
+        check_decompose_config(DecomposeConfig(diffsae=DiffSAESettings(k=0)), in_section("decompose"))
+    with pytest.raises(UserError, match="^--steer-alpha must be > 0 and --steer-random >= 1$"):
+        check_decompose_config(DecomposeConfig(steer=SteerSettings(random=0)), flag)
 
 
 # --- steering by a diff-SAE latent (tiny model) -----------------------------------------------------------
@@ -229,7 +245,7 @@ def test_steering_by_the_top_latent_beats_random_directions(word_direction, corp
     that vector, and steering base by it raises the planted words and the reward of a table of them beyond
     random directions of the same norm."""
     from rlhf_lens.data import load_corpus
-    from rlhf_lens.decompose.config import DecomposeConfig
+    from rlhf_lens.decompose.config import DecomposeConfig, DiffSAESettings, SteerSettings
     from rlhf_lens.decompose.diffsae import decoder_rows, diff_sae, steer_top_latents
     from rlhf_lens.decompose.paired_store import delta_store
     from rlhf_lens.diff import steering
@@ -244,9 +260,9 @@ def test_steering_by_the_top_latent_beats_random_directions(word_direction, corp
     tuned = base + (tok < 90)[:, None] * v + ((tok >= 90) & (tok < 150))[:, None] * other \
         + 0.05 * torch.randn(len(tok), D, generator=g)
     delta = delta_store(_write_store(root / "b", base, index), _write_store(root / "t", tuned, index), 1, root / "d")
-    config = DecomposeConfig(diffsae_arch="topk", diffsae_k=1, diffsae_expansion=1.0, diffsae_epochs=20,
-                             diffsae_batch_size=64, diffsae_lr=3e-3, diffsae_seeds=[0], diffsae_top=3,
-                             steer_latents=2, steer_alpha=1.2, steer_random=4)
+    config = DecomposeConfig(diffsae=DiffSAESettings(arch="topk", k=1, expansion=1.0, epochs=20, batch_size=64,
+                                                     lr=3e-3, seeds=[0], top=3),
+                             steer=SteerSettings(latents=2, alpha=1.2, random=4))
     result, saes = diff_sae(delta, 1, config)
     top = result["top"][0]["latent"]
     assert torch.cosine_similarity(decoder_rows(saes[0])[top], v, dim=0) > 0.9
@@ -279,7 +295,7 @@ def test_crosscoder_latent_scaling_classes_planted_directions_and_l1_shrinks():
     each concept's latent correctly. The L1 crosscoder trained the same way shows complete shrinkage: W's base
     decoder is (almost) gone, so its decoder norms call it tuned-only, while Latent Scaling, which asks base's
     error for W's direction, still calls it shared."""
-    from rlhf_lens.decompose.config import DecomposeConfig
+    from rlhf_lens.decompose.config import CrosscodingSettings, DecomposeConfig
     from rlhf_lens.decompose.crosscoder import crosscoder_report, match_latents, train_crosscoder
 
     g = torch.Generator().manual_seed(0)
@@ -292,9 +308,9 @@ def test_crosscoder_latent_scaling_classes_planted_directions_and_l1_shrinks():
     mag[:, 3] *= 0.5  # W: 1.5-2.5 in tuned, 0.75-1.25 in base
     h_base = (mag * base_scale) @ dirs + 0.02 * torch.randn(n, d, generator=g)
     h_tuned = (mag * tuned_scale) @ dirs + 0.02 * torch.randn(n, d, generator=g)
-    common = dict(crosscoder_expansion=1.0, crosscoder_k=2, crosscoder_steps=1500, crosscoder_lr=3e-3)
+    common = dict(expansion=1.0, k=2, steps=1500, lr=3e-3)
 
-    config = DecomposeConfig(crosscoder_arch="batchtopk", **common)
+    config = DecomposeConfig(crosscoding=CrosscodingSettings(arch="batchtopk", **common))
     cc = train_crosscoder(h_base, h_tuned, config)
     report = crosscoder_report(cc, h_base, h_tuned, config)
     matched = match_latents(cc, dirs, report)
@@ -305,7 +321,7 @@ def test_crosscoder_latent_scaling_classes_planted_directions_and_l1_shrinks():
     assert report["fvu"]["base"] < 0.01 and report["threshold"] > 0 and abs(report["mean_l0"] - 2) < 0.3
     assert sum(report["counts"].values()) == cc.m
 
-    l1 = DecomposeConfig(crosscoder_arch="l1", crosscoder_l1=1.5, **common)
+    l1 = DecomposeConfig(crosscoding=CrosscodingSettings(arch="l1", l1=1.5, **common))
     cc1 = train_crosscoder(h_base, h_tuned, l1)
     report1 = crosscoder_report(cc1, h_base, h_tuned, l1)
     matched1 = match_latents(cc1, dirs, report1)
@@ -318,10 +334,10 @@ def test_crosscoder_latent_scaling_classes_planted_directions_and_l1_shrinks():
 
 
 def test_crosscoder_on_paired_stores(planted_pair, tmp_path):
-    from rlhf_lens.decompose.config import DecomposeConfig
+    from rlhf_lens.decompose.config import CrosscodingSettings, DecomposeConfig
     from rlhf_lens.decompose.crosscoder import crosscoder_analysis
 
-    config = DecomposeConfig(crosscoder_k=4, crosscoder_steps=50, crosscoder_rows=1000)
+    config = DecomposeConfig(crosscoding=CrosscodingSettings(k=4, steps=50, rows=1000))
     report, cc = crosscoder_analysis(planted_pair["base"], planted_pair["tuned"], 1, config, out=tmp_path / "cc.st")
     assert report["n_rows"] == 1000 and report["layer"] == 1 and report["arch"] == "batchtopk"
     assert (tmp_path / "cc.st").is_file() and cc.m == 2 * D

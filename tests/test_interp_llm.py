@@ -146,7 +146,7 @@ def test_a_client_error_is_not_retried(server):
         make(server).explain_many([("3", RECORDS, ACTS)])
     assert len(server.requests) == 1
     message = str(info.value)
-    for name in ("--llm-model", "--base-url", "interp.llm_model", "interp.base_url", "$TEST_LLM_KEY"):
+    for name in ("--llm-model", "--base-url", "interp.llm.model", "interp.llm.base_url", "$TEST_LLM_KEY"):
         assert name in message
     assert "--explainer-model" not in message
 
@@ -216,7 +216,7 @@ def test_a_refused_connection_fails_at_once_without_retries(monkeypatch, tmp_pat
     with pytest.raises(UserError, match=f"cannot connect to the explainer API at 127.0.0.1:{port}") as info:
         get_explainer("openai", config).explain_many([("3", RECORDS, ACTS)])
     assert time.monotonic() - start < 3
-    assert "--base-url" in str(info.value) and "interp.base_url" in str(info.value)
+    assert "--base-url" in str(info.value) and "interp.llm.base_url" in str(info.value)
 
 
 def test_a_server_that_never_accepts_fails_within_the_connect_timeout(monkeypatch, tmp_path):

@@ -670,10 +670,15 @@ def test_presets_lists_every_preset_with_a_description():
 def test_every_preset_resolves_to_a_valid_config(name):
     """Each preset's keys exist (including [rlhf] against rlhf.PPOConfig) and its resolved TOML parses."""
     config = tomllib.loads(config_toml(load_config(preset=name)))
-    shipped = tomllib.loads(preset_text(name))
-    for section, values in shipped.items():
-        for key, value in values.items():
-            assert config[section][key] == value, (name, section, key)
+
+    def same(resolved: dict, shipped: dict, where: str) -> None:
+        for key, value in shipped.items():
+            if isinstance(value, dict):  # a section, or a nested one ([decompose.steer])
+                same(resolved[key], value, f"{where}{key}.")
+            else:
+                assert resolved[key] == value, (name, f"{where}{key}")
+
+    same(config, tomllib.loads(preset_text(name)), "")
 
 
 def test_keys_lists_every_setting_with_its_docstring():

@@ -1,14 +1,16 @@
 """The run config: one `[section]` per stage, presets, TOML in and out, `--set section.key=value`.
 
 Each section is a dataclass whose field docstrings are its help text (`field_docs`, `doc`): the same
-text serves `rlhf-lens run --keys` and the stage commands' `--help`. `load_config` validates every
-section (types, ranges, choices, cross-field rules) before any stage runs; its messages name
-`section.key`.
+text serves `rlhf-lens run --keys` and the stage commands' `--help`. A field that is itself a dataclass is
+a nested section (`[decompose.diffsae]`, `--set decompose.diffsae.k=8`). `load_config` validates every
+section (types, ranges, choices, cross-field rules) before any stage runs, with the rules each section's
+dataclass holds (`rules.py`); its messages name `section.key`.
 """
 
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import functools
 import inspect
@@ -22,15 +24,18 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .decompose.config import DecomposeConfig
+from .decompose.config import DecomposeConfig, check_decompose_config
 from .diff.config import DiffConfig
+from .diff.config import check_config as check_diff
 from .errors import UserError
 from .harvest.config import HarvestSettings
-from .interp.config import ExampleConfig, InterpConfig
+from .interp.config import ExampleConfig, InterpConfig, check_aggregate
 from .io import read_toml
 from .models_config import TinyModelConfig
-from .rlhf.config import PPOConfig
-from .sae.config import SAEConfig, SAETraining
+from .rlhf.config import PPOConfig, check_device_dtype
+from .rlhf.config import check_config as check_ppo
+from .rules import Namer, field_name, in_section, require
+from .sae.config import SAETraining
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -67,8 +72,6 @@ def doc(cls: type, name: str) -> str:
     return field_docs(cls).get(name, "")
 
 
-
-
 @dataclass
 class ModelSection:
     base: str = "tiny"
@@ -82,6 +85,10 @@ class ModelSection:
     seed: int = 0
     """Seed of the run (tiny model, control model, example sampling)."""
 
+    def check(self, key: Namer = field_name) -> None:
+        require([(self.base.strip() != "", f"{key('base')} is empty; give a hub id, a folder, smollm2 or tiny")])
+        check_device_dtype(self.device, self.dtype, key)
+
 
 @dataclass
 class DataSection:
@@ -92,24 +99,39 @@ class DataSection:
     test_split: str = "test"
     """Split activations are harvested from (paper: IMDB test)."""
 
+    def check(self, key: Namer = field_name) -> None:
+        require([(self.corpus.strip() != "",
+                  f"{key('corpus')} is empty; give a corpus name (pang-lee, imdb) or a file")])
+
 
 @dataclass
 class RewardSection:
     spec: str = "vader"
-    """Reward: vader, table:FILE, classifier:MODEL, or sentiment (the offline classifier)."""
+    """Reward: vader, table:FILE (CSV/TSV/JSON word, value), classifier:MODEL (a sequence classifier), sentiment or
+    sentiment:CORPUS (offline logistic regression); options as ,key=value (e.g. vader,scale=5,clip=10 or
+    classifier:MODEL,index=1). See docs/rewards.md."""
     table: str = "vader"
-    """Utility table the explanations are scored against (vader or a file)."""
+    """Utility table the explanations are scored against: vader or a CSV/TSV/JSON word -> value file."""
     aggregate: str = "mean"
     """Per-explanation aggregate of the utilities of its words: mean (the authors' notebook) or sum."""
+
+    def check(self, key: Namer = field_name) -> None:
+        check_aggregate(self.aggregate, key)
 
 
 @dataclass
 class DivergenceSection:
     top_n: int = 5
-    """Number of blocks to analyse (paper: 5)."""
+    """How many of the most divergent blocks to analyse (paper: 5)."""
     rank: str = "parameters"
     """How the analysed blocks are chosen: parameters (the paper: most-moved parameters, Frobenius norm) or
     causal (the diff stage's ranking: reward gain of steering the base model by each block's own change)."""
+
+    def check(self, key: Namer = field_name) -> None:
+        require([
+            (self.top_n >= 1, f"{key('top_n')} must be >= 1 (got {self.top_n})"),
+            (self.rank in ("parameters", "causal"), f"{key('rank')} must be parameters or causal (got {self.rank!r})"),
+        ])
 
 
 @dataclass
@@ -120,6 +142,19 @@ class SAESection(SAETraining):
     """Dictionary sizes as multiples of the MLP width; the first is the small one (paper: 1x and 2x)."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """One SAE pair per seed: MMCS and scores are reported as mean +- spread over seeds."""
+
+    def check(self, key: Namer = field_name) -> None:
+        """The training rules (the dictionary sizes are known once a model is loaded), then the grid's."""
+        super().check(key)
+        r = self.dict_ratios
+        require([
+            (len(r) >= 2 and len(set(r)) == len(r),
+             f"{key('dict_ratios')} needs at least two distinct sizes (MMCS compares the small dictionary with a "
+             f"larger one; with one size it is 1.0 by construction), got {r}"),
+            (all(x >= 1 for x in r), f"{key('dict_ratios')} must be whole multiples >= 1 (got {r})"),
+            (len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds),
+             f"{key('seeds')} needs at least one seed and no repeats (got {self.seeds})"),
+        ])
 
 
 @dataclass
@@ -152,18 +187,36 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-def _section_types() -> dict[str, type]:
-    return typing.get_type_hints(RunConfig)
+RENAMED_KEYS = {
+    "interp.llm_model": "interp.llm.model",
+    "interp.base_url": "interp.llm.base_url",
+    **{f"decompose.diffsae_{k}": f"decompose.diffsae.{k}"
+       for k in ("arch", "expansion", "k", "seeds", "epochs", "lr", "batch_size", "top")},
+    **{f"decompose.steer_{k}": f"decompose.steer.{k}" for k in ("latents", "norm", "alpha", "random")},
+    **{f"decompose.shift_{k}": f"decompose.shift.{k}" for k in ("splits", "quantile", "rank_by", "top")},
+    **{f"decompose.crosscoder_{k}": f"decompose.crosscoding.{k}"
+       for k in ("arch", "expansion", "k", "l1", "steps", "lr", "batch_size", "rows")},
+    "decompose.scaling_threshold": "decompose.crosscoding.scaling_threshold",
+    "decompose.norm_threshold": "decompose.crosscoding.norm_threshold",
+}
+"""Keys of older configs (a run folder's config.toml included) -> where they live now; still read."""
 
 
 def config_keys() -> list[tuple[str, str, str]]:
-    """Every `section.key` a run takes, with its default and its field docstring: (key, default, help)."""
+    """Every `section.key` a run takes (`section.sub.key` in a nested section), with its default and its field
+    docstring: (key, default, help)."""
     rows = []
-    defaults = RunConfig().to_dict()
-    for section, cls in _section_types().items():
-        docs = field_docs(cls)
-        for f in dataclasses.fields(cls):
-            rows.append((f"{section}.{f.name}", json.dumps(defaults[section][f.name]), docs.get(f.name, "")))
+
+    def walk(settings, where: str) -> None:
+        docs = field_docs(type(settings))
+        for f in dataclasses.fields(settings):
+            value, key = getattr(settings, f.name), f"{where}.{f.name}".lstrip(".")
+            if dataclasses.is_dataclass(value):
+                walk(value, key)
+            else:
+                rows.append((key, json.dumps(value), docs.get(f.name, "")))
+
+    walk(RunConfig(), "")
     return rows
 
 
@@ -199,11 +252,20 @@ def load_config(preset: str | None = None, config_file: str | os.PathLike | None
         key, sep, value = item.partition("=")
         if not sep or "." not in key:
             raise UserError(f"--set takes section.key=value (e.g. rlhf.steps=10), got {item!r}")
-        section, name = key.strip().split(".", 1)
-        data.setdefault(section, {})[name] = _parse_value(value.strip())
+        _put(data, key.strip(), _parse_value(value.strip()))
     config = config_from_dict(data)
     validate(config)
     return config
+
+
+def _put(data: dict, key: str, value) -> None:
+    """Set a dotted `key` in nested tables."""
+    *path, name = key.split(".")
+    for i, part in enumerate(path):
+        data = data.setdefault(part, {})
+        if not isinstance(data, dict):
+            raise UserError(f"--set {key}: {'.'.join(path[:i + 1])} is a setting, not a section")
+    data[name] = value
 
 
 def _parse_value(text: str):
@@ -214,22 +276,43 @@ def _parse_value(text: str):
 
 
 def config_from_dict(data: dict) -> RunConfig:
-    section_types = _section_types()
-    sections = {}
-    for section, values in data.items():
-        if section not in section_types:
-            raise UserError(f"unknown config section [{section}]; sections: {', '.join(section_types)}")
-        if not isinstance(values, dict):
-            raise UserError(f"[{section}] must be a table of key = value")
-        cls = section_types[section]
-        hints = typing.get_type_hints(cls)
-        kwargs = {}
-        for key, value in values.items():
-            if key not in hints:
-                raise UserError(f"unknown key {section}.{key}; keys of [{section}]: {', '.join(hints)}")
-            kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
-        sections[section] = cls(**kwargs)
-    return RunConfig(**sections)
+    return _settings(RunConfig(), _renamed(data), "")
+
+
+def _renamed(data: dict) -> dict:
+    """A copy of `data` with old keys (`RENAMED_KEYS`) moved to their new place; both given is refused."""
+    data = copy.deepcopy(data)
+    for old, new in RENAMED_KEYS.items():
+        section, name = old.split(".")
+        values = data.get(section)
+        if isinstance(values, dict) and name in values:
+            _, sub, leaf = new.split(".")
+            nested = values.setdefault(sub, {})
+            if not isinstance(nested, dict) or leaf in nested:
+                raise UserError(f"{old} is the old name of {new}; give {new} only")
+            nested[leaf] = values.pop(name)
+    return data
+
+
+def _settings(defaults, values: dict, where: str):
+    """`defaults` (a dataclass) with `values` set, a nested section (a dataclass field) in turn from its own
+    defaults; `where` is the dotted path for messages."""
+    hints = typing.get_type_hints(type(defaults))
+    changes = {}
+    for key, value in values.items():
+        name = f"{where}.{key}" if where else key
+        if key not in hints:
+            if not where:
+                raise UserError(f"unknown config section [{key}]; sections: {', '.join(hints)}")
+            raise UserError(f"unknown key {name}; keys of [{where}]: {', '.join(hints)}")
+        current = getattr(defaults, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UserError(f"[{name}] must be a table of key = value")
+            changes[key] = _settings(current, value, name)
+        else:
+            changes[key] = _coerce(name, value, hints[key])
+    return dataclasses.replace(defaults, **changes)
 
 
 def _coerce(name: str, value, hint):
@@ -277,25 +360,6 @@ def _drop_none(obj):
 
 # --- validation: every section in full, before any stage runs ----------------------------------
 
-EXPLAINERS = ("offline", "openai", "hf:MODEL")
-AGGREGATES = ("mean", "sum")
-STORE_DTYPES = ("float32", "bfloat16")
-
-
-def _require(rules: list[tuple[bool, str]]) -> None:
-    """Raise the first failing rule's message (each names its `section.key`)."""
-    for ok, message in rules:
-        if not ok:
-            raise UserError(message)
-
-
-def _in_section(section: str, check, *args) -> None:
-    """Run a stage's own check; its message, which starts with the field name, then names `section.field`."""
-    try:
-        check(*args)
-    except UserError as err:
-        raise UserError(f"{section}.{err}") from None
-
 
 def _taken_from_run(section: str, settings, keys: tuple[tuple[str, str], ...], why: str) -> None:
     """Keys of a stage's config that a run sets from another section: refused when set here, naming the owner."""
@@ -305,31 +369,12 @@ def _taken_from_run(section: str, settings, keys: tuple[tuple[str, str], ...], w
             raise UserError(f"{section}.{key} is taken from {owner} in a run{why}; set {owner} instead")
 
 
-def _check_sae(section: SAESection) -> None:
-    """The SAE's own rules (SAEConfig.check), on the largest dictionary of the grid at a stand-in width (the real
-    width is known once a model is loaded), its `--flag` names said as `sae.key`."""
-    import re
-
-    if section.arch in ("topk", "batchtopk") and (section.k is None or section.k < 1):
-        raise UserError(f"sae.k must be >= 1 with sae.arch = \"{section.arch}\" (got {section.k})")
-    training = {f.name: getattr(section, f.name) for f in dataclasses.fields(SAETraining)}
-    stand_in = SAEConfig(**training, d_in=10**6, dict_size=10**6 * max([1, *section.dict_ratios]))
-    try:
-        stand_in.check()
-    except UserError as err:
-        message = re.sub(r"--([a-z0-9-]+)", lambda m: "sae." + m.group(1).replace("-", "_"), str(err))
-        raise UserError(message.replace("--arch", "sae.arch")) from None
-
-
 def validate(config: RunConfig) -> None:
-    """Types were checked while parsing; here ranges, choices and cross-field rules, each failure one line
-    naming `section.key` and what to set instead. Nothing is loaded: files and models are checked by the run."""
-    from .decompose.config import check_decompose_config
-    from .diff.config import check_config as check_diff
-    from .rlhf.config import check_config, check_device_dtype
-
-    m, h, s, i, e = config.model, config.harvest, config.sae, config.interp, config.examples
-    _in_section("model", check_device_dtype, m.device, m.dtype)
+    """Types were checked while parsing; here ranges, choices and cross-field rules (each section's own, from its
+    dataclass, then the run's), each failure one line naming `section.key` and what to set instead. Nothing is
+    loaded: files and models are checked by the run."""
+    m = config.model
+    m.check(in_section("model"))
     if config.controls.placebo:
         from .rewards import parse_spec
 
@@ -339,49 +384,13 @@ def validate(config: RunConfig) -> None:
     if config.rlhf.steps == 0 and not m.tuned:
         raise UserError("rlhf.steps = 0 means no PPO: give the tuned model as model.tuned (or set rlhf.steps >= 1)")
     # steps 0 (a model tuned elsewhere) is checked above; the other PPO settings still apply to its evaluation
-    _in_section("rlhf", check_config, dataclasses.replace(config.rlhf, steps=config.rlhf.steps or 1))
-    _in_section("diff", check_diff, config.diff)
-    _in_section("decompose", check_decompose_config, config.decompose)
+    check_ppo(dataclasses.replace(config.rlhf, steps=config.rlhf.steps or 1), in_section("rlhf"))
+    check_diff(config.diff, in_section("diff"))
+    check_decompose_config(config.decompose, in_section("decompose"))
     _taken_from_run("diff", config.diff, (("split", "data.test_split"), ("text_column", "data.text_column")), "")
-    _check_sae(config.sae)
+    config.sae.check(in_section("sae"))
     _taken_from_run("sae", config.sae, (("device", "model.device"),), " (SAEs train where the models run)")
     _taken_from_run("rlhf", config.rlhf, (("device", "model.device"), ("dtype", "model.dtype"),
                                           ("text_column", "data.text_column")), " (every stage uses it)")
-    t = config.tiny
-    _require([
-        (m.base.strip() != "", "model.base is empty; give a hub id, a folder, smollm2 or tiny"),
-        (min(t.layers, t.width, t.heads, t.vocab_size) >= 1 and t.pretrain_steps >= 0,
-         "tiny.layers, tiny.width, tiny.heads and tiny.vocab_size must be >= 1, tiny.pretrain_steps >= 0"),
-        (t.width % max(t.heads, 1) == 0, f"tiny.width ({t.width}) must be a multiple of tiny.heads ({t.heads})"),
-        (config.data.corpus.strip() != "", "data.corpus is empty; give a corpus name (pang-lee, imdb) or a file"),
-        (config.reward.aggregate in AGGREGATES,
-         f"reward.aggregate must be one of {', '.join(AGGREGATES)} (got {config.reward.aggregate!r})"),
-        (config.divergence.top_n >= 1, f"divergence.top_n must be >= 1 (got {config.divergence.top_n})"),
-        (config.divergence.rank in ("parameters", "causal"),
-         f"divergence.rank must be parameters or causal (got {config.divergence.rank!r})"),
-        (h.max_docs >= 0, f"harvest.max_docs must be >= 0 (0: all; got {h.max_docs})"),
-        (h.max_tokens >= 1, f"harvest.max_tokens must be >= 1 (got {h.max_tokens})"),
-        (h.batch_size >= 1, f"harvest.batch_size must be >= 1 (got {h.batch_size})"),
-        (h.shard_tokens >= 1, f"harvest.shard_tokens must be >= 1 (got {h.shard_tokens})"),
-        (h.dtype in STORE_DTYPES, f"harvest.dtype must be one of {', '.join(STORE_DTYPES)} (got {h.dtype!r})"),
-        (len(s.dict_ratios) >= 2 and len(set(s.dict_ratios)) == len(s.dict_ratios),
-         f"sae.dict_ratios needs at least two distinct sizes (MMCS compares the small dictionary with a larger "
-         f"one; with one size it is 1.0 by construction), got {s.dict_ratios}"),
-        (all(r >= 1 for r in s.dict_ratios), f"sae.dict_ratios must be whole multiples >= 1 (got {s.dict_ratios})"),
-        (len(s.seeds) >= 1 and len(set(s.seeds)) == len(s.seeds),
-         f"sae.seeds needs at least one seed and no repeats (got {s.seeds})"),
-        (i.top_k >= 1, f"interp.top_k must be >= 1 (got {i.top_k})"),
-        (i.explainer in ("offline", "openai") or (i.explainer.startswith("hf:") and i.explainer[3:].strip() != ""),
-         f"interp.explainer must be one of {', '.join(EXPLAINERS)} (got {i.explainer!r})"),
-        (i.explainer != "openai" or i.base_url.startswith(("http://", "https://")),
-         f"interp.base_url must be an http(s) URL with interp.explainer = \"openai\" (got {i.base_url!r})"),
-        (0.0 <= i.new_feature_threshold <= 1.0,
-         f"interp.new_feature_threshold must be in [0, 1] (0: auto; got {i.new_feature_threshold})"),
-        (0.0 < i.new_feature_quantile < 1.0,
-         f"interp.new_feature_quantile must be in (0, 1) (got {i.new_feature_quantile})"),
-        (min(e.n_top, e.max_tokens, e.batch_size) >= 1 and min(e.n_holdout, e.n_random) >= 0,
-         "examples.n_top, examples.max_tokens and examples.batch_size must be >= 1, "
-         "examples.n_holdout and examples.n_random >= 0"),
-        (e.n_holdout + e.n_random >= 1, "examples.n_holdout + examples.n_random must be >= 1 (the simulation score "
-                                        "needs held-out texts)"),
-    ])
+    for section in ("tiny", "data", "reward", "divergence", "harvest", "interp", "examples"):
+        getattr(config, section).check(in_section(section))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .rules import Namer, field_name, require
+
 
 @dataclass
 class TinyModelConfig:
@@ -21,3 +23,12 @@ class TinyModelConfig:
     """Language-model steps on the corpus's train split, so the base model is not random."""
     seed: int = 0
     """Seed for the weights and pretraining."""
+
+    def check(self, key: Namer = field_name) -> None:
+        require([
+            (min(self.layers, self.width, self.heads, self.vocab_size) >= 1 and self.pretrain_steps >= 0,
+             f"{key('layers')}, {key('width')}, {key('heads')} and {key('vocab_size')} must be >= 1, "
+             f"{key('pretrain_steps')} >= 0"),
+            (self.width % max(self.heads, 1) == 0,
+             f"{key('width')} ({self.width}) must be a multiple of {key('heads')} ({self.heads})"),
+        ])

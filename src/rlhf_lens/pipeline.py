@@ -28,6 +28,7 @@ from .progress import console
 
 if TYPE_CHECKING:
     from .executors import Executor
+    from .interp.config import LLMConfig
 
 _EXECUTOR = "_executor"  # state[_EXECUTOR]: the run's executor (not a stage; stages read it with `_executor`)
 STAGES = ("base", "rlhf", "placebo", "divergence", "diff", "control", "harvest", "saes", "mmcs", "decompose", "features", "scores", "report")
@@ -474,8 +475,7 @@ def _stage_decompose(config: RunConfig, run_dir: Path, state: dict) -> dict:
     dc = config.decompose
     stores = {name: ActivationStore(_abs(run_dir, path)) for name, path in state["harvest"]["stores"].items()}
     mmcs_result = read_json(_abs(run_dir, state["mmcs"]["file"]))
-    explainer = _explainer(config.interp.explainer, config.interp.base_url, config.interp.llm_model,
-                           config.model.device)
+    explainer = _explainer(config.interp.explainer, config.interp.llm, config.model.device)
     table = load_utility_table(config.reward.table)
     reward = load_reward(config.reward.spec, device=config.model.device)
     base, tokenizer = load_model(_model(state["base"], run_dir), device=config.model.device, dtype=config.model.dtype)
@@ -574,8 +574,7 @@ def _features_job(job: tuple) -> tuple[str, list[dict]]:
     config, run_dir, mmcs_file, name, model_spec, store_dir, layers, units = job
     run_dir = Path(run_dir)
     mmcs_result = read_json(_abs(run_dir, mmcs_file))
-    explainer = _explainer(config.interp.explainer, config.interp.base_url, config.interp.llm_model,
-                           config.model.device)
+    explainer = _explainer(config.interp.explainer, config.interp.llm, config.model.device)
     table = load_utility_table(config.reward.table)
     first = f"s{config.sae.seeds[0]}"  # mmcs.json's `new`: the first seed's tuned dictionary against the base
     new_records = []
@@ -608,14 +607,13 @@ def _features_job(job: tuple) -> tuple[str, list[dict]]:
 _EXPLAINERS: dict[tuple, object] = {}
 
 
-def _explainer(spec: str, base_url: str, llm_model: str, device: str):
+def _explainer(spec: str, llm: LLMConfig, device: str):
     """The run's explainer; an `hf:` one (a local LM, costly to load) is made once per process and shared by its jobs."""
-    from .interp import LLMConfig, get_explainer
+    from .interp import get_explainer
 
-    llm = LLMConfig(base_url=base_url, model=llm_model) if base_url else None
     if not spec.startswith("hf:"):
         return get_explainer(spec, llm=llm, device=device)
-    key = (spec, base_url, llm_model, device)
+    key = (spec, dataclasses.astuple(llm), device)
     if key not in _EXPLAINERS:
         _EXPLAINERS[key] = get_explainer(spec, llm=llm, device=device)
     return _EXPLAINERS[key]

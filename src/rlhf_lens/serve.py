@@ -33,7 +33,7 @@ DRAIN_LIMIT = 256 * 1024 * 1024  # refused bodies up to this size are read and d
 @dataclass
 class ServeConfig:
     host: str = "127.0.0.1"
-    """Address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface, no authentication)."""
+    """Address to bind (127.0.0.1: this machine only; 0.0.0.0 exposes an unauthenticated server to the network)."""
     port: int = 5000
     """Port to listen on (0: any free port, printed when ready)."""
     batch_size: int = 64

@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from .errors import UserError, first_line
+from .harvest.config import STORE_DTYPES as STORE_DTYPE_NAMES
 from .io import read_json, save_safetensors, write_json
 
 FORMAT = "rlhf-lens.activations"
 VERSION = 1
 MANIFEST = "manifest.json"
-STORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+STORE_DTYPES = {name: getattr(torch, name) for name in STORE_DTYPE_NAMES}
 WHOLE_SHUFFLE_BYTES = 2 * 1024**3
 """A layer up to this size (float32) is shuffled as a whole for SAE training."""
 LARGE_STORE_WINDOW = 4

@@ -22,8 +22,8 @@ latent j, with u_j the unit vector of D_base,j + D_tuned,j, the least-squares sc
 for each model M and two targets y: the error target (M's reconstruction error with j's own contribution added
 back: h^M - ĥ^M + f_j D^M_j, what of M's activation the other latents leave to j) and the reconstruction target
 (f D^M, M's reconstruction without its bias: does the code rebuild the direction in M by other latents). A
-latent is tuned-only when β^base < τ β^tuned for both targets (τ = `scaling_threshold`), base-only in the
-reverse case, shared otherwise; dead when it never fires on the rows.
+latent is tuned-only when β^base < τ β^tuned for both targets (τ = `crosscoding.scaling_threshold`), base-only in
+the reverse case, shared otherwise; dead when it never fires on the rows.
 
 Output format: docs/diff.md, section "Crosscoder with Latent Scaling".
 """
@@ -109,7 +109,7 @@ class Crosscoder(nn.Module):
 
 def train_crosscoder(h_base: torch.Tensor, h_tuned: torch.Tensor, config: DecomposeConfig | None = None,
                      arch: str | None = None) -> Crosscoder:
-    """A crosscoder (arch: `config.crosscoder_arch` unless given) trained on paired rows [n, d] with Adam."""
+    """A crosscoder (arch: `config.crosscoding.arch` unless given) trained on paired rows [n, d] with Adam."""
     config = config or DecomposeConfig()
     check_decompose_config(config)
     if h_base.shape != h_tuned.shape or h_base.ndim != 2:
@@ -117,24 +117,24 @@ def train_crosscoder(h_base: torch.Tensor, h_tuned: torch.Tensor, config: Decomp
                         f"{list(h_tuned.shape)})")
     h_base, h_tuned = h_base.float(), h_tuned.float()
     n, d = h_base.shape
-    arch = arch or config.crosscoder_arch
-    cc = Crosscoder(d, max(1, round(config.crosscoder_expansion * d)), arch, config.crosscoder_k, config.seed)
+    arch = arch or config.crosscoding.arch
+    cc = Crosscoder(d, max(1, round(config.crosscoding.expansion * d)), arch, config.crosscoding.k, config.seed)
     with torch.no_grad():
         cc.b_dec[0].copy_(h_base.mean(0))
         cc.b_dec[1].copy_(h_tuned.mean(0))
-    opt = torch.optim.Adam(cc.parameters(), lr=config.crosscoder_lr)
+    opt = torch.optim.Adam(cc.parameters(), lr=config.crosscoding.lr)
     g = torch.Generator().manual_seed(config.seed)
-    b = min(config.crosscoder_batch_size, n)
+    b = min(config.crosscoding.batch_size, n)
     order, at = torch.randperm(n, generator=g), 0
-    warmup = max(1, round(L1_WARMUP * config.crosscoder_steps))
-    for step in range(config.crosscoder_steps):
+    warmup = max(1, round(L1_WARMUP * config.crosscoding.steps))
+    for step in range(config.crosscoding.steps):
         if at + b > n:
             order, at = torch.randperm(n, generator=g), 0
         rows = order[at:at + b]
         at += b
-        loss = cc.loss(h_base[rows], h_tuned[rows], config.crosscoder_l1 * min(1.0, (step + 1) / warmup))
+        loss = cc.loss(h_base[rows], h_tuned[rows], config.crosscoding.l1 * min(1.0, (step + 1) / warmup))
         if not torch.isfinite(loss):
-            raise UserError("the crosscoder diverged (loss is NaN/inf); lower crosscoder_lr")
+            raise UserError("the crosscoder diverged (loss is NaN/inf); lower crosscoding.lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -210,7 +210,8 @@ def crosscoder_report(cc: Crosscoder, h_base: torch.Tensor, h_tuned: torch.Tenso
     config = config or DecomposeConfig()
     s = latent_scaling(cc, h_base, h_tuned)
     norms = cc.decoder_norms().detach()
-    classes, norm_classes = classify(s, norms, config.scaling_threshold, config.norm_threshold)
+    classes, norm_classes = classify(s, norms, config.crosscoding.scaling_threshold,
+                                     config.crosscoding.norm_threshold)
     n = int(s["n"])
     latents = []
     for j in range(cc.m):
@@ -227,11 +228,11 @@ def crosscoder_report(cc: Crosscoder, h_base: torch.Tensor, h_tuned: torch.Tenso
     latents.sort(key=lambda x: (CLASSES.index(x["class"]), -x["firing_rate"]))
     counts = {c: classes.count(c) for c in CLASSES}
     return {"arch": cc.arch, "k": cc.k if cc.arch != "l1" else None,
-            "l1": config.crosscoder_l1 if cc.arch == "l1" else None, "dict_size": cc.m, "d": cc.d, "n_rows": n,
+            "l1": config.crosscoding.l1 if cc.arch == "l1" else None, "dict_size": cc.m, "d": cc.d, "n_rows": n,
             "threshold": None if torch.isnan(cc.threshold) else float(cc.threshold),
             "fvu": {"base": float(s["sq_err"][0] / s["var"][0]), "tuned": float(s["sq_err"][1] / s["var"][1])},
-            "mean_l0": int(s["l0"]) / n, "scaling_threshold": config.scaling_threshold,
-            "norm_threshold": config.norm_threshold, "counts": counts,
+            "mean_l0": int(s["l0"]) / n, "scaling_threshold": config.crosscoding.scaling_threshold,
+            "norm_threshold": config.crosscoding.norm_threshold, "counts": counts,
             "norm_counts": {c: norm_classes.count(c) for c in CLASSES},
             "disagree": sum(a != b for a, b in zip(classes, norm_classes)), "latents": latents}
 
@@ -262,7 +263,7 @@ def match_latents(cc: Crosscoder, directions: torch.Tensor, report: dict | None 
 
 def crosscoder_analysis(base_store, tuned_store, layer: int, config: DecomposeConfig | None = None,
                         arch: str | None = None, out: str | os.PathLike | None = None) -> tuple[dict, Crosscoder]:
-    """Train a crosscoder on a seeded sample of `config.crosscoder_rows` paired rows of two stores (same tokens,
+    """Train a crosscoder on a seeded sample of `config.crosscoding.rows` paired rows of two stores (same tokens,
     checked) and report its Latent Scaling; with `out`, save its weights there as safetensors. Returns
     (report with "layer" added, crosscoder)."""
     from ..io import save_safetensors
@@ -271,7 +272,7 @@ def crosscoder_analysis(base_store, tuned_store, layer: int, config: DecomposeCo
     config = config or DecomposeConfig()
     check_decompose_config(config)
     base, tuned = open_store(base_store), open_store(tuned_store)
-    hb, ht, _ = sample_paired_rows(base, tuned, layer, config.crosscoder_rows, config.seed)
+    hb, ht, _ = sample_paired_rows(base, tuned, layer, config.crosscoding.rows, config.seed)
     cc = train_crosscoder(hb, ht, config, arch)
     report = {"layer": int(layer), **crosscoder_report(cc, hb, ht, config)}
     if out is not None:

@@ -32,20 +32,20 @@ DEFAULT_ARCH = "batchtopk"
 
 
 def diffsae_configs(d: int, config: DecomposeConfig) -> list:
-    """One SAEConfig per seed of `config.diffsae_seeds` for Δ rows of width d."""
+    """One SAEConfig per seed of `config.diffsae.seeds` for Δ rows of width d."""
     from ..sae import SAEConfig
 
-    arch = config.diffsae_arch or DEFAULT_ARCH
-    m = max(1, round(config.diffsae_expansion * d))
-    k = min(config.diffsae_k, m)
-    return [SAEConfig(d_in=d, dict_size=m, arch=arch, k=k, lr=config.diffsae_lr, epochs=config.diffsae_epochs,
-                      batch_size=config.diffsae_batch_size, seed=int(s), data_seed=config.seed)
-            for s in config.diffsae_seeds]
+    arch = config.diffsae.arch or DEFAULT_ARCH
+    m = max(1, round(config.diffsae.expansion * d))
+    k = min(config.diffsae.k, m)
+    return [SAEConfig(d_in=d, dict_size=m, arch=arch, k=k, lr=config.diffsae.lr, epochs=config.diffsae.epochs,
+                      batch_size=config.diffsae.batch_size, seed=int(s), data_seed=config.seed)
+            for s in config.diffsae.seeds]
 
 
 def train_diff_saes(delta: ActivationStore, layer: int, config: DecomposeConfig,
                     out_dir: str | os.PathLike | None = None, quiet: bool = True) -> list:
-    """The diff-SAEs of `config.diffsae_seeds` on `layer` of the Δ store (written to out_dir/seed{s} when given:
+    """The diff-SAEs of `config.diffsae.seeds` on `layer` of the Δ store (written to out_dir/seed{s} when given:
     a rerun loads finished ones)."""
     from ..sae import train_saes
 
@@ -148,7 +148,7 @@ def diff_sae(delta: ActivationStore | str | os.PathLike, layer: int, config: Dec
     delta = open_store(delta)
     saes = train_diff_saes(delta, layer, config, out_dir, quiet)
     stats = [latent_stats(sae, delta, layer) for sae in saes]
-    tops = [top_latents(s, config.diffsae_top) for s in stats]
+    tops = [top_latents(s, config.diffsae.top) for s in stats]
     agreement = seed_agreement(saes, [[t["latent"] for t in top] for top in tops])
     per_sae = []
     for sae, stat, top, agree in zip(saes, stats, tops, agreement):
@@ -182,15 +182,15 @@ def diff_sae(delta: ActivationStore | str | os.PathLike, layer: int, config: Dec
 
 
 def steering_vectors(result: dict, saes: list, config: DecomposeConfig) -> tuple[torch.Tensor, list[int]]:
-    """[n, d] vectors for the first `config.steer_latents` top latents of the first SAE: the unit decoder row times
-    the latent's mean contribution (steer_norm contribution) or |mean Δ| (delta), times steer_alpha."""
+    """[n, d] vectors for the first `config.steer.latents` top latents of the first SAE: the unit decoder row times
+    the latent's mean contribution (steer.norm contribution) or |mean Δ| (delta), times steer.alpha."""
     rows = decoder_rows(saes[0])
-    latents = [t["latent"] for t in result["top"][:config.steer_latents]]
+    latents = [t["latent"] for t in result["top"][:config.steer.latents]]
     vectors = []
-    for t in result["top"][:config.steer_latents]:
+    for t in result["top"][:config.steer.latents]:
         unit = rows[t["latent"]] / rows[t["latent"]].norm().clamp(min=1e-12)
-        norm = t["mean_contribution"] if config.steer_norm == "contribution" else result["mean_delta_norm"]
-        vectors.append(unit * norm * config.steer_alpha)
+        norm = t["mean_contribution"] if config.steer.norm == "contribution" else result["mean_delta_norm"]
+        vectors.append(unit * norm * config.steer.alpha)
     return (torch.stack(vectors) if vectors else torch.zeros(0, rows.shape[1])), latents
 
 
@@ -249,9 +249,9 @@ def steer_top_latents(result: dict, saes: list, base, tokenizer, reward, prompts
     config = config or DecomposeConfig()
     vectors, latents = steering_vectors(result, saes, config)
     out = steer_latents(base, tokenizer, reward, prompts, result["layer"] if layer is None else layer, vectors,
-                        latents, config.steer_random, new_tokens, config.seed, base_result=base_result,
+                        latents, config.steer.random, new_tokens, config.seed, base_result=base_result,
                         watch_ids=watch_ids)
     for row in out["latents"]:
         row["latent"] = row.pop("label")
-    out.update(steer_norm=config.steer_norm, alpha=config.steer_alpha)
+    out.update(steer_norm=config.steer.norm, alpha=config.steer.alpha)
     return out

@@ -2,9 +2,9 @@
 the latents whose mean activation or firing rate moves most are the change, and they come already explained
 by the base SAE's feature records (the reading of OpenAI's persona-features work, on this project's stores).
 
-Null: the base rows alone, split into two halves by document (seeded, `shift_splits` times). Per latent the
+Null: the base rows alone, split into two halves by document (seeded, `shift.splits` times). Per latent the
 difference of the halves' mean activation is what document sampling alone moves it by; its root mean square
-over splits is the latent's own null scale (z = change / that), and the `shift_quantile` quantile of |difference|
+over splits is the latent's own null scale (z = change / that), and the `shift.quantile` quantile of |difference|
 over all latents and splits is the threshold above which a latent counts as shifted. The halves hold half the
 rows each and the tuned rows are the same tokens as the base rows, so this null is conservative.
 
@@ -68,13 +68,13 @@ def shared_dictionary_shift(sae, base_store: ActivationStore | str | os.PathLike
                             config: DecomposeConfig | None = None) -> dict:
     """Encode both stores' `layer` (same tokens) with the base SAE `sae`; per latent the change of mean activation
     and of firing rate, against a null of document halvings of the base rows; the top latents by
-    `config.shift_rank_by`. Keys in docs/diff.md."""
+    `config.shift.rank_by`. Keys in docs/diff.md."""
     from .paired_store import open_store
 
     config = config or DecomposeConfig()
     check_decompose_config(config)
     base, tuned = open_store(base_store), open_store(tuned_store)
-    s = shift_stats(sae, base, tuned, layer, config.shift_splits, config.seed)
+    s = shift_stats(sae, base, tuned, layer, config.shift.splits, config.seed)
     n = max(s["n"], 1)
     mean_b, mean_t = s["base"] / n, s["tuned"] / n
     rate_b, rate_t = s["fire_base"] / n, s["fire_tuned"] / n
@@ -83,13 +83,13 @@ def shared_dictionary_shift(sae, base_store: ActivationStore | str | os.PathLike
     rate_null = _null(s["fire_base"], s["half_fire"], s["half_n"], s["n"])
     null_rms = null.pow(2).mean(0).sqrt()
     rate_null_rms = rate_null.pow(2).mean(0).sqrt()
-    threshold = float(torch.quantile(null.abs().flatten(), config.shift_quantile))
-    rate_threshold = float(torch.quantile(rate_null.abs().flatten(), config.shift_quantile))
+    threshold = float(torch.quantile(null.abs().flatten(), config.shift.quantile))
+    rate_threshold = float(torch.quantile(rate_null.abs().flatten(), config.shift.quantile))
     z = torch.where(null_rms > 0, change / null_rms.clamp(min=1e-30),
                     torch.where(change != 0, torch.sign(change) * float("inf"), torch.zeros_like(change)))
     shifted = change.abs() > threshold
     rate_shifted = rate_change.abs() > rate_threshold
-    key = change.abs() if config.shift_rank_by == "mean" else z.abs()
+    key = change.abs() if config.shift.rank_by == "mean" else z.abs()
     order = torch.argsort(key, descending=True).tolist()
 
     def finite(x: float) -> float | None:
@@ -100,10 +100,10 @@ def shared_dictionary_shift(sae, base_store: ActivationStore | str | os.PathLike
             "rate_change": float(rate_change[j]), "z": finite(float(z[j])), "null_rms": float(null_rms[j]),
             "rate_z": float(rate_change[j] / rate_null_rms[j]) if rate_null_rms[j] > 0 else None,
             "shifted": bool(shifted[j]), "rate_shifted": bool(rate_shifted[j])}
-           for j in order[:config.shift_top] if key[j] > 0]
+           for j in order[:config.shift.top] if key[j] > 0]
     return {"layer": int(layer), "n_rows": s["n"], "n_docs": base.n_docs, "n_latents": int(sae.cfg.dict_size),
-            "splits": config.shift_splits, "quantile": config.shift_quantile, "threshold": threshold,
-            "rate_threshold": rate_threshold, "rank_by": config.shift_rank_by,
+            "splits": config.shift.splits, "quantile": config.shift.quantile, "threshold": threshold,
+            "rate_threshold": rate_threshold, "rank_by": config.shift.rank_by,
             "n_shifted": int(shifted.sum()), "n_rate_shifted": int(rate_shifted.sum()),
             "n_rising": int((shifted & (change > 0)).sum()), "n_falling": int((shifted & (change < 0)).sum()),
             "top": top}

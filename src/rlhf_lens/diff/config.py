@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import UserError
+from ..rules import Namer, field_name, require
 
 
 @dataclass
@@ -65,24 +65,22 @@ class DiffConfig:
     """Seed of prompts, sampling, random directions and random token sets."""
 
 
-def check_config(config: DiffConfig) -> None:
-    """Every setting in range, or a UserError naming the first that is not."""
-    c = config
-    rules = [
+def check_config(config: DiffConfig, key: Namer = field_name) -> None:
+    """Every setting in range, or a UserError naming the first that is not (as `key` spells it)."""
+    c, k = config, key
+    require([
         (c.max_docs >= 1 and c.max_tokens >= 2 and c.batch_size >= 1,
-         "max_docs and batch_size must be >= 1 and max_tokens >= 2"),
-        (c.top_words >= 1 and c.null_sets >= 10, "top_words must be >= 1 and null_sets >= 10"),
-        (c.min_change >= 0 and c.verdict_z > 0, "min_change must be >= 0 and verdict_z positive"),
-        (c.prompts >= 2 and c.new_tokens >= 1, "prompts must be >= 2 and new_tokens >= 1"),
-        (bool(c.alphas) and all(a >= 0 for a in c.alphas), f"alphas must be non-negative (got {c.alphas})"),
-        (c.random_directions >= 1 and c.rank_random >= 0, "random_directions must be >= 1 and rank_random >= 0"),
-        (c.coherence_kl > 0, f"coherence_kl must be positive (got {c.coherence_kl})"),
-        (c.rank_spread >= 0 and c.rank_alpha >= 0, "rank_spread and rank_alpha must be >= 0"),
+         f"{k('max_docs')} and {k('batch_size')} must be >= 1 and {k('max_tokens')} >= 2"),
+        (c.top_words >= 1 and c.null_sets >= 10, f"{k('top_words')} must be >= 1 and {k('null_sets')} >= 10"),
+        (c.min_change >= 0 and c.verdict_z > 0, f"{k('min_change')} must be >= 0 and {k('verdict_z')} positive"),
+        (c.prompts >= 2 and c.new_tokens >= 1, f"{k('prompts')} must be >= 2 and {k('new_tokens')} >= 1"),
+        (bool(c.alphas) and all(a >= 0 for a in c.alphas), f"{k('alphas')} must be non-negative (got {c.alphas})"),
+        (c.random_directions >= 1 and c.rank_random >= 0,
+         f"{k('random_directions')} must be >= 1 and {k('rank_random')} >= 0"),
+        (c.coherence_kl > 0, f"{k('coherence_kl')} must be positive (got {c.coherence_kl})"),
+        (c.rank_spread >= 0 and c.rank_alpha >= 0, f"{k('rank_spread')} and {k('rank_alpha')} must be >= 0"),
         (c.contexts >= 0 and c.context_tokens >= 1 and c.word_pool >= 10,
-         "contexts must be >= 0, context_tokens >= 1 and word_pool >= 10"),
-        ("{word}" in c.word_template, "word_template must contain {word}"),
-        (c.rank_by in ("kl", "logprob"), f"rank_by must be kl or logprob (got {c.rank_by!r})"),
-    ]
-    for ok, message in rules:
-        if not ok:
-            raise UserError(message)
+         f"{k('contexts')} must be >= 0, {k('context_tokens')} >= 1 and {k('word_pool')} >= 10"),
+        ("{word}" in c.word_template, f"{k('word_template')} must contain {{word}}"),
+        (c.rank_by in ("kl", "logprob"), f"{k('rank_by')} must be kl or logprob (got {c.rank_by!r})"),
+    ])

@@ -1,8 +1,13 @@
-"""Harvest settings (torch-free: the run config and the CLI read them at load)."""
+"""Harvest settings and their rules (torch-free: the run config and the CLI read them at load)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from ..rules import Namer, flag, require
+
+STORE_DTYPES = ("float32", "bfloat16")
+"""Dtypes an activation store holds its activations in (`store.py` maps them to torch dtypes)."""
 
 
 @dataclass
@@ -19,6 +24,16 @@ class HarvestSettings:
     """Storage dtype of the activations: float32 or bfloat16 (half the disk)."""
     shard_tokens: int = 16384
     """Tokens per shard (whole documents, so a shard may hold up to max_tokens-1 more). The unit of resume and of reader memory."""
+
+    def check(self, key: Namer = flag) -> None:
+        require([
+            (self.max_docs >= 0, f"{key('max_docs')} must be >= 0 (0: all; got {self.max_docs})"),
+            (self.max_tokens >= 1, f"{key('max_tokens')} must be >= 1 (got {self.max_tokens})"),
+            (self.batch_size >= 1, f"{key('batch_size')} must be >= 1 (got {self.batch_size})"),
+            (self.shard_tokens >= 1, f"{key('shard_tokens')} must be >= 1 (got {self.shard_tokens})"),
+            (self.dtype in STORE_DTYPES,
+             f"{key('dtype')} must be one of {', '.join(STORE_DTYPES)} (got {self.dtype!r})"),
+        ])
 
 
 @dataclass
@@ -37,3 +52,9 @@ class HarvestConfig(HarvestSettings):
     """Column holding the text in a .jsonl/.csv/.parquet corpus."""
     model_dtype: str = "float32"
     """Dtype the model is loaded in (float32, bfloat16, float16)."""
+
+    def check(self, key: Namer = flag) -> None:
+        """The settings' rules, then what a harvest needs (the model dtype is checked where the model loads)."""
+        require([(bool(self.layers), f"no layers given; name at least one block, e.g. {key('layers')} 3,4,5")])
+        super().check(key)
+        require([(bool(self.corpus), "no corpus given; name one (pang-lee, imdb) or a file")])

@@ -251,17 +251,7 @@ def _check_config(config: HarvestConfig) -> None:
     from ..models import torch_dtype
 
     torch_dtype(config.model_dtype)  # a clear error for an unknown model dtype
-    if not config.layers:
-        raise UserError("no layers given; name at least one block, e.g. --layers 3,4,5")
-    if config.dtype not in STORE_DTYPES:
-        raise UserError(f"unknown storage dtype {config.dtype!r}; use {' or '.join(STORE_DTYPES)}")
-    for name in ("max_tokens", "batch_size", "shard_tokens"):
-        if getattr(config, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(config, name)})")
-    if config.max_docs < 0:
-        raise UserError(f"--max-docs must be >= 0 (0: all; got {config.max_docs})")
-    if not config.corpus:
-        raise UserError("no corpus given; name one (pang-lee, imdb) or a file")
+    config.check()
 
 
 def _tokenizer_spec(tokenizer, model_spec: str) -> str:

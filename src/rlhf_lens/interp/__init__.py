@@ -3,20 +3,20 @@
 Examples come from an activation store (examples.py); explainers and simulators sit behind one
 interface (explainers.py: offline, openai, hf:MODEL); explanations are scored by Pearson
 correlation (scoring.py); utility.py scores how much of a utility table the features carry;
-config.py holds the stage's settings ([interp] and [examples] of a run config).
+config.py holds the stage's settings ([interp], [interp.llm] and [examples] of a run config) and their rules.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from .config import ExampleConfig, InterpConfig
+from .config import ExampleConfig, InterpConfig, LLMConfig
 
 # Served lazily (module __getattr__), so reading the settings above does not import torch.
 _WHERE = {
     "ExampleSet": "examples", "FeatureExamples": "examples", "Record": "examples", "collect_examples": "examples",
     "normalise": "examples", "explain_features": "explain", "Capabilities": "explainers", "Explainer": "explainers",
-    "get_explainer": "explainers", "LLMConfig": "llm", "pearson": "scoring", "simulation_score": "scoring",
+    "get_explainer": "explainers", "pearson": "scoring", "simulation_score": "scoring",
     "annotate": "utility", "explanation_utility": "utility", "format_table": "utility", "reward_alignment": "utility",
     "utility_scores": "utility",
 }

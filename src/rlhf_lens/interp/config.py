@@ -1,8 +1,62 @@
-"""Settings of the features stage (torch-free: the run config and the CLI read them at load)."""
+"""Settings of the features stage (torch-free: the run config and the CLI read them at load): which features are
+explained and by what (`InterpConfig`, the run's [interp], with the LLM back-end's `LLMConfig` as [interp.llm]),
+the examples shown and scored (`ExampleConfig`, [examples]), and the rules of those fields."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from ..rules import Namer, field_name, flag, require
+
+AGGREGATES = ("mean", "sum")
+"""How the utility-table values of an explanation's words are aggregated (`utility.explanation_utility`)."""
+
+
+def check_explainer(spec: str, key: Namer = field_name) -> None:
+    require([(spec in ("offline", "openai") or (spec.startswith("hf:") and spec[3:].strip() != ""),
+              f"unknown {key('explainer')} {spec!r}; use offline, openai, or hf:MODEL (e.g. hf:smollm2)")])
+
+
+def check_aggregate(aggregate: str, key: Namer = field_name) -> None:
+    require([(aggregate in AGGREGATES, f"unknown {key('aggregate')} {aggregate!r}; use {' or '.join(AGGREGATES)}")])
+
+
+@dataclass
+class LLMConfig:
+    """An LLM explainer's back-end: an OpenAI-compatible API (explainer openai) or a local LM (hf:MODEL)."""
+
+    model: str = "gpt-4"
+    """Model name sent to the API (e.g. gpt-4, or the name a local vLLM / llama.cpp / Ollama server serves)."""
+    base_url: str = "https://api.openai.com/v1"
+    """OpenAI-compatible endpoint; requests go to BASE_URL/chat/completions (Ollama: http://127.0.0.1:11434/v1)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key (local servers usually need none)."""
+    temperature: float = 0.0
+    """Sampling temperature (0: the most likely answer, as reproducible as the server allows)."""
+    max_tokens: int = 800
+    """Cap on an answer's length in tokens (an explanation asks for at most 100, a simulation about 5 per token shown)."""
+    timeout: float = 120.0
+    """Seconds to wait for one answer before retrying."""
+    connect_timeout: float = 5.0
+    """Seconds to wait for the server to accept a connection; a server that does not fails at once, without retries."""
+    retries: int = 5
+    """Retries after a read timeout, a dropped connection, HTTP 429 or 5xx (not after a failed connect)."""
+    backoff: float = 2.0
+    """Seconds before the first retry; doubled after each (a Retry-After header is honoured up to 60 s)."""
+    concurrency: int = 4
+    """Requests in flight at once."""
+    cache: bool = True
+    """Keep answers on disk and reuse them (keyed by model, prompt and params)."""
+
+    def check(self, key: Namer = flag) -> None:
+        """The API's settings (explainer openai)."""
+        require([
+            (self.base_url.startswith(("http://", "https://")),
+             f"{key('base_url')} must start with http:// or https:// (got {self.base_url!r})"),
+            (self.timeout > 0 and self.connect_timeout > 0,
+             f"{key('timeout')} and {key('connect_timeout')} must be positive (got {self.timeout:g}, "
+             f"{self.connect_timeout:g})"),
+        ])
 
 
 @dataclass
@@ -12,11 +66,9 @@ class InterpConfig:
     top_k: int = 10
     """Features explained per model and block: the small dictionary's top-k by max cosine (paper: 10)."""
     explainer: str = "offline"
-    """Explainer: offline, openai, or hf:MODEL."""
-    base_url: str = ""
-    """Base URL of an OpenAI-compatible API (explainer = openai)."""
-    llm_model: str = "gpt-4"
-    """Model name for the openai explainer."""
+    """Explainer: offline (no LLM), openai (an OpenAI-compatible API) or hf:MODEL (a local LM)."""
+    llm: LLMConfig = field(default_factory=lambda: LLMConfig(base_url=""))
+    """The LLM explainer's back-end; in a run explainer = openai needs llm.base_url (no default API)."""
     new_feature_threshold: float = 0.0
     """A tuned feature is new when its max cosine to every base seed's small dictionary (same block) is below
     this. 0: auto, per block the new_feature_quantile of the base model's own seed-0-vs-other-seeds max
@@ -24,6 +76,18 @@ class InterpConfig:
     new_feature_quantile: float = 0.05
     """Auto threshold (new_feature_threshold = 0): this quantile of the base seed-vs-seed max cosines, i.e.
     about this share of base features would count as new against the other base seeds."""
+
+    def check(self, key: Namer = field_name) -> None:
+        require([(self.top_k >= 1, f"{key('top_k')} must be >= 1 (got {self.top_k})")])
+        check_explainer(self.explainer, key)
+        if self.explainer == "openai":
+            self.llm.check(lambda name: key(f"llm.{name}"))
+        require([
+            (0.0 <= self.new_feature_threshold <= 1.0,
+             f"{key('new_feature_threshold')} must be in [0, 1] (0: auto; got {self.new_feature_threshold})"),
+            (0.0 < self.new_feature_quantile < 1.0,
+             f"{key('new_feature_quantile')} must be in (0, 1) (got {self.new_feature_quantile})"),
+        ])
 
 
 @dataclass
@@ -40,3 +104,12 @@ class ExampleConfig:
     """Seed for the random documents."""
     batch_size: int = 4096
     """Rows encoded by an SAE at once."""
+
+    def check(self, key: Namer = field_name) -> None:
+        require([
+            (min(self.n_top, self.max_tokens, self.batch_size) >= 1 and min(self.n_holdout, self.n_random) >= 0,
+             f"{key('n_top')}, {key('max_tokens')} and {key('batch_size')} must be >= 1, {key('n_holdout')} and "
+             f"{key('n_random')} >= 0"),
+            (self.n_holdout + self.n_random >= 1,
+             f"{key('n_holdout')} + {key('n_random')} must be >= 1 (the simulation score needs held-out texts)"),
+        ])

@@ -126,8 +126,7 @@ def collect_examples(store, layer: int, saes: dict, features: dict[str, list[int
     `features` maps the same names to feature indices. `corpus_stats` also counts every unit of
     the stored text (the offline explainer's frequencies).
     """
-    if config.n_top < 1 or config.max_tokens < 1 or config.n_holdout < 0 or config.n_random < 0:
-        raise UserError("n_top and max_tokens must be at least 1, n_holdout and n_random at least 0")
+    config.check()
     if layer not in store.layers:
         raise UserError(f"layer {layer} is not in the store {store.path}: it holds layers {store.layers}")
     features = check_features(saes, features, store.d, layer)

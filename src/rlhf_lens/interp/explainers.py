@@ -21,8 +21,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from ..errors import UserError
+from .config import LLMConfig, check_explainer
 from .examples import CorpusStats
-from .llm import ChatClient, LLMConfig, LocalLM, hf_client, openai_client
+from .llm import ChatClient, LocalLM, hf_client, openai_client
 from .prompts import explanation_messages, parse_explanation, parse_simulation, simulation_messages
 from .text import show_token, token_keys, token_units
 
@@ -232,14 +233,13 @@ class HFExplainer(LLMExplainer):
 
 def get_explainer(spec: str, llm: LLMConfig | None = None, device: str = "cpu") -> Explainer:
     """`offline`, `openai` (configured by `llm`) or `hf:MODEL` (a local causal LM)."""
+    check_explainer(spec)
     if spec == "offline":
         return OfflineExplainer()
     if spec == "openai":
         return LLMExplainer("openai", openai_client(llm or LLMConfig()),
                             Capabilities(deterministic=False, uses_llm=True, network=True, corpus_statistics=False,
                                          parallel=True))
-    if spec.startswith("hf:") and spec[3:].strip():
-        config = llm or LLMConfig()
-        local = LocalLM(spec[3:].strip(), device)
-        return HFExplainer(spec, hf_client(local, config.max_tokens, config.cache), local)
-    raise UserError(f"unknown explainer {spec!r}; use offline, openai, or hf:MODEL (e.g. hf:smollm2)")
+    config = llm or LLMConfig()  # hf:MODEL
+    local = LocalLM(spec[3:].strip(), device)
+    return HFExplainer(spec, hf_client(local, config.max_tokens, config.cache), local)

@@ -21,40 +21,14 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
 from ..io import cache_dir, write_json
+from .config import LLMConfig
 
 Messages = list[dict]
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
-
-
-@dataclass
-class LLMConfig:
-    model: str = "gpt-4"
-    """Model name sent to the API (e.g. gpt-4, or the name a local vLLM / llama.cpp / Ollama server serves)."""
-    base_url: str = "https://api.openai.com/v1"
-    """OpenAI-compatible endpoint; requests go to BASE_URL/chat/completions (Ollama: http://127.0.0.1:11434/v1)."""
-    api_key_env: str = "OPENAI_API_KEY"
-    """Environment variable holding the API key (local servers usually need none)."""
-    temperature: float = 0.0
-    """Sampling temperature (0: the most likely answer, as reproducible as the server allows)."""
-    max_tokens: int = 800
-    """Cap on an answer's length in tokens (an explanation asks for at most 100, a simulation about 5 per token shown)."""
-    timeout: float = 120.0
-    """Seconds to wait for one answer before retrying."""
-    connect_timeout: float = 5.0
-    """Seconds to wait for the server to accept a connection; a server that does not fails at once, without retries."""
-    retries: int = 5
-    """Retries after a read timeout, a dropped connection, HTTP 429 or 5xx (not after a failed connect)."""
-    backoff: float = 2.0
-    """Seconds before the first retry; doubled after each (a Retry-After header is honoured up to 60 s)."""
-    concurrency: int = 4
-    """Requests in flight at once."""
-    cache: bool = True
-    """Keep answers on disk and reuse them (keyed by model, prompt and params)."""
 
 
 class AnswerCache:
@@ -150,7 +124,7 @@ class ChatClient:
 # --- OpenAI-compatible HTTP API --------------------------------------------------------------
 
 
-OPTIONS_HINT = "--llm-model and --base-url (interp.llm_model and interp.base_url in a run config)"
+OPTIONS_HINT = "--llm-model and --base-url (interp.llm.model and interp.llm.base_url in a run config)"
 
 
 class _ConnectFailed(OSError):
@@ -219,10 +193,8 @@ def openai_client(config: LLMConfig) -> ChatClient:
     --base-url is an error within seconds; a slow answer is retried after `timeout`.
     An API key is sent only over https, or over http to this machine.
     """
+    config.check()
     url = config.base_url.rstrip("/") + "/chat/completions"
-    if not url.startswith(("http://", "https://")):
-        raise UserError(f"--base-url must start with http:// or https:// (got {config.base_url!r}; "
-                        "interp.base_url in a run config)")
     parts = urllib.parse.urlsplit(url)
     key = os.environ.get(config.api_key_env, "").strip()
     if not key and "api.openai.com" in url:
@@ -230,12 +202,9 @@ def openai_client(config: LLMConfig) -> ChatClient:
                         "OpenAI-compatible server")
     if key and parts.scheme == "http" and not is_local_host(parts.hostname):
         raise UserError(f"will not send the API key in ${config.api_key_env} over plain http to {parts.hostname}: "
-                        f"use an https:// --base-url (interp.base_url in a run config), or unset "
+                        f"use an https:// --base-url (interp.llm.base_url in a run config), or unset "
                         f"${config.api_key_env} (or point --api-key-env at an empty variable) for a server "
                         "that needs no key")
-    if config.connect_timeout <= 0 or config.timeout <= 0:
-        raise UserError(f"timeouts must be positive (timeout {config.timeout:g}, connect timeout "
-                        f"{config.connect_timeout:g})")
     folder = cache_dir() / "llm-cache" if config.cache else None
     opener = urllib.request.build_opener(_HTTPHandler(config.connect_timeout), _HTTPSHandler(config.connect_timeout))
     where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
@@ -268,13 +237,13 @@ def openai_client(config: LLMConfig) -> ChatClient:
             except urllib.error.URLError as e:
                 if isinstance(e.reason, _ConnectFailed):
                     raise UserError(f"cannot connect to the explainer API at {where} ({e.reason}); check "
-                                    f"--base-url (interp.base_url in a run config) and that the server is "
+                                    f"--base-url (interp.llm.base_url in a run config) and that the server is "
                                     f"up{kept}") from None
                 last = f"{e.reason}" if not isinstance(e.reason, TimeoutError) else "timed out"
             except (ConnectionError, OSError) as e:
                 last = f"{type(e).__name__}: {e}"
         raise UserError(f"could not get an answer from {url} after {config.retries + 1} tries ({last}); check "
-                        f"--base-url (interp.base_url in a run config) and that the server is up{kept}")
+                        f"--base-url (interp.llm.base_url in a run config) and that the server is up{kept}")
 
     params = {"temperature": config.temperature, "max_tokens": config.max_tokens}
     return ChatClient(f"openai:{config.model}", send, params, config.concurrency,

@@ -21,10 +21,10 @@ from __future__ import annotations
 from collections import defaultdict
 
 from ..errors import UserError
+from .config import check_aggregate
 from .scoring import pearson
 from .text import token_keys
 
-AGGREGATES = ("mean", "sum")
 TOP_TOKENS = 20
 
 
@@ -47,8 +47,7 @@ def explanation_utility(explanation: str, table: dict[str, float], aggregate: st
 
     A word found twice counts twice in the aggregate. `keep`: `table_entries(table)`, if already computed.
     """
-    if aggregate not in AGGREGATES:
-        raise UserError(f"unknown aggregate {aggregate!r}; use mean or sum")
+    check_aggregate(aggregate)
     keep = table_entries(table) if keep is None else keep
     found = [(w, float(table[w])) for w in _words(explanation, keep) if w in table]
     if not found:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import UserError
+from ..rules import Namer, field_name, require
 
 
 @dataclass
@@ -87,46 +87,50 @@ class PPOConfig:
     """Dtype of policy and reference (float32 recommended for training)."""
 
 
-def check_config(config: PPOConfig) -> None:
-    """Every setting in range, or a UserError naming the first that is not."""
-    c = config
-    rules = [
-        (c.steps >= 1, f"steps must be at least 1 (got {c.steps})"),
-        (c.batch_size >= 1, f"batch_size must be at least 1 (got {c.batch_size})"),
-        (1 <= c.mini_batch_size <= c.batch_size, f"mini_batch_size must be 1..batch_size (got {c.mini_batch_size})"),
-        (c.ppo_epochs >= 1, f"ppo_epochs must be at least 1 (got {c.ppo_epochs})"),
-        (c.lr > 0, f"lr must be positive (got {c.lr})"),
-        (c.warmup_steps >= 0 and c.weight_decay >= 0, "warmup_steps and weight_decay must be >= 0"),
-        (c.max_grad_norm > 0, f"max_grad_norm must be positive (got {c.max_grad_norm})"),
-        (0 < c.gamma <= 1 and 0 <= c.lam <= 1, f"gamma must be in (0, 1] and lam in [0, 1] (got {c.gamma}, {c.lam})"),
-        (c.cliprange > 0 and c.cliprange_value > 0, "cliprange and cliprange_value must be positive"),
-        (c.vf_coef >= 0 and c.ratio_threshold > 1, "vf_coef must be >= 0 and ratio_threshold > 1"),
-        (0 <= c.value_dropout < 1, f"value_dropout must be in [0, 1) (got {c.value_dropout})"),
-        (c.kl_penalty in ("kl", "full"), f"kl_penalty must be kl or full (got {c.kl_penalty!r})"),
-        (c.lr_schedule in ("linear", "constant"), f"lr_schedule must be linear or constant (got {c.lr_schedule!r})"),
-        (c.value_init in ("default", "zero"), f"value_init must be default or zero (got {c.value_init!r})"),
+def check_config(config: PPOConfig, key: Namer = field_name) -> None:
+    """Every setting in range, or a UserError naming the first that is not (as `key` spells it)."""
+    c, k = config, key
+    require([
+        (c.steps >= 1, f"{k('steps')} must be at least 1 (got {c.steps})"),
+        (c.batch_size >= 1, f"{k('batch_size')} must be at least 1 (got {c.batch_size})"),
+        (1 <= c.mini_batch_size <= c.batch_size,
+         f"{k('mini_batch_size')} must be 1..{k('batch_size')} (got {c.mini_batch_size})"),
+        (c.ppo_epochs >= 1, f"{k('ppo_epochs')} must be at least 1 (got {c.ppo_epochs})"),
+        (c.lr > 0, f"{k('lr')} must be positive (got {c.lr})"),
+        (c.warmup_steps >= 0 and c.weight_decay >= 0, f"{k('warmup_steps')} and {k('weight_decay')} must be >= 0"),
+        (c.max_grad_norm > 0, f"{k('max_grad_norm')} must be positive (got {c.max_grad_norm})"),
+        (0 < c.gamma <= 1 and 0 <= c.lam <= 1,
+         f"{k('gamma')} must be in (0, 1] and {k('lam')} in [0, 1] (got {c.gamma}, {c.lam})"),
+        (c.cliprange > 0 and c.cliprange_value > 0, f"{k('cliprange')} and {k('cliprange_value')} must be positive"),
+        (c.vf_coef >= 0 and c.ratio_threshold > 1, f"{k('vf_coef')} must be >= 0 and {k('ratio_threshold')} > 1"),
+        (0 <= c.value_dropout < 1, f"{k('value_dropout')} must be in [0, 1) (got {c.value_dropout})"),
+        (c.kl_penalty in ("kl", "full"), f"{k('kl_penalty')} must be kl or full (got {c.kl_penalty!r})"),
+        (c.lr_schedule in ("linear", "constant"),
+         f"{k('lr_schedule')} must be linear or constant (got {c.lr_schedule!r})"),
+        (c.value_init in ("default", "zero"), f"{k('value_init')} must be default or zero (got {c.value_init!r})"),
         (c.init_kl_coef >= 0 and c.kl_target > 0 and c.kl_horizon > 0,
-         "init_kl_coef must be >= 0, kl_target and kl_horizon positive"),
+         f"{k('init_kl_coef')} must be >= 0, {k('kl_target')} and {k('kl_horizon')} positive"),
         (1 <= c.min_new_tokens <= c.max_new_tokens,
-         f"min_new_tokens must be in 1..max_new_tokens (got {c.min_new_tokens}, {c.max_new_tokens})"),
-        (c.top_k >= 0 and 0 < c.top_p <= 1, f"top_k must be >= 0 and top_p in (0, 1] (got {c.top_k}, {c.top_p})"),
+         f"{k('min_new_tokens')} must be in 1..{k('max_new_tokens')} (got {c.min_new_tokens}, {c.max_new_tokens})"),
+        (c.top_k >= 0 and 0 < c.top_p <= 1,
+         f"{k('top_k')} must be >= 0 and {k('top_p')} in (0, 1] (got {c.top_k}, {c.top_p})"),
         (1 <= c.prompt_min_tokens <= c.prompt_max_tokens,
-         f"prompt_min_tokens must be in 1..prompt_max_tokens (got {c.prompt_min_tokens}, {c.prompt_max_tokens})"),
-        (c.eval_prompts >= 1 and c.eval_examples >= 0, "eval_prompts must be >= 1 and eval_examples >= 0"),
-        (c.checkpoint_every >= 1, f"checkpoint_every must be at least 1 (got {c.checkpoint_every})"),
-    ]
-    for ok, message in rules:
-        if not ok:
-            raise UserError(message)
-    check_device_dtype(c.device, c.dtype)
+         f"{k('prompt_min_tokens')} must be in 1..{k('prompt_max_tokens')} (got {c.prompt_min_tokens}, "
+         f"{c.prompt_max_tokens})"),
+        (c.eval_prompts >= 1 and c.eval_examples >= 0,
+         f"{k('eval_prompts')} must be >= 1 and {k('eval_examples')} >= 0"),
+        (c.checkpoint_every >= 1, f"{k('checkpoint_every')} must be at least 1 (got {c.checkpoint_every})"),
+    ])
+    check_device_dtype(c.device, c.dtype, key)
 
 
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def check_device_dtype(device: str, dtype: str) -> None:
+def check_device_dtype(device: str, dtype: str, key: Namer = field_name) -> None:
     """Names only (torch-free): whether the device exists is checked when a model is loaded."""
-    if dtype not in DTYPES:
-        raise UserError(f"dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
-    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
-        raise UserError(f"device must be cpu, cuda, cuda:N or mps (got {device!r})")
+    require([
+        (dtype in DTYPES, f"{key('dtype')} must be one of {', '.join(DTYPES)} (got {dtype!r})"),
+        (re.fullmatch(r"cpu|cuda(:\d+)?|mps", device) is not None,
+         f"{key('device')} must be cpu, cuda, cuda:N or mps (got {device!r})"),
+    ])

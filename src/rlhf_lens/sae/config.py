@@ -7,7 +7,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from ..errors import UserError
+from ..rules import Namer, flag, require
 
 ARCHS = ("tied", "untied", "topk", "batchtopk")
 DTYPES = ("float32", "bfloat16")
@@ -82,6 +82,39 @@ class SAETraining:
     dtype: str = "float32"
     """Matrix products of a training step in float32 or bfloat16 (bf16 autocast: weights, Adam state and the loss stay float32)."""
 
+    def check(self, key: Namer = flag) -> None:
+        """The training settings' rules (an SAE's shape adds its own, `SAEConfig.check`), each message naming the
+        setting as `key` spells it: `--flag` for `train-sae`, `sae.key` for a run's [sae]."""
+        by_rank = self.arch in ("topk", "batchtopk")
+        require([
+            (self.arch in ARCHS, f"{key('arch')} must be one of {', '.join(ARCHS)} (got {self.arch!r})"),
+            (not by_rank or (self.k is not None and self.k >= 1),
+             f"{key('k')} must be >= 1 with {key('arch')} {self.arch} (got {self.k})"),
+            (not (by_rank and self.target_l0 is not None),
+             f"{key('target_l0')} does not apply to {key('arch')} {self.arch}: its L0 is {key('k')}"),
+            (math.isfinite(self.l1) and self.l1 >= 0, f"{key('l1')} must be a finite number >= 0 (got {self.l1})"),
+            (math.isfinite(self.lr) and self.lr > 0, f"{key('lr')} must be > 0 (got {self.lr})"),
+            (self.epochs >= 0, f"{key('epochs')} must be >= 0 (0: until converged; got {self.epochs})"),
+            *[(getattr(self, name) >= 0, f"{key(name)} must be >= 0 (got {getattr(self, name)})")
+              for name in ("holdout", "window", "max_tokens", "dead_steps", "lr_warmup", "l1_warmup", "lr_decay")],
+            (self.eval_every >= 1 and self.window >= 1,
+             f"{key('eval_every')} and {key('window')} must be >= 1 (got {self.eval_every}, {self.window})"),
+            (math.isfinite(self.tolerance) and self.tolerance >= 0,
+             f"{key('tolerance')} must be a finite number >= 0 (got {self.tolerance})"),
+            (math.isfinite(self.max_seconds) and self.max_seconds >= 0,
+             f"{key('max_seconds')} must be >= 0 (got {self.max_seconds})"),
+            (self.epochs != 0 or self.holdout != 0,
+             f"training until converged ({key('epochs')} 0) needs held-out rows: set {key('holdout')} > 0 or "
+             f"{key('epochs')} N"),
+            (self.b_dec_init in ("mean", "zero"), f"{key('b_dec_init')} must be mean or zero (got {self.b_dec_init!r})"),
+            (re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
+             f"{key('device')} must be cpu, cuda or cuda:N (got {self.device!r})"),
+            (self.dtype in DTYPES, f"{key('dtype')} must be one of {', '.join(DTYPES)} (got {self.dtype!r})"),
+            (self.batch_size >= 1, f"{key('batch_size')} must be >= 1 (got {self.batch_size})"),
+            (self.target_l0 is None or self.target_l0 > 0, f"{key('target_l0')} must be > 0 (got {self.target_l0})"),
+            (self.target_l0 is None or self.l1 > 0, f"{key('target_l0')} needs a starting {key('l1')} > 0"),
+        ])
+
 
 @dataclass
 class SAEConfig(SAETraining):
@@ -96,48 +129,20 @@ class SAEConfig(SAETraining):
     data_seed: int = 0
     """Seed of the shuffling order (shared by SAEs trained in one pass over the data)."""
 
-    def check(self) -> None:
-        """Raise UserError on a value out of range."""
-        if self.dict_size < 1:
-            raise UserError(f"--dict-size must be >= 1 (got {self.dict_size})")
-        if self.d_in < 1:
-            raise UserError(f"activation width must be >= 1 (got {self.d_in})")
-        if self.arch not in ARCHS:
-            raise UserError(f"--arch must be one of {', '.join(ARCHS)} (got {self.arch!r})")
-        if self.arch in ("topk", "batchtopk"):
-            if self.k is None or not 1 <= self.k <= self.dict_size:
-                raise UserError(f"--arch {self.arch} needs --k between 1 and the dictionary size {self.dict_size} (got {self.k})")
-            if self.target_l0 is not None:
-                raise UserError(f"--target-l0 does not apply to --arch {self.arch}: its L0 is --k")
-        if not (math.isfinite(self.l1) and self.l1 >= 0):
-            raise UserError(f"--l1 must be a finite number >= 0 (got {self.l1})")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise UserError(f"--lr must be > 0 (got {self.lr})")
-        if self.epochs < 0:
-            raise UserError(f"--epochs must be >= 0 (0: until converged; got {self.epochs})")
-        for name in ("holdout", "window", "max_tokens", "dead_steps", "lr_warmup", "l1_warmup", "lr_decay"):
-            if getattr(self, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
-        if self.eval_every < 1 or self.window < 1:
-            raise UserError(f"--eval-every and --window must be >= 1 (got {self.eval_every}, {self.window})")
-        if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
-            raise UserError(f"--tolerance must be a finite number >= 0 (got {self.tolerance})")
-        if not (math.isfinite(self.max_seconds) and self.max_seconds >= 0):
-            raise UserError(f"--max-seconds must be >= 0 (got {self.max_seconds})")
-        if self.epochs == 0 and self.holdout == 0:
-            raise UserError("training until converged (--epochs 0) needs held-out rows: set --holdout > 0 or --epochs N")
-        if self.b_dec_init not in ("mean", "zero"):
-            raise UserError(f"--b-dec-init must be mean or zero (got {self.b_dec_init!r})")
-        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
-            raise UserError(f"--device must be cpu, cuda or cuda:N (got {self.device!r})")
-        if self.dtype not in DTYPES:
-            raise UserError(f"--dtype must be one of {', '.join(DTYPES)} (got {self.dtype!r})")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be >= 1 (got {self.batch_size})")
-        if self.target_l0 is not None and not 0 < self.target_l0 <= self.dict_size:
-            raise UserError(f"--target-l0 must be in (0, dict size {self.dict_size}] (got {self.target_l0})")
-        if self.target_l0 is not None and self.l1 <= 0:
-            raise UserError("--target-l0 needs a starting --l1 > 0")
+    def check(self, key: Namer = flag) -> None:
+        """Raise UserError on a value out of range: the shape, then the training settings (`SAETraining.check`)."""
+        require([
+            (self.dict_size >= 1, f"{key('dict_size')} must be >= 1 (got {self.dict_size})"),
+            (self.d_in >= 1, f"activation width must be >= 1 (got {self.d_in})"),
+        ])
+        super().check(key)
+        require([
+            (not self.codes_by_rank or self.k <= self.dict_size,
+             f"{key('arch')} {self.arch} needs {key('k')} between 1 and the dictionary size {self.dict_size} "
+             f"(got {self.k})"),
+            (self.target_l0 is None or self.target_l0 <= self.dict_size,
+             f"{key('target_l0')} must be in (0, dict size {self.dict_size}] (got {self.target_l0})"),
+        ])
 
     @property
     def codes_by_rank(self) -> bool:
