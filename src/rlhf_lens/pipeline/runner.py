@@ -21,13 +21,23 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import CONFIG_FILE, RunConfig, config_from_dict, config_toml, validate
-from .errors import INTERRUPT_ENV, UserError, interrupt_point  # noqa: F401  (INTERRUPT_ENV: for tests)
-from .io import LOCK_FILE, MARKER, check_writable, read_json, read_toml, remove_output, run_lock, write_json, write_text
-from .progress import console
+from ..config import CONFIG_FILE, RunConfig, config_from_dict, config_toml, validate
+from ..errors import INTERRUPT_ENV, UserError, interrupt_point  # noqa: F401  (INTERRUPT_ENV: for tests)
+from ..io import (
+    LOCK_FILE,
+    MARKER,
+    check_writable,
+    read_json,
+    read_toml,
+    remove_output,
+    run_lock,
+    write_json,
+    write_text,
+)
+from ..progress import console
 
 if TYPE_CHECKING:
-    from .executors import Executor
+    from ..executors import Executor
 
 _EXECUTOR = "_executor"  # state[_EXECUTOR]: the run's executor (not a stage; stages read it with `_executor`)
 STAGES = ("base", "rlhf", "placebo", "divergence", "diff", "control", "harvest", "saes", "mmcs", "decompose", "features", "scores", "report")
@@ -101,9 +111,9 @@ def _identity(config: RunConfig) -> dict:
 
 def check_inputs(config: RunConfig) -> None:
     """Every setting, the corpus, the models and the reward, before anything is written."""
-    from .data import load_corpus
-    from .models import SMOLLM2, load_tokenizer
-    from .rewards import load_reward, load_utility_table
+    from ..data import load_corpus
+    from ..models import SMOLLM2, load_tokenizer
+    from ..rewards import load_reward, load_utility_table
 
     validate(config)
     corpus = load_corpus(config.data.corpus, text_column=config.data.text_column)
@@ -114,7 +124,7 @@ def check_inputs(config: RunConfig) -> None:
     for spec in (config.model.base, config.model.tuned):
         if spec and spec != "tiny":
             if spec == SMOLLM2:
-                from .models import smollm2_path
+                from ..models import smollm2_path
 
                 smollm2_path()
             else:
@@ -153,7 +163,7 @@ def run(config: RunConfig, run_dir: str | os.PathLike, executor: str | Executor 
     features stages (`executors.py`); it changes where they run, not what they write, so it is no part of any
     stage key. `ray_address` joins an existing Ray cluster instead of starting one.
     """
-    from .executors import Executor, make_executor
+    from ..executors import Executor, make_executor
 
     run_dir = Path(run_dir)
     owned = not isinstance(executor, Executor)
@@ -236,8 +246,8 @@ def _stage_config(config: RunConfig, stage: str) -> dict:
 def _stage_base(config: RunConfig, run_dir: Path, state: dict) -> dict:
     if config.model.base != "tiny":
         return {"spec": config.model.base}
-    from .data import load_corpus
-    from .models import build_tiny_model, save_model
+    from ..data import load_corpus
+    from ..models import build_tiny_model, save_model
 
     texts = load_corpus(config.data.corpus, text_column=config.data.text_column).texts("train")
     model, tokenizer = build_tiny_model(texts, config.tiny)
@@ -245,7 +255,7 @@ def _stage_base(config: RunConfig, run_dir: Path, state: dict) -> dict:
 
 
 def _stage_rlhf(config: RunConfig, run_dir: Path, state: dict) -> dict:
-    from .rlhf import evaluate_models, train_ppo
+    from ..rlhf import evaluate_models, train_ppo
 
     out = run_dir / "rlhf"
     # [model] device/dtype and [data] text_column apply to every stage, PPO included.
@@ -265,9 +275,9 @@ def _stage_placebo(config: RunConfig, run_dir: Path, state: dict) -> dict:
     its words, so "would any PPO run of this size change this much?" has an answer."""
     if not config.controls.placebo:
         return {"spec": None}
-    from .diff.placebo import shuffled_table, write_table
-    from .rewards import load_utility_table, parse_spec
-    from .rlhf import train_ppo
+    from ..diff.placebo import shuffled_table, write_table
+    from ..rewards import load_utility_table, parse_spec
+    from ..rlhf import train_ppo
 
     kind, arg, options = parse_spec(config.reward.spec)
     table = shuffled_table(load_utility_table("vader" if kind == "vader" else arg), seed=config.model.seed)
@@ -280,7 +290,7 @@ def _stage_placebo(config: RunConfig, run_dir: Path, state: dict) -> dict:
 
 
 def _stage_divergence(config: RunConfig, run_dir: Path, state: dict) -> dict:
-    from .divergence import divergence_from_specs, divergence_spread, plot_divergence, top_layers
+    from ..divergence import divergence_from_specs, divergence_spread, plot_divergence, top_layers
 
     rows = divergence_from_specs(_model(state["base"], run_dir), _model(state["rlhf"], run_dir),
                                  dtype=config.model.dtype)
@@ -292,7 +302,7 @@ def _stage_divergence(config: RunConfig, run_dir: Path, state: dict) -> dict:
 
 def _stage_diff(config: RunConfig, run_dir: Path, state: dict) -> dict:
     """Base and tuned on the same tokens (docs/diff.md); with divergence.rank = causal it picks the analysed blocks."""
-    from .diff.ranking import top_blocks
+    from ..diff.ranking import top_blocks
 
     by_parameters = state["divergence"]["top_layers"]
     result = _diff_in_run(config, run_dir, run_dir / "diff", _model(state["base"], run_dir),
@@ -319,7 +329,7 @@ def _stage_control(config: RunConfig, run_dir: Path, state: dict) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .models import load_model, save_model
+    from ..models import load_model, save_model
 
     base, tokenizer = load_model(_model(state["base"], run_dir), dtype=config.model.dtype)
     torch.manual_seed(config.model.seed + 1)
@@ -340,7 +350,7 @@ def _analysed_models(state: dict, run_dir: Path | None = None) -> dict[str, str]
 
 
 def _stage_harvest(config: RunConfig, run_dir: Path, state: dict) -> dict:
-    from .harvest import HarvestConfig
+    from ..harvest import HarvestConfig
 
     stores, jobs = {}, []
     # Jobs get absolute paths: a Ray worker on another node does not share the driver's working directory.
@@ -359,7 +369,7 @@ def _stage_harvest(config: RunConfig, run_dir: Path, state: dict) -> dict:
 
 def _harvest_job(job: tuple) -> None:
     """One model's activations: (model spec, HarvestConfig, store folder)."""
-    from .harvest import harvest
+    from ..harvest import harvest
 
     spec, hc, out = job
     harvest(spec, hc, Path(out))
@@ -374,8 +384,8 @@ def _init_seed(seed: int, model: str, layer: int, size: int) -> int:
 
 
 def _stage_saes(config: RunConfig, run_dir: Path, state: dict) -> dict:
-    from .sae import SAEConfig, SAETraining
-    from .store import ActivationStore
+    from ..sae import SAEConfig, SAETraining
+    from ..store import ActivationStore
 
     saes, jobs = [], []
     for name, store_dir in state["harvest"]["stores"].items():
@@ -406,8 +416,8 @@ def _stage_saes(config: RunConfig, run_dir: Path, state: dict) -> dict:
 
 def _sae_job(job: tuple) -> None:
     """Every (ratio, seed) SAE of one model and block: (store folder, layer, SAEConfigs, SAE folders, unit number)."""
-    from .sae import train_saes
-    from .store import ActivationStore
+    from ..sae import train_saes
+    from ..store import ActivationStore
 
     store_dir, layer, configs, dirs, unit = job
     train_saes(ActivationStore(Path(store_dir)).source(layer), configs, [Path(d) for d in dirs])
@@ -421,8 +431,8 @@ def _small_and_large(state: dict, model: str, layer: int, seed: int) -> tuple[di
 
 
 def _stage_mmcs(config: RunConfig, run_dir: Path, state: dict) -> dict:
-    from .dictionaries import mmcs, new_in_block, top_features
-    from .sae import SparseAutoencoder
+    from ..dictionaries import mmcs, new_in_block, top_features
+    from ..sae import SparseAutoencoder
 
     models = list(state["harvest"]["stores"])
     layers = _layers(state)
@@ -466,11 +476,11 @@ def _stage_decompose(config: RunConfig, run_dir: Path, state: dict) -> dict:
     """What tuning changed, feature by feature (docs/diff.md): per analysed block a diff-SAE on the tuned - base
     MLP outputs of the same tokens (top latents by share of |Δ|², explained, scored, steered against random
     directions), the shift of the base SAE's latents between the two models, and optionally a crosscoder."""
-    from .data import load_corpus
-    from .diff.steering import heldout_prompts
-    from .models import load_model
-    from .rewards import load_reward, load_utility_table
-    from .store import ActivationStore
+    from ..data import load_corpus
+    from ..diff.steering import heldout_prompts
+    from ..models import load_model
+    from ..rewards import load_reward, load_utility_table
+    from ..store import ActivationStore
 
     dc = config.decompose
     stores = {name: ActivationStore(_abs(run_dir, path)) for name, path in state["harvest"]["stores"].items()}
@@ -494,12 +504,12 @@ def _stage_decompose(config: RunConfig, run_dir: Path, state: dict) -> dict:
 def _decompose_model(config: RunConfig, run_dir: Path, state: dict, stores: dict, name: str, out: Path,
                      mmcs_result: dict, explainer, table: dict, reward, base, tokenizer, prompts) -> dict:
     """The decompose stage's measures for one tuned model (`name`: tuned, or the placebo tune) against the base."""
-    from .decompose.crosscoder import crosscoder_analysis
-    from .decompose.diffsae import diff_sae, steer_top_latents
-    from .decompose.paired_store import delta_store
-    from .decompose.shift import count_among, shared_dictionary_shift
-    from .interp import explain_features
-    from .sae import SparseAutoencoder
+    from ..decompose.crosscoder import crosscoder_analysis
+    from ..decompose.diffsae import diff_sae, steer_top_latents
+    from ..decompose.paired_store import delta_store
+    from ..decompose.shift import count_among, shared_dictionary_shift
+    from ..interp import explain_features
+    from ..sae import SparseAutoencoder
 
     dc = config.decompose
     seed = config.sae.seeds[0]
@@ -566,11 +576,11 @@ def _features_job(job: tuple) -> tuple[str, list[dict]]:
     """One model's feature records, every block and seed, written to features/{model}.json; returns that
     file (relative to the run) and the records of the model's most novel features (the tuned model only).
     (config, run folder, mmcs.json as recorded, model name, model spec, store folder, layers, units before it)"""
-    from .interp import explain_features
-    from .models import load_tokenizer
-    from .rewards import load_utility_table
-    from .sae import SparseAutoencoder
-    from .store import ActivationStore
+    from ..interp import explain_features
+    from ..models import load_tokenizer
+    from ..rewards import load_utility_table
+    from ..sae import SparseAutoencoder
+    from ..store import ActivationStore
 
     config, run_dir, mmcs_file, name, model_spec, store_dir, layers, units = job
     run_dir = Path(run_dir)
@@ -611,7 +621,7 @@ _EXPLAINERS: dict[tuple, object] = {}
 
 def _explainer(spec: str, base_url: str, llm_model: str, device: str):
     """The run's explainer; an `hf:` one (a local LM, costly to load) is made once per process and shared by its jobs."""
-    from .interp import LLMConfig, get_explainer
+    from ..interp import LLMConfig, get_explainer
 
     llm = LLMConfig(base_url=base_url, model=llm_model) if base_url else None
     if not spec.startswith("hf:"):
@@ -624,7 +634,7 @@ def _explainer(spec: str, base_url: str, llm_model: str, device: str):
 
 def _executor(state: dict) -> Executor:
     """The run's executor (`run(executor=...)`); a stage called on its own runs its jobs in this process."""
-    from .executors import LocalExecutor
+    from ..executors import LocalExecutor
 
     return state.get(_EXECUTOR) or LocalExecutor()
 
@@ -649,9 +659,9 @@ def _mean_std(values: list[float]) -> dict:
 
 def _stage_scores(config: RunConfig, run_dir: Path, state: dict) -> dict:
     """Utility score (Table 3), reward alignment, simulation and MMCS per model, as mean +- spread over seeds."""
-    from .interp import utility_scores
-    from .report.verdict import verdict
-    from .rewards import load_utility_table
+    from ..interp import utility_scores
+    from ..report.verdict import verdict
+    from ..rewards import load_utility_table
 
     table = load_utility_table(config.reward.table)
     records = {name: read_json(_abs(run_dir, path)) for name, path in state["features"]["files"].items()}
@@ -700,7 +710,7 @@ def _mean(values: list[float]) -> float:
 
 
 def _stage_report(config: RunConfig, run_dir: Path, state: dict) -> dict:
-    from .report import write_report
+    from ..report import write_report
 
     write_json(run_dir / "results.json", collect_results(config, run_dir, state))
     html, summary = write_report(run_dir)
@@ -780,7 +790,7 @@ def _read_diff(run_dir: Path, folder: str) -> dict:
 def _diff_in_run(config: RunConfig, run_dir: Path, folder: Path, base: str, tuned: str, layers: list[int]) -> dict:
     """`diff_models` writing into the run, its models recorded relative to the run folder (as every record of a
     run is), so a moved or copied run still describes itself."""
-    from .diff.run import diff_models
+    from ..diff.run import diff_models
 
     settings = dataclasses.replace(config.diff, split=config.data.test_split, text_column=config.data.text_column)
     result = diff_models(base, tuned, config.data.corpus, config.reward.spec, layers, folder, settings,
