@@ -218,3 +218,40 @@ def test_new_in_block_judges_an_unchanged_model_exactly_like_its_null():
     for threshold in (0.0, auto["null"]["median"]):
         rows, block = new_in_block(bases[0].clone(), bases, 0, threshold=threshold)
         assert block["found"] == block["null"]["below"] == len(rows) > 0, block
+
+
+def test_compare_run_saes_compares_small_with_large_and_each_model_with_the_base(tmp_path):
+    """mmcs.json from SAE rows as a run records them: paths relative to `root`, recorded as given."""
+    from rlhf_lens.dictionaries import compare_run_saes, new_in_block, small_and_large
+    from rlhf_lens.sae import SparseAutoencoder
+
+    torch.manual_seed(0)
+    rows, weights = [], {}
+    for model in ("base", "tuned"):
+        for seed in (0, 1):
+            for size in (16, 8):  # the larger first: small_and_large sorts by size
+                rel = f"saes/{model}/layer2/m{size}-s{seed}"
+                weights[rel] = torch.randn(size, 6)
+                _sae_dir(tmp_path / rel, weights[rel])
+                rows.append({"model": model, "layer": 2, "dict_size": size, "seed": seed, "dir": rel})
+    small, large = small_and_large(rows, "tuned", 2, 1)
+    assert (small["dir"], large["dir"]) == ("saes/tuned/layer2/m8-s1", "saes/tuned/layer2/m16-s1")
+
+    result = compare_run_saes(rows, ["base", "tuned"], [2], [0, 1], top_k=3, root=tmp_path)
+    for w in result["within"]:
+        small, large = (weights[f"saes/{w['model']}/layer2/m{n}-s{w['seed']}"] for n in (8, 16))
+        assert (w["small"], w["large"]) == (8, 16) and w["mmcs"] == pytest.approx(mmcs(small, large))
+    assert [(t["model"], t["seed"], t["sae"]) for t in result["top"]] == [
+        ("base", 0, "saes/base/layer2/m8-s0"), ("base", 1, "saes/base/layer2/m8-s1"),
+        ("tuned", 0, "saes/tuned/layer2/m8-s0"), ("tuned", 1, "saes/tuned/layer2/m8-s1")]
+    assert all(len(t["features"]) == 3 for t in result["top"])
+    assert [(a["model"], a["against"], a["seed"]) for a in result["across"]] == [("tuned", "base", 0), ("tuned", "base", 1)]
+    assert result["across"][1]["mmcs"] == pytest.approx(mmcs(weights["saes/tuned/layer2/m8-s1"],
+                                                             weights["saes/base/layer2/m8-s1"]))
+    def loaded(rel: str) -> torch.Tensor:  # as the run loads them
+        return SparseAutoencoder.load(tmp_path / rel).dictionary
+
+    want_rows, want_block = new_in_block(loaded("saes/tuned/layer2/m8-s0"),
+                                         {s: loaded(f"saes/base/layer2/m8-s{s}") for s in (0, 1)}, 0)
+    assert result["new"] == [{"layer": 2, **row} for row in want_rows]
+    assert result["new_blocks"] == [{"layer": 2, **want_block, "tuned_seed": 0}]

@@ -250,3 +250,52 @@ def test_reward_alignment_from_token_utilities():
     assert got["positive_share"] == 1.0 and got["negative_share"] == 0.0 and got["sign_share"] == 1.0
     silent = reward_alignment(_record(1, 0, "x", tokens, [0.0] * 7), TABLE)
     assert silent["reward_corr"] == 0.0 and silent["positive_share"] == 0.0
+
+
+def test_mean_std_is_the_sample_spread_over_seeds():
+    from rlhf_lens.interp.utility import mean_std
+
+    assert mean_std([1.0, 2.0, 6.0]) == {"mean": 3.0, "std": pytest.approx(np.std([1.0, 2.0, 6.0], ddof=1)),
+                                          "values": [1.0, 2.0, 6.0], "n": 3}
+    assert mean_std([4.0]) == {"mean": 4.0, "std": 0.0, "values": [4.0], "n": 1}
+    assert mean_std([]) == {"mean": None, "std": 0.0, "values": [], "n": 0}
+
+
+def test_seed_scores_average_each_seeds_scores_and_give_a_verdict(tmp_path):
+    """The run's headline: each seed's records scored on their own, then mean and sample std over seeds."""
+    from rlhf_lens.interp.utility import seed_scores
+
+    table = tmp_path / "table.csv"
+    table.write_text("".join(f"{word},{value}\n" for word, value in TABLE.items() if word != ":)"))
+
+    def seed(records: list[dict], s: int) -> list[dict]:
+        return [{**r, "sae": f"s{s}"} for r in records]
+
+    records = {"base": seed([_record(3, 0, "good things"), _record(4, 1, "nothing")], 0)
+               + seed([_record(3, 0, "bad"), _record(4, 1, "dull")], 1),
+               "tuned": seed([_record(3, 0, "great"), _record(4, 1, "good")], 0)
+               + seed([_record(3, 0, "great"), _record(4, 1, "bad")], 1)}
+    within = [{"model": m, "layer": layer, "seed": s, "mmcs": 0.1 * s + 0.01 * layer + (m == "tuned")}
+              for m in ("base", "tuned") for layer in (3, 4) for s in (0, 1)]
+    headline, utility = seed_scores(records, within, [0, 1], [3, 4], str(table), "mean")
+    rows = {row["name"]: row for row in headline}
+    assert list(rows) == ["MMCS (within)", "simulation score", "utility score", "reward alignment"]
+    # utility per seed: base 2 + 0 (seed 0) and 3 + 1 (seed 1); tuned 3 + 2 and 3 + 3
+    assert rows["utility score"]["base"]["values"] == [2.0, 4.0] and rows["utility score"]["tuned"]["values"] == [5.0, 6.0]
+    assert rows["utility score"]["tuned"]["std"] == pytest.approx(np.std([5.0, 6.0], ddof=1))
+    assert rows["MMCS (within)"]["base"]["values"] == pytest.approx([0.035, 0.135])  # mean over the blocks
+    assert all(row["n_seeds"] == 2 and row["verdict"].startswith("tuned - base") for row in headline)
+    assert utility["total"] == {"base": {"utility": 3.0, "reward_score": rows["reward alignment"]["base"]["mean"]},
+                                "tuned": {"utility": 5.5, "reward_score": rows["reward alignment"]["tuned"]["mean"]}}
+    assert [b["layer"] for b in utility["per_block"]] == [3, 4]
+    assert utility["per_block"][0]["base"]["utility"] == pytest.approx((2.0 + 3.0) / 2)
+    assert (utility["aggregate"], utility["table"], sorted(utility["per_seed"])) == ("mean", str(table), ["0", "1"])
+
+
+def test_the_most_novel_new_features_of_a_block_come_first():
+    from rlhf_lens.interp.features import most_novel
+
+    new = [{"layer": 2, "feature": 5, "max_cosine_to_base": 0.3}, {"layer": 3, "feature": 1, "max_cosine_to_base": 0.1},
+           {"layer": 2, "feature": 9, "max_cosine_to_base": 0.2}, {"layer": 2, "feature": 4, "max_cosine_to_base": 0.3}]
+    assert [r["feature"] for r in most_novel(new, 2, 2)] == [9, 4]  # ties: lower feature index first
+    assert [r["feature"] for r in most_novel(new, 2, 10)] == [9, 4, 5] and most_novel(new, 7, 3) == []

@@ -14,8 +14,6 @@
    circle through a package's front door (a.x -> b, b/__init__ -> b.y, b.y -> a.x) is found. Names a
    package serves lazily through `importlib` (its `__getattr__`) are not seen.
 3. No source file over `MAX_LINES` lines.
-
-`KNOWN_OFFENDERS` lists what other branches of the renovation are fixing; to be emptied by the merge.
 """
 
 from __future__ import annotations
@@ -26,13 +24,6 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 ROOT = "rlhf_lens"
 MAX_LINES = 400
-
-# To be emptied by the merge: violations that other branches of the renovation remove.
-KNOWN_OFFENDERS = {
-    "long files": {"rlhf_lens/pipeline.py"},
-    "private imports": set(),
-    "circles": set(),
-}
 
 
 def _modules() -> dict[str, Path]:
@@ -138,22 +129,19 @@ def _cross_package_private(importer: str, source: str, name: str | None) -> bool
 def test_no_private_name_is_imported_across_packages():
     found = {(importer, source, name) for importer in MODULES for source, name in _imports(importer)
              if _cross_package_private(importer, source, name)}
-    assert found <= KNOWN_OFFENDERS["private imports"], (
-        "private names imported from another package (make them public where they belong): "
-        f"{sorted(found - KNOWN_OFFENDERS['private imports'])}")
+    assert not found, f"private names imported from another package (make them public where they belong): {sorted(found)}"
 
 
 def test_no_import_circle():
     circles = {tuple(c) for c in _circles(_edges())}
-    assert circles <= KNOWN_OFFENDERS["circles"], f"import circles: {sorted(circles - KNOWN_OFFENDERS['circles'])}"
+    assert not circles, f"import circles: {sorted(circles)}"
 
 
 def test_no_source_file_is_too_long():
     lengths = {str(path.relative_to(SRC)): len(path.read_text(encoding="utf-8").splitlines())
                for path in MODULES.values()}
     long = {path for path, n in lengths.items() if n > MAX_LINES}
-    assert long <= KNOWN_OFFENDERS["long files"], (
-        f"files over {MAX_LINES} lines (split them by topic): {sorted((p, lengths[p]) for p in long - KNOWN_OFFENDERS['long files'])}")
+    assert not long, f"files over {MAX_LINES} lines (split them by topic): {sorted((p, lengths[p]) for p in long)}"
 
 
 def test_the_layout_checks_see_what_they_check():
@@ -168,7 +156,5 @@ def test_the_layout_checks_see_what_they_check():
     assert _cross_package_private("rlhf_lens.diff.run", "rlhf_lens.harvest", "_texts_fingerprint")
     assert _cross_package_private("rlhf_lens.harvest.run", "rlhf_lens.store", "_HEADER_DTYPES")
     assert not _cross_package_private("rlhf_lens.report.html", "rlhf_lens.report.format", "_esc")
-    assert not _cross_package_private("rlhf_lens.pipeline", "rlhf_lens.io", "_remove")  # both in rlhf_lens/
+    assert not _cross_package_private("rlhf_lens.config", "rlhf_lens.io", "_remove")  # both in rlhf_lens/
     assert not _cross_package_private("rlhf_lens.diff.run", "rlhf_lens.harvest", "local_or_name")
-    for path in KNOWN_OFFENDERS["long files"]:  # an entry for a file that is gone would hide nothing: drop it
-        assert (SRC / path).is_file(), path

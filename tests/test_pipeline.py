@@ -429,11 +429,11 @@ def test_new_features_are_judged_against_base_seed_noise(tiny_run):
 
 
 def test_the_mmcs_key_holds_the_new_feature_settings():
-    from rlhf_lens.pipeline import _stage_config
+    from rlhf_lens.pipeline import stage_config
 
-    default = _stage_config(load_config(preset=PRESET), "mmcs")
+    default = stage_config(load_config(preset=PRESET), "mmcs")
     for override in ("interp.new_feature_threshold=0.4", "interp.new_feature_quantile=0.1"):
-        assert _stage_config(load_config(preset=PRESET, overrides=[override]), "mmcs") != default, override
+        assert stage_config(load_config(preset=PRESET, overrides=[override]), "mmcs") != default, override
 
 
 def test_results_headline_has_every_model_with_its_seed_spread(tiny_run):
@@ -581,6 +581,73 @@ def test_changing_a_middle_setting_reruns_that_stage_over_its_old_outputs(tiny_r
         assert ActivationStore(out / "acts" / model).n_docs == max_docs
 
 
+def test_changing_a_diff_setting_reruns_the_diff_not_the_harvest_or_the_saes(tiny_run, tmp_path):
+    """diff.alphas: with divergence.rank = "parameters" the diff picks no block, so only the diff and the report
+    (which shows it) run again; the activations, SAEs and everything computed from them stay as they were."""
+    out = _copy_run(tiny_run.out, tmp_path / "run")
+    kept = tuple(s for s in STAGES if s not in ("diff", "report"))
+    kept_records = {s: (out / "stages" / f"{s}.json").read_bytes() for s in kept}
+    kept_files = _hashes(out, ("models", "rlhf", "acts", "saes", "mmcs.json", "decompose", "features", "utility.json"))
+    diff_before = json.loads((out / "diff" / "diff.json").read_text())
+    assert _config(out)["divergence"]["rank"] == "parameters"
+    result = _ok(_run(out, "--set", "diff.alphas=[0.0, 1.0, 3.0]"), "the run with diff.alphas=[0.0, 1.0, 3.0]")
+    lines = _stage_lines(result.stderr)
+    assert lines == {s: "ran" if s in ("diff", "report") else "skipped" for s in STAGES}, lines
+    assert {s: (out / "stages" / f"{s}.json").read_bytes() for s in kept} == kept_records
+    assert _hashes(out, ("models", "rlhf", "acts", "saes", "mmcs.json", "decompose", "features",
+                         "utility.json")) == kept_files
+    diff_after = json.loads((out / "diff" / "diff.json").read_text())
+    assert diff_before["config"]["alphas"] != diff_after["config"]["alphas"] == [0.0, 1.0, 3.0]
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["diff"]["alphas"] == [0.0, 1.0, 3.0]
+    assert results["diff"]["config"]["alphas"] == [0.0, 1.0, 3.0]
+
+
+def _changed_keys(*overrides: str, base: tuple[str, ...] = ()) -> set[str]:
+    """The stages whose key a change of settings changes (the tiny preset, with `base` overrides on both sides)."""
+    from rlhf_lens.pipeline import stage_keys
+
+    before = stage_keys(load_config(preset=PRESET, overrides=list(base)))
+    after = stage_keys(load_config(preset=PRESET, overrides=[*base, *overrides]))
+    return {stage for stage in STAGES if before[stage] != after[stage]}
+
+
+def test_a_stage_key_follows_the_stages_it_reads_not_every_stage_before_it():
+    after = lambda stage: set(STAGES[STAGES.index(stage):])  # noqa: E731
+    assert _changed_keys("diff.alphas=[0.0, 1.0]") == {"diff", "report"}
+    assert _changed_keys("sae.lr=0.002") == after("saes")  # the diff (before it) is kept
+    assert _changed_keys("harvest.max_docs=60") == after("harvest")
+    assert _changed_keys("interp.top_k=3") == after("mmcs")
+    assert _changed_keys("reward.aggregate=sum") == {"decompose", "features", "scores", "report"}
+    assert _changed_keys("controls.random_init=false") == after("control")  # the control is analysed as the others
+    # With divergence.rank = "causal" the diff picks the analysed blocks: what is computed at them follows it.
+    at_the_blocks = after("diff") - {"control"}
+    assert _changed_keys("divergence.rank=causal") == at_the_blocks
+    assert _changed_keys("diff.alphas=[0.0, 1.0]", base=("divergence.rank=causal",)) == at_the_blocks
+
+
+def test_every_stage_reads_only_stages_before_it_and_every_setting_reaches_a_key():
+    import copy
+
+    from rlhf_lens.config import config_keys
+    from rlhf_lens.pipeline import STAGE_READS, stage_keys, stage_reads
+
+    assert set(STAGE_READS) == set(STAGES)
+    for rank in ("parameters", "causal"):
+        config = load_config(preset=PRESET, overrides=[f"divergence.rank={rank}"])
+        for stage in STAGES:
+            assert all(STAGES.index(read) < STAGES.index(stage) for read in stage_reads(config, stage)), (rank, stage)
+    # A setting in no stage's key would leave stale results on a rerun; the report reads (through the stages it
+    # reads) every stage, so its key must change with any setting.
+    config = load_config(preset=PRESET)
+    report_key = stage_keys(config)["report"]
+    for key, _, _ in config_keys():
+        section, name = key.split(".")
+        changed = copy.deepcopy(config)
+        setattr(getattr(changed, section), name, "<changed>")
+        assert stage_keys(changed)["report"] != report_key, key
+
+
 # --- bad input: a clear error before any work ---------------------------------------------------
 
 
@@ -709,12 +776,12 @@ def test_show_config_applies_overrides_and_round_trips(tmp_path):
 def test_a_model_tuned_elsewhere_skips_ppo_but_gets_the_held_out_evaluation(tmp_path, tiny_model_dir, corpus_file):
     """Bring-your-own tuned model (docs/scale.md): rlhf.steps = 0 with model.tuned; the rlhf stage trains nothing
     and still writes eval.json for base and tuned on the same prompts; steps = 0 without model.tuned is refused."""
-    from rlhf_lens.pipeline import _stage_rlhf
+    from rlhf_lens.pipeline.stages import stage_rlhf
 
     config = load_config(overrides=[f"model.base={tiny_model_dir}", f"model.tuned={tiny_model_dir}",
                                     f"data.corpus={corpus_file}", "rlhf.steps=0", "rlhf.eval_prompts=8",
                                     "rlhf.batch_size=8", "rlhf.mini_batch_size=8"])
-    outputs = _stage_rlhf(config, tmp_path, {"base": {"spec": str(tiny_model_dir)}})
+    outputs = stage_rlhf(config, tmp_path, {"base": {"spec": str(tiny_model_dir)}})
     assert outputs == {"spec": str(tiny_model_dir), "trained": False}
     evaluation = json.loads((tmp_path / "rlhf" / "eval.json").read_text())
     assert evaluation["tuned_by"] == "external" and evaluation["steps"] == 0 and evaluation["n"] == 8
@@ -726,7 +793,7 @@ def test_a_model_tuned_elsewhere_skips_ppo_but_gets_the_held_out_evaluation(tmp_
 
 def test_the_placebo_stage_tunes_against_the_same_words_with_shuffled_values(tmp_path, tiny_model_dir, corpus_file):
     """controls.placebo: PPO with the run's settings against the reward's table, values permuted over its words."""
-    from rlhf_lens.pipeline import _stage_placebo
+    from rlhf_lens.pipeline.stages import stage_placebo
     from rlhf_lens.rewards import load_utility_table
 
     table = tmp_path / "four.csv"
@@ -734,14 +801,14 @@ def test_the_placebo_stage_tunes_against_the_same_words_with_shuffled_values(tmp
     config = load_config(overrides=[f"model.base={tiny_model_dir}", f"data.corpus={corpus_file}",
                                     f"reward.spec=table:{table},scale=1", "controls.placebo=true", "rlhf.steps=1",
                                     "rlhf.batch_size=8", "rlhf.mini_batch_size=8", "rlhf.eval_prompts=4"])
-    outputs = _stage_placebo(config, tmp_path, {"base": {"spec": str(tiny_model_dir)}})
+    outputs = stage_placebo(config, tmp_path, {"base": {"spec": str(tiny_model_dir)}})
     shuffled = load_utility_table(str(tmp_path / outputs["table"]))
     assert set(shuffled) == {"film", "movie", "story", "plot"}
     assert sorted(shuffled.values()) == [-1, 1, 2, 3] and shuffled != load_utility_table(str(table))
     record = json.loads((tmp_path / "placebo" / "ppo" / "config.json").read_text())
     assert record["reward"].startswith("table:") and record["reward"].endswith(",scale=1")
     assert (tmp_path / outputs["dir"] / "config.json").is_file()
-    assert _stage_placebo(load_config(), tmp_path / "off", {}) == {"spec": None}
+    assert stage_placebo(load_config(), tmp_path / "off", {}) == {"spec": None}
     with pytest.raises(UserError, match="controls.placebo"):
         load_config(overrides=["controls.placebo=true", "reward.spec=sentiment"])
 
@@ -764,13 +831,13 @@ def test_paper_presets_keep_the_papers_ppo_schedule_and_sae(tmp_path):
 
 def test_the_run_harvests_in_the_models_dtype(tmp_path, tiny_model_dir, corpus_file):
     """Defect 5: the harvest of a run loads its models in model.dtype (it used float32 whatever the setting)."""
-    from rlhf_lens.pipeline import _stage_harvest
+    from rlhf_lens.pipeline.stages import stage_harvest
     from rlhf_lens.store import ActivationStore
 
     config = load_config(overrides=[f"model.base={tiny_model_dir}", f"data.corpus={corpus_file}",
                                     "model.dtype=bfloat16", "harvest.max_docs=4", "harvest.max_tokens=16"])
     state = {"base": {"spec": str(tiny_model_dir)}, "rlhf": {"spec": str(tiny_model_dir), "trained": False},
-             "placebo": {"spec": None}, "control": {"spec": None}, "diff": {"top_layers": [1]}}
-    outputs = _stage_harvest(config, tmp_path, state)
+             "placebo": {"spec": None}, "control": {"spec": None}, "divergence": {"top_layers": [1]}}
+    outputs = stage_harvest(config, tmp_path, state)
     store = ActivationStore(tmp_path / outputs["stores"]["base"])
     assert store.manifest["model_dtype"] == "bfloat16" and store.n_docs == 4

@@ -5,6 +5,7 @@ It is not symmetric: D is the dictionary whose features are scored (paper: the s
 the tuned one), and every index reported is an index of D, with its best match in D'.
 
 Every function takes tensors [m, d] (rows are normalised here), SparseAutoencoder objects or SAE folders.
+`compare_run_saes` applies them to a run's SAEs (the pipeline's mmcs stage, mmcs.json).
 """
 
 from __future__ import annotations
@@ -169,3 +170,59 @@ def new_in_block(tuned: Dictionary, bases: dict[int, Dictionary], seed: int, thr
              "reference_seeds": reference_seeds, "tuned_n": int(load_dictionary(tuned).shape[0]),
              "found": len(rows), "null": summary}
     return rows, block
+
+
+# --- a run's SAEs compared (the pipeline's mmcs stage, mmcs.json) ------------------------------------------------
+
+
+def small_and_large(saes: Sequence[dict], model: str, layer: int, seed: int) -> tuple[dict, dict]:
+    """Among SAE rows ({"model", "layer", "seed", "dict_size", "dir", ...}: a run's saes stage), the smallest and
+    the largest dictionary of one model, block and seed."""
+    rows = [s for s in saes if s["model"] == model and s["layer"] == layer and s["seed"] == seed]
+    rows.sort(key=lambda s: s["dict_size"])
+    return rows[0], rows[-1]
+
+
+def compare_run_saes(saes: Sequence[dict], models: Sequence[str], layers: Sequence[int], seeds: Sequence[int],
+                     top_k: int = 10, new_threshold: float = 0.0, new_quantile: float = 0.05,
+                     root: str | Path | None = None) -> dict:
+    """mmcs.json of a run (docs/pipeline.md): per model, block and seed MMCS(small, large) (`within`) and the small
+    dictionary's `top_k` features by max cosine (`top`); each non-base model's small dictionary against the base's
+    (`across`); the tuned model's features new against the base's seeds (`new`, `new_blocks`: `new_in_block` with
+    the first seed, `new_threshold` and `new_quantile`).
+
+    `saes` are SAE rows as `small_and_large` reads them; their `dir` is read against `root` (when given) and
+    recorded as given. `models` must hold "base" and "tuned".
+    """
+    dictionaries: dict[str, torch.Tensor] = {}
+
+    def dictionary(row: dict) -> torch.Tensor:
+        if row["dir"] not in dictionaries:
+            folder = Path(root) / row["dir"] if root is not None else Path(row["dir"])
+            dictionaries[row["dir"]] = SparseAutoencoder.load(folder).dictionary.detach()
+        return dictionaries[row["dir"]]
+
+    within, across, top, new, new_blocks = [], [], [], [], []
+    for model in models:
+        for layer in layers:
+            for seed in seeds:
+                small, large = small_and_large(saes, model, layer, seed)
+                within.append({"model": model, "layer": layer, "seed": seed, "small": small["dict_size"],
+                               "large": large["dict_size"], "mmcs": mmcs(dictionary(small), dictionary(large))})
+                top.append({"model": model, "layer": layer, "seed": seed, "sae": small["dir"],
+                            "features": top_features(dictionary(small), dictionary(large), top_k)})
+    for other in (m for m in models if m != "base"):
+        for layer in layers:
+            for seed in seeds:
+                mine, _ = small_and_large(saes, other, layer, seed)
+                base, _ = small_and_large(saes, "base", layer, seed)
+                across.append({"model": other, "against": "base", "layer": layer, "seed": seed,
+                               "mmcs": mmcs(dictionary(mine), dictionary(base))})
+    for layer in layers:
+        seed = seeds[0]
+        tuned = dictionary(small_and_large(saes, "tuned", layer, seed)[0])
+        bases = {s: dictionary(small_and_large(saes, "base", layer, s)[0]) for s in seeds}
+        rows, block = new_in_block(tuned, bases, seed, new_threshold, new_quantile)
+        new += [{"layer": layer, **row} for row in rows]
+        new_blocks.append({"layer": layer, **block, "tuned_seed": seed})
+    return {"within": within, "across": across, "top": top, "new": new, "new_blocks": new_blocks}

@@ -7,7 +7,9 @@
 - `shift`: a base SAE encodes both models on the same tokens; per-latent change of mean activation and firing
   rate against a document-halving null.
 - `crosscoder`: a crosscoder over both models with Latent Scaling classes (tuned-only, base-only, shared).
+- `run`: `decompose_models(...)`, every method above per block for a tuned model (and a placebo tune) against
+  the base, the explanations of their top latents and the utility of the change; writes decompose.json.
 
 A new decomposition is one module here taking the paired stores and its own settings, plus its settings in
-`config` and its row in the report (`rlhf_lens.report.diff`).
+`config`, its call in `run` and its row in the report (`rlhf_lens.report.diff`).
 """

@@ -3,6 +3,7 @@
 Examples come from an activation store (examples.py); explainers and simulators sit behind one
 interface (explainers.py: offline, openai, hf:MODEL); explanations are scored by Pearson
 correlation (scoring.py); utility.py scores how much of a utility table the features carry;
+features.py is a run's features stage (one model's features explained, the shared explainer);
 config.py holds the stage's settings ([interp], [interp.llm] and [examples] of a run config) and their rules.
 """
 

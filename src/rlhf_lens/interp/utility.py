@@ -14,6 +14,8 @@ and, over its `top_tokens` most active tokens (activation > 0, top and held-out 
 the share whose unit has U > 0 and the share with U < 0, and |mean U| of those tokens. Per
 model: sums over features; the headline `reward_score` is the sum of sign_share =
 positive_share - negative_share (docs/interp.md).
+
+`seed_scores` gives a run's headline: each of these per model as mean and spread over SAE seeds, with a verdict.
 """
 
 from __future__ import annotations
@@ -142,6 +144,68 @@ def utility_scores(records_by_model: dict[str, list[dict]], table: dict[str, flo
                            for r in annotated[m]]
                      for m in models},
     }
+
+
+def mean_std(values: list[float]) -> dict:
+    """{"mean", "std" (sample, n - 1; 0 for one value), "values", "n"}: a measure's spread over seeds."""
+    import numpy as np
+
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(arr.mean()) if arr.size else None, "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+            "values": [float(v) for v in arr], "n": int(arr.size)}
+
+
+def _mean(values: list[float]) -> float:
+    return float(sum(values) / len(values)) if values else 0.0
+
+
+def seed_scores(records: dict[str, list[dict]], mmcs_within: list[dict], seeds: list[int], layers: list[int],
+                table_spec: str, aggregate: str = "mean") -> tuple[list[dict], dict]:
+    """Utility score (Table 3), reward alignment, simulation score and MMCS per model, as mean +- spread over SAE
+    seeds, each with a verdict (the pipeline's scores stage).
+
+    `records`: model -> its feature records of every block and seed (records name their SAE `s{seed}`; "base" and
+    "tuned" among the models); `mmcs_within`: mmcs.json's `within` rows; `table_spec`: the utility table
+    (`rewards.load_utility_table`). Returns (the headline rows, utility.json: per block and total, the per-seed
+    `utility_scores` under `per_seed`).
+    """
+    from ..rewards import load_utility_table
+    from ..verdict import verdict
+
+    table = load_utility_table(table_spec)
+    per_seed = {}
+    for seed in seeds:
+        per_seed[seed] = utility_scores({m: [r for r in rs if r["sae"] == f"s{seed}"] for m, rs in records.items()},
+                                        table, aggregate)
+    models = list(records)
+    metrics = {
+        "MMCS (within)": lambda m, s: _mean([w["mmcs"] for w in mmcs_within if w["model"] == m and w["seed"] == s]),
+        "simulation score": lambda m, s: per_seed[s]["total"][m]["mean_simulation_score"],
+        "utility score": lambda m, s: per_seed[s]["total"][m]["utility"],
+        "reward alignment": lambda m, s: per_seed[s]["total"][m]["reward_score"],
+    }
+    headline = []
+    for name, metric in metrics.items():
+        row = {"name": name, "n_seeds": len(seeds)}
+        for m in models:
+            row[m] = mean_std([metric(m, s) for s in seeds])
+        row["verdict"] = verdict(row["base"], row["tuned"])
+        headline.append(row)
+    per_block = []
+    for layer in layers:
+        entry = {"layer": layer}
+        for m in models:
+            values = [next(b[m]["utility"] for b in per_seed[s]["blocks"] if b["layer"] == layer) for s in seeds]
+            entry[m] = {"utility": _mean(values),
+                        "reward_score": _mean([next(b[m]["reward_score"] for b in per_seed[s]["blocks"]
+                                                    if b["layer"] == layer) for s in seeds])}
+        per_block.append(entry)
+    utility = {"aggregate": aggregate, "table": table_spec, "per_block": per_block,
+               "total": {m: {key: next(h for h in headline if h["name"] == name)[m]["mean"]
+                             for key, name in (("utility", "utility score"), ("reward_score", "reward alignment"))}
+                         for m in models},
+               "per_seed": {str(s): per_seed[s] for s in seeds}}
+    return headline, utility
 
 
 def format_table(result: dict) -> str:

@@ -1,0 +1,151 @@
+"""`decompose_models`: what tuning changed, feature by feature, per block (docs/diff.md, "Decomposing the change"):
+a diff-SAE on the tuned - base MLP outputs of the same tokens (top latents by share of |Δ|², explained, scored,
+steered into the base model against random directions), the shift of a base SAE's latents between the two
+models, optionally a crosscoder; and the utility of the change. Writes out_dir/decompose.json."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..diff.config import DiffConfig
+from ..errors import UserError
+from ..interp.config import ExampleConfig, InterpConfig
+from ..io import write_json
+from .config import DecomposeConfig, check_decompose_config
+
+DECOMPOSE_JSON = "decompose.json"
+
+
+def decompose_models(base_model: str, base_store: str | os.PathLike, tuned_store: str | os.PathLike,
+                     base_saes: dict[int, str | os.PathLike], layers: list[int], out_dir: str | os.PathLike, corpus: str,
+                     reward_spec: str, config: DecomposeConfig | None = None, *, interp: InterpConfig | None = None,
+                     examples: ExampleConfig | None = None, table: str = "vader", aggregate: str = "mean",
+                     prompts: int = DiffConfig.prompts, new_tokens: int = DiffConfig.new_tokens, split: str = "test",
+                     text_column: str = "text", sae_seed: int = 0, top_features: dict[int, list[int]] | None = None,
+                     placebo_store: str | os.PathLike | None = None, root: str | os.PathLike | None = None,
+                     device: str = "cpu", dtype: str = "float32") -> dict:
+    """Decompose the change from the base model to the tuned one at each of `layers`; write out_dir/decompose.json.
+
+    The tuned model is read through its activation store alone: `base_store` and `tuned_store` hold the MLP
+    outputs of both models on the same tokens (each harvested with the same corpus, split and settings).
+    - `base_saes`: block -> the folder of an SAE trained on the base model's activations there; the shift is read
+      through it. Recorded as given, read against `root` when given; its feature records name it `s{sae_seed}`.
+    - Steering samples from `base_model` on `prompts` held-out prompts of `corpus`'s `split` (`text_column`),
+      `new_tokens` each, scored by `reward_spec`.
+    - Explanations come from `interp`'s explainer on `examples`, scored against the utility table `table`
+      (`aggregate`).
+    - `top_features`: block -> the base SAE's features the interpretation stage explained (a run's top-k by
+      MMCS); the shift then counts how many of its shifted latents are among them (`among_top_mmcs`).
+    - `placebo_store`: a placebo tune's store, decomposed the same way into out_dir/placebo.
+
+    Returns what decompose.json holds: {"blocks", "utility_of_change", "placebo"} (placebo: the same, or None).
+    """
+    from ..data import load_corpus
+    from ..diff.steering import heldout_prompts
+    from ..interp.features import shared_explainer
+    from ..models import load_model
+    from ..rewards import load_reward, load_utility_table
+    from ..store import ActivationStore
+
+    dc = config or DecomposeConfig()
+    check_decompose_config(dc)
+    interp = interp or InterpConfig()
+    examples = examples or ExampleConfig()
+    if not layers:
+        raise UserError("no layers given; name at least one block to decompose, e.g. --layers 1,2")
+    missing = [layer for layer in layers if layer not in base_saes]
+    if missing:
+        raise UserError(f"no base SAE given for block {', '.join(map(str, missing))}; give one SAE folder per block")
+    stores = {"base": ActivationStore(Path(base_store)), "tuned": ActivationStore(Path(tuned_store))}
+    if placebo_store is not None:
+        stores["placebo"] = ActivationStore(Path(placebo_store))
+    explainer = shared_explainer(interp.explainer, interp.llm, device)
+    utility_table = load_utility_table(table)
+    reward = load_reward(reward_spec, device=device)
+    base, tokenizer = load_model(base_model, device=device, dtype=dtype)
+    documents = load_corpus(corpus, text_column=text_column)
+    steering_prompts = heldout_prompts(documents, tokenizer, prompts, split, [], dc.seed)
+    out = Path(out_dir)
+    loaded = _Loaded(dc, examples, explainer, utility_table, aggregate, reward, base, tokenizer, steering_prompts,
+                     new_tokens)
+    results = {}
+    for name in [m for m in ("tuned", "placebo") if m in stores]:
+        results[name] = _decompose_model(loaded, stores["base"], stores[name], name, base_saes, sae_seed, layers,
+                                         out if name == "tuned" else out / name, top_features, root)
+    result = {**results["tuned"], "placebo": results.get("placebo")}
+    write_json(out / DECOMPOSE_JSON, result)
+    return result
+
+
+@dataclass
+class _Loaded:
+    """What the decomposition of every tuned model shares, loaded once."""
+
+    config: DecomposeConfig
+    examples: ExampleConfig
+    explainer: object
+    table: dict
+    aggregate: str
+    reward: object
+    base: object
+    tokenizer: object
+    prompts: list[list[int]]
+    new_tokens: int
+
+
+def _decompose_model(loaded: _Loaded, base_store, tuned_store, name: str, base_saes: dict, sae_seed: int,
+                     layers: list[int], out: Path, top_features: dict[int, list[int]] | None,
+                     root: str | os.PathLike | None) -> dict:
+    """The measures of one tuned model (`name`: tuned, or the placebo tune) against the base, every block."""
+    from ..interp.explain import explain_features
+    from ..interp.features import without_scoring_examples
+    from ..sae import SparseAutoencoder
+    from .crosscoder import crosscoder_analysis
+    from .diffsae import diff_sae, steer_top_latents
+    from .paired_store import delta_store
+    from .shift import count_among, shared_dictionary_shift
+
+    dc, tokenizer, explainer, examples = loaded.config, loaded.tokenizer, loaded.explainer, loaded.examples
+    table, aggregate, seed = loaded.table, loaded.aggregate, sae_seed
+    blocks = []
+    for layer in layers:
+        folder = out / f"layer{layer}"
+        delta = delta_store(base_store, tuned_store, layer, folder / "delta")
+        result, saes = diff_sae(delta, layer, dc, out_dir=folder / "diffsae")
+        result["steering"] = steer_top_latents(result, saes, loaded.base, tokenizer, loaded.reward, loaded.prompts, dc,
+                                               new_tokens=loaded.new_tokens)
+        # Each seed's top latents explained, so the utility of the change comes with a seed spread.
+        wanted = {f"s{s.cfg.seed}": [t["latent"] for t in entry["top"][:dc.explain_top]]
+                  for s, entry in zip(saes, result["saes"])}
+        records = explain_features(delta, layer, {f"s{s.cfg.seed}": s for s in saes}, wanted, tokenizer, explainer,
+                                   examples, model="diff-sae", table=table, aggregate=aggregate)
+        result["features"] = [without_scoring_examples(r) for r in records]
+        sae = SparseAutoencoder.load(Path(root) / base_saes[layer] if root is not None else Path(base_saes[layer]))
+        shift = shared_dictionary_shift(sae, base_store, tuned_store, layer, dc)
+        if top_features is not None:
+            shift["among_top_mmcs"] = count_among(shift, top_features.get(layer, []))
+        shifted = [row["latent"] for row in shift["top"][:dc.explain_top]]
+        shift["features"] = [without_scoring_examples(r) for r in explain_features(
+            tuned_store, layer, {f"s{seed}": sae}, {f"s{seed}": shifted}, tokenizer, explainer, examples,
+            model=f"base-sae on {name}", table=table, aggregate=aggregate)] if shifted else []
+        shift["sae"] = str(base_saes[layer])
+        block = {"layer": layer, "diff_sae": result, "shift": shift}
+        if dc.crosscoder:
+            block["crosscoder"], _ = crosscoder_analysis(base_store, tuned_store, layer, dc,
+                                                          out=folder / "crosscoder.safetensors")
+        blocks.append(block)
+    return {"blocks": blocks, "utility_of_change": change_utility(blocks)}
+
+
+def change_utility(blocks: list[dict]) -> dict:
+    """The paper's utility score applied to the explanations of the top diff-SAE latents: per diff-SAE seed, the sum
+    over blocks and explained latents of each explanation's utility; mean and spread over seeds."""
+    from ..interp.utility import mean_std
+
+    per_seed: dict[str, float] = {}
+    for block in blocks:
+        for record in block["diff_sae"]["features"]:
+            per_seed[record["sae"]] = per_seed.get(record["sae"], 0.0) + float(record.get("utility") or 0.0)
+    return {**mean_std(list(per_seed.values())), "seeds": list(per_seed)}

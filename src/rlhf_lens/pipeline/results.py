@@ -1,0 +1,114 @@
+"""results.json: everything the report shows, gathered from the finished stages in one JSON document
+(docs/report.md). `collect_results` is its one writer; the report reads nothing else.
+
+The sections and their shapes (a list of objects, or an object) are `rlhf_lens.report.RESULT_SECTIONS`, which the
+report checks results.json against; `collect_results` writes exactly those (plus its title and date).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..config import RunConfig
+from ..interp.features import without_scoring_examples
+from ..interp.utility import mean_std
+from ..io import read_json
+from ..report import RESULT_SECTIONS
+from .records import analysed_layers, analysed_models, in_run
+
+
+def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    """Everything the report shows, in one JSON document (docs/report.md)."""
+    ppo = None
+    rlhf_dir = run_dir / "rlhf"
+    if state["rlhf"]["trained"] or (rlhf_dir / "eval.json").is_file():  # external tuned models are evaluated too
+        log_file = rlhf_dir / "log.jsonl"
+        log = ([json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
+               if log_file.is_file() else [])
+        ppo = {"log": log, "eval": read_json(rlhf_dir / "eval.json") if (rlhf_dir / "eval.json").is_file() else None}
+    rows = read_json(run_dir / "divergence.json")
+    mmcs_result = read_json(in_run(run_dir, state["mmcs"]["file"]))
+    sae_rows = []
+    for s in state["saes"]["saes"]:
+        metrics = read_json(in_run(run_dir, s["dir"]) / "metrics.json")
+        sae_rows.append({**{k: s[k] for k in ("model", "layer", "dict_size", "seed")}, "arch": config.sae.arch,
+                         "l0": metrics.get("mean_l0"),
+                         **{k: metrics.get(k) for k in ("l1", "target_l0", "mse", "fvu", "dead_fraction",
+                                                         "tokens_per_s", "warnings", "steps", "stop_reason",
+                                                         "converged", "still_improving", "heldout_fvu")},
+                         # the held-out loss curve, for the report's small multiples
+                         "curve": [{k: c.get(k) for k in ("step", "heldout_loss", "train_loss")}
+                                   for c in metrics.get("curve") or []]})
+    mmcs_rows = []
+    groups: dict[tuple, list[float]] = {}
+    for w in mmcs_result["within"]:
+        groups.setdefault((w["model"], w["layer"], "within"), []).append(w["mmcs"])
+    for a in mmcs_result["across"]:
+        groups.setdefault((f"{a['model']}-vs-base", a["layer"], "across"), []).append(a["mmcs"])
+    for (model, layer, kind), values in groups.items():
+        stats = mean_std(values)
+        mmcs_rows.append({"model": model, "layer": layer, "kind": kind, "values": values, "mean": stats["mean"],
+                          "std": stats["std"]})
+    features = []
+    first_seed = f"s{config.sae.seeds[0]}"
+    for path in state["features"]["files"].values():
+        features += [without_scoring_examples(r) for r in read_json(in_run(run_dir, path)) if r["sae"] == first_seed]
+    new_features = [without_scoring_examples(r) for r in read_json(in_run(run_dir, state["features"]["new"]))]
+    models = analysed_models(state)  # as recorded: run folders relative to it, so results.json moves with it
+    results = {
+        "title": f"rlhf-lens: {config.model.base} vs its RLHF-tuned copy",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "config": config.to_dict(),
+        "models": {"base": models["base"], "tuned": models["tuned"], "control": models.get("control")},
+        "ppo": ppo,
+        "diff": _diff_for_report(run_dir, state),
+        "decompose": read_json(in_run(run_dir, state["decompose"]["file"])),
+        "placebo": _placebo_for_report(run_dir, state),
+        "divergence": {"rows": rows, "top_layers": analysed_layers(config, state), "rank": state["diff"]["rank"],
+                       "by_parameters": state["divergence"]["top_layers"],
+                       "spread": state["divergence"]["spread"]},
+        "saes": sae_rows,
+        "mmcs": mmcs_rows,
+        "features": features,
+        "new_features": new_features,
+        "new_feature_counts": _new_feature_counts(config, mmcs_result, new_features),
+        "utility": {k: v for k, v in read_json(in_run(run_dir, state["scores"]["utility"])).items() if k != "per_seed"},
+        "headline": state["scores"]["headline"],
+    }
+    missing_or_extra = set(results) ^ {"title", "created", *RESULT_SECTIONS}
+    assert not missing_or_extra, f"results.json sections differ from report.RESULT_SECTIONS: {missing_or_extra}"
+    return results
+
+
+def _diff_for_report(run_dir: Path, state: dict) -> dict:
+    """diff.json as the report shows it (the per-token tensors stay in deltas.safetensors); models saved in the run
+    named relative to it, as everywhere in results.json, so a moved run folder still describes itself."""
+    return _read_diff(run_dir, state["diff"]["dir"])
+
+
+def _read_diff(run_dir: Path, folder: str) -> dict:
+    return read_json(in_run(run_dir, folder) / "diff.json")
+
+
+def _placebo_for_report(run_dir: Path, state: dict) -> dict | None:
+    """The placebo tune's diff and utility of the change, shown beside the real tune's; None when it did not run."""
+    if not state["diff"].get("placebo_dir"):
+        return None
+    decompose = read_json(in_run(run_dir, state["decompose"]["file"])).get("placebo") or {}
+    return {"diff": _read_diff(run_dir, state["diff"]["placebo_dir"]),
+            "utility_of_change": decompose.get("utility_of_change"), "table": state["placebo"].get("table")}
+
+
+def _new_feature_counts(config: RunConfig, mmcs_result: dict, explained: list[dict]) -> dict:
+    """Per block: the threshold and its source, the tuned features below it, and the base seed-0 features below it
+    against the other base seeds (the false-positive baseline: what seed noise alone calls new)."""
+    per_block = []
+    for block in mmcs_result["new_blocks"]:
+        null = block["null"] or {}
+        per_block.append({"layer": block["layer"], "threshold": block["threshold"],
+                          "threshold_source": block["threshold_source"], "found": block["found"],
+                          "tuned_n": block["tuned_n"], "baseline": null.get("below"), "baseline_n": null.get("n"),
+                          "explained": sum(r["layer"] == block["layer"] for r in explained)})
+    return {"seed": config.sae.seeds[0], "base_seeds": config.sae.seeds, "per_block": per_block}

@@ -1,0 +1,239 @@
+"""The run engine: stage order, keys, the ledger of finished stages, the lock, the checks, and `run`.
+
+Each stage is recorded in `RUN_DIR/stages/<stage>.json` under a key that hashes the stage's own settings
+(`stage_config`) and the keys of the stages whose outputs it reads (`STAGE_READS`), so a changed setting
+reruns its stage and the stages that read it, directly or through others, and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..config import CONFIG_FILE, RunConfig, config_from_dict, config_toml, validate
+from ..errors import UserError
+from ..io import (
+    LOCK_FILE,
+    MARKER,
+    check_writable,
+    read_json,
+    read_toml,
+    remove_output,
+    run_lock,
+    write_json,
+    write_text,
+)
+from ..progress import console
+from .records import digest, layers_stage
+from .stages import EXECUTOR, STAGE_FUNCTIONS
+
+if TYPE_CHECKING:
+    from ..executors import Executor
+
+STAGES = ("base", "rlhf", "placebo", "divergence", "diff", "control", "harvest", "saes", "mmcs", "decompose", "features",
+          "scores", "report")
+
+LAYERS = "layers"
+"""In `STAGE_READS`: the stage that picked the analysed blocks (`records.layers_stage`: divergence, or diff with
+divergence.rank = "causal")."""
+
+# The stages whose outputs each stage reads (each earlier in STAGES). A stage's key hashes their keys, so it
+# runs again when one of them did; the analysed blocks are read from LAYERS, which names the diff stage only
+# when it picked them, so a diff-only setting (diff.alphas) does not re-harvest or retrain the SAEs.
+STAGE_READS: dict[str, tuple[str, ...]] = {
+    "base": (),
+    "rlhf": ("base",),
+    "placebo": ("base",),
+    "divergence": ("base", "rlhf"),
+    "diff": ("base", "rlhf", "placebo", "divergence"),
+    "control": ("base",),
+    "harvest": ("base", "rlhf", "placebo", "control", LAYERS),
+    "saes": ("harvest", LAYERS),
+    "mmcs": ("harvest", "saes", LAYERS),
+    "decompose": ("base", "harvest", "saes", "mmcs", LAYERS),
+    "features": ("base", "rlhf", "placebo", "control", "harvest", "mmcs", LAYERS),
+    "scores": ("mmcs", "features", LAYERS),
+    "report": ("base", "rlhf", "placebo", "divergence", "diff", "control", "saes", "mmcs", "decompose", "features",
+               "scores"),
+}
+
+# What each stage writes, relative to the run folder.
+STAGE_OUTPUTS = {
+    "base": ["models/base"], "rlhf": ["rlhf"], "placebo": ["placebo"], "divergence": ["divergence.json", "divergence.png"],
+    "diff": ["diff"], "control": ["models/control"], "harvest": ["acts"], "saes": ["saes"], "mmcs": ["mmcs.json"],
+    "decompose": ["decompose"], "features": ["features"], "scores": ["utility.json"],
+    "report": ["results.json", "report.html", "summary.md"],
+}
+
+
+def stage_config(config: RunConfig, stage: str) -> list:
+    """The settings `stage` reads itself (settings of the stages it reads from reach its key through theirs)."""
+    c = config.to_dict()
+    return {
+        "base": [c["model"], c["tiny"], c["data"]],
+        "rlhf": [c["rlhf"], c["reward"]["spec"]],
+        "divergence": [c["divergence"]["top_n"]],
+        "diff": [c["diff"], c["divergence"], c["reward"]["spec"], c["data"]["test_split"]],
+        "placebo": [c["controls"]["placebo"], c["rlhf"], c["reward"]["spec"]],
+        "control": [c["controls"]["random_init"]],
+        "harvest": [c["harvest"], c["data"]["test_split"]],
+        "saes": [c["sae"]],
+        "mmcs": [c["interp"]["new_feature_threshold"], c["interp"]["new_feature_quantile"], c["interp"]["top_k"]],
+        # diff.prompts/new_tokens: the diff-SAE latents are steered on the diff's held-out prompts
+        "decompose": [c["decompose"], c["interp"], c["examples"], c["reward"], c["data"]["test_split"],
+                      c["diff"]["prompts"], c["diff"]["new_tokens"]],
+        # reward.table/aggregate: the feature records (new features' included) carry utility fields
+        "features": [c["interp"], c["examples"], c["reward"]["table"], c["reward"]["aggregate"]],
+        "scores": [c["reward"]["table"], c["reward"]["aggregate"]],
+        "report": [],
+    }[stage]
+
+
+def stage_reads(config: RunConfig, stage: str) -> list[str]:
+    """The stages `stage` reads from under `config` (`STAGE_READS` with LAYERS resolved)."""
+    return [layers_stage(config) if read == LAYERS else read for read in STAGE_READS[stage]]
+
+
+def stage_keys(config: RunConfig) -> dict[str, str]:
+    """Every stage's key under `config`: its name, its own settings and the keys of the stages it reads."""
+    keys: dict[str, str] = {}
+    for stage in STAGES:
+        # With no stage read, or one, this is the hash the keys had when they formed a chain (stage, settings,
+        # key before), so runs recorded then keep their base and PPO stages.
+        keys[stage] = digest(stage, stage_config(config, stage), *([keys[s] for s in stage_reads(config, stage)] or [""]))
+    return keys
+
+
+class Ledger:
+    """Which stages finished, under which key, with what outputs."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = run_dir / "stages"
+
+    def record(self, stage: str) -> dict | None:
+        path = self.dir / f"{stage}.json"
+        return read_json(path) if path.is_file() else None
+
+    def done(self, stage: str, key: str) -> dict | None:
+        record = self.record(stage)
+        if record and record.get("key") == key and record.get("status") == "finished":
+            return record["outputs"]
+        return None
+
+    def start(self, stage: str, key: str) -> bool:
+        """Mark `stage` running under `key`; True if this resumes an unfinished run of the same key."""
+        record = self.record(stage)
+        resuming = bool(record) and record.get("key") == key
+        write_json(self.dir / f"{stage}.json", {"stage": stage, "key": key, "status": "running"})
+        return resuming
+
+    def finish(self, stage: str, key: str, outputs: dict, seconds: float) -> None:
+        write_json(self.dir / f"{stage}.json", {"stage": stage, "key": key, "status": "finished",
+                                                 "seconds": round(seconds, 2),
+                                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "outputs": outputs})
+
+
+def _identity(config: RunConfig) -> dict:
+    """What makes a run this run: another value here is another run, not a changed stage."""
+    return {"base": config.model.base, "tuned": config.model.tuned, "corpus": config.data.corpus,
+            "reward": config.reward.spec}
+
+
+def check_inputs(config: RunConfig) -> None:
+    """Every setting, the corpus, the models and the reward, before anything is written."""
+    from ..data import load_corpus
+    from ..models import SMOLLM2, load_tokenizer
+    from ..rewards import load_reward, load_utility_table
+
+    validate(config)
+    corpus = load_corpus(config.data.corpus, text_column=config.data.text_column)
+    corpus.documents(config.data.test_split)
+    if corpus.held_out:
+        console.print(f"[yellow]{config.data.corpus} has one split: PPO prompts come from a seeded 80% of it, "
+                      f"the held-out evaluation and the harvest from the other 20%[/yellow]")
+    for spec in (config.model.base, config.model.tuned):
+        if spec and spec != "tiny":
+            if spec == SMOLLM2:
+                from ..models import smollm2_path
+
+                smollm2_path()
+            else:
+                load_tokenizer(spec)
+    if not config.model.tuned:
+        load_reward(config.reward.spec)
+    load_utility_table(config.reward.table)
+
+
+def check_run_dir(config: RunConfig, run_dir: Path) -> None:
+    """The folder is new, empty, or holds this same run (its config.toml names the same models, corpus and
+    reward); anything else is refused, untouched."""
+    existing = run_dir / CONFIG_FILE
+    if existing.is_file():
+        try:
+            old_identity = _identity(config_from_dict(read_toml(existing, "run config")))
+        except UserError:
+            raise UserError(f"{existing} is not a readable rlhf-lens config; use another --out") from None
+        if old_identity != _identity(config):
+            diff = ", ".join(f"{k}: {old_identity[k]!r} -> {v!r}" for k, v in _identity(config).items()
+                             if old_identity[k] != v)
+            raise UserError(f"{run_dir} holds another run ({diff}); use another --out or delete that folder")
+    elif run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
+        raise UserError(f"{run_dir} is not a folder this tool can own (a file or a link); use another --out")
+    elif run_dir.exists() and any(p.name not in (LOCK_FILE, MARKER) for p in run_dir.iterdir()):
+        raise UserError(f"{run_dir} exists and is not an rlhf-lens run folder; use another --out")
+
+
+def run(config: RunConfig, run_dir: str | os.PathLike, executor: str | Executor = "local",
+        ray_address: str | None = None) -> Path:
+    """Run (or resume) every stage; returns the report's path.
+
+    Nothing is written before the inputs and the folder pass their checks; then the folder is locked for the
+    whole run (a second run on it stops at once, naming this one's pid) and checked again under the lock.
+    `executor` ("local", "ray", or an `executors.Executor`) runs the independent jobs of the harvest, SAE and
+    features stages (`executors.py`); it changes where they run, not what they write, so it is no part of any
+    stage key. `ray_address` joins an existing Ray cluster instead of starting one.
+    """
+    from ..executors import Executor, make_executor
+
+    run_dir = Path(run_dir)
+    owned = not isinstance(executor, Executor)
+    jobs = make_executor(executor, ray_address) if owned else executor  # a bad name or missing Ray: before any work
+    try:
+        check_inputs(config)
+        check_run_dir(config, run_dir)
+        check_writable(run_dir, "run folder")
+        with run_lock(run_dir):
+            return _run_locked(config, run_dir, jobs)
+    finally:
+        if owned:
+            jobs.close()
+
+
+def _run_locked(config: RunConfig, run_dir: Path, executor: Executor) -> Path:
+    check_run_dir(config, run_dir)  # again: another process may have claimed it before the lock
+    write_text(run_dir / CONFIG_FILE, config_toml(config))
+    ledger = Ledger(run_dir)
+    state: dict = {EXECUTOR: executor}
+    for stage, key in stage_keys(config).items():
+        outputs = ledger.done(stage, key)
+        if outputs is not None:
+            console.print(f"[dim]{stage}: done earlier, skipped[/dim]")
+        else:
+            if not ledger.start(stage, key):
+                # New settings (or a first run): outputs left by other settings would be refused
+                # or, worse, reused by the stage's own resume logic.
+                _remove_outputs(run_dir, stage)
+            console.print(f"[bold]{stage}[/bold]")
+            start = time.perf_counter()
+            outputs = STAGE_FUNCTIONS[stage](config, run_dir, state)
+            ledger.finish(stage, key, outputs, time.perf_counter() - start)
+        state[stage] = outputs
+    return run_dir / "report.html"
+
+
+def _remove_outputs(run_dir: Path, stage: str) -> None:
+    """A stage's own outputs, before it runs under new settings (a symlink among them is refused, not followed)."""
+    for rel in STAGE_OUTPUTS[stage]:
+        remove_output(run_dir / rel)

@@ -1,0 +1,308 @@
+"""The stages of a run as thin adapters: each takes (config, run folder, state), makes one call into its stage's
+package with the paths and settings it needs, and returns its outputs (JSON-able, paths relative to the run
+folder), which later stages read from `state[stage]`. The analysis itself lives in the stage packages."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..config import RunConfig
+from ..errors import interrupt_point
+from ..io import read_json, write_json
+from .records import analysed_layers, analysed_models, digest, in_run, recorded_model, relative
+
+if TYPE_CHECKING:
+    from ..executors import Executor
+
+EXECUTOR = "_executor"  # state[EXECUTOR]: the run's executor (not a stage; stages read it with `_executor`)
+
+
+def _executor(state: dict) -> Executor:
+    """The run's executor (`run(executor=...)`); a stage called on its own runs its jobs in this process."""
+    from ..executors import LocalExecutor
+
+    return state.get(EXECUTOR) or LocalExecutor()
+
+
+def _resources(config: RunConfig, gpu: bool) -> dict:
+    """What one job declares to the executor: a CPU, and a GPU when it runs a model on cuda."""
+    return {"num_cpus": 1, "num_gpus": 1 if gpu and config.model.device.startswith("cuda") else 0}
+
+
+def _ppo_settings(config: RunConfig):
+    # [model] device/dtype and [data] text_column apply to every stage, PPO included.
+    return dataclasses.replace(config.rlhf, device=config.model.device, dtype=config.model.dtype,
+                               text_column=config.data.text_column)
+
+
+def stage_base(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    """The base model: the spec as given, or with model.base = "tiny" a tiny GPT-NeoX built on the corpus."""
+    if config.model.base != "tiny":
+        return {"spec": config.model.base}
+    from ..data import load_corpus
+    from ..models import build_tiny_model, save_model
+
+    texts = load_corpus(config.data.corpus, text_column=config.data.text_column).texts("train")
+    model, tokenizer = build_tiny_model(texts, config.tiny)
+    return {"dir": relative(run_dir, save_model(model, tokenizer, run_dir / "models" / "base"))}
+
+
+def stage_rlhf(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    """PPO of the base against the reward; with model.tuned, that model's held-out evaluation beside the base's."""
+    from ..rlhf import evaluate_models, train_ppo
+
+    out = run_dir / "rlhf"
+    ppo = _ppo_settings(config)
+    if config.model.tuned:
+        # A model tuned elsewhere: no PPO, but the same held-out evaluation of both models.
+        evaluate_models(recorded_model(state["base"], run_dir), config.model.tuned, config.reward.spec,
+                        config.data.corpus, out, ppo)
+        return {"spec": config.model.tuned, "trained": False}
+    model_dir = train_ppo(recorded_model(state["base"], run_dir), config.reward.spec, config.data.corpus, out, ppo)
+    return {"dir": relative(run_dir, model_dir), "trained": True}
+
+
+def stage_placebo(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    """The placebo tune (controls.placebo): the same PPO against the reward's table with its values shuffled over
+    its words, so "would any PPO run of this size change this much?" has an answer."""
+    if not config.controls.placebo:
+        return {"spec": None}
+    from ..rewards import load_utility_table, parse_spec, shuffled_table, write_table
+    from ..rlhf import train_ppo
+
+    kind, arg, options = parse_spec(config.reward.spec)
+    table = shuffled_table(load_utility_table("vader" if kind == "vader" else arg), seed=config.model.seed)
+    path = write_table(table, run_dir / "placebo" / "table.tsv")
+    spec = ",".join([f"table:{path.resolve()}", *(f"{k}={v}" for k, v in sorted(options.items()))])
+    model_dir = train_ppo(recorded_model(state["base"], run_dir), spec, config.data.corpus, run_dir / "placebo" / "ppo",
+                          _ppo_settings(config))
+    return {"dir": relative(run_dir, model_dir), "table": relative(run_dir, path)}
+
+
+def stage_divergence(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    """Frobenius divergence of every block between base and tuned; the top divergence.top_n blocks."""
+    from ..divergence import divergence_from_specs, divergence_spread, plot_divergence, top_layers
+
+    rows = divergence_from_specs(recorded_model(state["base"], run_dir), recorded_model(state["rlhf"], run_dir),
+                                 dtype=config.model.dtype)
+    top = top_layers(rows, config.divergence.top_n)
+    write_json(run_dir / "divergence.json", rows)
+    plot_divergence(rows, run_dir / "divergence.png", top_n=config.divergence.top_n)
+    return {"top_layers": top, "spread": divergence_spread(rows)}
+
+
+def stage_diff(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    """Base and tuned on the same tokens (docs/diff.md); with divergence.rank = causal it picks the analysed blocks."""
+    from ..diff.ranking import top_blocks
+
+    by_parameters = state["divergence"]["top_layers"]
+    result = _diff_in_run(config, run_dir, run_dir / "diff", recorded_model(state["base"], run_dir),
+                          recorded_model(state["rlhf"], run_dir), by_parameters)
+    chosen = by_parameters if config.divergence.rank == "parameters" else top_blocks(result, config.divergence.top_n)
+    outputs = {"dir": relative(run_dir, run_dir / "diff"), "top_layers": chosen, "rank": config.divergence.rank}
+    placebo = recorded_model(state["placebo"], run_dir)
+    if placebo:  # the same measures for the placebo tune, beside the real one's
+        _diff_in_run(config, run_dir, run_dir / "diff" / "placebo", recorded_model(state["base"], run_dir), placebo,
+                     by_parameters)
+        outputs["placebo_dir"] = relative(run_dir, run_dir / "diff" / "placebo")
+    return outputs
+
+
+def _diff_in_run(config: RunConfig, run_dir: Path, folder: Path, base: str, tuned: str, layers: list[int]) -> dict:
+    """`diff_models` writing into the run, its models recorded relative to the run folder (as every record of a
+    run is), so a moved or copied run still describes itself."""
+    from ..diff.run import diff_models
+
+    settings = dataclasses.replace(config.diff, split=config.data.test_split, text_column=config.data.text_column)
+    result = diff_models(base, tuned, config.data.corpus, config.reward.spec, layers, folder, settings,
+                         device=config.model.device, dtype=config.model.dtype)
+    result.update({k: relative(run_dir, result[k]) for k in ("base", "tuned") if Path(str(result[k])).is_absolute()})
+    write_json(folder / "diff.json", result)
+    return result
+
+
+def stage_control(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    """A randomly initialised model of the base architecture: what SAEs find without any training."""
+    if not config.controls.random_init:
+        return {"spec": None}
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..models import load_model, save_model
+
+    base, tokenizer = load_model(recorded_model(state["base"], run_dir), dtype=config.model.dtype)
+    torch.manual_seed(config.model.seed + 1)
+    model = AutoModelForCausalLM.from_config(base.config)
+    return {"dir": relative(run_dir, save_model(model, tokenizer, run_dir / "models" / "control"))}
+
+
+def stage_harvest(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    """MLP outputs of every analysed model at the analysed blocks, one job per model."""
+    from ..harvest import HarvestConfig
+
+    stores, jobs = {}, []
+    # Jobs get absolute paths: a Ray worker on another node does not share the driver's working directory.
+    for name, spec in analysed_models(state, run_dir.absolute()).items():
+        hc = HarvestConfig(
+            **dataclasses.asdict(config.harvest), layers=analysed_layers(config, state),
+            corpus=config.data.corpus, split=config.data.test_split, device=config.model.device,
+            text_column=config.data.text_column, model_dtype=config.model.dtype,
+        )
+        out = run_dir / "acts" / name
+        jobs.append((spec, hc, str(out.absolute())))
+        stores[name] = relative(run_dir, out)
+    _executor(state).map(_harvest_job, jobs, resources=_resources(config, gpu=True))
+    return {"stores": stores}
+
+
+def _harvest_job(job: tuple) -> None:
+    """One model's activations: (model spec, HarvestConfig, store folder)."""
+    from ..harvest import harvest
+
+    spec, hc, out = job
+    harvest(spec, hc, Path(out))
+
+
+def _sae_dir(run_dir: Path, model: str, layer: int, size: int, seed: int) -> Path:
+    return run_dir / "saes" / model / f"layer{layer}" / f"m{size}-s{seed}"
+
+
+def _init_seed(seed: int, model: str, layer: int, size: int) -> int:
+    return int(digest("sae-init", seed, model, layer, size)[:8], 16)
+
+
+def stage_saes(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    """Every (ratio, seed) SAE of every model and analysed block, one job per (model, block)."""
+    from ..sae import SAEConfig, SAETraining
+    from ..store import ActivationStore
+
+    saes, jobs = [], []
+    for name, store_dir in state["harvest"]["stores"].items():
+        store = ActivationStore(in_run(run_dir, store_dir))
+        for layer in analysed_layers(config, state):
+            configs, dirs = [], []
+            for ratio in config.sae.dict_ratios:
+                for seed in config.sae.seeds:
+                    size = ratio * store.d
+                    # Every dictionary starts from its own random init: with one init seed for all,
+                    # the 2x dictionary's first rows (and base vs tuned) would start identical and
+                    # MMCS would partly measure the shared start. Batches follow `seed` alone.
+                    configs.append(SAEConfig(
+                        **{f.name: getattr(config.sae, f.name) for f in dataclasses.fields(SAETraining)
+                           if f.name != "device"},
+                        d_in=store.d, dict_size=size, seed=_init_seed(seed, name, layer, size), data_seed=seed,
+                        device=config.model.device,
+                    ))
+                    dirs.append(_sae_dir(run_dir, name, layer, size, seed))
+                    saes.append({"model": name, "layer": layer, "dict_size": size, "ratio": ratio, "seed": seed,
+                                 "dir": relative(run_dir, dirs[-1])})
+            # One job per (model, block): its SAEs share every pass over that block's activations.
+            jobs.append((str(in_run(run_dir, store_dir).absolute()), layer, configs, [str(d.absolute()) for d in dirs],
+                         len(jobs) + 1))
+    _executor(state).map(_sae_job, jobs, resources=_resources(config, gpu=True))
+    return {"saes": saes}
+
+
+def _sae_job(job: tuple) -> None:
+    """Every (ratio, seed) SAE of one model and block: (store folder, layer, SAEConfigs, SAE folders, unit number)."""
+    from ..sae import train_saes
+    from ..store import ActivationStore
+
+    store_dir, layer, configs, dirs, unit = job
+    train_saes(ActivationStore(Path(store_dir)).source(layer), configs, [Path(d) for d in dirs])
+    interrupt_point("saes", unit)
+
+
+def stage_mmcs(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    """MMCS within and across models and the tuned model's new features (`dictionaries.compare_run_saes`)."""
+    from ..dictionaries import compare_run_saes
+
+    result = compare_run_saes(state["saes"]["saes"], list(state["harvest"]["stores"]), analysed_layers(config, state),
+                              config.sae.seeds, config.interp.top_k, config.interp.new_feature_threshold,
+                              config.interp.new_feature_quantile, root=run_dir)
+    write_json(run_dir / "mmcs.json", result)
+    return {"file": relative(run_dir, run_dir / "mmcs.json")}
+
+
+def stage_decompose(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    """What tuning changed, feature by feature, per analysed block (`decompose.run.decompose_models`), for the
+    tuned model and the placebo tune."""
+    from ..decompose.run import decompose_models
+    from ..dictionaries import small_and_large
+
+    layers = analysed_layers(config, state)
+    stores = {name: in_run(run_dir, path) for name, path in state["harvest"]["stores"].items()}
+    seed = config.sae.seeds[0]
+    base_saes = {layer: small_and_large(state["saes"]["saes"], "base", layer, seed)[0]["dir"] for layer in layers}
+    # the base SAE's top features by MMCS: how many of its shifted latents the interpretation stage explained
+    top = read_json(in_run(run_dir, state["mmcs"]["file"]))["top"]
+    top_features = {layer: [f["feature"] for f in next((t["features"] for t in top if t["model"] == "base"
+                                                        and t["layer"] == layer and t["seed"] == seed), [])]
+                    for layer in layers}
+    result = decompose_models(
+        recorded_model(state["base"], run_dir), stores["base"], stores["tuned"], base_saes, layers,
+        run_dir / "decompose", config.data.corpus, config.reward.spec, config.decompose, interp=config.interp,
+        examples=config.examples, table=config.reward.table, aggregate=config.reward.aggregate,
+        prompts=config.diff.prompts, new_tokens=config.diff.new_tokens, split=config.data.test_split,
+        text_column=config.data.text_column, sae_seed=seed, top_features=top_features,
+        placebo_store=stores.get("placebo"),
+        root=run_dir, device=config.model.device, dtype=config.model.dtype)
+    return {"file": relative(run_dir, run_dir / "decompose" / "decompose.json"),
+            "utility_of_change": result["utility_of_change"]}
+
+
+def stage_features(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    """Explain the top-k features of every seed's small SAE, and the tuned model's most novel features; one job per
+    model (`interp.features.explain_model_features`)."""
+    from ..interp.features import FeaturesJob, explain_model_features
+
+    models = analysed_models(state, run_dir.absolute())
+    layers = analysed_layers(config, state)
+    stores = state["harvest"]["stores"]
+    files = {name: relative(run_dir, run_dir / "features" / f"{name}.json") for name in stores}
+    # Jobs get absolute paths: a Ray worker on another node does not share the driver's working directory.
+    jobs = [FeaturesJob(model=name, model_spec=models[name], store=str(in_run(run_dir, store_dir).absolute()),
+                        layers=layers, mmcs=str(in_run(run_dir, state["mmcs"]["file"]).absolute()),
+                        root=str(run_dir.absolute()), out=str(in_run(run_dir, files[name]).absolute()),
+                        interp=config.interp, examples=config.examples, table=config.reward.table,
+                        aggregate=config.reward.aggregate, first_seed=config.sae.seeds[0], device=config.model.device,
+                        units_before=i * len(layers))
+            for i, (name, store_dir) in enumerate(stores.items())]
+    explainer_gpu = config.interp.explainer.startswith("hf:")
+    new_records = []
+    for new in _executor(state).map(explain_model_features, jobs, resources=_resources(config, gpu=explainer_gpu)):
+        new_records += new
+    write_json(run_dir / "features" / "tuned-new.json", new_records)
+    return {"files": files, "new": relative(run_dir, run_dir / "features" / "tuned-new.json")}
+
+
+def stage_scores(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    """Utility score (Table 3), reward alignment, simulation and MMCS per model, as mean +- spread over seeds
+    (`interp.utility.seed_scores`)."""
+    from ..interp.utility import seed_scores
+
+    records = {name: read_json(in_run(run_dir, path)) for name, path in state["features"]["files"].items()}
+    within = read_json(in_run(run_dir, state["mmcs"]["file"]))["within"]
+    headline, utility = seed_scores(records, within, config.sae.seeds, analysed_layers(config, state),
+                                    config.reward.table, config.reward.aggregate)
+    write_json(run_dir / "utility.json", utility)
+    return {"headline": headline, "utility": relative(run_dir, run_dir / "utility.json")}
+
+
+def stage_report(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    """results.json (`results.collect_results`), rendered as report.html and summary.md."""
+    from ..report import write_report
+    from .results import collect_results
+
+    write_json(run_dir / "results.json", collect_results(config, run_dir, state))
+    html, summary = write_report(run_dir)
+    return {"html": relative(run_dir, html), "summary": relative(run_dir, summary)}
+
+
+STAGE_FUNCTIONS = {
+    "base": stage_base, "rlhf": stage_rlhf, "placebo": stage_placebo, "divergence": stage_divergence,
+    "diff": stage_diff, "control": stage_control, "harvest": stage_harvest, "saes": stage_saes, "mmcs": stage_mmcs,
+    "decompose": stage_decompose, "features": stage_features, "scores": stage_scores, "report": stage_report,
+}
