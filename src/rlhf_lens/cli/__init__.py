@@ -25,7 +25,7 @@ from .common import app
 __all__ = ["app", "main"]
 
 # Each module registers its commands on `app`; imported in pipeline order, the order `--help` lists them in.
-from . import foundation, rewards, harvest, sae, interp, diff, run  # noqa: E402, F401, I001
+from . import foundation, rewards, harvest, sae, interp, diff, decompose, run  # noqa: E402, F401, I001
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,13 +9,6 @@ from pathlib import Path
 import typer
 
 from ..config import ControlSection, DataSection, DivergenceSection, ModelSection, SAESection
-from ..decompose.config import (
-    CrosscodingSettings,
-    DecomposeConfig,
-    DiffSAESettings,
-    ShiftSettings,
-    SteerSettings,
-)
 from ..errors import UserError
 from ..interp.config import InterpConfig
 from .common import app
@@ -32,9 +25,6 @@ RUN_ONLY: dict[type, tuple[str, ...]] = {
     SAESection: ("dict_ratios", "seeds"),  # the run's grid of SAEs (train-sae takes sizes and seeds as lists)
     InterpConfig: ("new_feature_threshold", "new_feature_quantile"),  # new features: tuned SAEs against base seeds
     ControlSection: _every_field(ControlSection),
-    # the decompose stage has no command of its own yet
-    **{cls: _every_field(cls) for cls in (DecomposeConfig, DiffSAESettings, SteerSettings, ShiftSettings,
-                                          CrosscodingSettings)},
 }
 """Settings only a run config takes (class -> field names); every other field of a stage config is an option
 of a stage command (tests/test_cli_coverage.py)."""

@@ -117,10 +117,12 @@ def _decompose_model(loaded: _Loaded, base_store, tuned_store, name: str, base_s
         result["steering"] = steer_top_latents(result, saes, loaded.base, tokenizer, loaded.reward, loaded.prompts, dc,
                                                new_tokens=loaded.new_tokens)
         # Each seed's top latents explained, so the utility of the change comes with a seed spread.
+        # A seed whose latents never fire (Δ constant: the decoder bias takes all of it) has nothing to explain.
         wanted = {f"s{s.cfg.seed}": [t["latent"] for t in entry["top"][:dc.explain_top]]
-                  for s, entry in zip(saes, result["saes"])}
-        records = explain_features(delta, layer, {f"s{s.cfg.seed}": s for s in saes}, wanted, tokenizer, explainer,
-                                   examples, model="diff-sae", table=table, aggregate=aggregate)
+                  for s, entry in zip(saes, result["saes"]) if entry["top"]}
+        records = explain_features(delta, layer, {f"s{s.cfg.seed}": s for s in saes if f"s{s.cfg.seed}" in wanted},
+                                   wanted, tokenizer, explainer, examples, model="diff-sae", table=table,
+                                   aggregate=aggregate) if wanted else []
         result["features"] = [without_scoring_examples(r) for r in records]
         sae = SparseAutoencoder.load(Path(root) / base_saes[layer] if root is not None else Path(base_saes[layer]))
         shift = shared_dictionary_shift(sae, base_store, tuned_store, layer, dc)
