@@ -1,7 +1,7 @@
 """`DecomposeConfig`: settings of the decompositions of what tuning changed, one small dataclass per method
 (the run's `[decompose.diffsae]`, `[decompose.steer]`, `[decompose.shift]`, `[decompose.crosscoding]`) beside the
 shared ones (no torch here: the CLI reads it for `--help`). The methods live in `decompose.diffsae`,
-`decompose.shift`, `decompose.crosscoder` and `diff.placebo` (docs/diff.md, sections "diff-SAE",
+`decompose.shift`, `decompose.crosscoder`, `decompose.run`, and the placebo table in `rewards.placebo` (docs/diff.md, sections "diff-SAE",
 "Shared-dictionary shift", "Crosscoder with Latent Scaling", "Placebo tune")."""
 
 from __future__ import annotations
