@@ -16,15 +16,16 @@ For each dictionary size m (default d=512, m=1024 and 2048, batch 4096: Pythia-7
   end-to-end   `train_saes` over --e2e-epochs epochs from initialisation (data shuffling, statistics,
                checkpoints excluded), 1x and 2x dictionaries in one pass; tokens/s per SAE from metrics.json.
 
-With --anchors, also runs ../shared/anchors (SAELens's trainer on its StandardTrainingSAE, and the roofline
-script) and bench/saelens_arch_anchor.py (SAELens's trainer on its TopKTrainingSAE and BatchTopKTrainingSAE, k =
---k) on the same activations and shapes, so the figures share one machine state, then prints a SUMMARY block:
+With --anchors, also runs bench/anchor_saelens.py (SAELens's trainer on its StandardTrainingSAE, and on its
+TopKTrainingSAE and BatchTopKTrainingSAE with k = --k; in the venv `make anchors` builds) and
+bench/anchor_gemm_bound.py (the five GEMMs timed by a script of its own) on the same activations and shapes, so
+the figures share one machine state, then prints a SUMMARY block:
 for tied, topk and batchtopk at each m, ours, SAELens's and their ratio. Ours for tied is the end-to-end
 `train_saes` figure (a trainer from initialisation against SAELens's `fit()` from initialisation, both with
 dense codes and their per-step bookkeeping; the dense-path step is printed beside it); ours for topk/batchtopk
 is the step figure above (gradients + Adam) against SAELens's `fit()` (which adds its per-step bookkeeping:
-firing counts, grad-clip, schedulers). ANCHORS_VENV defaults to /tmp/saelens-venv if present, else the
-anchors' /tmp/anchors.
+firing counts, grad-clip, schedulers). Without the anchors' venv, --anchors stops at once with one line
+naming `make anchors` (docs/anchors.md).
 
 Data: --acts FILE (safetensors, key `activations`) or synthetic (d, 4d features, firing probability 0.005,
 65536 rows; like the anchors' data). Each figure is printed as `FIGURE name=value unit`.
@@ -46,12 +47,12 @@ from pathlib import Path
 
 import torch
 
+from anchor_venv import missing_line
 from rlhf_lens.sae import SAEConfig, SparseAutoencoder, TensorSource, train_saes
 from rlhf_lens.sae.step import Stepper
 from rlhf_lens.synthetic import SyntheticConfig, write_synthetic
 
-ROOT = Path(__file__).resolve().parents[1]
-ANCHORS = ROOT.parent / "shared" / "anchors"
+BENCH = Path(__file__).resolve().parent
 TARGET_RATIO = 1.5
 """Issue target: ours >= 1.5x SAELens's trainer."""
 
@@ -139,16 +140,10 @@ def interleaved(fns: dict, reps: int, warmup: int = 2) -> dict[str, float]:
     return {name: median(ts) for name, ts in times.items()}
 
 
-def run_anchor(script: str | Path, args: list[str]) -> str | None:
-    """Run an anchor script (a name in ../shared/anchors, or a path); its FIGURE and key INFO lines, or None."""
-    path = script if isinstance(script, Path) else ANCHORS / script
-    if not path.is_file() or not (ANCHORS / "_bootstrap.py").is_file():
-        return None
-    env = dict(os.environ)
-    if "ANCHORS_VENV" not in env and Path("/tmp/saelens-venv/bin/python").exists():
-        env["ANCHORS_VENV"] = "/tmp/saelens-venv"
-    result = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, env=env)
-    keep = ("FIGURE", "INFO eager", "INFO after", "INFO elapsed")
+def run_anchor(script: str, args: list[str]) -> str:
+    """Run a bench/anchor_*.py script (it enters its own venv); its FIGURE and key INFO lines, or why it failed."""
+    result = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True)
+    keep = ("FIGURE", "INFO runtime", "INFO after", "INFO elapsed", "INFO shape")
     lines = [line for line in result.stdout.splitlines() if line.startswith(keep)]
     return "\n".join(lines) if result.returncode == 0 else f"(anchor failed: {result.stderr.strip().splitlines()[-1:]})"
 
@@ -192,10 +187,13 @@ def main() -> int:
     p.add_argument("--warmup-batch", type=int, default=256)
     p.add_argument("--e2e-epochs", type=int, default=1)
     p.add_argument("--k", type=int, default=32, help="k of the topk and batchtopk rows")
-    p.add_argument("--anchors", action="store_true", help="also run SAELens and the roofline anchor side by side")
+    p.add_argument("--anchors", action="store_true",
+                   help="also run SAELens's trainer and the GEMM-bound anchor side by side (needs `make anchors`)")
     p.add_argument("--quick", action="store_true", help="small settings: d=128, m=256,512, batch 1024, few reps")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
+    if args.anchors and (problem := missing_line("saelens")):
+        sys.exit(problem)  # before minutes of our own timings, not after
     if args.quick:
         args.d, args.dicts, args.batch, args.n, args.reps, args.warmup_steps = 128, "256,512", 1024, 8192, 4, 100
     if args.threads:
@@ -258,19 +256,18 @@ def main() -> int:
         threads = ["--threads", str(args.threads)] if args.threads else []
         for m in dicts:
             steps = "100" if m <= 1024 else "50"
-            out = run_anchor("saelens_sae_throughput.py", ["--acts", str(acts_path), "--dict", str(m),
-                                                            "--batch", str(batch), "--steps", steps, *threads])
-            print(f"ANCHOR saelens m={m}:\n{out}" if out else "ANCHOR saelens: anchors not found")
-            note_anchor(figures, ("saelens_standard", m), out)
-            for arch in ("topk", "batchtopk"):
-                out = run_anchor(ROOT / "bench" / "saelens_arch_anchor.py",
-                                 ["--arch", arch, "--acts", str(acts_path), "--dict", str(m), "--batch", str(batch),
-                                  "--k", str(args.k), "--steps", "40" if m <= 1024 else "25", *threads])
-                print(f"ANCHOR saelens {arch} k={args.k} m={m}:\n{out}" if out else "ANCHOR saelens: anchors not found")
+            for arch in ("standard", "topk", "batchtopk"):
+                if arch == "standard":
+                    steps = "100" if m <= 1024 else "50"
+                else:
+                    steps = "40" if m <= 1024 else "25"
+                out = run_anchor("anchor_saelens.py", ["--arch", arch, "--acts", str(acts_path), "--dict", str(m),
+                                                       "--batch", str(batch), "--k", str(args.k), "--steps", steps,
+                                                       *threads])
+                print(f"ANCHOR saelens {arch} m={m}:\n{out}")
                 note_anchor(figures, (f"saelens_{arch}", m), out)
-            out = run_anchor("torch_sae_roofline.py",
-                             ["--d", str(d), "--dict", str(m), "--batch", str(batch), *threads])
-            print(f"ANCHOR roofline m={m}:\n{out}" if out else "ANCHOR roofline: anchors not found")
+            out = run_anchor("anchor_gemm_bound.py", ["--d", str(d), "--dict", str(m), "--batch", str(batch), *threads])
+            print(f"ANCHOR gemm bound m={m}:\n{out}")
         summary(figures, dicts, args.k)
     return 0
 

@@ -6,13 +6,14 @@ trains a tied, an untied, a TopK and a BatchTopK SAE (d 32, m 64, k 4; 3 epochs 
 steps) with `train_saes` into DIR/<arch>/, loads each with `SparseAutoencoder.load` and writes its `encode` and
 `decode(encode(x))` on 256 rows to DIR/ours.safetensors.
 
-SAELens side (`--saelens-side DIR`, re-executed under the anchors venv by ../shared/anchors/_bootstrap.py:
-$ANCHORS_VENV, default /tmp/anchors, created first if missing): `SAE.load_from_disk(DIR/<arch>)`, then its
+SAELens side (`--saelens-side DIR`, re-executed in the SAELens anchors' venv that `make anchors` builds; see
+bench/anchor_venv.py): `SAE.load_from_disk(DIR/<arch>)`, then its
 `encode` and `decode` on the same rows; it also saves a fresh SAELens `BatchTopKTrainingSAE` with
 `save_inference_model` to DIR/saelens_batchtopk_reference/ to show which architecture and keys SAELens itself
 writes for BatchTopK. It prints one JSON line; our side prints, per architecture, the class SAELens loads it as,
 max |f - ours| and max |x_hat - ours|, and exits 1 if any difference exceeds --tol.
 
+    make anchors   # once
     PYTHONPATH=src .venv/bin/python bench/saelens_load_check.py [--out DIR] [--tol 1e-5]
 """
 
@@ -26,7 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ANCHORS = Path(os.environ.get("ANCHORS_DIR", Path(__file__).resolve().parents[2] / "shared" / "anchors"))
+from anchor_venv import enter, missing_line
+
 ARCHS = ("tied", "untied", "topk", "batchtopk")
 K = 4
 
@@ -146,11 +148,10 @@ def main() -> int:
     p.add_argument("--saelens-side", default=None, metavar="DIR", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.saelens_side:
-        sys.path.insert(0, str(ANCHORS))
-        import _bootstrap
-
-        _bootstrap.ensure_venv()  # re-executes this script under the anchors venv unless already there
+        enter("saelens", ("torch", "safetensors", "sae_lens"))  # re-executes this script in that venv
         return saelens_side(Path(args.saelens_side))
+    if problem := missing_line("saelens"):
+        sys.exit(problem)  # before training the SAEs, not after
     return ours_side(Path(args.out or tempfile.mkdtemp(prefix="saelens-load-check-")), args.tol)
 
 
