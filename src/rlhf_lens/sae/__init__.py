@@ -1,6 +1,6 @@
 """Sparse autoencoders on stored activations: the paper's tied ReLU SAE (default), untied, TopK and BatchTopK.
 
-Architecture (paper / design.md): dictionary W [m, d] with rows normalised to unit norm in the forward pass,
+Architecture (the paper; docs/sae.md): dictionary W [m, d] with rows normalised to unit norm in the forward pass,
 
     f     = ReLU(x Wn^T + b_enc)          (TopK: keep the k largest pre-activations, then ReLU)
     x_hat = f Wn + b_dec
