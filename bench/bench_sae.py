@@ -145,7 +145,9 @@ def run_anchor(script: str, args: list[str]) -> str:
     result = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True)
     keep = ("FIGURE", "INFO runtime", "INFO after", "INFO elapsed", "INFO shape")
     lines = [line for line in result.stdout.splitlines() if line.startswith(keep)]
-    return "\n".join(lines) if result.returncode == 0 else f"(anchor failed: {result.stderr.strip().splitlines()[-1:]})"
+    if result.returncode != 0:
+        return f"(anchor failed: {(result.stderr.strip().splitlines() or ['no output'])[-1]})"
+    return "\n".join(lines)
 
 
 def note_anchor(figures: dict, key: tuple[str, int], out: str | None) -> None:
