@@ -16,16 +16,21 @@ import operator
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from conftest import assert_user_error, run_cli
 from rlhf_lens.errors import INTERRUPT_ENV, UserError
-from rlhf_lens.executors import KILL_WORKER_ENV, LocalExecutor, RayExecutor, make_executor
+from rlhf_lens.executors import KILL_WORKER_ENV, LocalExecutor, RayExecutor, check_ray_address, make_executor
 from rlhf_lens.pipeline import STAGE_OUTPUTS, STAGES
 
 TIMING_KEYS = {"tokens_per_s", "seconds", "train_seconds", "wall_seconds", "finished", "created"}
@@ -62,6 +67,72 @@ def test_without_ray_the_ray_executor_says_how_to_install_it(monkeypatch):
     assert str(e.value) == "--executor ray needs Ray: pip install 'rlhf-lens[ray]'"
 
 
+@pytest.mark.parametrize("address", ["not-an-address", "host:", ":6379", "head:port", "head:70000", "head:0",
+                                     "http://10.0.0.1:8265", "user@head:6379", "1:2::3:6379", "a b:6379"])
+def test_a_malformed_ray_address_is_refused_by_parsing(address):
+    with pytest.raises(UserError) as e:
+        check_ray_address(address)
+    assert str(e.value).startswith(f"--ray-address {address!r} is not HOST:PORT; give the head node's address")
+
+
+def test_a_malformed_ray_address_is_one_line_before_any_work(tmp_path):
+    pytest.importorskip("ray")  # without Ray the run stops first at "needs Ray"
+    out = tmp_path / "run"
+    result = run_cli("run", "--preset", "tiny", "--executor", "ray", "--ray-address", "not-an-address", "--out", out)
+    assert_user_error(result, "--ray-address 'not-an-address' is not HOST:PORT", "ray start --head")
+    assert not out.exists()
+
+
+class _NotRay(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
+        self.send_error(404)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextmanager
+def _listeners() -> Iterator[dict[str, int]]:
+    """Ports on 127.0.0.1 where no Ray cluster answers: nothing listening, an HTTP server (a dashboard's port),
+    and a listener that accepts and never answers."""
+    closed, silent = socket.socket(), socket.socket()
+    http = ThreadingHTTPServer(("127.0.0.1", 0), _NotRay)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    try:
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: a connection is refused
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # the kernel completes the connection; nobody reads or writes
+        yield {"closed": closed.getsockname()[1], "http": http.server_address[1], "silent": silent.getsockname()[1]}
+    finally:
+        http.shutdown()
+        http.server_close()
+        closed.close()
+        silent.close()
+
+
+def test_a_ray_address_where_no_cluster_answers_fails_within_seconds(tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    out = tmp_path / "run"
+    with _listeners() as ports:
+        for kind, fragment in [("closed", "cannot connect (Connection refused)"),
+                               ("http", "the server there is not a Ray cluster"), ("silent", "no answer within")]:
+            address = f"127.0.0.1:{ports[kind]}"
+            start = time.perf_counter()
+            result = run_cli("run", "--preset", "tiny", "--executor", "ray", "--ray-address", address, "--out", out)
+            elapsed = time.perf_counter() - start
+            assert_user_error(result, f"--ray-address {address}: {fragment}", "ray start --head")
+            assert elapsed < 30, f"{kind}: {elapsed:.0f} s (Ray alone retries for minutes)"
+            assert not out.exists()
+        # `auto` is checked where RAY_ADDRESS points
+        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{ports['closed']}")
+        with pytest.raises(UserError, match=f"^RAY_ADDRESS .* 127.0.0.1:{ports['closed']}: cannot connect"):
+            check_ray_address("auto")
+        monkeypatch.setenv("RAY_ADDRESS", "nowhere")
+        with pytest.raises(UserError, match="^RAY_ADDRESS .* 'nowhere' is not HOST:PORT"):
+            check_ray_address("auto")
+
+
 # --- Ray ------------------------------------------------------------------------------------------
 
 
@@ -90,6 +161,17 @@ def test_ray_executor_returns_results_in_job_order(ray_cluster):
     import ray
 
     assert ray.is_initialized()
+
+
+def test_a_running_clusters_address_passes_the_probe(ray_cluster):
+    import ray
+
+    gcs = ray.get_runtime_context().gcs_address  # HOST:PORT of this cluster's GCS, as `ray start --head` prints it
+    check_ray_address(gcs)
+    check_ray_address(f"127.0.0.1:{gcs.rsplit(':', 1)[1]}")  # Ray itself maps the loopback to this node's address
+    executor = make_executor("ray", gcs)  # Ray is initialised here: the executor joins this connection
+    assert executor.map(abs, [-2]) == [2]
+    executor.close()
 
 
 def test_a_job_whose_worker_dies_is_retried(ray_cluster):

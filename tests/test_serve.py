@@ -155,10 +155,51 @@ def test_oversized_requests_get_413_and_the_server_goes_on(vader_server):
     assert _post(vader_server, {"query": TEXTS})[0] == 200
 
 
+def test_deeply_nested_json_gets_400_and_the_server_goes_on():
+    server = _start("--reward", "vader")  # the default --max-body-bytes: the 200 kB bodies are read and parsed
+    try:
+        deep_arrays = b"[" * 100_000 + b"]" * 100_000
+        deep_objects = b'{"query": ' + b'{"a": ' * 100_000 + b"0" + b"}" * 100_001
+        for body in (deep_arrays, deep_objects):
+            status, answer = _request(server.base + "/get_reward", body)
+            assert status == 400 and "nests JSON" in answer["error"] and "\n" not in answer["error"]
+            assert _post(server, {"query": ["good"]})[1]["rewards"] == [0.38]
+    finally:
+        rc, err = _stop(server.proc)
+    assert rc == 0 and "Recursion" not in err and "Traceback" not in err, err
+
+
+def test_a_known_path_with_another_method_gets_405_with_allow(vader_server):
+    # One kept-alive connection throughout: each refused request's body is read, so the next one is served.
+    conn = http.client.HTTPConnection("127.0.0.1", vader_server.port, timeout=30)
+    try:
+        for method, path, allow in [("GET", "/get_reward", "POST"), ("PUT", "/get_reward", "POST"),
+                                    ("DELETE", "/get_reward", "POST"), ("PATCH", "/get_reward?x=1", "POST"),
+                                    ("OPTIONS", "/get_reward", "POST"), ("BREW", "/get_reward", "POST"),
+                                    ("POST", "/health", "GET, HEAD"), ("PUT", "/health", "GET, HEAD")]:
+            conn.request(method, path, body=None if method == "GET" else b'{"query": ["good"]}')
+            response = conn.getresponse()
+            answer = json.loads(response.read())
+            assert response.status == 405 and response.getheader("Allow") == allow, (method, path)
+            assert answer["error"].startswith(f"{method} is not served at {path.split('?')[0]}; use ")
+        conn.request("HEAD", "/get_reward")  # a HEAD answer: the status and headers, no body
+        response = conn.getresponse()
+        assert response.status == 405 and response.getheader("Allow") == "POST" and response.read() == b""
+        conn.request("HEAD", "/health")
+        response = conn.getresponse()
+        assert response.status == 200 and int(response.getheader("Content-Length")) > 0 and response.read() == b""
+        conn.request("POST", "/get_reward", body=json.dumps({"query": ["good"]}))
+        response = conn.getresponse()
+        assert response.status == 200 and json.loads(response.read())["rewards"] == [0.38]
+    finally:
+        conn.close()
+
+
 def test_unknown_paths_get_404(vader_server):
-    for url, body in [("/nope", None), ("/get_reward", None), ("/health/x", None), ("/reward", b'{"query": []}')]:
-        status, answer = _request(vader_server.base + url, body)
-        assert status == 404 and "/get_reward" in answer["error"], url
+    for method, url, body in [("GET", "/nope", None), ("GET", "/health/x", None), ("POST", "/reward", b'{"query": []}'),
+                              ("PUT", "/nope", b"{}"), ("DELETE", "/get_reward/x", None)]:
+        status, answer = _request(vader_server.base + url, body, method=method)
+        assert status == 404 and "/get_reward" in answer["error"], (method, url)
     assert _request(vader_server.base + "/health")[0] == 200
 
 

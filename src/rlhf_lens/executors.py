@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -41,6 +42,64 @@ PASSED_ENV_PREFIXES = ("RLHF_LENS_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
 
 def passed_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV_PREFIXES)}
+
+
+PROBE_TIMEOUT = 4.0
+"""Seconds the probe of `--ray-address` waits to connect, and again for the answer (Ray itself retries for minutes)."""
+
+# What a gRPC server (Ray's GCS, Ray Client's server) answers first on a cleartext connection: HTTP/2's client
+# preface and an empty SETTINGS frame get a SETTINGS frame back (RFC 9113, section 3.4).
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_HTTP2_SETTINGS = 4  # the frame type, byte 3 of a frame's 9-byte header
+
+
+def split_ray_address(address: str, given_as: str = "--ray-address") -> tuple[str, int]:
+    """HOST and PORT of `HOST:PORT`, `[IPv6]:PORT` or Ray Client's `ray://HOST:PORT`; otherwise a UserError
+    naming the address as `given_as` it."""
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    bare_ipv6 = ":" in host and not hostport.startswith("[")  # 1:2::3:6379: where does the port start?
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or bare_ipv6 or \
+            any(c in host for c in "/[]@ "):  # a URL (http://...:8265 is the dashboard's), user@host
+        auto = ", or auto" if given_as == "--ray-address" else ""
+        raise UserError(f"{given_as} {address!r} is not HOST:PORT; give the head node's address that "
+                        f"`ray start --head` printed (e.g. 10.0.0.1:6379){auto}")
+    return host, int(port)
+
+
+def check_ray_address(address: str) -> None:
+    """Refuse, within seconds, a --ray-address where no Ray cluster answers: malformed, unknown host, nothing
+    listening, or a server that does not speak gRPC (a dashboard's port). `auto` is checked where it points
+    (RAY_ADDRESS); without it, Ray looks for a cluster on this machine and says itself when there is none."""
+    target = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    if target in ("", "auto", "local"):
+        return
+    given_as = "--ray-address" if target == address else "RAY_ADDRESS (where --ray-address auto points)"
+    host, port = split_ray_address(target, given_as)
+    named = f"{given_as} {target}"
+    fix = "start the cluster there (`ray start --head`), or give the address it printed"
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT) as conn:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return  # a TLS cluster answers only after a handshake; reaching it is what can be checked
+            conn.settimeout(PROBE_TIMEOUT)
+            conn.sendall(_HTTP2_PREFACE)
+            header = b""
+            while len(header) < 9 and (chunk := conn.recv(9 - len(header))):
+                header += chunk
+    except socket.gaierror as e:
+        raise UserError(f"{named}: unknown host {host!r} ({e.strerror}); "
+                        f"give the head node's HOST:PORT") from None
+    except TimeoutError:
+        raise UserError(f"{named}: no answer within {PROBE_TIMEOUT:g} s (a firewall, or a busy "
+                        f"server that is not Ray); {fix}") from None
+    except OSError as e:
+        raise UserError(f"{named}: cannot connect ({e.strerror or first_line(e)}); {fix}") from None
+    if len(header) < 9 or header[3] != _HTTP2_SETTINGS:
+        raise UserError(f"{named}: the server there is not a Ray cluster (it does not speak gRPC; "
+                        f"the dashboard's port?); give the address `ray start --head` printed (port 6379 by default)")
 
 
 class Executor:
@@ -110,7 +169,8 @@ def _run_task(fn: Callable[[Any], Any], job: Any, num_cpus: float) -> Any:
 class RayExecutor(Executor):
     """Each job a Ray task with the declared resources, retried when its worker dies.
 
-    With `address` (`--ray-address HOST:PORT`, or "auto") it joins that cluster; otherwise it starts
+    With `address` (`--ray-address HOST:PORT`, or "auto") it joins that cluster, probed first by
+    `check_ray_address` (in seconds, where Ray would retry for minutes); otherwise it starts
     a local one, which `close` shuts down. When Ray is already initialised in this process (a test,
     a notebook), that connection is used and left open.
     """
@@ -133,6 +193,8 @@ class RayExecutor(Executor):
     def _connect(self) -> None:
         ray = self._ray
         if not ray.is_initialized():
+            if self.address:
+                check_ray_address(self.address)  # in seconds; Ray retries an address that does not answer for minutes
             try:
                 # "local": a new cluster for this run, even where `ray start` or RAY_ADDRESS names another.
                 ray.init(address=self.address or "local", include_dashboard=False, configure_logging=False,

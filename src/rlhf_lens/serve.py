@@ -2,7 +2,8 @@
 
 POST /get_reward  {"query": [texts...], "prompts": [...], "labels": [...]}  (prompts, labels optional, unused)
               ->  {"rewards": [floats], "scores": [floats], "extra_logs": {NAME: [floats]}}
-GET  /health      {"status": "ok", "reward": SPEC, "name": NAME, "info": {...}}
+GET  /health      {"status": "ok", "reward": SPEC, "name": NAME, "info": {...}}   (HEAD: its headers)
+Another method on these paths: 405 with an Allow header; another path: 404; errors are {"error": "..."}.
 
 OpenRLHF sends in `query` the full decoded sequence (prompt and response, with its chat
 template), so the server scores each query text as is: the same numbers as
@@ -27,6 +28,7 @@ from .rewards import Reward, load_reward, reward_name
 
 REWARD_PATH = "/get_reward"
 HEALTH_PATH = "/health"
+ROUTES = {REWARD_PATH: ("POST",), HEALTH_PATH: ("GET", "HEAD")}  # path -> the methods it answers
 DRAIN_LIMIT = 256 * 1024 * 1024  # refused bodies up to this size are read and dropped, larger ones reset
 
 
@@ -104,20 +106,36 @@ class RewardHandler(BaseHTTPRequestHandler):
 
     # --- routes ---
 
-    def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
-        if self._path() == HEALTH_PATH:
-            s = self.server
-            self._send(HTTPStatus.OK, {"status": "ok", "reward": s.spec, "name": s.name,
-                                       "info": getattr(s.reward, "info", {}), "endpoint": REWARD_PATH,
-                                       "max_texts": s.config.max_texts, "max_body_bytes": s.config.max_body_bytes})
-        else:
-            self._not_found()
+    def __getattr__(self, name: str) -> Callable[[], None]:
+        # http.server answers a method it has no `do_<METHOD>` for with an HTML 501. Every method comes to
+        # `_route` instead, so a known path answers a method it does not serve with 405 and its Allow header.
+        if name.startswith("do_"):
+            return self._route
+        raise AttributeError(name)
 
-    def do_POST(self) -> None:  # noqa: N802
-        if self._path() != REWARD_PATH:
-            self._discard_body()
-            self._not_found()
+    def _route(self) -> None:
+        path = self._path()
+        if path == REWARD_PATH and self.command == "POST":
+            self._get_reward()  # reads its own body
             return
+        self._discard_body()
+        allowed = ROUTES.get(path)
+        if allowed is None:
+            self._not_found()
+        elif self.command not in allowed:
+            self._send(HTTPStatus.METHOD_NOT_ALLOWED,
+                       {"error": f"{self.command} is not served at {path}; use {' or '.join(allowed)}"},
+                       headers={"Allow": ", ".join(allowed)})
+        else:
+            self._health()
+
+    def _health(self) -> None:
+        s = self.server
+        self._send(HTTPStatus.OK, {"status": "ok", "reward": s.spec, "name": s.name,
+                                   "info": getattr(s.reward, "info", {}), "endpoint": REWARD_PATH,
+                                   "max_texts": s.config.max_texts, "max_body_bytes": s.config.max_body_bytes})
+
+    def _get_reward(self) -> None:
         try:
             texts = self._read_query()
             try:
@@ -159,6 +177,9 @@ class RewardHandler(BaseHTTPRequestHandler):
             data = json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not UTF-8 JSON ({first_line(e)})") from None
+        except RecursionError:  # the decoder recurses once per nested array or object
+            raise RequestError(HTTPStatus.BAD_REQUEST,
+                               'body nests JSON arrays or objects too deeply; send {"query": [texts...]}') from None
         if not isinstance(data, dict) or "query" not in data:
             raise RequestError(HTTPStatus.BAD_REQUEST, 'expected a JSON object {"query": [texts...]}')
         texts = data["query"]
@@ -174,6 +195,9 @@ class RewardHandler(BaseHTTPRequestHandler):
         return texts
 
     def _discard_body(self) -> None:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            self.close_connection = True  # its end is not known without parsing the chunks
+            return
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
@@ -197,15 +221,18 @@ class RewardHandler(BaseHTTPRequestHandler):
     def _not_found(self) -> None:
         self._send(HTTPStatus.NOT_FOUND, {"error": f"no such path {self._path()!r}; POST {REWARD_PATH} or GET {HEALTH_PATH}"})
 
-    def _send(self, status: HTTPStatus, obj: dict) -> None:
+    def _send(self, status: HTTPStatus, obj: dict, headers: dict[str, str] | None = None) -> None:
         body = json.dumps(obj).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # a HEAD answer has the headers of the body it leaves out
+            self.wfile.write(body)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         # A trainer posts many batches: log only the failures, to stderr.
