@@ -216,9 +216,9 @@ def test_decompose_config_checks():
                        (dict(crosscoding=CrosscodingSettings(scaling_threshold=0.0)), "crosscoding.scaling_threshold")):
         with pytest.raises(UserError, match=named.replace(".", r"\.")):
             check_decompose_config(DecomposeConfig(**bad))
-    with pytest.raises(UserError, match="^decompose.diffsae.expansion must be > 0 and decompose.diffsae.k >= 1$"):
+    with pytest.raises(UserError, match=r"^decompose.diffsae.k must be >= 1 \(got 0\)$"):
         check_decompose_config(DecomposeConfig(diffsae=DiffSAESettings(k=0)), in_section("decompose"))
-    with pytest.raises(UserError, match="^--steer-alpha must be > 0 and --steer-random >= 1$"):
+    with pytest.raises(UserError, match=r"^--steer-random must be >= 1 \(got 0\)$"):
         check_decompose_config(DecomposeConfig(steer=SteerSettings(random=0)), flag)
 
 

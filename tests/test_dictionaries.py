@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,6 +153,34 @@ def test_mmcs_cli_json_and_errors(tmp_path):
     wide = _sae_dir(tmp_path / "wide", torch.randn(12, 10))
     assert_user_error(run_cli("mmcs", a, wide), "different widths")
     assert_user_error(run_cli("mmcs", a, tmp_path / "nothing"), "not an SAE folder")
+
+
+def _recording(folder: Path, **cfg) -> Path:
+    """`folder`'s cfg.json with these fields added (what a trainer records about the SAE)."""
+    path = folder / "cfg.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **cfg}))
+    return folder
+
+
+def test_mmcs_cli_refuses_saes_of_different_blocks_unless_allowed(tmp_path):
+    """Each cfg.json records its block (train-sae and a run: metadata.layer; SAELens: hook_layer or hook_name)."""
+    rng = np.random.default_rng(5)
+    w = [torch.tensor(rng.normal(size=(12, 8)), dtype=torch.float32) for _ in range(4)]
+    block1 = _recording(_sae_dir(tmp_path / "b1", w[0]), metadata={"layer": 1, "source": "acts"})
+    block2 = _recording(_sae_dir(tmp_path / "b2", w[1]), metadata={"layer": 2, "source": "acts"})
+    saelens2 = _recording(_sae_dir(tmp_path / "saelens2", w[2]), metadata={"hook_name": "blocks.2.hook_mlp_out"})
+    unknown = _sae_dir(tmp_path / "unknown", w[3])
+    assert_user_error(run_cli("mmcs", block1, block2), f"{block1} encodes block 1 and {block2} block 2",
+                      "--allow-different-layers")
+    assert_user_error(run_cli("mmcs", block1, saelens2, "--json"), "block 1", "block 2")
+    assert_user_error(run_cli("mmcs", _recording(_sae_dir(tmp_path / "old", w[0]), hook_layer=3), block2),
+                      "block 3", "block 2")
+    allowed = run_cli("mmcs", block1, block2, "--json", "--allow-different-layers", check=True)
+    assert json.loads(allowed.stdout)["mmcs"] == pytest.approx(compare(block1, block2)["mmcs"])
+    assert "warning" in allowed.stderr and "block 1" in allowed.stderr
+    for a, b in ((block2, saelens2), (block1, unknown)):  # the same block, or one that does not say: no word
+        same = run_cli("mmcs", a, b, "--json", check=True)
+        assert "mmcs" in json.loads(same.stdout) and "warning" not in same.stderr
 
 
 def test_new_in_block_auto_threshold_flags_only_truly_new_directions():

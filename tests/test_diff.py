@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,6 +137,39 @@ def test_cli_diff_end_to_end(tiny_model_dir, corpus_file, tmp_path, planted):
     written = json.loads((out / "diff.json").read_text())
     assert written["layers"] == [1] and written["n_docs"] == 12 and "verdicts" in written
     assert (out / "deltas.safetensors").is_file()
+    # a rerun into its own folder writes it again
+    run_cli("diff", tiny_model_dir, planted["tuned"], "--corpus", corpus_file, "--reward", f"table:{planted['table']}",
+            "--layers", "1", "--out", out, "--max-docs", "6", "--prompts", "4", "--new-tokens", "4", "--alphas", "0",
+            "--random-directions", "1", "--null-sets", "20", "--rank-spread", "0", check=True)
+    assert json.loads((out / "diff.json").read_text())["n_docs"] == 6
+
+
+def test_cli_diff_out_refuses_a_folder_it_did_not_write(tiny_model_dir, corpus_file, tmp_path):
+    """Before any work and changing nothing: a folder of the user's files (their own diff.json), `--out .`, a link."""
+    args = ("diff", tiny_model_dir, tiny_model_dir, "--corpus", corpus_file, "--reward", "vader", "--layers", "1")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "diff.json").write_text('{"my": "own diff"}')
+    (mine / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in mine.iterdir()}
+    assert_user_error(run_cli(*args, "--out", mine), str(mine), "did not write")
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == before
+    only_json = tmp_path / "only-json"
+    only_json.mkdir()
+    (only_json / "diff.json").write_text('{"my": "own diff"}')
+    assert_user_error(run_cli(*args, "--out", only_json), "did not write")
+    assert (only_json / "diff.json").read_text() == '{"my": "own diff"}'
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert_user_error(run_cli(*args, "--out", link), "symbolic link")
+    assert not (tmp_path / "elsewhere").exists()
+    import rlhf_lens
+
+    source = str(Path(rlhf_lens.__file__).resolve().parents[1])  # this checkout, from another working folder
+    here = subprocess.run([sys.executable, "-m", "rlhf_lens", *map(str, args), "--out", "."], capture_output=True,
+                          text=True, cwd=mine, env={**os.environ, "PYTHONPATH": source})
+    assert_user_error(here, "current folder")
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == before
 
 
 def test_cli_mismatched_tokenizers_fail_in_one_line(tiny_model_dir, corpus_file, tmp_path):

@@ -34,7 +34,7 @@ from .io import read_toml
 from .models_config import TinyModelConfig
 from .rlhf.config import PPOConfig, check_device_dtype
 from .rlhf.config import check_config as check_ppo
-from .rules import Namer, field_name, in_section, require
+from .rules import Namer, field_name, in_section, not_empty, number, one_of, require, seed, seeds
 from .sae.config import SAETraining
 
 if sys.version_info >= (3, 11):
@@ -86,7 +86,7 @@ class ModelSection:
     """Seed of the run (tiny model, control model, example sampling)."""
 
     def check(self, key: Namer = field_name) -> None:
-        require([(self.base.strip() != "", f"{key('base')} is empty; give a hub id, a folder, smollm2 or tiny")])
+        require([not_empty(self, "base", key, "a hub id, a folder, smollm2 or tiny"), seed(self, "seed", key)])
         check_device_dtype(self.device, self.dtype, key)
 
 
@@ -100,8 +100,11 @@ class DataSection:
     """Split activations are harvested from (paper: IMDB test)."""
 
     def check(self, key: Namer = field_name) -> None:
-        require([(self.corpus.strip() != "",
-                  f"{key('corpus')} is empty; give a corpus name (pang-lee, imdb) or a file")])
+        require([
+            not_empty(self, "corpus", key, "a corpus name (pang-lee, imdb) or a file"),
+            not_empty(self, "text_column", key, "the column holding the text, e.g. text"),
+            not_empty(self, "test_split", key, "a split of the corpus, e.g. test"),
+        ])
 
 
 @dataclass
@@ -116,6 +119,11 @@ class RewardSection:
     """Per-explanation aggregate of the utilities of its words: mean (the authors' notebook) or sum."""
 
     def check(self, key: Namer = field_name) -> None:
+        """Names only: the reward and the tables are loaded by the run's input checks."""
+        require([
+            not_empty(self, "spec", key, "a reward: vader, table:FILE, classifier:MODEL or sentiment"),
+            not_empty(self, "table", key, "vader or a utility table file"),
+        ])
         check_aggregate(self.aggregate, key)
 
 
@@ -128,10 +136,7 @@ class DivergenceSection:
     causal (the diff stage's ranking: reward gain of steering the base model by each block's own change)."""
 
     def check(self, key: Namer = field_name) -> None:
-        require([
-            (self.top_n >= 1, f"{key('top_n')} must be >= 1 (got {self.top_n})"),
-            (self.rank in ("parameters", "causal"), f"{key('rank')} must be parameters or causal (got {self.rank!r})"),
-        ])
+        require([number(self, "top_n", key, at_least=1), one_of(self, "rank", key, ("parameters", "causal"))])
 
 
 @dataclass
@@ -148,12 +153,11 @@ class SAESection(SAETraining):
         super().check(key)
         r = self.dict_ratios
         require([
+            (all(x >= 1 for x in r), f"{key('dict_ratios')} must be whole multiples >= 1 (got {r})"),
             (len(r) >= 2 and len(set(r)) == len(r),
              f"{key('dict_ratios')} needs at least two distinct sizes (MMCS compares the small dictionary with a "
              f"larger one; with one size it is 1.0 by construction), got {r}"),
-            (all(x >= 1 for x in r), f"{key('dict_ratios')} must be whole multiples >= 1 (got {r})"),
-            (len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds),
-             f"{key('seeds')} needs at least one seed and no repeats (got {self.seeds})"),
+            seeds(self, "seeds", key),
         ])
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .rules import Namer, field_name, require
+from .rules import Namer, field_name, number, require, seed
 
 
 @dataclass
@@ -26,9 +26,13 @@ class TinyModelConfig:
 
     def check(self, key: Namer = field_name) -> None:
         require([
-            (min(self.layers, self.width, self.heads, self.vocab_size) >= 1 and self.pretrain_steps >= 0,
-             f"{key('layers')}, {key('width')}, {key('heads')} and {key('vocab_size')} must be >= 1, "
-             f"{key('pretrain_steps')} >= 0"),
-            (self.width % max(self.heads, 1) == 0,
-             f"{key('width')} ({self.width}) must be a multiple of {key('heads')} ({self.heads})"),
+            number(self, "layers", key, at_least=1),
+            number(self, "width", key, at_least=1),
+            number(self, "heads", key, at_least=1),
+            number(self, "vocab_size", key, at_least=1),
+            number(self, "context", key, at_least=2),
+            number(self, "pretrain_steps", key, at_least=0),
+            seed(self, "seed", key),
         ])
+        require([(self.width % self.heads == 0,
+                  f"{key('width')} ({self.width}) must be a multiple of {key('heads')} ({self.heads})")])

@@ -30,10 +30,14 @@ def diff_command(
 ) -> None:
     """Compare base and tuned on the same tokens: what tuning promotes, read through the reward, checked by steering."""
     from ..diff.run import DIFF_JSON, diff_models
+    from ..io import atomic_dir
 
     check_config(config, flag)
     chosen = parse_ints(layers) if layers.strip() else None
-    result = diff_models(base, tuned, corpus, reward, chosen, out, config, device=device, dtype=dtype)
+    # Refused at once, untouched: a folder of the user's files (their own diff.json among them), a link, `--out .`.
+    # The diff is written beside it and takes its place when it is complete (a folder this command wrote is replaced).
+    with atomic_dir(out) as staging:
+        result = diff_models(base, tuned, corpus, reward, chosen, staging, config, device=device, dtype=dtype)
     for name, verdict in result["verdicts"].items():
         typer.echo(f"{name}: {verdict}")
     words = ", ".join(t["word"] for t in result["output"]["promoted"][:10]) or "none"

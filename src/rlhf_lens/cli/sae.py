@@ -3,6 +3,7 @@ check them on planted ground truth (`synthetic`, `recovery`)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
@@ -10,7 +11,7 @@ import typer
 from ..config import doc
 from ..errors import UserError
 from ..interp.config import InterpConfig
-from ..sae.config import SAEConfig
+from ..sae.config import CFG_FILE, SAEConfig
 from ..synthetic import SyntheticConfig
 from .common import app, print_json
 from .options import Options, build, takes
@@ -61,12 +62,21 @@ def mmcs_command(
     as_json: bool = typer.Option(False, "--json", help='Print {"mmcs": x, "top_features": [{"feature": i, "max_cosine": c, "match": j}, ...]}.'),
     hungarian: bool = typer.Option(False, "--hungarian", help="Add a one-to-one (Hungarian) matching of the two dictionaries."),
     new_below: float = typer.Option(None, "--new-below", help="List features of SAE_A whose max cosine is below this (no close counterpart in SAE_B), e.g. 0.7."),
+    allow_different_layers: bool = typer.Option(False, "--allow-different-layers", help="Compare SAEs whose cfg.json record different blocks (refused otherwise: features of different blocks are not the same kind of thing); a warning is printed."),
     *,
     top_k: int,
 ) -> None:
     """Mean max cosine similarity of SAE_A's features against SAE_B, and the best-matched features."""
     from ..dictionaries import compare
+    from ..progress import console
 
+    block_a, block_b = recorded_block(sae_a), recorded_block(sae_b)
+    if block_a is not None and block_b is not None and block_a != block_b:
+        what = f"{sae_a} encodes block {block_a} and {sae_b} block {block_b} (their cfg.json)"
+        if not allow_different_layers:
+            raise UserError(f"{what}: MMCS compares dictionaries of the same block; give SAEs of one block, or "
+                            "--allow-different-layers to compare them anyway")
+        console.print(f"[yellow]warning: {what}; comparing them as --allow-different-layers asks[/yellow]")
     result = compare(sae_a, sae_b, top_k=top_k, hungarian=hungarian, new_below=new_below)
     if as_json:
         print_json(result)
@@ -80,6 +90,30 @@ def mmcs_command(
         new = result["new_features"]
         typer.echo(f"{len(new)} features of {sae_a} with max cosine < {new_below:g}"
                    + (": " + ", ".join(str(r["feature"]) for r in new[:50]) + (" ..." if len(new) > 50 else "") if new else ""))
+
+
+BLOCK_NAME = re.compile(r"(?:^|\.)(?:blocks|layers|h)\.(\d+)\.")
+"""A block in a hook name (SAELens: blocks.3.hook_mlp_out; model paths: gpt_neox.layers.3.mlp)."""
+
+
+def recorded_block(sae_dir: Path) -> int | None:
+    """The block whose activations an SAE folder's cfg.json says it was trained on: `metadata.layer` (train-sae,
+    a run's SAEs), SAELens's `hook_layer`, or the block in its `hook_name`; None when it does not say."""
+    from ..io import read_json
+
+    path = Path(sae_dir) / CFG_FILE
+    if not path.is_file():
+        return None  # not an SAE folder: `compare` says so
+    cfg = read_json(path)
+    metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    for value in (metadata.get("layer"), cfg.get("hook_layer"), metadata.get("hook_layer")):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    for name in (metadata.get("hook_name"), cfg.get("hook_name")):
+        found = BLOCK_NAME.search(name) if isinstance(name, str) else None
+        if found:
+            return int(found.group(1))
+    return None
 
 
 @app.command("synthetic")

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..rules import Namer, field_name, require
+from ..rules import Namer, field_name, nested, number, one_of, require, seed, seeds
+from ..sae.config import ARCHS
 
 STEER_NORMS = ("contribution", "delta")
 CROSSCODER_ARCHS = ("batchtopk", "topk", "l1")
+SHIFT_RANKS = ("mean", "z")
 
 
 @dataclass
@@ -111,29 +113,39 @@ class DecomposeConfig:
 
 def check_decompose_config(config: DecomposeConfig, key: Namer = field_name) -> None:
     """Every setting in range, or a UserError naming the first that is not (as `key` spells it)."""
-    c, d, st, sh, cc = config, config.diffsae, config.steer, config.shift, config.crosscoding
+    c, k = config, key
+    d, dk = c.diffsae, nested(key, "diffsae")
+    st, stk = c.steer, nested(key, "steer")
+    sh, shk = c.shift, nested(key, "shift")
+    cc, cck = c.crosscoding, nested(key, "crosscoding")
     require([
-        (d.expansion > 0 and d.k >= 1, f"{key('diffsae.expansion')} must be > 0 and {key('diffsae.k')} >= 1"),
-        (bool(d.seeds) and len(set(d.seeds)) == len(d.seeds),
-         f"{key('diffsae.seeds')} must be distinct and at least one (got {d.seeds})"),
-        (d.epochs >= 1 and d.lr > 0 and d.batch_size >= 1,
-         f"{key('diffsae.epochs')} and {key('diffsae.batch_size')} must be >= 1 and {key('diffsae.lr')} > 0"),
-        (d.top >= 1 and st.latents >= 0, f"{key('diffsae.top')} must be >= 1 and {key('steer.latents')} >= 0"),
-        (c.explain_top >= 0, f"{key('explain_top')} must be >= 0 (got {c.explain_top})"),
-        (st.norm in STEER_NORMS, f"{key('steer.norm')} must be one of {', '.join(STEER_NORMS)} (got {st.norm!r})"),
-        (st.alpha > 0 and st.random >= 1, f"{key('steer.alpha')} must be > 0 and {key('steer.random')} >= 1"),
-        (sh.splits >= 2 and 0 < sh.quantile < 1,
-         f"{key('shift.splits')} must be >= 2 and {key('shift.quantile')} in (0, 1)"),
-        (sh.rank_by in ("mean", "z"), f"{key('shift.rank_by')} must be mean or z (got {sh.rank_by!r})"),
-        (sh.top >= 1, f"{key('shift.top')} must be >= 1"),
-        (cc.arch in CROSSCODER_ARCHS,
-         f"{key('crosscoding.arch')} must be one of {', '.join(CROSSCODER_ARCHS)} (got {cc.arch!r})"),
-        (cc.expansion > 0 and cc.k >= 1 and cc.l1 >= 0,
-         f"{key('crosscoding.expansion')} must be > 0, {key('crosscoding.k')} >= 1 and {key('crosscoding.l1')} >= 0"),
-        (cc.steps >= 1 and cc.lr > 0 and cc.batch_size >= 1 and cc.rows >= 2,
-         f"{key('crosscoding.steps')}, {key('crosscoding.batch_size')} must be >= 1, {key('crosscoding.lr')} > 0 "
-         f"and {key('crosscoding.rows')} >= 2"),
-        (0 < cc.scaling_threshold < 1 and 0.5 < cc.norm_threshold < 1,
-         f"{key('crosscoding.scaling_threshold')} must be in (0, 1) and {key('crosscoding.norm_threshold')} in "
-         f"(0.5, 1)"),
+        number(c, "explain_top", k, at_least=0),
+        seed(c, "seed", k),
+        (d.arch is None or d.arch in ARCHS,
+         f"{dk('arch')} must be one of {', '.join(ARCHS)}, or unset for the default (got {d.arch!r})"),
+        number(d, "expansion", dk, above=0),
+        number(d, "k", dk, at_least=1),
+        seeds(d, "seeds", dk),
+        number(d, "epochs", dk, at_least=1),
+        number(d, "lr", dk, above=0),
+        number(d, "batch_size", dk, at_least=1),
+        number(d, "top", dk, at_least=1),
+        number(st, "latents", stk, at_least=0, note="0: none"),
+        one_of(st, "norm", stk, STEER_NORMS),
+        number(st, "alpha", stk, above=0),
+        number(st, "random", stk, at_least=1),
+        number(sh, "splits", shk, at_least=2),
+        number(sh, "quantile", shk, above=0, below=1),
+        one_of(sh, "rank_by", shk, SHIFT_RANKS),
+        number(sh, "top", shk, at_least=1),
+        one_of(cc, "arch", cck, CROSSCODER_ARCHS),
+        number(cc, "expansion", cck, above=0),
+        number(cc, "k", cck, at_least=1),
+        number(cc, "l1", cck, at_least=0),
+        number(cc, "steps", cck, at_least=1),
+        number(cc, "lr", cck, above=0),
+        number(cc, "batch_size", cck, at_least=1),
+        number(cc, "rows", cck, at_least=2),
+        number(cc, "scaling_threshold", cck, above=0, below=1),
+        number(cc, "norm_threshold", cck, above=0.5, below=1),
     ])

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..rules import Namer, field_name, require
+from ..rules import Namer, field_name, is_finite_number, not_empty, number, one_of, require, seed
+
+RANK_BY = ("kl", "logprob")
+"""How promoted and demoted tokens are ranked (`DiffConfig.rank_by`)."""
 
 
 @dataclass
@@ -66,21 +69,47 @@ class DiffConfig:
 
 
 def check_config(config: DiffConfig, key: Namer = field_name) -> None:
-    """Every setting in range, or a UserError naming the first that is not (as `key` spells it)."""
+    """Every setting in range, or a UserError naming the first that is not (as `key` spells it). The blocks of
+    `rank_layers` are checked against the model's depth where the model is known (`diff_models`, a run's input
+    checks)."""
     c, k = config, key
     require([
-        (c.max_docs >= 1 and c.max_tokens >= 2 and c.batch_size >= 1,
-         f"{k('max_docs')} and {k('batch_size')} must be >= 1 and {k('max_tokens')} >= 2"),
-        (c.top_words >= 1 and c.null_sets >= 10, f"{k('top_words')} must be >= 1 and {k('null_sets')} >= 10"),
-        (c.min_change >= 0 and c.verdict_z > 0, f"{k('min_change')} must be >= 0 and {k('verdict_z')} positive"),
-        (c.prompts >= 2 and c.new_tokens >= 1, f"{k('prompts')} must be >= 2 and {k('new_tokens')} >= 1"),
-        (bool(c.alphas) and all(a >= 0 for a in c.alphas), f"{k('alphas')} must be non-negative (got {c.alphas})"),
-        (c.random_directions >= 1 and c.rank_random >= 0,
-         f"{k('random_directions')} must be >= 1 and {k('rank_random')} >= 0"),
-        (c.coherence_kl > 0, f"{k('coherence_kl')} must be positive (got {c.coherence_kl})"),
-        (c.rank_spread >= 0 and c.rank_alpha >= 0, f"{k('rank_spread')} and {k('rank_alpha')} must be >= 0"),
-        (c.contexts >= 0 and c.context_tokens >= 1 and c.word_pool >= 10,
-         f"{k('contexts')} must be >= 0, {k('context_tokens')} >= 1 and {k('word_pool')} >= 10"),
-        ("{word}" in c.word_template, f"{k('word_template')} must contain {{word}}"),
-        (c.rank_by in ("kl", "logprob"), f"{k('rank_by')} must be kl or logprob (got {c.rank_by!r})"),
+        not_empty(c, "split", k, "a split of the corpus, e.g. test"),
+        number(c, "max_docs", k, at_least=1),
+        number(c, "max_tokens", k, at_least=2),
+        number(c, "batch_size", k, at_least=1),
+        not_empty(c, "text_column", k, "the column holding the text, e.g. text"),
+        number(c, "top_words", k, at_least=1),
+        one_of(c, "rank_by", k, RANK_BY),
+        number(c, "min_change", k, at_least=0),
+        number(c, "null_sets", k, at_least=10),
+        number(c, "verdict_z", k, above=0),
+        (c.table is None or c.table.strip() != "",
+         f"{k('table')} is empty; give vader or a table file, or leave it unset (the reward's own table)"),
+        (_fills(c.word_template), f"{k('word_template')} must contain {{word}} and no other {{...}} field "
+                                  f"(got {c.word_template!r})"),
+        number(c, "word_pool", k, at_least=10),
+        number(c, "contexts", k, at_least=0),
+        number(c, "context_tokens", k, at_least=1),
+        number(c, "prompts", k, at_least=2),
+        number(c, "new_tokens", k, at_least=1),
+        (bool(c.alphas) and all(is_finite_number(a) and a >= 0 for a in c.alphas),
+         f"{k('alphas')} must be at least one finite number >= 0 (got {c.alphas})"),
+        number(c, "random_directions", k, at_least=1),
+        number(c, "coherence_kl", k, above=0),
+        (c.rank_layers is None or (bool(c.rank_layers) and all(b >= 0 for b in c.rank_layers)),
+         f"{k('rank_layers')} must be blocks >= 0 (0-based), at least one, or unset for the default "
+         f"(got {c.rank_layers})"),
+        number(c, "rank_spread", k, at_least=0),
+        number(c, "rank_alpha", k, at_least=0, note="0: the reported α"),
+        number(c, "rank_random", k, at_least=0),
+        seed(c, "seed", k),
     ])
+
+
+def _fills(template: str) -> bool:
+    """Whether `template` has a {word} field and no other field (`str.format(word=...)` fills it)."""
+    try:
+        return "{word}" in template and template.format(word="") is not None
+    except (KeyError, IndexError, ValueError):
+        return False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..rules import Namer, flag, require
+from ..rules import Namer, flag, number, one_of, require
 
 STORE_DTYPES = ("float32", "bfloat16")
 """Dtypes an activation store holds its activations in (`store.py` maps them to torch dtypes)."""
@@ -27,12 +27,11 @@ class HarvestSettings:
 
     def check(self, key: Namer = flag) -> None:
         require([
-            (self.max_docs >= 0, f"{key('max_docs')} must be >= 0 (0: all; got {self.max_docs})"),
-            (self.max_tokens >= 1, f"{key('max_tokens')} must be >= 1 (got {self.max_tokens})"),
-            (self.batch_size >= 1, f"{key('batch_size')} must be >= 1 (got {self.batch_size})"),
-            (self.shard_tokens >= 1, f"{key('shard_tokens')} must be >= 1 (got {self.shard_tokens})"),
-            (self.dtype in STORE_DTYPES,
-             f"{key('dtype')} must be one of {', '.join(STORE_DTYPES)} (got {self.dtype!r})"),
+            number(self, "max_docs", key, at_least=0, note="0: all"),
+            number(self, "max_tokens", key, at_least=1),
+            number(self, "batch_size", key, at_least=1),
+            one_of(self, "dtype", key, STORE_DTYPES),
+            number(self, "shard_tokens", key, at_least=1),
         ])
 
 

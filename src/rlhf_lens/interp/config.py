@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..rules import Namer, field_name, flag, require
+from ..rules import Namer, field_name, flag, nested, not_empty, number, require, seed
 
 AGGREGATES = ("mean", "sum")
 """How the utility-table values of an explanation's words are aggregated (`utility.explanation_utility`)."""
@@ -48,14 +48,21 @@ class LLMConfig:
     cache: bool = True
     """Keep answers on disk and reuse them (keyed by model, prompt and params)."""
 
-    def check(self, key: Namer = flag) -> None:
-        """The API's settings (explainer openai)."""
+    def check(self, key: Namer = flag, api: bool = True) -> None:
+        """Every field's rule; `api`: the explainer calls the OpenAI-compatible API (explainer openai), so
+        base_url must be a URL (a local LM (hf:MODEL) reads only max_tokens and cache)."""
         require([
-            (self.base_url.startswith(("http://", "https://")),
+            not_empty(self, "model", key, "the model name the API serves, e.g. gpt-4"),
+            (not api or self.base_url.startswith(("http://", "https://")),
              f"{key('base_url')} must start with http:// or https:// (got {self.base_url!r})"),
-            (self.timeout > 0 and self.connect_timeout > 0,
-             f"{key('timeout')} and {key('connect_timeout')} must be positive (got {self.timeout:g}, "
-             f"{self.connect_timeout:g})"),
+            not_empty(self, "api_key_env", key, "the environment variable holding the API key, e.g. OPENAI_API_KEY"),
+            number(self, "temperature", key, at_least=0),
+            number(self, "max_tokens", key, at_least=1),
+            number(self, "timeout", key, above=0),
+            number(self, "connect_timeout", key, above=0),
+            number(self, "retries", key, at_least=0),
+            number(self, "backoff", key, at_least=0),
+            number(self, "concurrency", key, at_least=1),
         ])
 
 
@@ -78,15 +85,12 @@ class InterpConfig:
     about this share of base features would count as new against the other base seeds."""
 
     def check(self, key: Namer = field_name) -> None:
-        require([(self.top_k >= 1, f"{key('top_k')} must be >= 1 (got {self.top_k})")])
+        require([number(self, "top_k", key, at_least=1)])
         check_explainer(self.explainer, key)
-        if self.explainer == "openai":
-            self.llm.check(lambda name: key(f"llm.{name}"))
+        self.llm.check(nested(key, "llm"), api=self.explainer == "openai")
         require([
-            (0.0 <= self.new_feature_threshold <= 1.0,
-             f"{key('new_feature_threshold')} must be in [0, 1] (0: auto; got {self.new_feature_threshold})"),
-            (0.0 < self.new_feature_quantile < 1.0,
-             f"{key('new_feature_quantile')} must be in (0, 1) (got {self.new_feature_quantile})"),
+            number(self, "new_feature_threshold", key, at_least=0, at_most=1, note="0: auto"),
+            number(self, "new_feature_quantile", key, above=0, below=1),
         ])
 
 
@@ -107,9 +111,12 @@ class ExampleConfig:
 
     def check(self, key: Namer = field_name) -> None:
         require([
-            (min(self.n_top, self.max_tokens, self.batch_size) >= 1 and min(self.n_holdout, self.n_random) >= 0,
-             f"{key('n_top')}, {key('max_tokens')} and {key('batch_size')} must be >= 1, {key('n_holdout')} and "
-             f"{key('n_random')} >= 0"),
+            number(self, "n_top", key, at_least=1),
+            number(self, "n_holdout", key, at_least=0),
+            number(self, "n_random", key, at_least=0),
+            number(self, "max_tokens", key, at_least=1),
+            seed(self, "seed", key),
+            number(self, "batch_size", key, at_least=1),
             (self.n_holdout + self.n_random >= 1,
              f"{key('n_holdout')} + {key('n_random')} must be >= 1 (the simulation score needs held-out texts)"),
         ])

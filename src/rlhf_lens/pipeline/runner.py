@@ -144,7 +144,7 @@ def _identity(config: RunConfig) -> dict:
 def check_inputs(config: RunConfig) -> None:
     """Every setting, the corpus, the models and the reward, before anything is written."""
     from ..data import load_corpus
-    from ..models import SMOLLM2, load_tokenizer
+    from ..models import SMOLLM2, load_tokenizer, smollm2_path
     from ..rewards import load_reward, load_utility_table
 
     validate(config)
@@ -156,14 +156,30 @@ def check_inputs(config: RunConfig) -> None:
     for spec in (config.model.base, config.model.tuned):
         if spec and spec != "tiny":
             if spec == SMOLLM2:
-                from ..models import smollm2_path
-
                 smollm2_path()
             else:
                 load_tokenizer(spec)
     if not config.model.tuned:
         load_reward(config.reward.spec)
     load_utility_table(config.reward.table)
+    if config.diff.table is not None:
+        load_utility_table(config.diff.table)
+    if config.diff.rank_layers is not None:
+        # The blocks the diff ranks would otherwise be checked only after its steering work. The model's config is
+        # enough (read only when the blocks are given: a GGUF's takes seconds).
+        if config.model.base == "tiny":
+            depth = config.tiny.layers
+        else:
+            from transformers import AutoConfig
+
+            source, kwargs = config.model.base, {}
+            if source == SMOLLM2:
+                source, kwargs["gguf_file"] = smollm2_path()
+            depth = AutoConfig.from_pretrained(source, **kwargs).num_hidden_layers
+        outside = [b for b in config.diff.rank_layers if b >= depth]
+        if outside:
+            raise UserError(f"diff.rank_layers names block(s) {outside}, but {config.model.base} has blocks "
+                            f"0..{depth - 1}; give blocks in that range, or leave diff.rank_layers unset")
 
 
 def check_run_dir(config: RunConfig, run_dir: Path) -> None:

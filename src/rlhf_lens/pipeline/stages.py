@@ -211,7 +211,8 @@ def _sae_job(job: tuple) -> None:
     from ..store import ActivationStore
 
     store_dir, layer, configs, dirs, unit = job
-    train_saes(ActivationStore(Path(store_dir)).source(layer), configs, [Path(d) for d in dirs])
+    train_saes(ActivationStore(Path(store_dir)).source(layer), configs, [Path(d) for d in dirs],
+               metadata={"layer": layer})  # cfg.json records its block (`rlhf-lens mmcs` compares like with like)
     interrupt_point("saes", unit)
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..rules import Namer, field_name, require
+from ..rules import Namer, field_name, not_empty, number, one_of, require, seed
+
+LR_SCHEDULES = ("constant", "linear")
+VALUE_INITS = ("default", "zero")
+KL_PENALTIES = ("kl", "full")
 
 
 @dataclass
@@ -88,40 +92,54 @@ class PPOConfig:
 
 
 def check_config(config: PPOConfig, key: Namer = field_name) -> None:
-    """Every setting in range, or a UserError naming the first that is not (as `key` spells it)."""
+    """Every setting in range, or a UserError naming the first that is not (as `key` spells it): each field's own
+    rule first, then the rules relating two fields (naming both)."""
     c, k = config, key
     require([
         (c.steps >= 1, f"{k('steps')} must be at least 1 (got {c.steps})"),
-        (c.batch_size >= 1, f"{k('batch_size')} must be at least 1 (got {c.batch_size})"),
-        (1 <= c.mini_batch_size <= c.batch_size,
-         f"{k('mini_batch_size')} must be 1..{k('batch_size')} (got {c.mini_batch_size})"),
-        (c.ppo_epochs >= 1, f"{k('ppo_epochs')} must be at least 1 (got {c.ppo_epochs})"),
-        (c.lr > 0, f"{k('lr')} must be positive (got {c.lr})"),
-        (c.warmup_steps >= 0 and c.weight_decay >= 0, f"{k('warmup_steps')} and {k('weight_decay')} must be >= 0"),
-        (c.max_grad_norm > 0, f"{k('max_grad_norm')} must be positive (got {c.max_grad_norm})"),
-        (0 < c.gamma <= 1 and 0 <= c.lam <= 1,
-         f"{k('gamma')} must be in (0, 1] and {k('lam')} in [0, 1] (got {c.gamma}, {c.lam})"),
-        (c.cliprange > 0 and c.cliprange_value > 0, f"{k('cliprange')} and {k('cliprange_value')} must be positive"),
-        (c.vf_coef >= 0 and c.ratio_threshold > 1, f"{k('vf_coef')} must be >= 0 and {k('ratio_threshold')} > 1"),
-        (0 <= c.value_dropout < 1, f"{k('value_dropout')} must be in [0, 1) (got {c.value_dropout})"),
-        (c.kl_penalty in ("kl", "full"), f"{k('kl_penalty')} must be kl or full (got {c.kl_penalty!r})"),
-        (c.lr_schedule in ("linear", "constant"),
-         f"{k('lr_schedule')} must be linear or constant (got {c.lr_schedule!r})"),
-        (c.value_init in ("default", "zero"), f"{k('value_init')} must be default or zero (got {c.value_init!r})"),
-        (c.init_kl_coef >= 0 and c.kl_target > 0 and c.kl_horizon > 0,
-         f"{k('init_kl_coef')} must be >= 0, {k('kl_target')} and {k('kl_horizon')} positive"),
-        (1 <= c.min_new_tokens <= c.max_new_tokens,
-         f"{k('min_new_tokens')} must be in 1..{k('max_new_tokens')} (got {c.min_new_tokens}, {c.max_new_tokens})"),
-        (c.top_k >= 0 and 0 < c.top_p <= 1,
-         f"{k('top_k')} must be >= 0 and {k('top_p')} in (0, 1] (got {c.top_k}, {c.top_p})"),
-        (1 <= c.prompt_min_tokens <= c.prompt_max_tokens,
-         f"{k('prompt_min_tokens')} must be in 1..{k('prompt_max_tokens')} (got {c.prompt_min_tokens}, "
-         f"{c.prompt_max_tokens})"),
-        (c.eval_prompts >= 1 and c.eval_examples >= 0,
-         f"{k('eval_prompts')} must be >= 1 and {k('eval_examples')} >= 0"),
-        (c.checkpoint_every >= 1, f"{k('checkpoint_every')} must be at least 1 (got {c.checkpoint_every})"),
+        number(c, "batch_size", k, at_least=1),
+        number(c, "mini_batch_size", k, at_least=1),
+        number(c, "ppo_epochs", k, at_least=1),
+        number(c, "lr", k, above=0),
+        number(c, "warmup_steps", k, at_least=0),
+        one_of(c, "lr_schedule", k, LR_SCHEDULES),
+        number(c, "weight_decay", k, at_least=0),
+        number(c, "max_grad_norm", k, above=0),
+        number(c, "gamma", k, above=0, at_most=1),
+        number(c, "lam", k, at_least=0, at_most=1),
+        number(c, "cliprange", k, above=0),
+        number(c, "cliprange_value", k, above=0),
+        number(c, "vf_coef", k, at_least=0),
+        number(c, "ratio_threshold", k, above=1),
+        number(c, "value_dropout", k, at_least=0, below=1),
+        one_of(c, "value_init", k, VALUE_INITS),
+        number(c, "init_kl_coef", k, at_least=0),
+        one_of(c, "kl_penalty", k, KL_PENALTIES),
+        number(c, "kl_target", k, above=0),
+        number(c, "kl_horizon", k, at_least=1),
+        number(c, "min_new_tokens", k, at_least=1),
+        number(c, "max_new_tokens", k, at_least=1),
+        number(c, "top_k", k, at_least=0, note="0: no limit"),
+        number(c, "top_p", k, above=0, at_most=1),
+        number(c, "prompt_min_chars", k, at_least=0),
+        number(c, "prompt_min_tokens", k, at_least=1),
+        number(c, "prompt_max_tokens", k, at_least=1),
+        not_empty(c, "text_column", k, "the column holding the text, e.g. text"),
+        number(c, "eval_prompts", k, at_least=1),
+        number(c, "eval_examples", k, at_least=0),
+        number(c, "checkpoint_every", k, at_least=1),
+        seed(c, "seed", k),
     ])
     check_device_dtype(c.device, c.dtype, key)
+    require([
+        (c.mini_batch_size <= c.batch_size,
+         f"{k('mini_batch_size')} ({c.mini_batch_size}) must be at most {k('batch_size')} ({c.batch_size})"),
+        (c.min_new_tokens <= c.max_new_tokens,
+         f"{k('min_new_tokens')} ({c.min_new_tokens}) must be at most {k('max_new_tokens')} ({c.max_new_tokens})"),
+        (c.prompt_min_tokens <= c.prompt_max_tokens,
+         f"{k('prompt_min_tokens')} ({c.prompt_min_tokens}) must be at most {k('prompt_max_tokens')} "
+         f"({c.prompt_max_tokens})"),
+    ])
 
 
 DTYPES = ("float32", "bfloat16", "float16")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass
 
-from ..rules import Namer, flag, require
+from ..rules import Namer, flag, number, one_of, require, seed
 
 ARCHS = ("tied", "untied", "topk", "batchtopk")
 DTYPES = ("float32", "bfloat16")
@@ -84,34 +83,39 @@ class SAETraining:
 
     def check(self, key: Namer = flag) -> None:
         """The training settings' rules (an SAE's shape adds its own, `SAEConfig.check`), each message naming the
-        setting as `key` spells it: `--flag` for `train-sae`, `sae.key` for a run's [sae]."""
+        setting as `key` spells it: `--flag` for `train-sae`, `sae.key` for a run's [sae]. Each field's own rule
+        first, then the rules relating two fields (naming both)."""
         by_rank = self.arch in ("topk", "batchtopk")
         require([
-            (self.arch in ARCHS, f"{key('arch')} must be one of {', '.join(ARCHS)} (got {self.arch!r})"),
+            one_of(self, "arch", key, ARCHS),
             (not by_rank or (self.k is not None and self.k >= 1),
              f"{key('k')} must be >= 1 with {key('arch')} {self.arch} (got {self.k})"),
+            number(self, "l1", key, at_least=0),
+            number(self, "target_l0", key, above=0, unset=True),
+            number(self, "lr", key, above=0),
+            number(self, "epochs", key, at_least=0, note="0: until converged"),
+            number(self, "batch_size", key, at_least=1),
+            number(self, "holdout", key, at_least=0, note="0: none"),
+            number(self, "eval_every", key, at_least=1),
+            number(self, "window", key, at_least=1),
+            number(self, "tolerance", key, at_least=0),
+            number(self, "max_tokens", key, at_least=0, note="0: no cap"),
+            number(self, "max_seconds", key, at_least=0, note="0: no cap"),
+            number(self, "dead_steps", key, at_least=0, note="0: neither"),
+            one_of(self, "b_dec_init", key, ("mean", "zero")),
+            number(self, "lr_warmup", key, at_least=0),
+            number(self, "l1_warmup", key, at_least=0),
+            number(self, "lr_decay", key, at_least=0),
+            (re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
+             f"{key('device')} must be cpu, cuda or cuda:N (got {self.device!r})"),
+            one_of(self, "dtype", key, DTYPES),
+        ])
+        require([
             (not (by_rank and self.target_l0 is not None),
              f"{key('target_l0')} does not apply to {key('arch')} {self.arch}: its L0 is {key('k')}"),
-            (math.isfinite(self.l1) and self.l1 >= 0, f"{key('l1')} must be a finite number >= 0 (got {self.l1})"),
-            (math.isfinite(self.lr) and self.lr > 0, f"{key('lr')} must be > 0 (got {self.lr})"),
-            (self.epochs >= 0, f"{key('epochs')} must be >= 0 (0: until converged; got {self.epochs})"),
-            *[(getattr(self, name) >= 0, f"{key(name)} must be >= 0 (got {getattr(self, name)})")
-              for name in ("holdout", "window", "max_tokens", "dead_steps", "lr_warmup", "l1_warmup", "lr_decay")],
-            (self.eval_every >= 1 and self.window >= 1,
-             f"{key('eval_every')} and {key('window')} must be >= 1 (got {self.eval_every}, {self.window})"),
-            (math.isfinite(self.tolerance) and self.tolerance >= 0,
-             f"{key('tolerance')} must be a finite number >= 0 (got {self.tolerance})"),
-            (math.isfinite(self.max_seconds) and self.max_seconds >= 0,
-             f"{key('max_seconds')} must be >= 0 (got {self.max_seconds})"),
             (self.epochs != 0 or self.holdout != 0,
              f"training until converged ({key('epochs')} 0) needs held-out rows: set {key('holdout')} > 0 or "
              f"{key('epochs')} N"),
-            (self.b_dec_init in ("mean", "zero"), f"{key('b_dec_init')} must be mean or zero (got {self.b_dec_init!r})"),
-            (re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
-             f"{key('device')} must be cpu, cuda or cuda:N (got {self.device!r})"),
-            (self.dtype in DTYPES, f"{key('dtype')} must be one of {', '.join(DTYPES)} (got {self.dtype!r})"),
-            (self.batch_size >= 1, f"{key('batch_size')} must be >= 1 (got {self.batch_size})"),
-            (self.target_l0 is None or self.target_l0 > 0, f"{key('target_l0')} must be > 0 (got {self.target_l0})"),
             (self.target_l0 is None or self.l1 > 0, f"{key('target_l0')} needs a starting {key('l1')} > 0"),
         ])
 
@@ -132,8 +136,10 @@ class SAEConfig(SAETraining):
     def check(self, key: Namer = flag) -> None:
         """Raise UserError on a value out of range: the shape, then the training settings (`SAETraining.check`)."""
         require([
-            (self.dict_size >= 1, f"{key('dict_size')} must be >= 1 (got {self.dict_size})"),
+            number(self, "dict_size", key, at_least=1),
             (self.d_in >= 1, f"activation width must be >= 1 (got {self.d_in})"),
+            seed(self, "seed", key),
+            seed(self, "data_seed", key),
         ])
         super().check(key)
         require([
