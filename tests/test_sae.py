@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -208,6 +209,18 @@ def test_token_budget_caps_training(small_acts):
     cfg = SAEConfig(d_in=16, dict_size=24, l1=1e-2, lr=1e-4, batch_size=64, max_tokens=1000, seed=1)
     m = train_saes(TensorSource(small_acts), [cfg], None, quiet=True)[0].metrics
     assert m["stop_reason"] == "max_tokens" and m["tokens_seen"] == 16 * 64 and not m["converged"]
+
+
+def test_a_stop_by_the_time_cap_is_flagged_as_machine_dependent(small_acts):
+    """The time cap stops where the machine's speed puts it (the same seed, other weights on a busier machine): the
+    metrics say so, where a token cap stops at the same step everywhere."""
+    cfg = SAEConfig(d_in=16, dict_size=24, l1=1e-2, lr=1e-4, batch_size=64, eval_every=2, max_seconds=1e-9, seed=1)
+    m = train_saes(TensorSource(small_acts), [cfg], None, quiet=True)[0].metrics
+    assert m["stop_reason"] == "max_seconds" and not m["converged"]
+    assert any("time cap" in w and "--max-tokens" in w for w in m["warnings"])
+    capped = train_saes(TensorSource(small_acts), [dataclasses.replace(cfg, max_seconds=0, max_tokens=1000)], None,
+                        quiet=True)[0].metrics
+    assert capped["stop_reason"] == "max_tokens" and not any("time cap" in w for w in capped["warnings"])
 
 
 @pytest.mark.parametrize("arch", ["tied", "topk"])

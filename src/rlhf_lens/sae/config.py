@@ -65,7 +65,8 @@ class SAETraining:
     max_tokens: int = 50_000_000
     """Training tokens at most when --epochs is 0 (0: no cap)."""
     max_seconds: float = 3600.0
-    """Seconds of this SAE's training steps at most when --epochs is 0 (0: no cap)."""
+    """Seconds of this SAE's training steps at most when --epochs is 0 (0: no cap). A safety cap: where it stops
+    depends on the machine's speed and load, so a run meant to be reproduced caps with --max-tokens."""
     dead_steps: int = 200
     """A latent that has not fired for this many steps is dead: topk/batchtopk train it with the auxiliary-k loss, tied/untied resample it at the next evaluation; 0: neither."""
     b_dec_init: str = "mean"

@@ -82,6 +82,10 @@ def final_metrics(source: ActivationSource, runs: list[TrainingRun], eval_tokens
             flags["warnings"].append(f"held-out loss still falling after {cfg.epochs} epochs (more than "
                                      f"{100 * cfg.tolerance:g}% over the last {cfg.window} evaluations): "
                                      "not converged; train longer or use --epochs 0")
+        if run.stop_reason == "max_seconds":  # where the clock stops training depends on the machine and its load
+            flags["warnings"].append(f"stopped by the time cap (--max-seconds {cfg.max_seconds:g}) before converging: "
+                                     "the same seed can give other weights on a slower or busier machine; cap "
+                                     "with --max-tokens for a reproducible stop")
         metrics.update(flags)
         run.sae.metrics = metrics
 
