@@ -433,4 +433,4 @@ def test_what_tuning_changed_is_shown_with_its_nulls(run_dir):
     assert "On the same tokens" in headline and "utility of the change" in headline
     assert "the placebo tune (controls.placebo) was off" in headline
     md = md_path.read_text(encoding="utf-8")
-    assert "utility of the words tuning promotes" in md and "diff-SAE top latents" in md
+    assert "utility of the words tuning promotes" in md and "block 3: diff-SAE (batchtopk, 64 latents" in md
