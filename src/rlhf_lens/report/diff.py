@@ -140,7 +140,7 @@ def _why_other_rewards(reference: dict, heldout: dict | None) -> str:
     if not heldout:
         return own + ", not a held-out evaluation after PPO: other prompts and lengths give other figures."
     tokens = heldout.get("tokens")
-    return (f"{own}; the held-out reward in the {heldout.get('section', 'PPO')} section is over "
+    return (f"{own}; the held-out reward in \u201c{heldout.get('section', 'PPO fine-tuning')}\u201d is over "
             f"{_num(heldout.get('n'))} other prompts (rlhf.eval_prompts)"
             + (f" continued by {tokens} tokens" if tokens else "")
             + ", so base and tuned score differently there.")

@@ -1,7 +1,11 @@
-"""A results file as the report reads it: every object and list knows its path in the file (`diff.steering[0]`) and
-notes each value handed out, so an error while drawing a section becomes one line naming the innermost field of
-the wrong type or missing (`results.json: diff.steering[0] must be an object, not a number`) instead of a
-traceback. No schema is written down twice: the sections' own code is the check."""
+"""A results file as the report reads it: every value knows its path in the file (`diff.steering[0]`), so an error
+while drawing a section becomes one line naming the innermost field of the wrong type or missing
+(`results.json: diff.steering[0] must be an object, not a number`) instead of a traceback. No schema is written
+down twice: the sections' own code is the check.
+
+Objects, lists, texts and numbers are subclasses of dict, list, str, int and float that carry their path; they
+render exactly as the plain values do. An `AttributeError` names the very value it failed on (`.obj`); for other
+errors the values handed out last are searched (`_Trail`), since a failing value is nearly always among them."""
 
 from __future__ import annotations
 
@@ -18,16 +22,29 @@ _KINDS = {"dict": "an object", "list": "a list", "str": "text", "int": "a number
 _MISSING = object()  # the trail's value for a key that was asked for and not there
 
 
+class _Text(str):
+    path: str
+    is_key = False  # a key handed out by iterating an object: the object stood where a list belongs
+
+
+class _Int(int):
+    path: str
+
+
+class _Float(float):
+    path: str
+
+
+_PLAIN = {"_Text": "str", "_Int": "int", "_Float": "float", "_Object": "dict", "_List": "list"}
+
+
 def _kind(value: Any) -> str:
-    if isinstance(value, dict):
-        return "dict"
-    if isinstance(value, list):
-        return "list"
-    return type(value).__name__
+    name = type(value).__name__
+    return _PLAIN.get(name, name)
 
 
 class _Trail:
-    """The most recent values handed out, as (path, value): the one an error is about is nearly always among the last."""
+    """The most recent values handed out, as (path, value)."""
 
     def __init__(self) -> None:
         self.seen: deque[tuple[str, Any]] = deque(maxlen=256)
@@ -56,6 +73,12 @@ class _Object(dict):
             self.trail.note(_child(self.path, key), _MISSING)
         return self.trail.note(_child(self.path, key), super().__getitem__(key))
 
+    def __iter__(self):
+        for key in super().__iter__():
+            shown = _Text(key)
+            shown.path, shown.is_key = self.path, True
+            yield self.trail.note(self.path, shown)
+
     def items(self) -> list[tuple[Any, Any]]:  # type: ignore[override]
         return [(k, self.trail.note(_child(self.path, k), v)) for k, v in super().items()]
 
@@ -74,8 +97,7 @@ class _List(list):
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
-            return [self.trail.note(_child(self.path, i), super(_List, self).__getitem__(i))
-                    for i in range(*index.indices(len(self)))]
+            return [self[i] for i in range(*index.indices(len(self)))]
         value = super().__getitem__(index)
         return self.trail.note(_child(self.path, index % len(self) if index < 0 else index), value)
 
@@ -85,7 +107,12 @@ def _track(value: Any, path: str, trail: _Trail) -> Any:
         return _Object(value, path, trail)
     if isinstance(value, list):
         return _List(value, path, trail)
-    return value
+    kind = {str: _Text, int: _Int, float: _Float}.get(type(value))  # bool and None cannot be subclassed
+    if kind is None:
+        return value
+    tracked = kind(value)
+    tracked.path = path
+    return tracked
 
 
 @dataclass(frozen=True)
@@ -103,8 +130,8 @@ DIFF_RESULTS = Source("diff.json", "regenerate it with `rlhf-lens diff`", prefix
 
 
 class Tracked:
-    """A results file's content with every container tracked; `draw(what, render)` runs one section's renderer and
-    turns a failure on malformed content into a UserError naming the field."""
+    """A results file's content with every value tracked; `draw(what, render, *args)` runs one section's renderer
+    and turns a failure on malformed content into a UserError naming the field."""
 
     def __init__(self, content: dict, source: Source = RUN_RESULTS) -> None:
         self.trail = _Trail()
@@ -112,7 +139,7 @@ class Tracked:
         self.source = source
 
     def draw(self, what: str, render: Callable[..., Any], *args: Any) -> Any:
-        """`render(*args)`; an error on malformed content becomes one line naming the field and `what` was drawn."""
+        """`render(*args)`; an error on malformed content becomes one line naming the field and what was drawn."""
         self.trail.seen.clear()
         try:
             return render(*args)
@@ -120,30 +147,47 @@ class Tracked:
             raise UserError(f"{self.source.file}: {self._culprit(e)} ({what} could not be drawn; nothing was "
                             f"written); {self.source.regenerate}") from None
 
+    def _path(self, path: str) -> str:
+        """A path as it is in the file (without the prefix the report put it under)."""
+        prefix = self.source.prefix
+        if prefix and (path == prefix or path.startswith(prefix + ".") or path.startswith(prefix + "[")):
+            return path[len(prefix):].lstrip(".") or "the whole file"
+        return path
+
     def _culprit(self, error: Exception) -> str:
         """The innermost field the error is about, said as what it must be; else the error itself."""
-        prefix = self.source.prefix
-        seen = [((p[len(prefix):].lstrip(".") or "the whole file") if prefix and p.startswith(prefix) else p, v)
-                for p, v in reversed(self.trail.seen)]
+        text = str(error)
+        expected = _expected(text)
+        failed = getattr(error, "obj", None) if isinstance(error, AttributeError) else None
+        if hasattr(failed, "path"):
+            if getattr(failed, "is_key", False):
+                return f"{self._path(failed.path)} must be a list, not an object"
+            return _must(self._path(failed.path), expected, _kind(failed))
+        seen = [(self._path(p), v) for p, v in reversed(self.trail.seen)]
         if isinstance(error, KeyError):
             path = next((p for p, v in seen if v is _MISSING), None)
             if path:
                 return f"{path} is missing"
-        text = str(error)
-        types = [t for t in re.findall(r"'(\w+)'", text) if t in _KINDS or t in ("_Object", "_List")]
-        types = ["dict" if t == "_Object" else "list" if t == "_List" else t for t in types]
+        types = [_PLAIN.get(t, t) for t in re.findall(r"'(\w+)'", text)]
+        types = [t for t in types if t in _KINDS]
         if isinstance(error, (AttributeError, TypeError)) and types:
-            expected = _expected(text)
             # In "unsupported operand type(s) for -: 'int' and 'dict'" the number is the one that fits.
             wrong = next((t for t in types if expected != "a number" or _KINDS[t] != "a number"), types[0])
-            path = next((p for p, v in seen if v is not _MISSING and _kind(v) == wrong), None)
-            if path:
-                return f"{path} must be {expected}, not {_KINDS[wrong]}" if expected else \
-                    f"{path} cannot be {_KINDS[wrong]}"
+            found = next(((p, v) for p, v in seen if v is not _MISSING and _kind(v) == wrong), None)
+            if found:
+                if getattr(found[1], "is_key", False):
+                    return f"{found[0]} must be a list, not an object"
+                return _must(found[0], expected, wrong)
         if isinstance(error, (ValueError, IndexError)) and seen:
             path, value = next(((p, v) for p, v in seen if v is not _MISSING), seen[0])
             return f"{path} holds a value the report cannot read ({str(value)[:60]!r})"
         return f"a field has the wrong type ({type(error).__name__}: {text[:120]})"
+
+
+def _must(path: str, expected: str | None, kind: str) -> str:
+    if expected:
+        return f"{path} must be {expected}, not {_KINDS.get(kind, kind)}"
+    return f"{path} cannot be {_KINDS.get(kind, kind)}"
 
 
 def _expected(message: str) -> str | None:
