@@ -56,10 +56,10 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
     for path in state["features"]["files"].values():
         features += [without_scoring_examples(r) for r in read_json(in_run(run_dir, path)) if r["sae"] == first_seed]
     new_features = [without_scoring_examples(r) for r in read_json(in_run(run_dir, state["features"]["new"]))]
-    models = {name: _shown_model(state[stage], run_dir) for name, stage in (("base", "base"), ("tuned", "rlhf"),
+    models = {name: shown_model(state[stage], run_dir) for name, stage in (("base", "base"), ("tuned", "rlhf"),
                                                                             ("control", "control"))}
     results = {
-        "title": _title(config, run_dir),
+        "title": report_title(config, run_dir),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "config": config.to_dict(),
         "models": models,
@@ -83,7 +83,7 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
     return results
 
 
-def _shown_model(outputs: dict, run_dir: Path) -> str | None:
+def shown_model(outputs: dict, run_dir: Path) -> str | None:
     """A model as results.json names it: a folder the run saved, relative to the run (so results.json moves with it);
     a local folder the user gave, resolved (relative to the run when inside it), since the path as typed was
     relative to wherever the command ran; a hub id or preset name as given."""
@@ -98,7 +98,7 @@ def _model_name(spec: str, run_dir: Path) -> str:
     return relative(run_dir, local) if local.exists() else spec
 
 
-def _title(config: RunConfig, run_dir: Path) -> str:
+def report_title(config: RunConfig, run_dir: Path) -> str:
     """The report's title: the base model, and the tuned one when it was tuned elsewhere (model.tuned)."""
     base = config.model.base if config.model.base == "tiny" else _model_name(config.model.base, run_dir)
     if config.model.tuned:

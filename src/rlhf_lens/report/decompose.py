@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from .format import _float, _num
-from .tables import Heading, Para, Part, Rich, Table, explanation_cell
+from .tables import Figure, Heading, Para, Part, Rich, Table, explanation_cell
 
 _NOTE = ("diff-SAE: an SAE trained on h{t} \u2212 h{b} (MLP outputs, same tokens); its latents ranked by their share of "
          "\u2016\u0394\u2016\u00b2, with the max cosine of each to the other seeds' diff-SAEs (seed agreement), and "
@@ -94,9 +94,9 @@ def decompose_parts(decompose: dict) -> list[Part]:
     placebo = decompose.get("placebo") or {}
     placebo_blocks = {b.get("layer"): b for b in placebo.get("blocks") or []}
     parts: list[Part] = [Heading("Which features changed"),
-                         Para(Rich(_NOTE.format(t="<sub>tuned</sub>", b="<sub>base</sub>")
-                                   + " Token shading: activation 0..10.", _NOTE.format(t="_tuned", b="_base")),
-                              note=True)]
+                         Para(Rich(_NOTE.format(t="<sub>tuned</sub>", b="<sub>base</sub>"),
+                                   _NOTE.format(t="_tuned", b="_base")), note=True),
+                         Figure('<div class="note">Token shading: activation 0..10.</div>')]
     for block in decompose.get("blocks") or []:
         layer = block.get("layer")
         ds, shift = block.get("diff_sae") or {}, block.get("shift") or {}

@@ -15,11 +15,15 @@ from .tables import Figure, Para, Part, Rich, Table
 _RULE = Rich('mean \u00b1 std over SAE seeds. Verdict rule: spread = sqrt(std<sub>base</sub>\u00b2 + '
              'std<sub>tuned</sub>\u00b2); |tuned \u2212 base| above 2\u00d7 spread is larger than seed noise, above '
              '1\u00d7 is suggestive, otherwise not distinguishable. Every measure is expected to be higher in the tuned '
-             'model: green is higher than base, red lower. "Reward alignment" needs no explainer.',
+             'model. "Reward alignment" needs no explainer.',
              "mean \u00b1 std over SAE seeds. Verdict rule: spread = sqrt(std_base\u00b2 + std_tuned\u00b2); "
              "|tuned \u2212 base| above 2\u00d7 spread is larger than seed noise, above 1\u00d7 is suggestive, otherwise "
              "not distinguishable. Every measure is expected to be higher in the tuned model. "
              '"Reward alignment" needs no explainer.')
+
+_COLOURS = ('<div class="note">Verdict colours: <span class="colour yes">green</span> higher than base beyond the seed '
+            'spread, <span class="colour maybe">amber</span> higher but within twice it, <span class="colour '
+            'against">red</span> lower than base (against the expected direction).</div>')
 
 
 def same_token_rows(results: dict) -> list[list[Any]]:
@@ -61,5 +65,5 @@ def headline_parts(results: dict) -> list[Part] | None:
                                "What tuning changed):")))
         parts.append(Table(["measure", "value", "null", "verdict"], same, numeric={1}, cls="headline-diff"))
     if rows:
-        parts += [Para(_RULE, note=True), Figure(_headline_plot(rows))]
+        parts += [Para(_RULE, note=True), Figure(_COLOURS), Figure(_headline_plot(rows))]
     return parts

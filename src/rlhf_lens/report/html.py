@@ -70,10 +70,10 @@ table.models td:first-child { font-weight: 600; }
 table.features td:nth-child(4) { min-width: 440px; }
 table.texts td { max-width: 360px; }
 .not-run { color: var(--muted); font-style: italic; background: var(--alt); padding: 8px 12px; border-radius: 6px; }
-.verdict.yes { color: #1a7f37; font-weight: 600; }
-.verdict.maybe { color: #9a6700; }
+.verdict.yes, .colour.yes { color: #1a7f37; font-weight: 600; }
+.verdict.maybe, .colour.maybe { color: #9a6700; }
 .verdict.no { color: var(--muted); }
-.verdict.against { color: #cf222e; font-weight: 600; }
+.verdict.against, .colour.against { color: #cf222e; font-weight: 600; }
 .verdict.against-maybe { color: #cf222e; }
 .alert { background: #fff8c5; border-left: 4px solid #9a6700; padding: 8px 12px; border-radius: 4px; }
 .warn { color: #9a6700; font-size: 12px; display: inline-block; min-width: 200px; }

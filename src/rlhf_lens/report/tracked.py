@@ -26,6 +26,10 @@ class _Text(str):
     path: str
     is_key = False  # a key handed out by iterating an object: the object stood where a list belongs
 
+    def __iter__(self):
+        # No section reads a text character by character: a text iterated stood where a list belongs.
+        raise TypeError("'str' object is not iterable")
+
 
 class _Int(int):
     path: str
