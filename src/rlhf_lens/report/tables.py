@@ -136,7 +136,7 @@ class Table:
 
 @dataclass(frozen=True)
 class Figure:
-    """HTML only (a plot, shaded tokens); summary.md has no pictures."""
+    """HTML only (a plot, a note on colours or shading); summary.md has no pictures."""
 
     html: str
 
