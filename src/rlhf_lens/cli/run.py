@@ -32,9 +32,10 @@ of a stage command (tests/test_cli_coverage.py)."""
 
 @app.command("report")
 def report_command(
-    run_dir: Path = typer.Argument(..., help="Run folder holding results.json (the --out of `rlhf-lens run`)."),
+    run_dir: Path = typer.Argument(..., help="Run folder holding results.json (the --out of `rlhf-lens run`), or a "
+                                   "folder of `rlhf-lens diff` holding diff.json."),
 ) -> None:
-    """Render RUN_DIR/results.json into a self-contained report.html and a summary.md."""
+    """Render RUN_DIR/results.json (or a diff folder's diff.json) into a self-contained report.html and a summary.md."""
     from ..report import write_report
 
     html_path, md_path = write_report(run_dir)

@@ -16,7 +16,7 @@ from ..interp.features import without_scoring_examples
 from ..interp.utility import mean_std
 from ..io import read_json
 from ..report import RESULT_SECTIONS
-from .records import analysed_layers, analysed_models, in_run
+from .records import analysed_layers, in_run, recorded_model, relative
 
 
 def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
@@ -56,12 +56,13 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
     for path in state["features"]["files"].values():
         features += [without_scoring_examples(r) for r in read_json(in_run(run_dir, path)) if r["sae"] == first_seed]
     new_features = [without_scoring_examples(r) for r in read_json(in_run(run_dir, state["features"]["new"]))]
-    models = analysed_models(state)  # as recorded: run folders relative to it, so results.json moves with it
+    models = {name: shown_model(state[stage], run_dir) for name, stage in (("base", "base"), ("tuned", "rlhf"),
+                                                                            ("control", "control"))}
     results = {
-        "title": f"rlhf-lens: {config.model.base} vs its RLHF-tuned copy",
+        "title": report_title(config, run_dir),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "config": config.to_dict(),
-        "models": {"base": models["base"], "tuned": models["tuned"], "control": models.get("control")},
+        "models": models,
         "ppo": ppo,
         "diff": _diff_for_report(run_dir, state),
         "decompose": read_json(in_run(run_dir, state["decompose"]["file"])),
@@ -80,6 +81,29 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
     missing_or_extra = set(results) ^ {"title", "created", *RESULT_SECTIONS}
     assert not missing_or_extra, f"results.json sections differ from report.RESULT_SECTIONS: {missing_or_extra}"
     return results
+
+
+def shown_model(outputs: dict, run_dir: Path) -> str | None:
+    """A model as results.json names it: a folder the run saved, relative to the run (so results.json moves with it);
+    a local folder the user gave, resolved (relative to the run when inside it), since the path as typed was
+    relative to wherever the command ran; a hub id or preset name as given."""
+    recorded = recorded_model(outputs)
+    if recorded is None or outputs.get("dir"):
+        return recorded
+    return _model_name(recorded, run_dir)
+
+
+def _model_name(spec: str, run_dir: Path) -> str:
+    local = Path(spec).expanduser()
+    return relative(run_dir, local) if local.exists() else spec
+
+
+def report_title(config: RunConfig, run_dir: Path) -> str:
+    """The report's title: the base model, and the tuned one when it was tuned elsewhere (model.tuned)."""
+    base = config.model.base if config.model.base == "tiny" else _model_name(config.model.base, run_dir)
+    if config.model.tuned:
+        return f"rlhf-lens: {base} vs {_model_name(config.model.tuned, run_dir)}, tuned elsewhere"
+    return f"rlhf-lens: {base} vs its RLHF-tuned copy"
 
 
 def _diff_for_report(run_dir: Path, state: dict) -> dict:

@@ -13,6 +13,8 @@ from .format import (
     _new_counts,
     _table_words_text,
     _utility_rows,
+    control_highest_text,
+    utility_control_highest,
 )
 from .plots import _figure, _grouped_bars, _img, _png_uri
 from .tables import Raw, explanation_cell, html_table, not_run_html
@@ -105,4 +107,6 @@ def utility_html(results: dict) -> str:
             ax.set_title(title, fontsize="medium")
             ax.set_xlabel("block")
         plot = _img(_png_uri(fig), "utility score and reward alignment per block")
-    return intro + html_table(headers, table_rows, numeric=numeric, cls="utility") + plot
+    control = control_highest_text(utility_control_highest(rows))
+    return (intro + html_table(headers, table_rows, numeric=numeric, cls="utility")
+            + (f"<p>{_esc(control)}</p>" if control else "") + plot)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import html
+import math
+import re
 import statistics
 from typing import Any
 
@@ -10,6 +12,7 @@ from typing import Any
 from ..verdict import finite_float as _float
 from ..verdict import format_number as _num
 from ..verdict import seed_stat as _stat
+from ..verdict import verdict, verdict_level
 
 # (id, title) of every section, in page order: the ids are stable (tests and links use them).
 SECTIONS = (
@@ -27,6 +30,122 @@ SECTIONS = (
 
 
 NOT_RUN = "not run"
+
+
+def tuned_elsewhere(results: dict) -> bool:
+    """Whether the tuned model came from outside the run (model.tuned): then no PPO ran here."""
+    evaluation = (results.get("ppo") or {}).get("eval") or {}
+    model = (results.get("config") or {}).get("model") or {}
+    return evaluation.get("tuned_by") == "external" or bool(model.get("tuned"))
+
+
+def section_title(sid: str, results: dict) -> str:
+    """A section's heading: its title in SECTIONS, said for what the run did (a model tuned elsewhere had no PPO)."""
+    if sid == "ppo" and tuned_elsewhere(results):
+        return "Tuned elsewhere: held-out reward"
+    return dict(SECTIONS)[sid]
+
+
+def elsewhere_text(results: dict) -> str:
+    """What the PPO section says instead of a training log when the tuned model came from elsewhere."""
+    tuned = (results.get("models") or {}).get("tuned")
+    return (f"The tuned model{f' ({tuned})' if tuned else ''} was tuned elsewhere: no PPO ran in this run, so there "
+            "is no training log. Both models are scored on the same held-out prompts with the same random numbers.")
+
+
+def steering_rewards_text(results: dict) -> str | None:
+    """The PPO section's pointer to the diff's own base and tuned rewards, which are on other prompts."""
+    reference = (results.get("diff") or {}).get("reference") or {}
+    if not reference:
+        return None
+    return (f"\u201cWhat tuning changed\u201d scores base and tuned again, on the diff's own {_num(reference.get('n_prompts'))} "
+            f"prompts continued by {_num(reference.get('new_tokens'))} tokens (diff.prompts, diff.new_tokens), so its "
+            "steering figures differ from these.")
+
+
+def heldout_of(results: dict) -> dict | None:
+    """The PPO section's held-out evaluation as the diff section names it: prompts, continuation length, section."""
+    evaluation = (results.get("ppo") or {}).get("eval") or {}
+    if not evaluation:
+        return None
+    rlhf = (results.get("config") or {}).get("rlhf") or {}
+    low, high = rlhf.get("min_new_tokens"), rlhf.get("max_new_tokens")
+    tokens = None if low is None or high is None else _num(low) if low == high else f"{_num(low)}-{_num(high)}"
+    return {"n": evaluation.get("n"), "tokens": tokens, "section": section_title("ppo", results)}
+
+
+def verdict_label(key: str) -> str:
+    """A diff.json verdict key (`output`, `steering_19`, `lens_21`, `ranking`) in words."""
+    found = re.fullmatch(r"(steering|lens)_(-?\d+)", str(key))
+    if found:
+        return (f"steering by \u0394 at block {found[2]}" if found[1] == "steering"
+                else f"logit lens of \u0394 at block {found[2]}")
+    return {"output": "words tuning promotes", "ranking": "causal block ranking"}.get(key, str(key).replace("_", " "))
+
+
+def headline_verdict(row: dict) -> tuple[str, str]:
+    """(css class, sentence) of a headline row. The headline measures are expected to rise with tuning, so the colour
+    is by direction against that: green for tuned above base beyond the seed spread, red for below, amber and light
+    red when only above one spread; the sentence says "higher than base" or "lower than base" in words."""
+    level, diff, _ = verdict_level(row.get("base"), row.get("tuned"))
+    text = row.get("verdict") or verdict(_stat(row.get("base")), _stat(row.get("tuned")))
+    if level in ("missing", "within") or diff == 0:
+        return "no", str(text)
+    up = diff > 0
+    words = "higher than base" if up else "lower than base"
+    if level == "clear" and not up:
+        words += ", against the expected direction (tuned above base)"
+    klass = {("clear", True): "yes", ("weak", True): "maybe", ("clear", False): "against",
+             ("weak", False): "against-maybe"}.get((level, up), "no")
+    return klass, f"{words}: {text}"
+
+
+def control_highest(rows: list[dict]) -> list[str]:
+    """The headline measures on which the random-init control scores above both base and tuned."""
+    names = []
+    for row in rows:
+        control, base, tuned = (_stat(row.get(k))["mean"] for k in ("control", "base", "tuned"))
+        if control is not None and base is not None and tuned is not None and control > max(base, tuned):
+            names.append(str(row.get("name", "?")))
+    return names
+
+
+def utility_control_highest(rows: list[tuple[Any, dict, dict]]) -> list[str]:
+    """Table 3's totals (`_utility_rows`) on which the control scores above both base and tuned."""
+    names = []
+    for layer, util, align in rows:
+        if layer != "total":
+            continue
+        for measure, values in (("utility score (total)", util), ("reward alignment (total)", align)):
+            control, base, tuned = (values.get(m) for m in ("control", "base", "tuned"))
+            if None not in (control, base, tuned) and control > max(base, tuned):
+                names.append(measure)
+    return names
+
+
+def control_highest_text(names: list[str]) -> str | None:
+    if not names:
+        return None
+    return (f"The random-init control scores highest on {', '.join(names)}: an untrained model's features score as "
+            f"high, so {'this measure does' if len(names) == 1 else 'these measures do'} not need training and say "
+            "little about what tuning taught.")
+
+
+def tune_moved_text(results: dict) -> str | None:
+    """The line at the top of the report when the tune barely moved the held-out reward (within 2 standard errors)."""
+    evaluation = (results.get("ppo") or {}).get("eval") or {}
+    base, tuned = evaluation.get("base") or {}, evaluation.get("tuned") or {}
+    b, t = _float(base.get("mean")), _float(tuned.get("mean"))
+    if b is None or t is None:
+        return None
+    se = math.hypot(_float(base.get("se")) or 0.0, _float(tuned.get("se")) or 0.0)
+    moved = t - b
+    if abs(moved) > 2 * se:
+        return None
+    n = evaluation.get("n")
+    return (f"The tune moved the held-out reward by {'+' if moved >= 0 else ''}{_num(moved)} \u00b1 {_num(se)} "
+            f"(tuned \u2212 base \u00b1 se{f', {_num(n)} prompts' if n is not None else ''}), within 2 standard errors "
+            "of no change: expect null verdicts below.")
 
 
 _MODEL_ORDER = ("base", "tuned", "control", "tuned-vs-base", "control-vs-base")

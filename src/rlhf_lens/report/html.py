@@ -5,43 +5,20 @@ from __future__ import annotations
 
 import json
 
-from ..verdict import verdict, verdict_level
+from .decompose import decompose_parts
 from .dictionaries import mmcs_html, saes_html
-from .diff import decompose_html, diff_html, same_token_rows
+from .diff import diff_html
 from .features import features_html, new_features_html, utility_html
-from .format import SECTIONS, _esc, _mean_std, _model_key, _stat
-from .plots import _headline_plot
-from .tables import Raw, html_table, not_run_html
+from .format import SECTIONS, _esc, _model_key, heldout_of, section_title, tune_moved_text
+from .headline import headline_parts
+from .tables import Raw, html_table, not_run_html, parts_html
+from .tracked import RUN_RESULTS, Source, Tracked
 from .tuning import divergence_html, ppo_html
 
 
 def _headline_html(results: dict) -> str:
-    rows = results.get("headline")
-    if not rows:
-        return not_run_html()
-    table_rows = []
-    for row in rows:
-        level, _, _ = verdict_level(row.get("base"), row.get("tuned"))
-        text = row.get("verdict") or verdict(_stat(row.get("base")), _stat(row.get("tuned")))
-        klass = {"clear": "yes", "weak": "maybe"}.get(level, "no")
-        table_rows.append([row.get("name", "?"), Raw(_esc(_mean_std(row.get("base")))),
-                           Raw(_esc(_mean_std(row.get("tuned")))),
-                           Raw(_esc(_mean_std(row.get("control"))) if row.get("control") is not None else "-"),
-                           row.get("n_seeds"), Raw(f'<span class="verdict {klass}">{_esc(text)}</span>')])
-    table = html_table(["measure", "base", "tuned", "control", "seeds", "verdict"], table_rows, numeric={1, 2, 3, 4},
-                       cls="headline")
-    plot = _headline_plot(rows)
-    note = ('<p class="note">mean \u00b1 std over SAE seeds. Verdict rule: spread = sqrt(std<sub>base</sub>\u00b2 + '
-            'std<sub>tuned</sub>\u00b2); |tuned \u2212 base| above 2\u00d7 spread is larger than seed noise, above '
-            '1\u00d7 is suggestive, otherwise not distinguishable. "Reward alignment" needs no explainer.</p>')
-    diff = results.get("diff")
-    if diff:
-        same = same_token_rows(results)
-        if same:
-            table += ('<p>On the same tokens (base and tuned compared directly, no dictionaries; details in '
-                      '<a href="#diff">What tuning changed</a>):</p>'
-                      + html_table(["measure", "value", "null", "verdict"], same, numeric={1}, cls="headline-diff"))
-    return table + note + plot
+    parts = headline_parts(results)
+    return parts_html(parts) if parts else not_run_html()
 
 
 def _config_html(results: dict) -> str:
@@ -57,7 +34,8 @@ def _diff_html(results: dict) -> str:
     if not diff:
         return not_run_html("the diff stage")
     decompose = results.get("decompose")
-    return diff_html(diff) + (decompose_html(decompose) if decompose else "")
+    return (diff_html(diff, (results.get("placebo") or {}).get("diff"), heldout_of(results))
+            + (parts_html(decompose_parts(decompose)) if decompose else ""))
 
 
 _SECTION_RENDERERS = {
@@ -92,9 +70,12 @@ table.models td:first-child { font-weight: 600; }
 table.features td:nth-child(4) { min-width: 440px; }
 table.texts td { max-width: 360px; }
 .not-run { color: var(--muted); font-style: italic; background: var(--alt); padding: 8px 12px; border-radius: 6px; }
-.verdict.yes { color: #1a7f37; font-weight: 600; }
-.verdict.maybe { color: #9a6700; }
+.verdict.yes, .colour.yes { color: #1a7f37; font-weight: 600; }
+.verdict.maybe, .colour.maybe { color: #9a6700; }
 .verdict.no { color: var(--muted); }
+.verdict.against, .colour.against { color: #cf222e; font-weight: 600; }
+.verdict.against-maybe { color: #cf222e; }
+.alert { background: #fff8c5; border-left: 4px solid #9a6700; padding: 8px 12px; border-radius: 4px; }
 .warn { color: #9a6700; font-size: 12px; display: inline-block; min-width: 200px; }
 .wrap { max-width: 100%; overflow-x: auto; }
 table.saes { font-size: 12.5px; }
@@ -113,18 +94,23 @@ footer { color: var(--muted); font-size: 12.5px; padding-top: 30px; padding-bott
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
-def render_html(results: dict) -> str:
-    """The whole report page (a string), from results.json's content."""
+def render_html(results: dict, sections: tuple[str, ...] | None = None, source: Source = RUN_RESULTS) -> str:
+    """The whole report page (a string), from results.json's content; `sections`: the ids to draw (default: all).
+
+    Content of the wrong shape (an int where an object belongs) is a UserError naming the field (`source` says which
+    file it came from)."""
     from .. import __version__
 
-    title = str(results.get("title") or "rlhf-lens run")
-    models = results.get("models") or {}
-    model_rows = [[name, models.get(name) if models.get(name) is not None else Raw('<span class="note">none</span>')]
-                  for name in sorted(models, key=_model_key)]
-    meta = " \u00b7 ".join(_esc(x) for x in (results.get("created"), results.get("run_dir")) if x)
-    nav = "\n".join(f'<a href="#{sid}">{_esc(name)}</a>' for sid, name in SECTIONS)
-    sections = "".join(f'<section id="{sid}"><h2>{_esc(name)}</h2>{_SECTION_RENDERERS[sid](results)}</section>'
-                       for sid, name in SECTIONS)
+    tracked = Tracked(results, source)
+    content = tracked.content
+    title = str(content.get("title") or "rlhf-lens run")
+    header = tracked.draw("the header", _header_html, content)
+    chosen = [sid for sid, _ in SECTIONS if sections is None or sid in sections]
+    names = {sid: tracked.draw(f"the title of section {sid!r}", section_title, sid, content) for sid in chosen}
+    nav = "\n".join(f'<a href="#{sid}">{_esc(names[sid])}</a>' for sid in chosen)
+    body = "".join(f'<section id="{sid}"><h2>{_esc(names[sid])}</h2>'
+                   + tracked.draw(f"the section \"{names[sid]}\"", _SECTION_RENDERERS[sid], content)
+                   + "</section>" for sid in chosen)
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
@@ -132,8 +118,18 @@ def render_html(results: dict) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<link rel="icon" href="data:,">'  # no favicon request
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head>\n<body>"
-        f'<header><h1>{_esc(title)}</h1><p class="meta">{meta}</p>'
-        + (html_table(["model", "spec"], model_rows, cls="models") if model_rows else "")
-        + f"</header>\n<nav><div>{nav}</div></nav>\n<main>{sections}</main>\n"
-        f"<footer>Written by rlhf-lens {_esc(__version__)} from results.json.</footer></body></html>\n"
+        f"{header}\n<nav><div>{nav}</div></nav>\n<main>{body}</main>\n"
+        f"<footer>Written by rlhf-lens {_esc(__version__)} from {_esc(source.file)}.</footer></body></html>\n"
     )
+
+
+def _header_html(results: dict) -> str:
+    """Title, date, the models, and, when the tune barely moved the held-out reward, a warning before any verdict."""
+    models = results.get("models") or {}
+    model_rows = [[name, models.get(name) if models.get(name) is not None else Raw('<span class="note">none</span>')]
+                  for name in sorted(models, key=_model_key)]
+    meta = " \u00b7 ".join(_esc(x) for x in (results.get("created"), results.get("run_dir")) if x)
+    moved = tune_moved_text(results)
+    return (f'<header><h1>{_esc(results.get("title") or "rlhf-lens run")}</h1><p class="meta">{meta}</p>'
+            + (html_table(["model", "spec"], model_rows, cls="models") if model_rows else "")
+            + (f'<p class="alert">{_esc(moved)}</p>' if moved else "") + "</header>")

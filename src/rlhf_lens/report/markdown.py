@@ -1,9 +1,11 @@
-"""summary.md: the report's tables in Markdown (no plots, no token highlights)."""
+"""summary.md: the report's sections in Markdown (no plots, no token highlights, no config). The headline and
+"What tuning changed" are written once as parts (`headline`, `diff`, `decompose`) and rendered here and in the page
+alike; the other sections' tables are built from the same rows (`format`)."""
 
 from __future__ import annotations
 
-from ..verdict import verdict
-from .diff import decompose_markdown, diff_markdown, same_token_rows
+from .decompose import decompose_parts
+from .diff import diff_markdown
 from .format import (
     _COUNT_HEADERS,
     _NEW_HEADERS,
@@ -19,41 +21,69 @@ from .format import (
     _num,
     _pct,
     _sae_groups,
-    _stat,
     _table_words_text,
     _utility_rows,
+    control_highest_text,
+    elsewhere_text,
+    heldout_of,
+    section_title,
+    steering_rewards_text,
+    tune_moved_text,
+    tuned_elsewhere,
+    utility_control_highest,
 )
-from .tables import md_cell, md_table
+from .headline import headline_parts
+from .tables import md_cell, md_table, parts_markdown
+from .tracked import RUN_RESULTS, Source, Tracked
 
 
-def render_markdown(results: dict) -> str:
-    """summary.md: the report's tables in Markdown (no plots, no token highlights)."""
+def render_markdown(results: dict, sections: tuple[str, ...] | None = None, source: Source = RUN_RESULTS) -> str:
+    """summary.md: the report's sections in Markdown (no plots, no token highlights); `sections`: the ids to write
+    (default: all but the config, which only the page shows)."""
+    tracked = Tracked(results, source)
+    content = tracked.content
+    out = tracked.draw("the header", _header_markdown, content)
+    for sid, _ in SECTIONS:
+        if sid not in _MD_SECTIONS or (sections is not None and sid not in sections):
+            continue
+        title = tracked.draw(f"the title of section {sid!r}", section_title, sid, content)
+        body = tracked.draw(f'the section "{title}"', _MD_SECTIONS[sid], content)
+        out += [f"## {title}", "", body if body else f"_{NOT_RUN}_", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _header_markdown(results: dict) -> list[str]:
     out = [f"# {md_cell(results.get('title') or 'rlhf-lens run')}", ""]
     if results.get("created") or results.get("run_dir"):
         out += [" \u00b7 ".join(md_cell(x) for x in (results.get("created"), results.get("run_dir")) if x), ""]
     models = results.get("models") or {}
     if models:
         out += [md_table(["model", "spec"], [[m, models.get(m) or "none"] for m in sorted(models, key=_model_key)]), ""]
+    moved = tune_moved_text(results)
+    if moved:
+        out += [f"**{md_cell(moved)}**", ""]
+    return out
 
-    def section(sid: str, body: str | None) -> None:
-        out.extend([f"## {dict(SECTIONS)[sid]}", "", body if body else f"_{NOT_RUN}_", ""])
 
-    headline = results.get("headline")
-    section("headline", md_table(
-        ["measure", "base", "tuned", "control", "seeds", "verdict"],
-        [[r.get("name"), _mean_std(r.get("base")), _mean_std(r.get("tuned")),
-          _mean_std(r.get("control")) if r.get("control") is not None else "-", r.get("n_seeds"),
-          r.get("verdict") or verdict(_stat(r.get("base")), _stat(r.get("tuned")))] for r in headline])
-        if headline else None)
+def _headline(results: dict) -> str | None:
+    parts = headline_parts(results)
+    return parts_markdown(parts) if parts else None
 
-    diff, decompose = results.get("diff"), results.get("decompose")
-    if diff and headline:
-        out[-2] += "\n\nOn the same tokens (diff stage):\n\n" + md_table(["measure", "value", "null", "verdict"],
-                                                                          same_token_rows(results))
-    section("diff", (diff_markdown(diff) + ("\n" + decompose_markdown(decompose) if decompose else "")) if diff else None)
 
+def _diff(results: dict) -> str | None:
+    diff = results.get("diff")
+    if not diff:
+        return None
+    decompose = results.get("decompose")
+    return (diff_markdown(diff, (results.get("placebo") or {}).get("diff"), heldout_of(results))
+            + ("\n\n" + parts_markdown(decompose_parts(decompose)) if decompose else ""))
+
+
+def _ppo(results: dict) -> str | None:
     ppo = results.get("ppo") or {}
     body = []
+    if tuned_elsewhere(results):
+        body.append(md_cell(elsewhere_text(results)))
     log = [r for r in (ppo.get("log") or []) if isinstance(r, dict)]
     if log:
         last = log[-1]
@@ -68,61 +98,87 @@ def render_markdown(results: dict) -> str:
                          _pct(e.get("positive_frac"))])
         body.append(f"Held-out reward over {md_cell(evaluation.get('n'))} prompts:\n\n"
                     + md_table(["model", "mean reward \u00b1 se", "positive"], rows))
-    section("ppo", "\n\n".join(body) if body else None)
+        other = steering_rewards_text(results)
+        if other:
+            body.append(md_cell(other))
+    return "\n\n".join(body) if body else None
 
+
+def _divergence(results: dict) -> str | None:
     divergence = results.get("divergence") or {}
     rows = sorted((r for r in (divergence.get("rows") or []) if isinstance(r, dict)), key=_layer)
+    if not rows:
+        return None
     top = {int(x) for x in (divergence.get("top_layers") or []) if _float(x) is not None}
-    section("divergence", (f"Blocks analysed: {', '.join(map(str, sorted(top))) or '-'}\n\n"
-                           + md_table(["block", "divergence", "analysed"],
-                                      [[r.get("layer"), _float(r.get("divergence")), "yes" if _layer(r) in top else ""]
-                                       for r in rows])) if rows else None)
+    return (f"Blocks analysed: {', '.join(map(str, sorted(top))) or '-'}\n\n"
+            + md_table(["block", "divergence", "analysed"],
+                       [[r.get("layer"), _float(r.get("divergence")), "yes" if _layer(r) in top else ""] for r in rows]))
 
+
+def _saes(results: dict) -> str | None:
     saes = results.get("saes")
-    section("saes", md_table(
-        ["model", "block", "dict size", "arch", "l1", "seeds", "MSE", "FVU", "L0", "dead", "warnings"],
-        [[g["model"], g["layer"], g["dict_size"], g["arch"], g["l1"], len(g["seeds"]),
-          *(_metric_text(g["metrics"][name], percent=name == "dead_fraction") for name in _SAE_METRICS[:4]),
-          "; ".join(g["warnings"])] for g in _sae_groups(saes)]) if saes else None)
+    if not saes:
+        return None
+    return md_table(["model", "block", "dict size", "arch", "l1", "seeds", "MSE", "FVU", "L0", "dead", "warnings"],
+                    [[g["model"], g["layer"], g["dict_size"], g["arch"], g["l1"], len(g["seeds"]),
+                      *(_metric_text(g["metrics"][name], percent=name == "dead_fraction") for name in _SAE_METRICS[:4]),
+                      "; ".join(g["warnings"])] for g in _sae_groups(saes)])
 
+
+def _mmcs(results: dict) -> str | None:
     mmcs = results.get("mmcs")
-    section("mmcs", md_table(["model", "block", "kind", "MMCS mean \u00b1 std", "seeds"],
-                             [[r.get("model"), r.get("layer"), r.get("kind"), _mean_std(r), len(r.get("values") or [])]
-                              for r in mmcs]) if mmcs else None)
+    if not mmcs:
+        return None
+    return md_table(["model", "block", "kind", "MMCS mean \u00b1 std", "seeds"],
+                    [[r.get("model"), r.get("layer"), r.get("kind"), _mean_std(r), len(r.get("values") or [])]
+                     for r in mmcs])
 
+
+def _features(results: dict) -> str | None:
     features = results.get("features")
-    if features:
-        parts = []
-        for model in sorted({str(f.get("model", "?")) for f in features}, key=_model_key):
-            rows = sorted((f for f in features if str(f.get("model", "?")) == model), key=_layer)
-            parts.append(f"### {md_cell(model)}\n\n" + md_table(
-                ["block", "feature", "max cos", "explanation", "sim. score", "utility", "reward corr"],
-                [[f.get("layer"), f.get("feature"), _float(f.get("max_cosine")), f.get("explanation"),
-                  _float(f.get("score")), _float(f.get("utility")), _float(f.get("reward_corr"))] for f in rows]))
-        section("features", "\n\n".join(parts))
-    else:
-        section("features", None)
+    if not features:
+        return None
+    parts = []
+    for model in sorted({str(f.get("model", "?")) for f in features}, key=_model_key):
+        rows = sorted((f for f in features if str(f.get("model", "?")) == model), key=_layer)
+        parts.append(f"### {md_cell(model)}\n\n" + md_table(
+            ["block", "feature", "max cos", "explanation", "sim. score", "utility", "reward corr"],
+            [[f.get("layer"), f.get("feature"), _float(f.get("max_cosine")), f.get("explanation"),
+              _float(f.get("score")), _float(f.get("utility")), _float(f.get("reward_corr"))] for f in rows]))
+    return "\n\n".join(parts)
 
+
+def _new_features(results: dict) -> str | None:
     new = results.get("new_features")
+    if new is None:
+        return None
     counts = _new_counts(results)
     parts = [counts[0], md_table(_COUNT_HEADERS, counts[1])] if counts else []
+    if not new:
+        return "\n\n".join([*parts, "No new features at the chosen threshold."])
     words = _table_words_text(results)
-    section("new-features", None if new is None else "\n\n".join([*parts, *([words] if words else []), md_table(
+    return "\n\n".join([*parts, *([words] if words else []), md_table(
         _NEW_HEADERS, [[r.get("layer"), r.get("feature"), _float(r.get("max_cosine_to_base")), r.get("explanation"),
                         _float(r.get("score")), _float(r.get("utility")), _float(r.get("reward_corr"))]
                        for r in sorted(new, key=lambda r: (_layer(r), _float(r.get("max_cosine_to_base")) or 0.0))])])
-        if new else "\n\n".join([*parts, "No new features at the chosen threshold."]))
 
-    if results.get("utility"):
-        models, rows = _utility_rows(results)
-        utility = results["utility"]
-        section("utility", (f"|{md_cell(utility.get('aggregate', 'mean'))}| of {md_cell(utility.get('table', '?'))} values "
-                            "per explanation, summed; reward alignment: sum over features of (share of top tokens with U > 0 "
-                            "minus share with U < 0).\n\n"
-                            + md_table(["block"] + [f"utility: {m}" for m in models]
-                                       + [f"reward alignment: {m}" for m in models],
-                                       [[layer] + [u[m] for m in models] + [a[m] for m in models]
-                                        for layer, u, a in rows])) if rows else None)
-    else:
-        section("utility", None)
-    return "\n".join(out).rstrip() + "\n"
+
+def _utility(results: dict) -> str | None:
+    utility = results.get("utility")
+    if not utility:
+        return None
+    models, rows = _utility_rows(results)
+    if not rows:
+        return None
+    control = control_highest_text(utility_control_highest(rows))
+    return (f"|{md_cell(utility.get('aggregate', 'mean'))}| of {md_cell(utility.get('table', '?'))} values per "
+            "explanation, summed; reward alignment: sum over features of (share of top tokens with U > 0 minus share "
+            "with U < 0).\n\n"
+            + md_table(["block"] + [f"utility: {m}" for m in models] + [f"reward alignment: {m}" for m in models],
+                       [[layer] + [u[m] for m in models] + [a[m] for m in models] for layer, u, a in rows])
+            + (f"\n\n{md_cell(control)}" if control else ""))
+
+
+_MD_SECTIONS = {"headline": _headline, "diff": _diff, "ppo": _ppo, "divergence": _divergence, "saes": _saes,
+                "mmcs": _mmcs, "features": _features, "new-features": _new_features, "utility": _utility}
+"""Every section but the config, which only the page shows."""

@@ -1,9 +1,12 @@
 """The pieces every section of the report builds with: HTML tables (`html_table`, with `Raw` for cells that
-are already HTML), the "not run" line, a feature's explanation cell with its highlighted examples, and
-Markdown tables (`md_table`, `md_cell`). Section modules import them from here; nothing here imports a section."""
+are already HTML and `Rich` for cells with an HTML and a Markdown form), the "not run" line, a feature's explanation
+cell with its highlighted examples, Markdown tables (`md_table`, `md_cell`), and a section written once as parts
+(`Heading`, `Para`, `Table`, `Figure`) that `parts_html` and `parts_markdown` render, so summary.md says what the
+page says. Section modules import them from here; nothing here imports a section."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from .format import NOT_RUN, _esc, _float, _num
@@ -13,6 +16,18 @@ _MAX_INLINE_EXAMPLES = 1  # the rest of a feature's examples sit in a <details> 
 
 class Raw(str):
     """A table cell that is already HTML (escaped where needed)."""
+
+
+class Rich(Raw):
+    """HTML (the string itself) with its Markdown form (`text`, plain text): a highlighted word list, a coloured
+    verdict, an explanation with its examples."""
+
+    text: str
+
+    def __new__(cls, html: str, text: str) -> Rich:
+        obj = super().__new__(cls, html)
+        obj.text = text
+        return obj
 
 
 def _cell(value: Any) -> tuple[str, bool]:
@@ -74,13 +89,15 @@ def explanation_cell(feature: dict) -> Raw:
     if rest:
         parts.append(f"<details><summary>{len(rest)} more example{'s' if len(rest) > 1 else ''}</summary>"
                      + "".join(_example_html(e) for e in rest) + "</details>")
-    return Raw("".join(parts))
+    return Rich("".join(parts), str(explanation) if explanation else "not explained")
 
 
 def md_cell(x: Any) -> str:
     """A Markdown table cell: one line, table and HTML characters escaped."""
     if x is None:
         return "-"
+    if isinstance(x, Rich):
+        x = x.text
     text = _num(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x)
     text = " ".join(text.split())
     for ch in "\\|<>`*_[]":
@@ -93,3 +110,64 @@ def md_table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(md_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 3
+
+
+@dataclass(frozen=True)
+class Para:
+    """A paragraph: text, or `Rich` (HTML and its Markdown form); `note`: the small grey kind."""
+
+    body: Any
+    note: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    headers: list[str]
+    rows: list[list[Any]]
+    numeric: set[int] = field(default_factory=set)
+    cls: str = ""
+
+
+@dataclass(frozen=True)
+class Figure:
+    """HTML only (a plot, a note on colours or shading); summary.md has no pictures."""
+
+    html: str
+
+
+Part = Heading | Para | Table | Figure
+
+
+def parts_html(parts: list[Part]) -> str:
+    """A section's parts as HTML."""
+    out = []
+    for part in parts:
+        if isinstance(part, Heading):
+            out.append(f"<h{part.level}>{_esc(part.text)}</h{part.level}>")
+        elif isinstance(part, Para):
+            body = str(part.body) if isinstance(part.body, Raw) else _esc(part.body)
+            out.append(f'<p class="note">{body}</p>' if part.note else f"<p>{body}</p>")
+        elif isinstance(part, Table):
+            out.append(html_table(part.headers, part.rows, numeric=part.numeric, cls=part.cls))
+        else:
+            out.append(part.html)
+    return "".join(out)
+
+
+def parts_markdown(parts: list[Part]) -> str:
+    """The same parts as Markdown: every heading, paragraph and table; no figures."""
+    out = []
+    for part in parts:
+        if isinstance(part, Heading):
+            out.append(f"{'#' * part.level} {md_cell(part.text)}")
+        elif isinstance(part, Para):
+            out.append(md_cell(part.body))
+        elif isinstance(part, Table):
+            out.append(md_table(part.headers, part.rows))
+    return "\n\n".join(out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .format import _color, _esc, _float, _layer, _num, _pct
+from .format import _color, _esc, _float, _layer, _num, _pct, elsewhere_text, steering_rewards_text, tuned_elsewhere
 from .plots import _figure, _img, _png_uri, _ppo_plot
 from .tables import Raw, html_table, not_run_html
 
@@ -15,14 +15,14 @@ def ppo_html(results: dict) -> str:
     ppo = results.get("ppo")
     if not ppo:
         return not_run_html("no PPO in this run (an already tuned model, or the stage was skipped)")
-    parts = []
+    parts = [f"<p>{_esc(elsewhere_text(results))}</p>"] if tuned_elsewhere(results) else []
     log = [r for r in (ppo.get("log") or []) if isinstance(r, dict)]
     if log:
         last = log[-1]
         parts.append(f'<p>{len(log)} PPO steps; last step: reward {_num(_float(last.get("reward")))}, '
                      f'KL {_num(_float(last.get("kl")))} nats, \u03b2 {_num(_float(last.get("beta")))}.</p>')
         parts.append(_ppo_plot(log))
-    else:
+    elif not tuned_elsewhere(results):
         parts.append(not_run_html("no training log"))
     evaluation = ppo.get("eval")
     if evaluation:
@@ -34,6 +34,9 @@ def ppo_html(results: dict) -> str:
             rows.append([name, Raw(_esc("-" if mean is None else f"{_num(mean)} \u00b1 {_num(se)}")),
                          Raw(_pct(e.get("positive_frac")))])
         parts.append(html_table(["model", "mean reward \u00b1 se", "positive"], rows, numeric={1, 2}))
+        other = steering_rewards_text(results)
+        if other:
+            parts.append(f'<p class="note">{_esc(other)}</p>')
         examples = [e for e in (evaluation.get("examples") or []) if isinstance(e, dict)][:_MAX_PPO_EXAMPLES]
         if examples:
             parts.append("<h3>Completions</h3>")

@@ -1,0 +1,136 @@
+"""The feature-level half of "What tuning changed" (the decompose stage), read from decompose.json's content and
+written once as parts for report.html and summary.md: per block the diff-SAE's top latents, the base SAE's shifted
+latents, the crosscoder's classes where it ran, and the placebo tune's measures beside the real tune's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .format import _float, _num
+from .tables import Figure, Heading, Para, Part, Rich, Table, explanation_cell
+
+_NOTE = ("diff-SAE: an SAE trained on h{t} \u2212 h{b} (MLP outputs, same tokens); its latents ranked by their share of "
+         "\u2016\u0394\u2016\u00b2, with the max cosine of each to the other seeds' diff-SAEs (seed agreement), and "
+         "steering the base model by the latent's decoder row against random directions of the same norm. Shift: the "
+         "base model's own SAE encodes both models' activations; latents whose mean activation moves beyond what two "
+         "halves of the base activations give (z) are the change, read through the base SAE's dictionary.")
+
+
+def change_utility_row(decompose: dict, placebo: dict | None = None) -> list[Any]:
+    """The headline's "utility of the change": the paper's utility score on the top diff-SAE latents' explanations,
+    mean +- std over diff-SAE seeds, beside its null (the placebo tune's, where it ran)."""
+    u = (decompose or {}).get("utility_of_change") or {}
+    value = f"{_num(_float(u.get('mean')))} \u00b1 {_num(_float(u.get('std')))} ({u.get('n', 0)} seeds)"
+    p = (placebo or {}).get("utility_of_change") if placebo else None
+    if p:
+        null = f"{_num(_float(p.get('mean')))} \u00b1 {_num(_float(p.get('std')))} (placebo tune)"
+        spread = ((_float(u.get("std")) or 0.0) ** 2 + (_float(p.get("std")) or 0.0) ** 2) ** 0.5
+        gap = (_float(u.get("mean")) or 0.0) - (_float(p.get("mean")) or 0.0)
+        verdict = ("above the placebo tune by more than twice the combined seed spread" if spread and gap > 2 * spread
+                   else "not distinguishable from the placebo tune")
+    else:
+        null = "no null: the placebo tune (controls.placebo) was off"
+        verdict = "no comparison without the placebo tune; read the explanations below"
+    return ["utility of the change (top diff-SAE latents' explanations)", value, null, verdict]
+
+
+def _steer_text(row: dict | None) -> str:
+    if not row:
+        return "-"
+    verdict = "beats every random direction" if row.get("beats_null") else "within the random directions"
+    return f"{_num(_float(row.get('gain')))} \u00b1 {_num(_float(row.get('gain_se')))}; {verdict}"
+
+
+def _latent_rows(features: list[dict], extra: dict[int, list[Any]]) -> list[list[Any]]:
+    return [[f.get("feature"), *extra.get(int(f.get("feature", -1)), []), explanation_cell(f), _float(f.get("score")),
+             _float(f.get("utility"))] for f in features]
+
+
+def _first_seed(ds: dict) -> list[dict]:
+    """The diff-SAE's explained latents of its first seed (the one the table ranks)."""
+    return [f for f in ds.get("features") or [] if f.get("sae") == f"s{(ds.get('seeds') or [0])[0]}"]
+
+
+def _counts(counts: Any) -> str:
+    """{"shared": 40, "tuned-only": 2, ...} as "shared 40, tuned-only 2, ..."."""
+    if not isinstance(counts, dict):
+        return _num(counts)
+    return ", ".join(f"{name} {_num(n)}" for name, n in counts.items()) or "-"
+
+
+def _crosscoder_text(cc: dict) -> str:
+    fvu = cc.get("fvu") or {}
+    return (f"Crosscoder ({cc.get('arch')}, {_num(cc.get('dict_size'))} latents; FVU base "
+            f"{_num(_float(fvu.get('base')))}, tuned {_num(_float(fvu.get('tuned')))}): classes by Latent Scaling "
+            f"{_counts(cc.get('counts'))}; by decoder norms alone {_counts(cc.get('norm_counts'))}; "
+            f"{_num(cc.get('disagree'))} latents classed differently by the two.")
+
+
+def _block_summary(block: dict) -> dict[str, Any]:
+    """One block's measures, side by side for the real and the placebo tune."""
+    ds, shift = block.get("diff_sae") or {}, block.get("shift") or {}
+    top = ds.get("top") or []
+    steered = ((ds.get("steering") or {}).get("latents") or [])
+    cc = block.get("crosscoder")
+    return {"diff-SAE: share of \u2016\u0394\u2016\u00b2 of the top latent": _float(top[0].get("share")) if top else None,
+            "diff-SAE: seed agreement of the top latents (mean)": _float((ds.get("agreement") or {}).get("mean")),
+            "diff-SAE: steered latents that beat every random direction":
+                f"{sum(bool(s.get('beats_null')) for s in steered)} of {len(steered)}" if steered else "-",
+            "diff-SAE: mean utility of the explained top latents": _mean(f.get("utility") for f in _first_seed(ds)),
+            "base SAE: latents shifted beyond the null":
+                f"{_num(shift.get('n_shifted'))} of {_num(shift.get('n_latents'))}" if shift else "-",
+            "crosscoder: classes by Latent Scaling": _counts(cc.get("counts")) if cc else "not run"}
+
+
+def _mean(values) -> float | None:
+    numbers = [v for v in (_float(x) for x in values) if v is not None]
+    return sum(numbers) / len(numbers) if numbers else None
+
+
+def decompose_parts(decompose: dict) -> list[Part]:
+    """Per analysed block: the diff-SAE's top latents (share of |Δ|², seed agreement, steering gain against random
+    directions, explanation) and the base SAE's most shifted latents; the crosscoder's classes where it ran; the
+    placebo tune's measures beside (decompose.json's `placebo`)."""
+    placebo = decompose.get("placebo") or {}
+    placebo_blocks = {b.get("layer"): b for b in placebo.get("blocks") or []}
+    parts: list[Part] = [Heading("Which features changed"),
+                         Para(Rich(_NOTE.format(t="<sub>tuned</sub>", b="<sub>base</sub>"),
+                                   _NOTE.format(t="_tuned", b="_base")), note=True),
+                         Figure('<div class="note">Token shading: activation 0..10.</div>')]
+    for block in decompose.get("blocks") or []:
+        layer = block.get("layer")
+        ds, shift = block.get("diff_sae") or {}, block.get("shift") or {}
+        steering = {int(s["latent"]): s for s in ((ds.get("steering") or {}).get("latents") or [])}
+        top = {int(t["latent"]): t for t in ds.get("top") or []}
+        extra = {j: [_float(t.get("share")), _float(t.get("agreement")), _steer_text(steering.get(j))]
+                 for j, t in top.items()}
+        agreement = ds.get("agreement") or {}
+        parts += [Heading(f"block {layer}: diff-SAE ({ds.get('arch')}, {_num(ds.get('dict_size'))} latents, seeds "
+                          f"{', '.join(map(str, ds.get('seeds') or [])) or '-'})", 4),
+                  Para(f"top-{len(top)} seed agreement: mean {_num(_float(agreement.get('mean')))}, "
+                       f"{agreement.get('above_0.9', '-')} above 0.9.", note=True),
+                  Table(["latent", "share of |\u0394|\u00b2", "seed agreement", "steering gain",
+                         "explanation and top examples", "sim. score", "utility"],
+                        _latent_rows(_first_seed(ds), extra), numeric={0, 1, 2, 5, 6}, cls="features")]
+        among = shift.get("among_top_mmcs") or {}
+        shifted = {int(r["latent"]): [_float(r.get("mean_change")), _float(r.get("z")), _float(r.get("rate_change"))]
+                   for r in shift.get("top") or []}
+        parts += [Heading(f"block {layer}: shift of the base SAE's latents", 4),
+                  Para(f"{_num(shift.get('n_shifted'))} of {_num(shift.get('n_latents'))} latents shift beyond the null "
+                       f"({_num(shift.get('n_rising'))} up, {_num(shift.get('n_falling'))} down); of the top "
+                       f"{_num(among.get('of'))}, {_num(among.get('count'))} are among the paper\u2019s top-MMCS "
+                       "features.", note=True),
+                  Table(["latent", "mean change", "z", "firing-rate change", "explanation and top examples",
+                         "sim. score", "utility"], _latent_rows(shift.get("features") or [], shifted),
+                        numeric={0, 1, 2, 3, 5, 6}, cls="features")]
+        if block.get("crosscoder"):
+            parts.append(Para(_crosscoder_text(block["crosscoder"])))
+        if layer in placebo_blocks:
+            real, other = _block_summary(block), _block_summary(placebo_blocks[layer])
+            parts += [Heading(f"block {layer}: the real tune beside the placebo tune", 4),
+                      Table(["measure", "tuned", "placebo tune"], [[k, real[k], other[k]] for k in real])]
+            if placebo_blocks[layer].get("crosscoder"):
+                parts.append(Para("Placebo tune: " + _crosscoder_text(placebo_blocks[layer]["crosscoder"])))
+    if placebo:
+        parts.append(Table(["measure", "value", "null", "verdict"], [change_utility_row(decompose, placebo)]))
+    return parts
