@@ -11,5 +11,5 @@
   the base, the explanations of their top latents and the utility of the change; writes decompose.json.
 
 A new decomposition is one module here taking the paired stores and its own settings, plus its settings in
-`config`, its call in `run` and its row in the report (`rlhf_lens.report.diff`).
+`config`, its call in `run` and its row in the report (`rlhf_lens.report.decompose`).
 """
