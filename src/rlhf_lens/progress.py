@@ -83,7 +83,7 @@ class LogProgress(Progress):
             for task in self.tasks:  # where each unfinished task stopped
                 if task.id not in self._ended and task.visible:
                     self._ended.add(task.id)
-                    self._print(task)
+                    self._print(task, stopped=True)
 
     def update(self, task_id: TaskID, **changes) -> None:
         super().update(task_id, **changes)
@@ -107,19 +107,22 @@ class LogProgress(Progress):
                 if task.id not in self._ended and task.visible and task.started:
                     self._print(task)
 
-    def _print(self, task: Task) -> None:
-        console.print(progress_line(task), markup=False, highlight=False, soft_wrap=True)
+    def _print(self, task: Task, stopped: bool = False) -> None:
+        console.print(progress_line(task, stopped), markup=False, highlight=False, soft_wrap=True)
 
 
-def progress_line(task: Task) -> str:
-    """One task as a plain line: `description: done/total (pct%), elapsed, left` (without a total: its count)."""
+def progress_line(task: Task, stopped: bool = False) -> str:
+    """One task as a plain line: `description: done/total (pct%), elapsed, left` (without a total: its count);
+    `stopped`: the work ended short of its total (a run that converged before its cap, an error)."""
     elapsed = clock(task.elapsed or 0.0)
     done = _number(task.completed)
     if task.total is None:
-        return f"{task.description}: {done}, {elapsed} elapsed"
+        return f"{task.description}: {done}, " + (f"stopped after {elapsed}" if stopped else f"{elapsed} elapsed")
     total = _number(task.total)
     if task.finished:
         return f"{task.description}: {done}/{total}, done in {elapsed}"
+    if stopped:
+        return f"{task.description}: {done}/{total}, stopped after {elapsed}"
     share = 100 * task.completed / task.total if task.total else 0.0
     left = task.time_remaining
     return (f"{task.description}: {done}/{total} ({share:.0f}%), {elapsed} elapsed"
