@@ -229,3 +229,28 @@ def test_store_problem_names_what_opening_would_refuse_without_raising(store, co
     assert manifest_problem(copy) == f"{copy / 'manifest.json'} is damaged"
     (copy / "manifest.json").unlink()
     assert store_problem(copy) == f"{copy / 'manifest.json'} is missing"
+
+
+def test_a_store_resumes_when_its_model_moved_with_the_same_weights(store, tmp_path, tiny_model_dir, corpus_file):
+    """A moved or copied run folder: its model is at a new path with the same weights (its tokenizer beside them).
+    Harvesting into the store again redoes a damaged shard, byte for byte, and records where the model is now."""
+    model = shutil.copytree(tiny_model_dir, tmp_path / "moved-model")
+    acts = shutil.copytree(store.path, tmp_path / "acts")
+    shard = acts / "shard-00002.safetensors"
+    original = shard.read_bytes()
+    shard.write_bytes(original[:50])
+    config = HarvestConfig(layers=[1, 2], corpus=str(corpus_file), max_tokens=32, batch_size=8, shard_tokens=300)
+    redone = harvest(str(model), config, acts)
+    assert shard.read_bytes() == original
+    assert redone.manifest["model"] == redone.manifest["tokenizer"] == str(model.resolve())
+    assert {k: v for k, v in redone.manifest.items() if k not in ("model", "tokenizer")} == \
+        {k: v for k, v in store.manifest.items() if k not in ("model", "tokenizer")}
+    # other weights at the new path are still another model
+    from rlhf_lens.models import load_model, save_model
+
+    other, tokenizer = load_model(str(model))
+    with torch.no_grad():
+        other.gpt_neox.layers[0].mlp.dense_h_to_4h.weight.mul_(1.001)
+    save_model(other, tokenizer, model)
+    with pytest.raises(UserError, match="other settings"):
+        harvest(str(model), config, acts)

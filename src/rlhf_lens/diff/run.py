@@ -127,7 +127,7 @@ def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, 
         steer_task = bar.add_task(f"diff: steering blocks {','.join(map(str, layers))}", total=(
             (1 if tuned is base else 2)
             + sum(steering.curve_groups(pair.delta[layer], config.random_directions, alphas) for layer in layers)))
-        rank_task = bar.add_task(f"diff: causal ranking of {len(rank_layers)} blocks",
+        rank_task = bar.add_task(f"diff: causal ranking of blocks {','.join(map(str, rank_layers))}",
                                  total=ranking.ranking_groups(own, rank_layers, config.rank_random), start=False)
 
         def advance_steering(n: int) -> None:

@@ -250,7 +250,7 @@ def _run_locked(config: RunConfig, run_dir: Path, executor: Executor) -> Path:
         outputs = ledger.done(stage, key)
         damage = damaged_outputs(stage, run_dir, outputs) if outputs is not None else None
         if damage:
-            console.print(f"[yellow]{stage}: {escape(damage)}; redoing the {stage} stage[/yellow]")
+            console.print(f"[yellow]{stage}: {escape(damage)}; redoing the {stage} stage[/yellow]", soft_wrap=True)
         off = stage_off(config, stage)
         # a stage that does nothing is one dim line, whether it runs (to record that) or was recorded earlier
         off_line = f"[dim]{stage}: off ({off} = false)[/dim]" if off else None
