@@ -868,16 +868,21 @@ def test_a_damaged_store_in_a_finished_run_is_redone_by_the_run_command(tiny_run
     shard.write_bytes(bytes(data))
     (out / "acts" / "tuned" / "manifest.json").unlink()
 
-    result = _ok(_run(out), "the run over damaged stores")
+    # with progress on, as a user's log has it (stderr is a pipe here, not a terminal)
+    result = _ok(_run(out, env={"RLHF_LENS_QUIET": "0", "RLHF_LENS_PROGRESS_EVERY": "0.2"}), "the run over damaged stores")
     assert f"harvest: {shard}: corrupt or truncated" in result.stderr, result.stderr
     assert "redoing the harvest stage" in result.stderr
+    assert re.search(r"^harvest: redoing 1 damaged shard: (\d+)/\1, done in", result.stderr, re.M), result.stderr
+    assert re.search(r"^harvest layers [\d,]+: (\d+)/\1, done in", result.stderr, re.M), result.stderr
+    assert "Loading weights" not in result.stderr
     assert _stage_lines(result.stderr) == {s: "ran" if s == "harvest" else "skipped" for s in STAGES} | OFF
     after = _hashes(out)
     assert set(after) == set(before)
     changed = {path for path in before if after[path] != before[path]}
-    # the harvest's record (its time) and the two manifests, which now name this run's models; shards: same bytes
-    assert changed == {"stages/harvest.json", "acts/base/manifest.json", "acts/tuned/manifest.json"}, changed
-    for name, model in (("base", "models/base"), ("tuned", "rlhf/model")):
+    # the harvest's record (its time) and the stores' manifests, which now name this run's models (the harvest ran
+    # for every model; on an intact store it only checks it); the shards: the same bytes
+    assert changed == {"stages/harvest.json", *(f"acts/{m}/manifest.json" for m in MODELS)}, changed
+    for name, model in (("base", "models/base"), ("tuned", "rlhf/model"), ("control", "models/control")):
         manifest = json.loads((out / "acts" / name / "manifest.json").read_text())
         assert manifest["model"] == str((out / model).resolve()) and manifest["complete"], manifest
     # repaired: the next run skips everything

@@ -85,6 +85,11 @@ class LogProgress(Progress):
                     self._ended.add(task.id)
                     self._print(task, stopped=True)
 
+    def add_task(self, description: str, *args, **kwargs) -> TaskID:
+        task_id = super().add_task(description, *args, **kwargs)
+        self._end_if_finished(task_id)  # work found done (a resume): one line now, not one every few seconds
+        return task_id
+
     def update(self, task_id: TaskID, **changes) -> None:
         super().update(task_id, **changes)
         self._end_if_finished(task_id)
@@ -97,7 +102,7 @@ class LogProgress(Progress):
         if self.disable or task_id in self._ended:
             return
         task = next(task for task in self.tasks if task.id == task_id)
-        if task.finished:
+        if _complete(task):
             self._ended.add(task_id)
             self._print(task)
 
@@ -119,7 +124,7 @@ def progress_line(task: Task, stopped: bool = False) -> str:
     if task.total is None:
         return f"{task.description}: {done}, " + (f"stopped after {elapsed}" if stopped else f"{elapsed} elapsed")
     total = _number(task.total)
-    if task.finished:
+    if _complete(task):
         return f"{task.description}: {done}/{total}, done in {elapsed}"
     if stopped:
         return f"{task.description}: {done}/{total}, stopped after {elapsed}"
@@ -127,6 +132,11 @@ def progress_line(task: Task, stopped: bool = False) -> str:
     left = task.time_remaining
     return (f"{task.description}: {done}/{total} ({share:.0f}%), {elapsed} elapsed"
             + (f", ~{clock(left)} left" if left is not None else ""))
+
+
+def _complete(task: Task) -> bool:
+    """All its work done (rich marks a task finished only once an update reaches the total)."""
+    return task.total is not None and task.completed >= task.total
 
 
 def clock(seconds: float) -> str:

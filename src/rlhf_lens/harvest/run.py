@@ -99,14 +99,17 @@ def harvest(
 
     manifest = writer.manifest
     with progress_bar() as bar:
+        damaged = [(k, entry) for k, entry in enumerate(manifest["shards"]) if shard_problem(out, manifest, entry)]
+        if damaged:
+            redo = bar.add_task(f"harvest: redoing {len(damaged)} damaged shard{'s' if len(damaged) > 1 else ''}",
+                                total=sum(entry["doc_end"] - entry["doc_start"] for _, entry in damaged))
+        for k, entry in damaged:
+            acts, index = harvester.shard(out, k, entry["doc_start"], entry["doc_end"],
+                                          expect_tokens=entry["n_tokens"], bar=bar, task=redo)
+            writer.write_shard(k, acts, index, entry["doc_start"], entry["doc_end"])
         done = manifest["shards"][-1]["doc_end"] if manifest["shards"] else 0
         task = bar.add_task(f"harvest layers {','.join(map(str, settings['layers']))}", total=len(texts),
                             completed=done)
-        for k, entry in enumerate(manifest["shards"]):
-            if shard_problem(out, manifest, entry):
-                acts, index = harvester.shard(out, k, entry["doc_start"], entry["doc_end"],
-                                              expect_tokens=entry["n_tokens"])
-                writer.write_shard(k, acts, index, entry["doc_start"], entry["doc_end"])
         while done < len(texts):
             k = len(manifest["shards"])
             doc_end = harvester.shard_end(done)

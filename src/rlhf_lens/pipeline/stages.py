@@ -216,9 +216,9 @@ def _sae_job(job: tuple) -> None:
     from ..sae import train_saes
     from ..store import ActivationStore
 
-    store_dir, layer, configs, dirs, unit = job
     # the SAEs' progress lines name their folders (m{size}-s{seed}); this names the model and block they are in
-    console.print(f"[dim]saes: {Path(store_dir).name}, block {layer}[/dim]")
+    console.print(f"[dim]saes: {Path(job[0]).name}, block {job[1]}[/dim]")
+    store_dir, layer, configs, dirs, unit = job
     train_saes(ActivationStore(Path(store_dir)).source(layer), configs, [Path(d) for d in dirs])
     interrupt_point("saes", unit)
 
