@@ -34,6 +34,8 @@ PRESET = "tiny"
 # The tiny preset as it ships; nothing shrunk, so the test runs exactly what CI promises.
 RUN_ARGS = ("run", "--preset", PRESET)
 MODELS = ("base", "tuned", "control")
+# controls.placebo is off in the tiny preset: its stage prints one "placebo: off (...)" line, never its header.
+OFF = {"placebo": "off"}
 # Keys whose values are wall-clock measurements: they differ between two equal runs.
 TIMING_KEYS = {"tokens_per_s", "seconds", "train_seconds", "wall_seconds", "finished", "created"}
 
@@ -85,7 +87,7 @@ def _json(path: Path, run_dir: Path):
 
 
 def _stage_lines(stderr: str) -> dict[str, str]:
-    """stage -> "skipped" | "ran", from the pipeline's progress lines on stderr."""
+    """stage -> "skipped" | "ran" | "off", from the pipeline's progress lines on stderr."""
     seen = {}
     for line in stderr.splitlines():
         line = line.strip()
@@ -94,6 +96,8 @@ def _stage_lines(stderr: str) -> dict[str, str]:
                 seen[stage] = "skipped"
             elif line == stage:
                 seen[stage] = "ran"
+            elif line.startswith(f"{stage}: off ("):
+                seen[stage] = "off"
     return seen
 
 
@@ -194,7 +198,7 @@ def test_run_writes_the_resolved_config_and_a_record_per_stage(tiny_run):
         for key, value in values.items():
             assert config[section][key] == value, (section, key)
     assert {"model", "tiny", "data", "reward", "rlhf", "divergence", "harvest", "sae", "interp", "controls"} <= set(config)
-    assert _stage_lines(tiny_run.stderr) == {stage: "ran" for stage in STAGES}
+    assert _stage_lines(tiny_run.stderr) == {stage: "ran" for stage in STAGES} | OFF
     keys = set()
     for stage in STAGES:
         record = json.loads((out / "stages" / f"{stage}.json").read_text())
@@ -478,7 +482,7 @@ def test_report_has_every_section_and_the_controls(tiny_run):
 def test_rerunning_the_same_command_skips_every_stage_and_changes_nothing(tiny_run):
     before = _hashes(tiny_run.out)
     result = _ok(_run(tiny_run.out), "the rerun")
-    assert _stage_lines(result.stderr) == {stage: "skipped" for stage in STAGES}
+    assert _stage_lines(result.stderr) == {stage: "skipped" for stage in STAGES} | OFF
     assert _hashes(tiny_run.out) == before
 
 
@@ -488,7 +492,7 @@ def test_a_moved_run_folder_is_still_that_run(tiny_run, tmp_path, corpus_file):
     moved = Path(shutil.move(first, tmp_path / "moved"))
     before = _hashes(moved)
     result = _ok(_run(moved), "the rerun in the moved folder")
-    assert _stage_lines(result.stderr) == {stage: "skipped" for stage in STAGES}
+    assert _stage_lines(result.stderr) == {stage: "skipped" for stage in STAGES} | OFF
     assert _hashes(moved) == before
     recorded = [*(moved / "stages").glob("*.json"), *(moved / "features").glob("*.json"),
                 *(moved / name for name in ("mmcs.json", "utility.json", "results.json", "report.html", "summary.md"))]
@@ -525,7 +529,7 @@ def test_a_killed_run_keeps_what_it_finished(resumed_run):
 def test_the_resumed_run_skips_what_was_finished(resumed_run):
     lines = _stage_lines(resumed_run.resumed.stderr)
     saes = STAGES.index("saes")
-    assert lines == {**{s: "skipped" for s in STAGES[:saes]}, **{s: "ran" for s in STAGES[saes:]}}
+    assert lines == {**{s: "skipped" for s in STAGES[:saes]}, **{s: "ran" for s in STAGES[saes:]}} | OFF
 
 
 def test_the_resumed_run_equals_an_uninterrupted_one(resumed_run, tiny_run):
@@ -548,7 +552,7 @@ def test_changing_a_late_setting_reruns_only_what_depends_on_it(tiny_run, tmp_pa
     early_records = {s: (out / "stages" / f"{s}.json").read_bytes() for s in STAGES[: STAGES.index("saes") + 1]}
     result = _ok(_run(out, "--set", "interp.top_k=3"), "the run with interp.top_k=3")
     lines = _stage_lines(result.stderr)
-    assert all(lines[s] == "skipped" for s in early_records), lines
+    assert all(lines[s] == OFF.get(s, "skipped") for s in early_records), lines
     assert all(lines[s] == "ran" for s in ("features", "scores", "report")), lines
     assert _hashes(out, early) == early_files
     assert {s: (out / "stages" / f"{s}.json").read_bytes() for s in early_records} == early_records
@@ -573,7 +577,7 @@ def test_changing_a_middle_setting_reruns_that_stage_over_its_old_outputs(tiny_r
     assert result.returncode == 0, result.stderr.strip().splitlines()[-1]
     lines = _stage_lines(result.stderr)
     harvest = STAGES.index("harvest")
-    assert lines == {**{s: "skipped" for s in STAGES[:harvest]}, **{s: "ran" for s in STAGES[harvest:]}}
+    assert lines == {**{s: "skipped" for s in STAGES[:harvest]}, **{s: "ran" for s in STAGES[harvest:]}} | OFF
     assert _hashes(out, ("models", "rlhf", "divergence.json")) == before
     from rlhf_lens.store import ActivationStore
 
@@ -592,7 +596,7 @@ def test_changing_a_diff_setting_reruns_the_diff_not_the_harvest_or_the_saes(tin
     assert _config(out)["divergence"]["rank"] == "parameters"
     result = _ok(_run(out, "--set", "diff.alphas=[0.0, 1.0, 3.0]"), "the run with diff.alphas=[0.0, 1.0, 3.0]")
     lines = _stage_lines(result.stderr)
-    assert lines == {s: "ran" if s in ("diff", "report") else "skipped" for s in STAGES}, lines
+    assert lines == {s: "ran" if s in ("diff", "report") else "skipped" for s in STAGES} | OFF, lines
     assert {s: (out / "stages" / f"{s}.json").read_bytes() for s in kept} == kept_records
     assert _hashes(out, ("models", "rlhf", "acts", "saes", "mmcs.json", "decompose", "features",
                          "utility.json")) == kept_files
@@ -841,3 +845,45 @@ def test_the_run_harvests_in_the_models_dtype(tmp_path, tiny_model_dir, corpus_f
     outputs = stage_harvest(config, tmp_path, state)
     store = ActivationStore(tmp_path / outputs["stores"]["base"])
     assert store.manifest["model_dtype"] == "bfloat16" and store.n_docs == 4
+
+
+# --- what a run prints, and what it checks before it skips ------------------------------------------------
+
+
+def test_a_stage_that_is_off_prints_one_off_line_not_its_header(tiny_run):
+    lines = [line.strip() for line in tiny_run.stderr.splitlines()]
+    assert "placebo: off (controls.placebo = false)" in lines and "placebo" not in lines
+    assert "control" in lines  # controls.random_init is on in the tiny preset: that stage has its header
+
+
+def test_a_damaged_store_in_a_finished_run_is_redone_by_the_run_command(tiny_run, tmp_path):
+    """A shard corrupted and a manifest lost after the run finished (in a copy: its stores name the first run's
+    models): `rlhf-lens run`, which skips a finished harvest, checks its stores first, says what it found, and
+    redoes the harvest in place with the same bytes, so every later stage stays skipped."""
+    out = _copy_run(tiny_run.out, tmp_path / "run")
+    before = _hashes(out)
+    shard = out / "acts" / "base" / "shard-00000.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[8:40] = b"x" * 32
+    shard.write_bytes(bytes(data))
+    (out / "acts" / "tuned" / "manifest.json").unlink()
+
+    # with progress on, as a user's log has it (stderr is a pipe here, not a terminal)
+    result = _ok(_run(out, env={"RLHF_LENS_QUIET": "0", "RLHF_LENS_PROGRESS_EVERY": "0.2"}), "the run over damaged stores")
+    assert f"harvest: {shard}: corrupt or truncated" in result.stderr, result.stderr
+    assert "redoing the harvest stage" in result.stderr
+    assert re.search(r"^harvest: redoing 1 damaged shard: (\d+)/\1, done in", result.stderr, re.M), result.stderr
+    assert re.search(r"^harvest layers [\d,]+: (\d+)/\1, done in", result.stderr, re.M), result.stderr
+    assert "Loading weights" not in result.stderr
+    assert _stage_lines(result.stderr) == {s: "ran" if s == "harvest" else "skipped" for s in STAGES} | OFF
+    after = _hashes(out)
+    assert set(after) == set(before)
+    changed = {path for path in before if after[path] != before[path]}
+    # the harvest's record (its time) and the stores' manifests, which now name this run's models (the harvest ran
+    # for every model; on an intact store it only checks it); the shards: the same bytes
+    assert changed == {"stages/harvest.json", *(f"acts/{m}/manifest.json" for m in MODELS)}, changed
+    for name, model in (("base", "models/base"), ("tuned", "rlhf/model"), ("control", "models/control")):
+        manifest = json.loads((out / "acts" / name / "manifest.json").read_text())
+        assert manifest["model"] == str((out / model).resolve()) and manifest["complete"], manifest
+    # repaired: the next run skips everything
+    assert _stage_lines(_ok(_run(out), "the rerun").stderr) == {s: "skipped" for s in STAGES} | OFF

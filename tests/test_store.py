@@ -205,3 +205,52 @@ def test_store_writer_writes_what_the_reader_reads(tmp_path):
     assert second.doc.tolist() == [2, 2, 3] and second.pos.tolist() == [0, 1, 0]
     assert torch.equal(second.acts, acts[3:])
     assert load_file(str(store.path / "shard-00001.safetensors"))["layer3"].dtype == torch.bfloat16  # the manifest's
+
+
+def test_store_problem_names_what_opening_would_refuse_without_raising(store, copy):
+    """`store_problem` (what `rlhf-lens run` checks before it skips a finished harvest) finds what opening the store
+    finds, phrased without advice; `manifest_problem` only what stops the store from being resumed."""
+    from rlhf_lens.store import manifest_problem, store_problem
+
+    assert store_problem(store.path) is None and manifest_problem(store.path) is None
+    shard = copy / "shard-00001.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[8:40] = b"x" * 32
+    shard.write_bytes(bytes(data))
+    problem = store_problem(copy)
+    assert problem.startswith(f"{shard}: corrupt or truncated") and "rerun" not in problem
+    assert manifest_problem(copy) is None  # a damaged shard: the harvest redoes it in place
+    # Opening it says how to redo it, whichever command wrote it.
+    with pytest.raises(UserError, match=r"rlhf-lens harvest.*rlhf-lens run"):
+        ActivationStore(copy)
+    (copy / "manifest.json").write_text('{"format": "rlhf-lens.activations", "version": 1, "shards": "x"}')
+    assert "manifest.json lacks" in store_problem(copy) and manifest_problem(copy) == store_problem(copy)
+    (copy / "manifest.json").write_text(json.dumps({**store.manifest, "shards": [1, 2]}))
+    assert manifest_problem(copy) == f"{copy / 'manifest.json'} is damaged"
+    (copy / "manifest.json").unlink()
+    assert store_problem(copy) == f"{copy / 'manifest.json'} is missing"
+
+
+def test_a_store_resumes_when_its_model_moved_with_the_same_weights(store, tmp_path, tiny_model_dir, corpus_file):
+    """A moved or copied run folder: its model is at a new path with the same weights (its tokenizer beside them).
+    Harvesting into the store again redoes a damaged shard, byte for byte, and records where the model is now."""
+    model = shutil.copytree(tiny_model_dir, tmp_path / "moved-model")
+    acts = shutil.copytree(store.path, tmp_path / "acts")
+    shard = acts / "shard-00002.safetensors"
+    original = shard.read_bytes()
+    shard.write_bytes(original[:50])
+    config = HarvestConfig(layers=[1, 2], corpus=str(corpus_file), max_tokens=32, batch_size=8, shard_tokens=300)
+    redone = harvest(str(model), config, acts)
+    assert shard.read_bytes() == original
+    assert redone.manifest["model"] == redone.manifest["tokenizer"] == str(model.resolve())
+    assert {k: v for k, v in redone.manifest.items() if k not in ("model", "tokenizer")} == \
+        {k: v for k, v in store.manifest.items() if k not in ("model", "tokenizer")}
+    # other weights at the new path are still another model
+    from rlhf_lens.models import load_model, save_model
+
+    other, tokenizer = load_model(str(model))
+    with torch.no_grad():
+        other.gpt_neox.layers[0].mlp.dense_h_to_4h.weight.mul_(1.001)
+    save_model(other, tokenizer, model)
+    with pytest.raises(UserError, match="other settings"):
+        harvest(str(model), config, acts)

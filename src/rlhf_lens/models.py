@@ -7,6 +7,7 @@ layout), or `smollm2` (the offline SmolLM2-135M-Instruct GGUF inside the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -79,12 +80,7 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32", tokenizer
     """Load a causal LM (and its tokenizer). Returns `(model, tokenizer)`; model in eval mode."""
     from transformers import AutoModelForCausalLM
 
-    if os.environ.get("RLHF_LENS_QUIET") == "1":
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        if spec == SMOLLM2:
-            _silence_gguf_progress()
+    quiet_transformers()
     kwargs: dict = {"dtype": torch_dtype(dtype)}
     source: str | Path = spec
     if spec == SMOLLM2:
@@ -100,10 +96,24 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32", tokenizer
     return model, (load_tokenizer(spec) if tokenizer else None)
 
 
+@functools.cache
+def quiet_transformers() -> None:
+    """Silence transformers' own bars ("Loading weights", "Writing model shards", the GGUF "Converting and
+    de-quantizing"), once: they flash by on every model load and save, and in a log file they are lines of
+    carriage returns. A download from the hub keeps its bar (it can take minutes), unless RLHF_LENS_QUIET=1."""
+    from transformers.utils import logging as hf_logging
+
+    if os.environ.get("RLHF_LENS_QUIET") == "1":
+        hf_logging.disable_progress_bar()
+    elif hasattr(hf_logging, "set_tqdm_hook"):  # transformers' bars only, not huggingface_hub's
+        hf_logging.set_tqdm_hook(lambda factory, args, kwargs: hf_logging.EmptyTqdm(*args, **kwargs))
+    else:  # an older transformers: one switch for both
+        hf_logging.disable_progress_bar()
+    _silence_gguf_progress()
+
+
 def _silence_gguf_progress() -> None:
     """transformers' GGUF de-quantisation calls tqdm directly, past its progress-bar switch."""
-    import functools
-
     try:
         from transformers import modeling_gguf_pytorch_utils as gguf_utils
     except ImportError:  # an older or newer layout: nothing to silence
@@ -283,6 +293,7 @@ def save_model(model, tokenizer, out: str | os.PathLike) -> Path:
     files, a symbolic link or the current folder is refused with one line (see `io.atomic_dir`).
     """
     out = Path(out)
+    quiet_transformers()
     with atomic_dir(out) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

@@ -35,6 +35,10 @@ WHOLE_SHUFFLE_BYTES = 2 * 1024**3
 LARGE_STORE_WINDOW = 4
 """Shards shuffled together for a larger layer (memory holds this many shards of it)."""
 
+REDO = ("rerun the command that wrote it to redo it (`rlhf-lens harvest` with the same settings; `rlhf-lens run` "
+        "checks its run's stores and redoes a damaged one)")
+"""The advice of a damaged or unfinished store: both commands that write stores redo what is missing."""
+
 # safetensors dtype names as they appear in a shard's header
 _HEADER_DTYPES = {"float32": "F32", "bfloat16": "BF16"}
 INDEX_KEYS = {"token_ids": "I32", "doc": "I64", "pos": "I32"}
@@ -77,15 +81,14 @@ class ActivationStore:
         check_manifest(self.manifest, self.path)
         if not self.manifest["complete"] and not allow_incomplete:
             raise UserError(f"the harvest in {self.path} is unfinished ({len(self.manifest['shards'])} shards so far); "
-                            "rerun the same `rlhf-lens harvest` command to finish it")
+                            f"{REDO}")
         if self.manifest["complete"] and int(self.manifest["n_tokens"]) == 0 and not allow_incomplete:
             raise UserError(f"{self.path} holds no activations (0 tokens from {self.manifest['n_docs']} documents); "
                             "harvest a corpus split with non-empty documents (or more of them) into a new folder")
         for entry in self.manifest["shards"]:
             problem = shard_problem(self.path, self.manifest, entry)
             if problem:
-                raise UserError(f"{self.path / entry['file']}: {problem}; rerun the same `rlhf-lens harvest` command "
-                                "to redo it (or delete the folder and harvest again)")
+                raise UserError(f"{self.path / entry['file']}: {problem}; {REDO}")
         self.layers: list[int] = [int(x) for x in self.manifest["layers"]]
         self.d: int = int(self.manifest["d"])
         self.n_tokens: int = int(self.manifest["n_tokens"])
@@ -147,8 +150,7 @@ class ActivationStore:
             with safe_open(str(path), framework="pt") as f:
                 return {key: f.get_tensor(key) for key in keys}
         except (SafetensorError, OSError) as e:
-            raise UserError(f"{path}: unreadable ({first_line(e)}); rerun the same `rlhf-lens harvest` "
-                            "command to redo it") from None
+            raise UserError(f"{path}: unreadable ({first_line(e)}); {REDO}") from None
 
     def _check_layer(self, layer: int) -> None:
         if layer not in self.layers:
@@ -323,7 +325,39 @@ def check_manifest(manifest: dict, path: Path) -> None:
                         f"{manifest['n_tokens']} recorded); delete {path} and harvest again")
     if manifest["complete"] and expected_doc != manifest["n_docs"]:
         raise UserError(f"{where} says complete but its shards cover {expected_doc} of {manifest['n_docs']} "
-                        f"documents; rerun the same `rlhf-lens harvest` command")
+                        f"documents; delete {path} and harvest again")
+
+
+def store_problem(path: Path) -> str | None:
+    """Why the finished store at `path` would not open, in one phrase without advice, or None: the checks
+    `ActivationStore` makes on open (manifest, then every shard's size and header: docs/store.md), which read no
+    tensor data, so a run can afford them on every resume."""
+    problem = manifest_problem(path)
+    if problem:
+        return problem
+    manifest = read_json(path / MANIFEST)
+    if not manifest["complete"]:
+        return f"the harvest in {path} is unfinished"
+    for entry in manifest["shards"]:
+        problem = shard_problem(path, manifest, entry)
+        if problem:
+            return f"{path / entry['file']}: {problem}"
+    return None
+
+
+def manifest_problem(path: Path) -> str | None:
+    """Why the manifest of the store at `path` cannot be used (missing, not JSON, inconsistent), or None; a store
+    with such a manifest cannot be resumed, only harvested again."""
+    where = path / MANIFEST
+    if not where.is_file():
+        return f"{where} is missing"
+    try:
+        check_manifest(read_json(where), path)
+    except UserError as e:
+        return first_line(e).split(";")[0]
+    except (KeyError, TypeError, ValueError, AttributeError):  # values of the wrong type: damaged, not ours to read
+        return f"{where} is damaged"
+    return None
 
 
 def shard_problem(path: Path, manifest: dict, entry: dict) -> str | None:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .steering import GroupResult, mean_se, random_directions, run_groups
+from .steering import Advance, GroupResult, mean_se, random_directions, run_groups
 
 
 def default_rank_layers(n_blocks: int, analysed: list[int], spread: int) -> list[int]:
@@ -24,10 +24,17 @@ def default_rank_layers(n_blocks: int, analysed: list[int], spread: int) -> list
     return sorted(picks | set(analysed))
 
 
+def ranking_groups(own: torch.Tensor, layers: list[int], n_random: int) -> int:
+    """How many groups `causal_ranking` samples (a progress bar's total): each block's own change and its random
+    directions; none for a block that did not change."""
+    return sum(1 + n_random for layer in layers if float(own[layer].norm()) != 0)
+
+
 def causal_ranking(base: nn.Module, tokenizer, reward, prompts: list[list[int]], own: torch.Tensor,
                    layers: list[int], alpha: float, base_result: GroupResult, n_new: int, seed: int,
-                   n_random: int, coherence_kl: float, z_cut: float) -> dict:
-    """Steer each block in `layers` by α·δ_L (and by random directions of |δ_L|); rank by reward gain."""
+                   n_random: int, coherence_kl: float, z_cut: float, advance: Advance | None = None) -> dict:
+    """Steer each block in `layers` by α·δ_L (and by random directions of |δ_L|); rank by reward gain. `advance`:
+    told of each generation call's groups (`run_groups`)."""
     d = own.shape[1]
     groups, owners = [], []
     randoms = {}
@@ -39,7 +46,7 @@ def causal_ranking(base: nn.Module, tokenizer, reward, prompts: list[list[int]],
         for k, v in enumerate(torch.cat([own[layer][None], randoms[layer]])):
             groups.append({layer: alpha * v})
             owners.append((layer, k))
-    results = run_groups(base, base, tokenizer, reward, prompts, groups, n_new, seed) if groups else []
+    results = run_groups(base, base, tokenizer, reward, prompts, groups, n_new, seed, advance) if groups else []
     by = {owner: r for owner, r in zip(owners, results)}
     rows = []
     for layer in layers:

@@ -115,45 +115,62 @@ def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, 
     }
     timings["output"] = time.perf_counter() - t0
 
-    # 3. steering by Δ_L on held-out prompts, with random directions and a coherence guard
-    t0 = time.perf_counter()
+    # 3. steering by Δ_L on held-out prompts, with random directions and a coherence guard; 4. the causal block
+    # ranking by each block's own change: both sample many steered variants ("groups"), the longest part of a diff
     prompts = steering.heldout_prompts(data, tokenizer, config.prompts, config.split, texts, config.seed)
-    base_result = steering.run_groups(base, base, tokenizer, reward, prompts, [{}], config.new_tokens, config.seed)[0]
-    tuned_result = base_result if tuned is base else \
-        steering.run_groups(tuned, base, tokenizer, reward, prompts, [{}], config.new_tokens, config.seed)[0]
     alphas = sorted({0.0, *(float(a) for a in config.alphas)})
-    d = pair.delta.shape[1]
-    curves = []
-    for layer in layers:
-        delta = pair.delta[layer]
-        randoms = steering.random_directions(d, float(delta.norm()), config.random_directions, config.seed, layer)
-        curve = steering.steering_curve(base, tokenizer, reward, prompts, layer, delta, randoms, alphas, base_result,
-                                        config.new_tokens, config.seed, config.coherence_kl, config.verdict_z)
-        change = curve.pop("promoted_change")
-        if change is not None:
-            share, logprob = change
-            score = share if config.rank_by == "kl" else logprob
-            steered = output.ranked_tokens(score, vocab, utility, config.top_words, config.min_change, logprob)
-            curve["promoted"] = steered
-            curve["promoted_null"] = output.read_tokens(steered, pool, config.null_sets, config.seed + 2)
-        else:
-            curve["promoted"], curve["promoted_null"] = [], None
-        curve["lens"] = output.logit_lens(base, delta, randoms, vocab, utility, config.top_words, config.verdict_z)
-        curves.append(curve)
-    timings["steering"] = time.perf_counter() - t0
-
-    # 4. causal block ranking by each block's own change
-    t0 = time.perf_counter()
     rank_layers = sorted(set(config.rank_layers)) if config.rank_layers is not None else \
         ranking.default_rank_layers(num_blocks(base), layers, config.rank_spread)
     check_layers(base, rank_layers)
-    positive = [a for a in alphas if a > 0]
-    rank_alpha = config.rank_alpha or (curves[0]["alpha"] if curves and curves[0]["alpha"] > 0 else
-                                       (min(positive) if positive else 1.0))
-    ranked = ranking.causal_ranking(base, tokenizer, reward, prompts, own, rank_layers, rank_alpha, base_result,
-                                    config.new_tokens, config.seed, config.rank_random, config.coherence_kl,
-                                    config.verdict_z)
-    timings["ranking"] = time.perf_counter() - t0
+    d = pair.delta.shape[1]
+    with progress_bar() as bar:
+        steer_task = bar.add_task(f"diff: steering blocks {','.join(map(str, layers))}", total=(
+            (1 if tuned is base else 2)
+            + sum(steering.curve_groups(pair.delta[layer], config.random_directions, alphas) for layer in layers)))
+        rank_task = bar.add_task(f"diff: causal ranking of blocks {','.join(map(str, rank_layers))}",
+                                 total=ranking.ranking_groups(own, rank_layers, config.rank_random), start=False)
+
+        def advance_steering(n: int) -> None:
+            bar.update(steer_task, advance=n)
+
+        def advance_ranking(n: int) -> None:
+            bar.update(rank_task, advance=n)
+
+        t0 = time.perf_counter()
+        base_result = steering.run_groups(base, base, tokenizer, reward, prompts, [{}], config.new_tokens, config.seed,
+                                          advance_steering)[0]
+        tuned_result = base_result if tuned is base else \
+            steering.run_groups(tuned, base, tokenizer, reward, prompts, [{}], config.new_tokens, config.seed,
+                                advance_steering)[0]
+        curves = []
+        for layer in layers:
+            delta = pair.delta[layer]
+            randoms = steering.random_directions(d, float(delta.norm()), config.random_directions, config.seed, layer)
+            curve = steering.steering_curve(base, tokenizer, reward, prompts, layer, delta, randoms, alphas,
+                                            base_result, config.new_tokens, config.seed, config.coherence_kl,
+                                            config.verdict_z, advance_steering)
+            change = curve.pop("promoted_change")
+            if change is not None:
+                share, logprob = change
+                score = share if config.rank_by == "kl" else logprob
+                steered = output.ranked_tokens(score, vocab, utility, config.top_words, config.min_change, logprob)
+                curve["promoted"] = steered
+                curve["promoted_null"] = output.read_tokens(steered, pool, config.null_sets, config.seed + 2)
+            else:
+                curve["promoted"], curve["promoted_null"] = [], None
+            curve["lens"] = output.logit_lens(base, delta, randoms, vocab, utility, config.top_words, config.verdict_z)
+            curves.append(curve)
+        timings["steering"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        bar.start_task(rank_task)
+        positive = [a for a in alphas if a > 0]
+        rank_alpha = config.rank_alpha or (curves[0]["alpha"] if curves and curves[0]["alpha"] > 0 else
+                                           (min(positive) if positive else 1.0))
+        ranked = ranking.causal_ranking(base, tokenizer, reward, prompts, own, rank_layers, rank_alpha, base_result,
+                                        config.new_tokens, config.seed, config.rank_random, config.coherence_kl,
+                                        config.verdict_z, advance_ranking)
+        timings["ranking"] = time.perf_counter() - t0
 
     base_mean, base_se = steering.mean_se(base_result.rewards)
     tuned_mean, tuned_se = steering.mean_se(tuned_result.rewards)

@@ -8,6 +8,7 @@ steering, not of sampling luck (common random numbers), so a few dozen prompts s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,9 +143,15 @@ def _kl_and_change(policy: nn.Module, reference: nn.Module, vectors: dict[int, t
     return kl.cpu(), change.cpu(), share.cpu()
 
 
+Advance = Callable[[int], None]
+"""Told how many more groups have been sampled (a progress bar's `advance`)."""
+
+
 def run_groups(policy: nn.Module, reference: nn.Module, tokenizer, reward, prompts: list[list[int]],
-               groups: list[dict[int, torch.Tensor]], n_new: int, seed: int) -> list[GroupResult]:
-    """Sample every group (block -> vector added to the policy there) on the same prompts and random numbers."""
+               groups: list[dict[int, torch.Tensor]], n_new: int, seed: int,
+               advance: Advance | None = None) -> list[GroupResult]:
+    """Sample every group (block -> vector added to the policy there) on the same prompts and random numbers;
+    `advance(n)` after each generation call of n groups."""
     d = int(policy.config.hidden_size)
     device = next(policy.parameters()).device
     uniforms = torch.rand(len(prompts), n_new, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -179,6 +186,8 @@ def run_groups(policy: nn.Module, reference: nn.Module, tokenizer, reward, promp
             results.append(GroupResult(rewards=scores, kl=float(kl[rows].mean()),
                                        change=change[rows].sum(0) / n_tokens, share=share[rows].sum(0) / n_tokens,
                                        texts=texts))
+        if advance is not None:
+            advance(len(chunk))
     return results
 
 
@@ -194,14 +203,21 @@ def random_directions(d: int, norm: float, n: int, seed: int, layer: int) -> tor
     return (x / x.norm(dim=1, keepdim=True) * norm).float()
 
 
+def curve_groups(delta: torch.Tensor, n_random: int, alphas: list[float]) -> int:
+    """How many groups `steering_curve` samples (a progress bar's total): Δ and its random directions at every
+    α > 0; none when Δ is zero."""
+    return 0 if float(delta.norm()) == 0 else sum(a > 0 for a in alphas) * (1 + n_random)
+
+
 def steering_curve(base: nn.Module, tokenizer, reward, prompts: list[list[int]], layer: int, delta: torch.Tensor,
                    randoms: torch.Tensor, alphas: list[float], base_result: GroupResult, n_new: int, seed: int,
-                   coherence_kl: float, z_cut: float) -> dict:
-    """Reward of base + α·Δ_L and of α·(random directions of |Δ_L|) for each α; the reported α and a verdict."""
+                   coherence_kl: float, z_cut: float, advance: Advance | None = None) -> dict:
+    """Reward of base + α·Δ_L and of α·(random directions of |Δ_L|) for each α; the reported α and a verdict.
+    `advance`: told of each generation call's groups (`run_groups`)."""
     positive = [a for a in alphas if a > 0]
     zero = float(delta.norm()) == 0
     groups = [] if zero else [{layer: a * v} for a in positive for v in torch.cat([delta[None], randoms])]
-    results = run_groups(base, base, tokenizer, reward, prompts, groups, n_new, seed) if groups else []
+    results = run_groups(base, base, tokenizer, reward, prompts, groups, n_new, seed, advance) if groups else []
     k = 1 + len(randoms)
     rows, random_rows = [], []
     base_mean, base_se = mean_se(base_result.rewards)

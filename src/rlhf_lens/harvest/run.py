@@ -37,6 +37,9 @@ from .config import HarvestConfig
 # Settings that decide what a store holds: a rerun into the same folder must match them all.
 IDENTITY_KEYS = ("model", "model_type", "tokenizer", "corpus", "corpus_fingerprint", "split", "text_column",
                  "layers", "d", "dtype", "model_dtype", "max_docs", "max_tokens", "shard_tokens", "n_docs")
+MOVABLE_KEYS = ("model", "tokenizer")
+"""Paths that move with a run folder (its models/base, rlhf/model): the same weights at a new path, with the
+tokenizer saved beside them, are the same model, so a moved run's harvest resumes (and records the new paths)."""
 TOKENIZE_CHUNK = 64  # documents per tokenizer call (fast tokenizers batch well)
 
 
@@ -65,7 +68,7 @@ def harvest(
     }
     if existing is not None:
         # Cheap checks first, before loading a model; model type, width and weights follow below.
-        _check_same(existing, settings, out, skip=("model_type", "d"))
+        _check_same(existing, settings, out, skip=("model_type", "d", *MOVABLE_KEYS))
     if model is None:
         model, _ = load_model(model_spec, device=config.device, dtype=config.model_dtype, tokenizer=False)
     if tokenizer is None:
@@ -79,8 +82,12 @@ def harvest(
         raise UserError(f"the tokenizer of {model_spec} has neither a pad nor an EOS token; give it a pad token")
     settings.update(model_type=model.config.model_type, d=mlp_width(model), model_fingerprint=model_fingerprint(model))
     if existing is not None:
-        _check_same(existing, settings, out, skip=())
-        writer = StoreWriter.resume(out, existing)
+        moved = existing.get("model_fingerprint") == settings["model_fingerprint"] and \
+            existing.get("tokenizer") == existing.get("model") and settings["tokenizer"] == settings["model"]
+        _check_same(existing, settings, out, skip=MOVABLE_KEYS if moved else ())
+        writer = StoreWriter.resume(out, {**existing, **{key: settings[key] for key in MOVABLE_KEYS}})
+        if writer.manifest != existing:
+            writer.save()  # a moved model: the store names it where it is now
     else:
         writer = StoreWriter(out, {**settings, "vocab_size": len(tokenizer), "pad_token_id": int(tokenizer.pad_token_id)})
         writer.save()
@@ -92,14 +99,17 @@ def harvest(
 
     manifest = writer.manifest
     with progress_bar() as bar:
+        damaged = [(k, entry) for k, entry in enumerate(manifest["shards"]) if shard_problem(out, manifest, entry)]
+        if damaged:
+            redo = bar.add_task(f"harvest: redoing {len(damaged)} damaged shard{'s' if len(damaged) > 1 else ''}",
+                                total=sum(entry["doc_end"] - entry["doc_start"] for _, entry in damaged))
+        for k, entry in damaged:
+            acts, index = harvester.shard(out, k, entry["doc_start"], entry["doc_end"],
+                                          expect_tokens=entry["n_tokens"], bar=bar, task=redo)
+            writer.write_shard(k, acts, index, entry["doc_start"], entry["doc_end"])
         done = manifest["shards"][-1]["doc_end"] if manifest["shards"] else 0
         task = bar.add_task(f"harvest layers {','.join(map(str, settings['layers']))}", total=len(texts),
                             completed=done)
-        for k, entry in enumerate(manifest["shards"]):
-            if shard_problem(out, manifest, entry):
-                acts, index = harvester.shard(out, k, entry["doc_start"], entry["doc_end"],
-                                              expect_tokens=entry["n_tokens"])
-                writer.write_shard(k, acts, index, entry["doc_start"], entry["doc_end"])
         while done < len(texts):
             k = len(manifest["shards"])
             doc_end = harvester.shard_end(done)

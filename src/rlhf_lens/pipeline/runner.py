@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich.markup import escape
+
 from ..config import CONFIG_FILE, RunConfig, config_from_dict, config_toml, validate
 from ..errors import UserError
 from ..io import (
@@ -26,7 +28,7 @@ from ..io import (
     write_text,
 )
 from ..progress import console
-from .records import digest, layers_stage
+from .records import digest, in_run, layers_stage
 from .stages import EXECUTOR, STAGE_FUNCTIONS
 
 if TYPE_CHECKING:
@@ -58,6 +60,10 @@ STAGE_READS: dict[str, tuple[str, ...]] = {
     "report": ("base", "rlhf", "placebo", "divergence", "diff", "control", "saes", "mmcs", "decompose", "features",
                "scores"),
 }
+
+# The stages a setting turns off, by that setting: such a stage runs and records that it did nothing, and is shown
+# as "off" instead of by its header.
+OPTIONAL_STAGES = {"placebo": "controls.placebo", "control": "controls.random_init"}
 
 # What each stage writes, relative to the run folder.
 STAGE_OUTPUTS = {
@@ -104,6 +110,30 @@ def stage_keys(config: RunConfig) -> dict[str, str]:
         # key before), so runs recorded then keep their base and PPO stages.
         keys[stage] = digest(stage, stage_config(config, stage), *([keys[s] for s in stage_reads(config, stage)] or [""]))
     return keys
+
+
+def stage_off(config: RunConfig, stage: str) -> str | None:
+    """The setting that turns `stage` off when it is off (`OPTIONAL_STAGES`), else None."""
+    setting = OPTIONAL_STAGES.get(stage)
+    if setting is None:
+        return None
+    section, key = setting.split(".")
+    return None if getattr(getattr(config, section), key) else setting
+
+
+def damaged_outputs(stage: str, run_dir: Path, outputs: dict) -> str | None:
+    """Why a finished stage's outputs cannot be used as they are, or None. Checked on every resume for the stages
+    whose outputs later stages and commands read as activation stores (their manifests and shard headers: cheap);
+    a stage whose outputs fail is redone, and redoes only what failed (the harvest rewrites damaged shards)."""
+    if stage != "harvest":
+        return None
+    from ..store import store_problem
+
+    for store in outputs["stores"].values():
+        problem = store_problem(in_run(run_dir, store))
+        if problem:
+            return problem
+    return None
 
 
 class Ledger:
@@ -234,14 +264,20 @@ def _run_locked(config: RunConfig, run_dir: Path, executor: Executor) -> Path:
     state: dict = {EXECUTOR: executor}
     for stage, key in stage_keys(config).items():
         outputs = ledger.done(stage, key)
-        if outputs is not None:
-            console.print(f"[dim]{stage}: done earlier, skipped[/dim]")
+        damage = damaged_outputs(stage, run_dir, outputs) if outputs is not None else None
+        if damage:
+            console.print(f"[yellow]{stage}: {escape(damage)}; redoing the {stage} stage[/yellow]", soft_wrap=True)
+        off = stage_off(config, stage)
+        # a stage that does nothing is one dim line, whether it runs (to record that) or was recorded earlier
+        off_line = f"[dim]{stage}: off ({off} = false)[/dim]" if off else None
+        if outputs is not None and not damage:
+            console.print(off_line or f"[dim]{stage}: done earlier, skipped[/dim]")
         else:
             if not ledger.start(stage, key):
                 # New settings (or a first run): outputs left by other settings would be refused
                 # or, worse, reused by the stage's own resume logic.
                 _remove_outputs(run_dir, stage)
-            console.print(f"[bold]{stage}[/bold]")
+            console.print(off_line or f"[bold]{stage}[/bold]")
             start = time.perf_counter()
             outputs = STAGE_FUNCTIONS[stage](config, run_dir, state)
             ledger.finish(stage, key, outputs, time.perf_counter() - start)

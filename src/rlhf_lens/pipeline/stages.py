@@ -139,8 +139,11 @@ def stage_control(config: RunConfig, run_dir: Path, state: dict) -> dict:
 
 
 def stage_harvest(config: RunConfig, run_dir: Path, state: dict) -> dict:
-    """MLP outputs of every analysed model at the analysed blocks, one job per model."""
+    """MLP outputs of every analysed model at the analysed blocks, one job per model. A store whose manifest is
+    damaged is harvested again from scratch (one with damaged shards resumes: the harvest redoes those shards)."""
     from ..harvest import HarvestConfig
+    from ..io import remove_output
+    from ..store import manifest_problem
 
     stores, jobs = {}, []
     # Jobs get absolute paths: a Ray worker on another node does not share the driver's working directory.
@@ -151,6 +154,8 @@ def stage_harvest(config: RunConfig, run_dir: Path, state: dict) -> dict:
             text_column=config.data.text_column, model_dtype=config.model.dtype,
         )
         out = run_dir / "acts" / name
+        if out.is_dir() and any(out.iterdir()) and manifest_problem(out):
+            remove_output(out)
         jobs.append((spec, hc, str(out.absolute())))
         stores[name] = relative(run_dir, out)
     _executor(state).map(_harvest_job, jobs, resources=_resources(config, gpu=True))
@@ -207,9 +212,12 @@ def stage_saes(config: RunConfig, run_dir: Path, state: dict) -> dict:
 
 def _sae_job(job: tuple) -> None:
     """Every (ratio, seed) SAE of one model and block: (store folder, layer, SAEConfigs, SAE folders, unit number)."""
+    from ..progress import console
     from ..sae import train_saes
     from ..store import ActivationStore
 
+    # the SAEs' progress lines name their folders (m{size}-s{seed}); this names the model and block they are in
+    console.print(f"[dim]saes: {Path(job[0]).name}, block {job[1]}[/dim]")
     store_dir, layer, configs, dirs, unit = job
     train_saes(ActivationStore(Path(store_dir)).source(layer), configs, [Path(d) for d in dirs],
                metadata={"layer": layer})  # cfg.json records its block (`rlhf-lens mmcs` compares like with like)

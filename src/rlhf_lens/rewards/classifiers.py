@@ -24,8 +24,9 @@ class ClassifierReward:
         import torch  # noqa: F401  (fail here, not mid-run, if torch is broken)
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-        from ..models import resolve_device
+        from ..models import quiet_transformers, resolve_device
 
+        quiet_transformers()
         self.device = resolve_device(device)
         local = Path(model_spec).expanduser()
         if model_spec.startswith((".", "/", "~")) and not local.is_dir():

@@ -66,11 +66,17 @@ def _split(source: ActivationSource, holdout: int, device: torch.device) -> tupl
     return train, heldout.to(device, torch.float32).contiguous()
 
 
-def _total_steps(cfg: SAEConfig, steps_per_epoch: int) -> int | None:
-    """Steps of the run for the progress bar (the token cap when training until converged; None: unknown)."""
+def total_steps(cfg: SAEConfig, rows: int) -> int | None:
+    """The most steps a run on `rows` training rows takes, for its progress bar: its epochs, or when training until
+    converged the step at which it reaches its token cap (None: no cap). An epoch ends with one smaller batch, so
+    the cap is more steps than max_tokens / batch size."""
+    per_epoch = math.ceil(rows / cfg.batch_size)
     if cfg.epochs:
-        return steps_per_epoch * cfg.epochs
-    return math.ceil(cfg.max_tokens / cfg.batch_size) if cfg.max_tokens else None
+        return per_epoch * cfg.epochs
+    if not cfg.max_tokens:
+        return None
+    epochs, rest = divmod(cfg.max_tokens, rows)
+    return epochs * per_epoch + math.ceil(rest / cfg.batch_size)
 
 
 def _train_groups(source: ActivationSource, runs: list[TrainingRun], eval_tokens: int, quiet: bool) -> None:
@@ -93,8 +99,7 @@ def _train_groups(source: ActivationSource, runs: list[TrainingRun], eval_tokens
             for run in group:
                 if run.cfg.epochs and run.cfg.lr_decay:  # the run's length is known: decay over its last steps
                     run.decay_start = max(0, steps_per_epoch * run.cfg.epochs - run.cfg.lr_decay)
-            tasks = {id(run): progress.add_task(f"SAE m={run.cfg.dict_size} s={run.cfg.seed}",
-                                                total=_total_steps(run.cfg, steps_per_epoch), completed=run.steps)
+            tasks = {id(run): progress.add_task(run.label, total=total_steps(run.cfg, train.n), completed=run.steps)
                      for run in group}
             epoch = min(run.epoch for run in group)
             while True:
@@ -121,7 +126,7 @@ def _train_groups(source: ActivationSource, runs: list[TrainingRun], eval_tokens
                                 sq, l1sum, nnz = stats.tolist()
                                 b = x.shape[0]
                                 loss = sq / (b * run.cfg.d_in) + run.stepper.l1 * l1sum / b
-                                desc = f"SAE m={run.cfg.dict_size} s={run.cfg.seed} loss {loss:.4g} L0 {nnz / b:.1f}"
+                                desc = f"{run.label} loss {loss:.4g} L0 {nnz / b:.1f}"
                             progress.update(tasks[id(run)], advance=1, description=desc)
                         if now - last_update > 0.5:
                             last_update = now
@@ -137,4 +142,6 @@ def _train_groups(source: ActivationSource, runs: list[TrainingRun], eval_tokens
             for run in group:
                 if heldout is not None:
                     run.evaluate(heldout)  # the final point (no-op when the last step was an evaluation)
+                # its last line says why it stopped (converged runs stop short of the cap)
+                progress.update(tasks[id(run)], description=f"{run.label} stopped: {run.stop_reason}")
             final_metrics(train, group, eval_tokens, heldout)

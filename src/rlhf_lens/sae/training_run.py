@@ -57,6 +57,12 @@ class TrainingRun:
         self._reset_epoch_stats()
 
     @property
+    def label(self) -> str:
+        """How progress lines name this SAE: its folder's name (in a run `m{size}-s{seed}`, the seed the folder
+        is named after, not the init seed derived from it), or its size and seed when it has no folder."""
+        return f"SAE {self.out_dir.name}" if self.out_dir is not None else f"SAE m={self.cfg.dict_size} s={self.cfg.seed}"
+
+    @property
     def done(self) -> bool:
         return self.stop_reason is not None
 
