@@ -646,9 +646,12 @@ def test_every_stage_reads_only_stages_before_it_and_every_setting_reaches_a_key
     config = load_config(preset=PRESET)
     report_key = stage_keys(config)["report"]
     for key, _, _ in config_keys():
-        section, name = key.split(".")
+        *sections, name = key.split(".")  # nested sections too: decompose.diffsae.k
         changed = copy.deepcopy(config)
-        setattr(getattr(changed, section), name, "<changed>")
+        holder = changed
+        for section in sections:
+            holder = getattr(holder, section)
+        setattr(holder, name, "<changed>")
         assert stage_keys(changed)["report"] != report_key, key
 
 
