@@ -204,9 +204,8 @@ def steer_latents(base, tokenizer, reward, prompts: list[list[int]], layer: int,
     change against base on the sampled positions, for the vector and for each random direction: a far less
     noisy reading than the sampled reward."""
     from ..diff import steering
+    from ..progress import progress_bar
 
-    if base_result is None:
-        base_result = steering.run_groups(base, base, tokenizer, reward, prompts, [{}], new_tokens, seed)[0]
     d = int(base.config.hidden_size)
     if vectors.shape[-1] != d:
         raise UserError(f"steering vectors have width {vectors.shape[-1]} but block outputs have {d}")
@@ -214,7 +213,18 @@ def steer_latents(base, tokenizer, reward, prompts: list[list[int]], layer: int,
     for i, v in enumerate(vectors):
         randoms = steering.random_directions(d, float(v.norm()), n_random, seed, 1000 * (i + 1) + layer)
         groups += [{layer: v}] + [{layer: r} for r in randoms]
-    results = steering.run_groups(base, base, tokenizer, reward, prompts, groups, new_tokens, seed) if groups else []
+    with progress_bar() as bar:
+        task = bar.add_task(f"decompose: steering by {len(vectors)} latent(s) of block {layer}",
+                            total=len(groups) + (base_result is None))
+
+        def advance(n: int) -> None:
+            bar.update(task, advance=n)
+
+        if base_result is None:
+            base_result = steering.run_groups(base, base, tokenizer, reward, prompts, [{}], new_tokens, seed,
+                                              advance)[0]
+        results = steering.run_groups(base, base, tokenizer, reward, prompts, groups, new_tokens, seed,
+                                      advance) if groups else []
     base_mean, base_se = steering.mean_se(base_result.rewards)
     rows = []
     for i, (v, label) in enumerate(zip(vectors, labels)):
