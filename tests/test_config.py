@@ -209,3 +209,13 @@ def test_a_rule_is_written_once_and_names_the_key_as_its_caller_spells_it():
         SAEConfig(**vars(training), d_in=4, dict_size=8).check()
     with pytest.raises(UserError, match="^sae.k must be >= 1 with sae.arch batchtopk"):
         training.check(in_section("sae"))
+
+
+def test_no_preset_stops_training_by_the_clock():
+    """Same seed, same bits: a preset's SAEs stop on convergence, epochs or a token cap, never on `sae.max_seconds`,
+    where the clock (the machine's speed and load) would decide at which step the weights are saved."""
+    from rlhf_lens.config import load_config, preset_names
+
+    for name in preset_names():
+        sae = load_config(preset=name).sae
+        assert sae.epochs > 0 or sae.max_seconds == 0, f"preset {name}: sae.max_seconds = {sae.max_seconds}"
