@@ -62,11 +62,7 @@ def smollm2_path() -> tuple[Path, str]:
 def load_tokenizer(spec: str):
     from transformers import AutoTokenizer
 
-    kwargs = {}
-    source: str | Path = spec
-    if spec == SMOLLM2:
-        source, kwargs["gguf_file"] = smollm2_path()
-    _check_source(spec)
+    source, kwargs = _source(spec)
     try:
         tok = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as e:
@@ -81,19 +77,36 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32", tokenizer
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
-    kwargs: dict = {"dtype": torch_dtype(dtype)}
-    source: str | Path = spec
-    if spec == SMOLLM2:
-        source, kwargs["gguf_file"] = smollm2_path()
-    _check_source(spec)
+    source, kwargs = _source(spec)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype(dtype), **kwargs)
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"could not load a causal LM from {spec!r} ({first_line(e)})") from None
     # A GGUF-loaded model is de-quantised to plain tensors; without this it refuses save_pretrained.
     model.hf_quantizer = None
     model.to(resolve_device(device)).eval()
     return model, (load_tokenizer(spec) if tokenizer else None)
+
+
+def model_depth(spec: str) -> int:
+    """The number of blocks of the model `spec` names, from its config alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    source, kwargs = _source(spec)
+    try:
+        return int(AutoConfig.from_pretrained(source, **kwargs).num_hidden_layers)
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+        raise UserError(f"could not read the config of {spec!r} ({first_line(e)})") from None
+
+
+def _source(spec: str) -> tuple[str | Path, dict]:
+    """What `from_pretrained` is given for a model spec: the folder or hub id (checked), and for `smollm2` the
+    offline GGUF's folder with its file name."""
+    _check_source(spec)
+    if spec == SMOLLM2:
+        folder, gguf = smollm2_path()
+        return folder, {"gguf_file": gguf}
+    return spec, {}
 
 
 @functools.cache

@@ -14,7 +14,7 @@ from ..harvest.config import HarvestConfig
 from ..interp.config import ExampleConfig, InterpConfig, LLMConfig, check_aggregate
 from ..rules import flag
 from .common import REWARD, app
-from .interp import UTILITY
+from .interp import EXPLAINER, UTILITY
 from .options import Options, parse_ints, takes
 
 
@@ -33,9 +33,7 @@ def parse_block_folders(items: list[str]) -> dict[int, str]:
 
 @app.command("decompose")
 @takes(REWARD, Options(DecomposeConfig, into="config"), Options(DiffConfig, only=("prompts", "new_tokens")),
-       Options(InterpConfig, only=("explainer",)),
-       Options(LLMConfig, into="llm", names={"model": "--llm-model", "max_tokens": "--llm-max-tokens",
-                                             "cache": "--llm-cache/--no-llm-cache"}),
+       *EXPLAINER,
        Options(ExampleConfig, into="examples", names={"seed": "--examples-seed"}),
        Options(HarvestConfig, only=("split",), helps={"split": "Corpus split the steering prompts come from."}),
        UTILITY)

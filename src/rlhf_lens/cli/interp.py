@@ -17,11 +17,14 @@ from .options import Options, parse_ints, takes
 UTILITY = Options(RewardSection, only=("table", "aggregate"))
 """`--table` and `--aggregate`: how explanations are read against a utility table."""
 
+EXPLAINER = (Options(InterpConfig, only=("explainer",)),
+             Options(LLMConfig, into="llm", names={"model": "--llm-model", "max_tokens": "--llm-max-tokens",
+                                                   "cache": "--llm-cache/--no-llm-cache"}))
+"""`--explainer` and the LLM it may use (`--llm-model`, `--base-url`, ...): the command's `explainer` and `llm`."""
+
 
 @app.command()
-@takes(Options(InterpConfig, only=("explainer",)),
-       Options(LLMConfig, into="llm", names={"model": "--llm-model", "max_tokens": "--llm-max-tokens",
-                                             "cache": "--llm-cache/--no-llm-cache"}),
+@takes(*EXPLAINER,
        Options(ExampleConfig, into="examples"),
        Options(HarvestConfig, only=("split",), helps={"split": "Corpus split (with --corpus)."}),
        UTILITY)

@@ -197,15 +197,9 @@ def check_inputs(config: RunConfig) -> None:
     if config.diff.rank_layers is not None:
         # The blocks the diff ranks would otherwise be checked only after its steering work. The model's config is
         # enough (read only when the blocks are given: a GGUF's takes seconds).
-        if config.model.base == "tiny":
-            depth = config.tiny.layers
-        else:
-            from transformers import AutoConfig
+        from ..models import model_depth
 
-            source, kwargs = config.model.base, {}
-            if source == SMOLLM2:
-                source, kwargs["gguf_file"] = smollm2_path()
-            depth = AutoConfig.from_pretrained(source, **kwargs).num_hidden_layers
+        depth = config.tiny.layers if config.model.base == "tiny" else model_depth(config.model.base)
         outside = [b for b in config.diff.rank_layers if b >= depth]
         if outside:
             raise UserError(f"diff.rank_layers names block(s) {outside}, but {config.model.base} has blocks "

@@ -89,6 +89,16 @@ def _read_log(path: Path) -> list[dict]:
     return rows
 
 
+def heldout_eval_prompts(data, tokenizer, config: PPOConfig) -> list[list[int]]:
+    """The held-out prompts both models are evaluated on (seeded, from the test split): the same for PPO's own
+    evaluation and for a model tuned elsewhere."""
+    from ..data import sample_prompts
+
+    return sample_prompts(data, tokenizer, config.eval_prompts, seed=config.seed, split="test",
+                          min_chars=config.prompt_min_chars, min_tokens=config.prompt_min_tokens,
+                          max_tokens=config.prompt_max_tokens)
+
+
 def train_ppo(base: str, reward_spec: str, corpus: str, out: str | os.PathLike, config: PPOConfig | None = None) -> Path:
     """Fine-tune `base` with PPO against the reward on `corpus`'s prompts; resumable. Returns out/model.
 
@@ -110,9 +120,7 @@ def train_ppo(base: str, reward_spec: str, corpus: str, out: str | os.PathLike, 
     reward = load_reward(reward_spec, device=config.device)
     data = load_corpus(corpus, text_column=config.text_column)
     policy, tokenizer = load_model(base, device=config.device, dtype=config.dtype)
-    eval_prompts = sample_prompts(data, tokenizer, config.eval_prompts, seed=config.seed, split="test",
-                                  min_chars=config.prompt_min_chars, min_tokens=config.prompt_min_tokens,
-                                  max_tokens=config.prompt_max_tokens)
+    eval_prompts = heldout_eval_prompts(data, tokenizer, config)
     sample_prompts(data, tokenizer, 1, split="train", min_chars=config.prompt_min_chars)  # fail before writing
     reference = copy.deepcopy(policy).requires_grad_(False).eval()  # frozen copy of the base
     write_json(out / "config.json", record)
@@ -162,7 +170,7 @@ def evaluate_models(base: str, tuned: str, reward_spec: str, corpus: str, out: s
                     config: PPOConfig | None = None) -> dict:
     """Held-out reward of `base` and a model tuned elsewhere (OpenRLHF, TRL, ...), on the same prompts and random
     streams as after a PPO run of ours; writes out/eval.json (tuned_by: "external") and returns it. No training."""
-    from ..data import load_corpus, sample_prompts
+    from ..data import load_corpus
     from ..models import load_model
     from ..rewards import load_reward
 
@@ -171,9 +179,7 @@ def evaluate_models(base: str, tuned: str, reward_spec: str, corpus: str, out: s
     reward = load_reward(reward_spec, device=config.device)
     data = load_corpus(corpus, text_column=config.text_column)
     base_model, tokenizer = load_model(base, device=config.device, dtype=config.dtype)
-    prompts = sample_prompts(data, tokenizer, config.eval_prompts, seed=config.seed, split="test",
-                             min_chars=config.prompt_min_chars, min_tokens=config.prompt_min_tokens,
-                             max_tokens=config.prompt_max_tokens)
+    prompts = heldout_eval_prompts(data, tokenizer, config)
     with torch.random.fork_rng(devices=[base_model.device] if base_model.device.type == "cuda" else []):
         base_eval = evaluate_reward(base_model.eval(), tokenizer, reward, prompts, config)
         del base_model
