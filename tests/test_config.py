@@ -32,7 +32,7 @@ def test_nested_sections_load_dump_and_list():
     assert "[decompose.diffsae]\n" in text and "[interp.llm]\n" in text
     assert config_from_dict(tomllib.loads(text)) == config
     keys = {key: default for key, default, _ in config_keys()}
-    assert keys["decompose.diffsae.k"] == "16" and keys["decompose.steer.random"] == "4"
+    assert keys["decompose.diffsae.k"] == "16" and keys["decompose.steer.random"] == "19"
     assert keys["interp.llm.timeout"] == "120.0" and "interp.llm_model" not in keys and "decompose.diffsae" not in keys
 
 

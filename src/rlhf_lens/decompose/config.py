@@ -48,7 +48,7 @@ class SteerSettings:
     """Norm of a steering vector before α: contribution (the latent's mean contribution norm on the tokens where it fires) or delta (|mean Δ|, as the diff's Δ_L steering)."""
     alpha: float = 1.0
     """Multiplier α of that norm."""
-    random: int = 4
+    random: int = 19
     """Random directions of the same norm per steered latent (the null), seeded."""
 
 
@@ -99,6 +99,8 @@ class DecomposeConfig:
     on in the paper presets, off in demo and tiny)."""
     explain_top: int = 5
     """In a run: the top diff-SAE latents and the top shifted base-SAE latents explained and scored per block."""
+    level: float = 0.05
+    """False-positive rate of each verdict: latent steering (Holm across latents and blocks), shifted latents (Benjamini-Hochberg false-discovery rate across latents)."""
     seed: int = 0
     """Seed of data order, null splits, random directions, row samples and crosscoder initialisation."""
     diffsae: DiffSAESettings = field(default_factory=DiffSAESettings)
@@ -120,6 +122,7 @@ def check_decompose_config(config: DecomposeConfig, key: Namer = field_name) -> 
     cc, cck = c.crosscoding, nested(key, "crosscoding")
     require([
         number(c, "explain_top", k, at_least=0),
+        number(c, "level", k, above=0, below=1),
         seed(c, "seed", k),
         (d.arch is None or d.arch in ARCHS,
          f"{dk('arch')} must be one of {', '.join(ARCHS)}, or unset for the default (got {d.arch!r})"),

@@ -34,6 +34,8 @@ class DiffConfig:
     """Random token sets drawn for the null of the promoted words' mean utility."""
     verdict_z: float = 2.0
     """z score (against the null) from which a measure is called a change."""
+    level: float = 0.05
+    """False-positive rate of each "beyond the null" verdict: a claim needs its p-value (adjusted across blocks: Holm) at or below this (docs/calibration.md)."""
     table: str | None = None
     """Utility table to read words with (vader or a file); default: the reward's own table (vader, table:FILE)."""
     word_template: str = "It was {word}."
@@ -50,7 +52,7 @@ class DiffConfig:
     """Tokens sampled per prompt when steering."""
     alphas: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0])
     """Steering strengths α: base + α·Δ_L at each analysed block (0 is always added)."""
-    random_directions: int = 4
+    random_directions: int = 19
     """Random directions of the same norm as Δ_L (the steering and lens null), seeded."""
     coherence_kl: float = 1.0
     """An α is coherent while the steered model's mean per-token KL to the base, on its own samples, stays below this (nats)."""
@@ -60,7 +62,7 @@ class DiffConfig:
     """Blocks spread evenly over depth in the default causal ranking."""
     rank_alpha: float = 0.0
     """α of the causal ranking (0: the reported α of the first analysed block)."""
-    rank_random: int = 1
+    rank_random: int = 19
     """Random directions per ranked block (its null)."""
     save_activations: bool = False
     """Also save the residual stream of base and tuned at the analysed blocks as two activation stores (acts/base, acts/tuned)."""
@@ -84,6 +86,7 @@ def check_config(config: DiffConfig, key: Namer = field_name) -> None:
         number(c, "min_change", k, at_least=0),
         number(c, "null_sets", k, at_least=10),
         number(c, "verdict_z", k, above=0),
+        number(c, "level", k, above=0, below=1),
         (c.table is None or c.table.strip() != "",
          f"{k('table')} is empty; give vader or a table file, or leave it unset (the reward's own table)"),
         (_fills(c.word_template), f"{k('word_template')} must contain {{word}} and no other {{...}} field "
