@@ -203,6 +203,86 @@ def random_directions(d: int, norm: float, n: int, seed: int, layer: int) -> tor
     return (x / x.norm(dim=1, keepdim=True) * norm).float()
 
 
+def _left_padded(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(x) for x in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    attention = torch.zeros(len(prompts), width, dtype=torch.long)
+    for i, x in enumerate(prompts):
+        ids[i, width - len(x):] = torch.tensor(x)
+        attention[i, width - len(x):] = 1
+    return ids, attention
+
+
+@torch.no_grad()
+def steered_kl(model: nn.Module, prompts: list[list[int]], layer: int, vectors: torch.Tensor) -> torch.Tensor:
+    """[n]: mean next-token KL(steered || unsteered), teacher-forced on the prompts' tokens, of adding each row of
+    `vectors` [n, d] at block `layer`'s residual output (batched). Cheap (no sampling): the scale on which random
+    directions are matched to the change they stand in for."""
+    from ..models import positions
+
+    device = next(model.parameters()).device
+    vectors = vectors.float().reshape(-1, vectors.shape[-1])
+    ids, attention = _left_padded(prompts)
+    ids, attention = ids.to(device), attention.to(device)
+    kwargs = {"attention_mask": attention, "position_ids": positions(attention), "use_cache": False}
+    lp_base = torch.log_softmax(model(input_ids=ids, **kwargs).logits.float(), -1)
+    mask = attention.float()
+    p = len(prompts)
+    per_call = max(1, MAX_ROWS // p)
+    out = []
+    for start in range(0, len(vectors), per_call):
+        chunk = vectors[start:start + per_call].to(device)
+        n = len(chunk)
+        rep = {k: v.repeat(n, 1) for k, v in kwargs.items() if torch.is_tensor(v)}
+        with Steer(model, {layer: chunk.repeat_interleave(p, 0)}):
+            lp = torch.log_softmax(model(input_ids=ids.repeat(n, 1), use_cache=False, **rep).logits.float(), -1)
+        kl = (lp.exp() * (lp - lp_base.repeat(n, 1, 1))).sum(-1).clamp(min=0)  # [n·P, T]
+        m = mask.repeat(n, 1)
+        per_prompt = (kl * m).sum(1) / m.sum(1).clamp(min=1)
+        out.append(per_prompt.view(n, p).mean(1).cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def kl_matched_directions(model: nn.Module, prompts: list[list[int]], layer: int, target_kl: float, n: int,
+                          seed: int, salt: int = 0, start_norm: float | None = None, steps: int = 8,
+                          tolerance: float = 0.03) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, d] seeded Gaussian directions, each rescaled so that `steered_kl` equals `target_kl` within `tolerance`
+    (relative), and [n] the KL each reaches. A random direction of Δ's norm moves the output far less than Δ
+    (Δ is aimed); matching on the KL caused compares changes of the same size. Secant steps on log KL against
+    log norm (KL grows ~ norm² for small norms), from `start_norm` (default: 1); a direction that has not
+    converged after `steps` keeps the closest norm found. Seeded by (seed, layer, salt)."""
+    d = int(model.config.hidden_size)
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, layer, salt, 13]).generate_state(1)[0]))
+    units = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    units = (units / units.norm(dim=1, keepdim=True)).float()
+    if n == 0 or target_kl <= 0:
+        return units * 0.0, torch.zeros(n)
+    goal = float(np.log(target_kl))
+    norm = torch.full((n,), float(start_norm or 1.0), dtype=torch.float64)
+    best_norm, best_err, best_kl = norm.clone(), torch.full((n,), np.inf, dtype=torch.float64), torch.zeros(n)
+    prev_log_norm = prev_log_kl = None
+    for _ in range(steps):
+        kl = steered_kl(model, prompts, layer, units * norm[:, None].float()).double()
+        log_kl = kl.clamp(min=1e-30).log()
+        err = (log_kl - goal).abs()
+        better = err < best_err
+        best_norm[better], best_err[better], best_kl[better] = norm[better], err[better], kl[better].float()
+        if bool((best_err <= np.log1p(tolerance)).all()):
+            break
+        log_norm = norm.log()
+        slope = torch.full((n,), 2.0, dtype=torch.float64)  # KL ~ norm² until two points give the slope
+        if prev_log_norm is not None:
+            run = log_norm - prev_log_norm
+            secant = (log_kl - prev_log_kl) / torch.where(run.abs() > 1e-12, run, torch.ones_like(run))
+            slope = torch.where((run.abs() > 1e-12) & (secant > 0.2), secant, slope).clamp(0.5, 4.0)
+        # a direction whose KL underflows to 0 gets a large step up; steps are capped at x/÷ 10
+        step = ((goal - log_kl) / slope).clamp(-np.log(10), np.log(10))
+        prev_log_norm, prev_log_kl = log_norm, log_kl
+        done = best_err <= np.log1p(tolerance)
+        norm = torch.where(done, best_norm, (log_norm + step).exp())
+    return units * best_norm[:, None].float(), best_kl
+
+
 def curve_groups(delta: torch.Tensor, n_random: int, alphas: list[float]) -> int:
     """How many groups `steering_curve` samples (a progress bar's total): Δ and its random directions at every
     α > 0; none when Δ is zero."""
