@@ -33,13 +33,13 @@ def test_steered_kl_is_batched_and_zero_for_a_zero_vector(tiny):
 
 @pytest.mark.parametrize("target", [0.01, 0.2])
 def test_kl_matched_directions_reach_their_target(tiny, target):
-    from rlhf_lens.diff.steering import kl_matched_directions, steered_kl
+    from rlhf_lens.diff.steering import kl_matched, kl_matched_directions, steered_kl
 
     model, _, prompts = tiny
-    dirs, kls = kl_matched_directions(model, prompts, 1, target, 6, seed=3)
+    dirs, kls = kl_matched(model, prompts, 1, target, 6, seed=3)
     assert dirs.shape == (6, model.config.hidden_size)
     assert torch.allclose(kls, torch.full((6,), target), rtol=0.05)
     assert torch.allclose(steered_kl(model, prompts, 1, dirs), kls, rtol=1e-4)
-    again, _ = kl_matched_directions(model, prompts, 1, target, 6, seed=3)
-    other, _ = kl_matched_directions(model, prompts, 1, target, 6, seed=3, salt=1)
+    again = kl_matched_directions(model, prompts, 1, target, 6, seed=3)
+    other = kl_matched_directions(model, prompts, 1, target, 6, seed=3, salt=1)
     assert torch.equal(dirs, again) and not torch.allclose(dirs, other)

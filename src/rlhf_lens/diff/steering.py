@@ -244,8 +244,15 @@ def steered_kl(model: nn.Module, prompts: list[list[int]], layer: int, vectors: 
 
 
 def kl_matched_directions(model: nn.Module, prompts: list[list[int]], layer: int, target_kl: float, n: int,
-                          seed: int, salt: int = 0, start_norm: float | None = None, steps: int = 8,
-                          tolerance: float = 0.03) -> tuple[torch.Tensor, torch.Tensor]:
+                          seed: int, salt: int = 0, start_norm: float | None = None) -> torch.Tensor:
+    """[n, d] seeded Gaussian directions, each rescaled so that `steered_kl` equals `target_kl` within a few
+    percent (`kl_matched`, which also returns the KLs reached)."""
+    return kl_matched(model, prompts, layer, target_kl, n, seed, salt, start_norm)[0]
+
+
+def kl_matched(model: nn.Module, prompts: list[list[int]], layer: int, target_kl: float, n: int, seed: int,
+               salt: int = 0, start_norm: float | None = None, steps: int = 8,
+               tolerance: float = 0.03) -> tuple[torch.Tensor, torch.Tensor]:
     """[n, d] seeded Gaussian directions, each rescaled so that `steered_kl` equals `target_kl` within `tolerance`
     (relative), and [n] the KL each reaches. A random direction of Δ's norm moves the output far less than Δ
     (Δ is aimed); matching on the KL caused compares changes of the same size. Secant steps on log KL against
