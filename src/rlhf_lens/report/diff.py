@@ -51,10 +51,11 @@ def _steering_plot(curve: dict, reference: dict) -> str:
     if bad:
         ax.scatter([x for x, _ in bad], [y for _, y in bad], s=120, facecolors="none", edgecolors="black",
                    label="incoherent (KL above the guard)", zorder=3)
-    for r in curve.get("random") or []:
+    for r in _random_rows(curve):
         values = [v for v in (_float(x) for x in r.get("rewards") or []) if v is not None]
         ax.scatter([_float(r.get("alpha")) or 0.0] * len(values), values, color="#7f7f7f", s=14, zorder=2)
-    ax.scatter([], [], color="#7f7f7f", s=14, label="random directions, same norm")
+    matched = isinstance(curve.get("random"), dict)
+    ax.scatter([], [], color="#7f7f7f", s=14, label="random directions, " + ("same KL" if matched else "same norm"))
     tuned = _float(((reference or {}).get("tuned") or {}).get("reward"))
     if tuned is not None:
         ax.axhline(tuned, color="#9467bd", linestyle="--", linewidth=1, label="tuned model")
@@ -63,7 +64,8 @@ def _steering_plot(curve: dict, reference: dict) -> str:
         ax.axvline(alpha, color="black", linewidth=0.8, alpha=0.4)
     ax.set_xlabel("α")
     ax.set_ylabel("reward (mean ± se)")
-    ax.set_title(f"Steering block {curve.get('layer')} (line: reported α = largest coherent)", fontsize="medium")
+    ax.set_title(f"Steering block {curve.get('layer')} (line: reported α, below the first incoherent one)",
+                 fontsize="medium")
     ax.legend(fontsize="x-small")
     return _img(_png_uri(fig), f"steering curve of block {curve.get('layer')}")
 
@@ -82,11 +84,17 @@ def _context(ctx: dict) -> Rich:
     return Rich(f'<div class="example">{"".join(spans)}</div>', text)
 
 
+def _random_rows(curve: dict) -> list[dict]:
+    """The random directions' readings: one row at the reported α (KL-matched), or one per α (older diffs)."""
+    random = curve.get("random")
+    return [random] if isinstance(random, dict) else [r for r in random or [] if isinstance(r, dict)]
+
+
 def _at_alpha(curve: dict) -> tuple[dict, dict]:
     """The steering row and the random directions' row at the reported α."""
     alpha = curve.get("alpha")
     at = next((r for r in curve.get("delta") or [] if r.get("alpha") == alpha), {})
-    random = next((r for r in curve.get("random") or [] if r.get("alpha") == alpha), {})
+    random = next((r for r in _random_rows(curve) if r.get("alpha") == alpha), {})
     return at, random
 
 
@@ -95,7 +103,8 @@ def steered_value(curve: dict) -> tuple[Any, str]:
     prompt said in words, so a row of zeros does not read like a bug."""
     at, random = _at_alpha(curve)
     rewards = [x for x in (_float(v) for v in random.get("rewards") or []) if x is not None]
-    null = f"{_num(min(rewards))}..{_num(max(rewards))} ({len(rewards)} random directions)" if rewards else "-"
+    kind = "matched on KL" if isinstance(curve.get("random"), dict) else "of Δ's norm"
+    null = f"{_num(min(rewards))}..{_num(max(rewards))} ({len(rewards)} random directions {kind})" if rewards else "-"
     if _float(curve.get("delta_norm")) == 0:
         return f"\u0394 is zero at block {curve.get('layer')}", "- (nothing to steer with)"
     reward, se = _float(at.get("reward")), _float(at.get("se"))
@@ -156,6 +165,39 @@ def _steering_rows(diff: dict, tune: str | None) -> list[list[Any]]:
     return rows
 
 
+def _p(value: Any) -> Any:
+    return "-" if value is None else _float(value)
+
+
+def _null_range(gains: list) -> str:
+    values = [v for v in (_float(x) for x in gains or []) if v is not None]
+    return f"{_num(min(values))}..{_num(max(values))} ({len(values)})" if values else "-"
+
+
+def _ranking_parts(ranking: dict) -> list[Part]:
+    """The causal block ranking: definition and test, the verdict, the chosen blocks (divergence.rank = causal)."""
+    chosen = ranking.get("chosen") or {}
+    note = ("Each block's own change: the base model with the tuned model's block L in place of its own (parameter "
+            "patching), sampled on held-out prompts (diff.prompts, from documents kept apart from the steering's) with "
+            "the base's random numbers; reward gain over the base, paired over prompts. Null: "
+            f"{_num(ranking.get('n_random'))} random directions per block added at that block, matched on the KL the "
+            "patch causes; p = max(paired sign-flip p, rank p), Holm across the tested blocks. A block whose "
+            "parameters did not change is not tested.")
+    parts: list[Part] = [Heading("Causal block ranking"), Para(str(ranking.get("verdict"))), Para(note, note=True)]
+    if chosen:
+        parts.append(Para(f"Analysed blocks (divergence.rank = causal): {chosen.get('note')}."))
+    parts.append(Table(
+        ["rank", "block", "gain", "± se", "random gains", "KL (samples)", "matched KL", "p paired", "p rank",
+         "adjusted p", "beyond null", "coherent"],
+        [[r.get("rank"), r.get("layer"), _float(r.get("gain")), _float(r.get("gain_se")),
+          _null_range(r.get("null_gains")), _float(r.get("kl")), _float(r.get("matched_kl")), _p(r.get("p_paired")),
+          _p(r.get("p_rank")), _p(r.get("p_adjusted")) if r.get("changed", True) else "not changed",
+          Rich("<strong>yes</strong>", "yes") if r.get("beyond") else "no",
+          "yes" if r.get("coherent") else Rich("<strong>no</strong>", "no")]
+         for r in ranking.get("rows") or []]))
+    return parts
+
+
 def diff_parts(diff: dict, placebo: dict | None = None, heldout: dict | None = None) -> list[Part]:
     """The diff section: verdicts, promoted/demoted words, steering curves, block ranking, |Δ| per block, high-KL
     contexts. `placebo`: the placebo tune's diff.json, shown beside; `heldout`: the PPO section's held-out
@@ -202,19 +244,8 @@ def diff_parts(diff: dict, placebo: dict | None = None, heldout: dict | None = N
         parts += [Para("At the reported α (the largest coherent one):"),
                   Table([*(["tune"] if placebo else []), "block", "α", "reward", "se", "random directions", "verdict"],
                         steering)]
-    ranking = diff.get("ranking") or {}
-    parts += [Heading("Causal block ranking"),
-              Para(f"Each block steered by its own change (Δ_L − Δ_(L−1)) at α = {_num(_float(ranking.get('alpha')))}; "
-                   "reward gain over the base, paired over prompts; null: random directions of the same norm. "
-                   f"{ranking.get('verdict')}", note=True),
-              Table(["rank", "block", "|own change|", "gain", "± se", "gain per unit norm", "random gains", "KL",
-                     "coherent"],
-                    [[r.get("rank"), r.get("layer"), _float(r.get("own_norm")), _float(r.get("gain")),
-                      _float(r.get("gain_se")), _float(r.get("gain_per_norm")),
-                      ", ".join(_num(_float(x)) for x in r.get("null_gains") or []) or "-", _float(r.get("kl")),
-                      "yes" if r.get("coherent") else Rich("<strong>no</strong>", "no")]
-                     for r in ranking.get("rows") or []]),
-              Heading("Mean residual difference per block"),
+    parts += _ranking_parts(diff.get("ranking") or {})
+    parts += [Heading("Mean residual difference per block"),
               Table(["block", "|Δ_L|", "mean |h_base|", "|Δ_L| / |h_base|", "|own change|", "mean |h_t − h_b|"],
                     [[b.get("layer"), _float(b.get("delta_norm")), _float(b.get("base_norm")), _float(b.get("relative")),
                       _float(b.get("own_norm")), _float(b.get("token_diff_norm"))] for b in diff.get("blocks") or []])]
