@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .decompose.config import DecomposeConfig, check_decompose_config
+from .decompose.config import DecomposeConfig, check_decompose_config, without_removed_keys
 from .diff.config import DiffConfig
 from .diff.config import check_config as check_diff
 from .errors import UserError
@@ -197,17 +197,13 @@ RENAMED_KEYS = {
     **{f"decompose.diffsae_{k}": f"decompose.diffsae.{k}"
        for k in ("arch", "expansion", "k", "seeds", "epochs", "lr", "batch_size", "top")},
     **{f"decompose.steer_{k}": f"decompose.steer.{k}" for k in ("latents", "norm", "alpha", "random")},
-    **{f"decompose.shift_{k}": f"decompose.shift.{k}" for k in ("rank_by", "top")},
+    **{f"decompose.shift_{k}": f"decompose.shift.{k}" for k in ("rank_by", "top")},  # see decompose.config REMOVED_KEYS
     **{f"decompose.crosscoder_{k}": f"decompose.crosscoding.{k}"
        for k in ("arch", "expansion", "k", "l1", "steps", "lr", "batch_size", "rows")},
     "decompose.scaling_threshold": "decompose.crosscoding.scaling_threshold",
     "decompose.norm_threshold": "decompose.crosscoding.norm_threshold",
 }
 """Keys of older configs (a run folder's config.toml included) -> where they live now; still read."""
-_SHIFT_TEST = ("a per-latent document-level sign-flip test with Benjamini-Hochberg at decompose.level replaced the "
-               "document-halving null and its pooled quantile")
-REMOVED_KEYS = {f"decompose.{prefix}{k}": _SHIFT_TEST for prefix in ("shift_", "shift.") for k in ("splits", "quantile")}
-"""Keys of older configs that no longer exist -> what replaced them; read with a one-line note, then ignored."""
 
 
 def config_keys() -> list[tuple[str, str, str]]:
@@ -299,15 +295,7 @@ def _renamed(data: dict) -> dict:
             if not isinstance(nested, dict) or leaf in nested:
                 raise UserError(f"{old} is the old name of {new}; give {new} only")
             nested[leaf] = values.pop(name)
-    for old, replaced_by in REMOVED_KEYS.items():
-        *path, name = old.split(".")
-        values = data
-        for part in path:
-            values = values.get(part) if isinstance(values, dict) else None
-        if isinstance(values, dict) and name in values:
-            values.pop(name)
-            print(f"note: {old} is no longer read: {replaced_by}; ignored", file=sys.stderr)
-    return data
+    return without_removed_keys(data)
 
 
 def _settings(defaults, values: dict, where: str):
@@ -402,10 +390,7 @@ def validate(config: RunConfig) -> None:
     # steps 0 (a model tuned elsewhere) is checked above; the other PPO settings still apply to its evaluation
     check_ppo(dataclasses.replace(config.rlhf, steps=config.rlhf.steps or 1), in_section("rlhf"))
     check_diff(config.diff, in_section("diff"))
-    check_decompose_config(config.decompose, in_section("decompose"))
-    if config.decompose.site == "residual" and not config.diff.save_activations:
-        raise UserError("decompose.site = residual decomposes the residual stores the diff stage saves: set "
-                        "diff.save_activations = true (or decompose.site = mlp)")
+    check_decompose_config(config.decompose, in_section("decompose"), diff_saves_activations=config.diff.save_activations)
     _taken_from_run("diff", config.diff, (("split", "data.test_split"), ("text_column", "data.text_column")), "")
     config.sae.check(in_section("sae"))
     _taken_from_run("sae", config.sae, (("device", "model.device"),), " (SAEs train where the models run)")
