@@ -539,3 +539,23 @@ def test_old_shift_keys_are_read_with_a_note_and_site_residual_needs_saved_activ
     with pytest.raises(UserError, match=r"^decompose.site = residual .* set diff.save_activations = true"):
         validate(load_config(overrides=["decompose.site=\"residual\""]))
     validate(load_config(overrides=["decompose.site=\"residual\"", "diff.save_activations=true"]))
+
+
+def test_run_reads_the_residual_stores_the_diff_saved(tmp_path, planted_pair):
+    """decompose.site = residual in a run: the diff folder's acts/base and acts/tuned (diff.json's
+    files.activations); a diff that saved none, or not the analysed block, is refused naming the key to set."""
+    from rlhf_lens.io import write_json
+    from rlhf_lens.pipeline.stages import _residual_stores
+
+    diff = tmp_path / "diff"
+    index = _index(8, 4)
+    for side in ("base", "tuned"):
+        _write_store(diff / "acts" / side, torch.randn(32, D), index)
+    write_json(diff / "diff.json", {"files": {"activations": {"base": "acts/base", "tuned": "acts/tuned"}}})
+    stores = _residual_stores(tmp_path, {"diff": {"dir": "diff"}}, [1])
+    assert stores == {"base": diff / "acts" / "base", "tuned": diff / "acts" / "tuned"}
+    with pytest.raises(UserError, match=r"saved blocks \[1\], not block\(s\) 2 .* divergence.rank = parameters"):
+        _residual_stores(tmp_path, {"diff": {"dir": "diff"}}, [1, 2])
+    write_json(diff / "diff.json", {"files": {}})
+    with pytest.raises(UserError, match=r"set diff.save_activations = true"):
+        _residual_stores(tmp_path, {"diff": {"dir": "diff"}}, [1])
