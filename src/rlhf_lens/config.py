@@ -169,6 +169,13 @@ class ControlSection:
     """Also PPO-tune the base with the same [rlhf] settings against the reward's utility table with its values
     shuffled over words (seeded), and diff and decompose it like the real tune: what tuning of that size changes
     whatever the reward (a utility-table reward only: vader or table:FILE)."""
+    placebo_seeds: list[int] = field(default_factory=lambda: [0])
+    """One placebo tune per seed, each with its own permutation of the table and its own PPO seed; the real tune's
+    utility of the change is tested against their spread (a prediction interval, t with n - 1 degrees of freedom:
+    at least 2 seeds; 3 or more for a useful test)."""
+
+    def check(self, key: Namer = field_name) -> None:
+        require([seeds(self, "placebo_seeds", key)])
 
 
 @dataclass
@@ -396,5 +403,5 @@ def validate(config: RunConfig) -> None:
     _taken_from_run("sae", config.sae, (("device", "model.device"),), " (SAEs train where the models run)")
     _taken_from_run("rlhf", config.rlhf, (("device", "model.device"), ("dtype", "model.dtype"),
                                           ("text_column", "data.text_column")), " (every stage uses it)")
-    for section in ("tiny", "data", "reward", "divergence", "harvest", "interp", "examples"):
+    for section in ("tiny", "data", "reward", "divergence", "harvest", "interp", "examples", "controls"):
         getattr(config, section).check(in_section(section))
