@@ -166,16 +166,9 @@ class ControlSection:
     random_init: bool = False
     """Also analyse a randomly initialised model of the base architecture, as a control."""
     placebo: bool = False
-    """Also PPO-tune the base with the same [rlhf] settings against the reward's utility table with its values
-    shuffled over words (seeded), and diff and decompose it like the real tune: what tuning of that size changes
-    whatever the reward (a utility-table reward only: vader or table:FILE)."""
+    """PPO-tune placebos too: the reward's table (vader, table:FILE) shuffled over words, analysed like the tune."""
     placebo_seeds: list[int] = field(default_factory=lambda: [0])
-    """One placebo tune per seed, each with its own permutation of the table and its own PPO seed; the real tune's
-    utility of the change is tested against their spread (a prediction interval, t with n - 1 degrees of freedom:
-    at least 2 seeds; 3 or more for a useful test)."""
-
-    def check(self, key: Namer = field_name) -> None:
-        require([seeds(self, "placebo_seeds", key)])
+    """One placebo per seed (own table permutation and PPO seed); >= 2 to test the change against their spread."""
 
 
 @dataclass
@@ -386,9 +379,9 @@ def validate(config: RunConfig) -> None:
     loaded: files and models are checked by the run."""
     m = config.model
     m.check(in_section("model"))
+    require([seeds(config.controls, "placebo_seeds", in_section("controls"))])
     if config.controls.placebo:
         from .rewards import parse_spec
-
         if parse_spec(config.reward.spec)[0] not in ("vader", "table") or m.tuned:
             raise UserError("controls.placebo shuffles the reward's utility table and tunes with our PPO: it needs "
                             "reward.spec = vader or table:FILE and no model.tuned; set controls.placebo = false")
@@ -403,5 +396,5 @@ def validate(config: RunConfig) -> None:
     _taken_from_run("sae", config.sae, (("device", "model.device"),), " (SAEs train where the models run)")
     _taken_from_run("rlhf", config.rlhf, (("device", "model.device"), ("dtype", "model.dtype"),
                                           ("text_column", "data.text_column")), " (every stage uses it)")
-    for section in ("tiny", "data", "reward", "divergence", "harvest", "interp", "examples", "controls"):
+    for section in ("tiny", "data", "reward", "divergence", "harvest", "interp", "examples"):
         getattr(config, section).check(in_section(section))
