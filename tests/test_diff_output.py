@@ -83,10 +83,13 @@ def test_random_sets_take_as_many_tokens_from_each_stratum_as_the_observed_set()
     null = output.read_tokens(tokens, pool, 300, seed=0)
     assert null["null_std"] == 0 and null["null_mean"] == pytest.approx(null["observed"])
     assert null["strata"] == [1, 2, 0, 0, 0, 0, 0, 0, 0, 2]
-    # 30 tokens from a stratum of 20: merged with the next one, every set still of 30 distinct tokens
-    assert output.merge_strata(np.full(10, 20), np.array([0] * 9 + [30])).tolist() == [*range(8), 8, 8]
-    means, rates = output.stratified_means(pool, [9] * 20 + [8] * 10, 50, seed=0)
-    assert np.all(means >= 8) and np.all(means < 9) and np.all(rates > 0)
+    # 30 tokens from a stratum of 20: merged with the ones below until the group holds 4 x 30 (room for the sets to
+    # differ from the list), every set still of 30 distinct tokens
+    assert output.merge_strata(np.full(10, 20), np.array([0] * 9 + [30])).tolist() == [0, 1, 2, 3, 4, 4, 4, 4, 4, 4]
+    assert output.merge_strata(np.full(10, 20), np.array([0] * 9 + [30]), room=1).tolist() == [*range(8), 8, 8]
+    assert output.merge_strata(np.full(3, 2), np.array([1, 1, 1])).tolist() == [0, 0, 0]
+    means, _ = output.stratified_means(pool, [9] * 20 + [8] * 10, 50, seed=0)
+    assert np.all(means >= 4) and np.all(means <= 9) and means.std() > 0
 
 
 def test_verdicts_name_the_test_and_say_what_was_not_found():

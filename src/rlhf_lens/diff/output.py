@@ -150,19 +150,24 @@ def frequency_strata(log_prob: np.ndarray, n_strata: int = STRATA) -> np.ndarray
     return strata
 
 
-def merge_strata(pool_counts: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Group adjacent strata (in frequency order) until every group's pool holds at least the tokens the observed
-    set takes from it: [n_strata] -> group id. A set drawn without replacement needs that; most groups are one
-    stratum (a small vocabulary or a template pool merges some)."""
+def merge_strata(pool_counts: np.ndarray, wanted: np.ndarray, room: int = 4) -> np.ndarray:
+    """Group adjacent strata (in frequency order) until every group's pool holds at least `room` times the tokens the
+    listed set takes from it: [n_strata] -> group id. Room lets the random sets differ from the list (a group no
+    larger than the list's share of it would draw the list itself every time); most groups are one stratum, a small
+    vocabulary or a template pool merges some."""
     group = np.zeros(len(pool_counts), dtype=np.int64)
     current, have, need = 0, 0, 0
     for s in range(len(pool_counts)):
         group[s] = current
         have, need = have + int(pool_counts[s]), need + int(wanted[s])
-        if have >= need and have > 0:
+        if have >= room * need and have > 0:
             current, have, need = current + 1, 0, 0
-    if need > have or have == 0:  # the last group is short: join it to the one before
-        group[group == current] = max(current - 1, 0)
+    # the last group is short: join it to the ones before until it has room (or holds everything)
+    while current > 0 and have < room * need:
+        previous = group == current - 1
+        have, need = have + int(pool_counts[previous].sum()), need + int(wanted[previous].sum())
+        group[group == current] = current - 1
+        current -= 1
     return group
 
 
