@@ -54,7 +54,7 @@ def _strata_text(reading: dict) -> str:
     if not strata:
         return ""
     return (f" Null: random token sets of the same size with as many tokens from each of {strata} frequency strata "
-            "(deciles of the base model's mean next-token probability over the candidates) as the listed words; "
+            "(percentiles of the base model's mean next-token probability over the candidates, adjacent ones merged where few) as the listed words; "
             "p-values one-sided (promoted: above, demoted: below), Holm-adjusted over the two lists in the verdict.")
 
 
