@@ -118,7 +118,7 @@ def make_diff() -> dict:
                         "verdict": "block 3 raises the reward beyond KL-matched random directions",
                         "rows": [{"rank": 1, "layer": 3, "own_norm": 1.0, "changed": True, "gain": 0.4, "gain_se": 0.1,
                                   "null_gains": [0.01, -0.02], "kl": 0.3, "matched_kl": 0.1, "null_kl": [0.1, 0.1],
-                                  "p_paired": 0.001, "p_rank": 0.05, "p": 0.05, "p_adjusted": 0.05, "beyond": True,
+                                  "p_paired": 0.001, "p_between": 0.004, "p_rank": 0.05, "p": 0.004, "p_adjusted": 0.05, "beyond": True,
                                   "coherent": True}]},
             "blocks": [{"layer": i, "delta_norm": 0.5 * i, "base_norm": 10.0, "relative": 0.05 * i, "own_norm": 0.5,
                         "token_diff_norm": 1.0} for i in range(6)]}

@@ -114,7 +114,7 @@ def test_a_planted_word_direction_is_claimed(tiny, planted):
     t = curve["test"]
     assert t["claim"] == "raises" and t["p_adjusted"] <= 0.05 and t["family"] == 1 and t["p_floor"] == 1 / 40
     assert curve["verdict"].startswith(f"steering base by {curve['alpha']:g}·Δ_2") and "raises" in curve["verdict"]
-    assert "paired sign-flip p=" in curve["verdict"] and "rank p=" in curve["verdict"]
+    assert "paired sign-flip p=" in curve["verdict"] and "t test among 39" in curve["verdict"] and "rank p" in curve["verdict"]
 
 
 def test_a_random_direction_planted_is_not_claimed(tiny, planted):
@@ -126,8 +126,8 @@ def test_a_random_direction_planted_is_not_claimed(tiny, planted):
     for c in curves:
         assert c["test"]["claim"] is None and c["verdict"].startswith("no change distinguishable"), c["verdict"]
         assert c["test"]["family"] == 2 and "Holm across 2 blocks" in c["verdict"]
-        # 19 draws, 2 blocks: the floor 0.05 doubles under Holm, and the verdict says so
-        assert "at least 39 are needed" in c["verdict"]
+        # the verdict names both tests and the exact rank p with its floor
+        assert "t test among 19 KL-matched random directions" in c["verdict"] and "floor 0.05" in c["verdict"]
 
 
 def test_null_directions_are_claimed_at_about_the_level(tiny, planted):
@@ -163,12 +163,13 @@ def test_vector_test_is_calibrated_on_exchangeable_directions():
     rewards = rng.normal(0, 0.3, size=(20, 1)) + rng.normal(0, 1.0, size=(20, 24))
     strong = vector_test(rewards[0] + 2.0, rewards[1:])
     adjust([strong], 0.05)
-    assert strong["claim"] == "raises" and strong["p"] == pytest.approx(0.05)  # the rank floor with 19 draws
-    # beside a second vector, Holm doubles the floor past the level: no claim, and the verdict says why
+    assert strong["claim"] == "raises" and strong["p_rank"] == pytest.approx(0.05)  # the rank floor, 19 draws
+    assert strong["p"] < 0.01  # the t test among the directions has no floor
+    # beside a second vector, Holm doubles p; a strong effect stays claimed, where the rank p (0.1) would not be
     pair = [vector_test(rewards[0] + 2.0, rewards[1:]), vector_test(rewards[0], rewards[1:])]
     adjust(pair, 0.05)
-    assert pair[0]["p_adjusted"] == pytest.approx(0.1) and pair[0]["claim"] is None
-    assert "at least 39 are needed" in describe(pair[0], 0.05, "2 blocks")
+    assert pair[0]["p_adjusted"] == pytest.approx(2 * pair[0]["p"]) and pair[0]["claim"] == "raises"
+    assert "Holm across 2 blocks" in describe(pair[0], 0.05, "2 blocks")
     lowered = vector_test(rewards[0] - 2.0, rewards[1:])
     adjust([lowered], 0.05)
     assert lowered["claim"] == "lowers"

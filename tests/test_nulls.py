@@ -56,3 +56,16 @@ def test_binomial_interval_matches_clopper_pearson():
     lo, hi = nulls.binomial_interval(2, 40)
     assert lo == pytest.approx(0.0061, abs=1e-3) and hi == pytest.approx(0.1692, abs=1e-3)
     assert nulls.binomial_interval(0, 0) == (0.0, 1.0)
+
+
+def test_prediction_p_value_keeps_its_level_without_a_floor():
+    rng = np.random.default_rng(3)
+    draws = rng.normal(size=(4000, 10))  # one "observed" + 9 null draws of the same law
+    p = np.array([nulls.prediction_p_value(x[0], x[1:]) for x in draws])
+    assert abs((p <= 0.05).mean() - 0.05) < 0.012
+    two = np.array([nulls.prediction_p_value(x[0], x[1:], "two-sided") for x in draws])
+    assert abs((two <= 0.05).mean() - 0.05) < 0.012
+    # far out, p goes well below the rank floor of 9 draws (0.1)
+    assert nulls.prediction_p_value(10.0, draws[0, 1:]) < 1e-3 < nulls.p_floor(9)
+    # no spread: the exact rank p-value
+    assert nulls.prediction_p_value(2.0, [1.0, 1.0, 1.0]) == nulls.rank_p_value(2.0, [1.0, 1.0, 1.0])

@@ -3,6 +3,10 @@
 - `rank_p_value`: where an observed statistic falls among null draws that are exchangeable with it under the
   null (random directions, random token sets, placebo seeds). p = (1 + #null at least as extreme) / (1 + n): exact
   under exchangeability, so with n draws it can never go below `p_floor(n)` = 1 / (n + 1) (19 draws: 0.05).
+- `prediction_p_value`: one new draw against n draws of the same normal law, T = (x - mean) / (s sqrt(1 + 1/n))
+  ~ t(n - 1): no floor (a rank p-value needs 20m - 1 draws for a claim under Holm across m tests), at the price
+  of assuming the draws normal (means over prompts are close to it); `bench/calibration.py` measures what that
+  costs in false positives.
 - `paired_p_value`: a per-unit paired comparison (prompts sampled with common random numbers) by sign flips of
   the differences: no normality assumed; exact when every flip is enumerated, else seeded Monte Carlo.
 - `sign_flip_z`: the same sign-flip statistic for many columns at once (one per latent) with its exact null
@@ -42,6 +46,26 @@ def rank_p_value(observed: float, null: Sequence[float] | np.ndarray, side: str 
         centre = float(null.mean())
         extreme = int((np.abs(null - centre) >= abs(observed - centre)).sum())
     return (1 + extreme) / (1 + len(null))
+
+
+def prediction_p_value(observed: float, null: Sequence[float] | np.ndarray, side: str = "greater") -> float:
+    """t test of `observed` as one more draw of the law that gave `null` (normal, unknown mean and variance):
+    T = (observed - mean) / (std * sqrt(1 + 1/n)), n - 1 degrees of freedom. With fewer than 2 draws or a zero
+    spread it falls back to `rank_p_value` (exact, floored)."""
+    from scipy.stats import t
+
+    _check_side(side)
+    null = np.asarray(null, dtype=np.float64)
+    n = len(null)
+    std = float(null.std(ddof=1)) if n > 1 else 0.0
+    if std == 0.0:
+        return rank_p_value(observed, null, side)
+    stat = (observed - float(null.mean())) / (std * np.sqrt(1 + 1 / n))
+    if side == "greater":
+        return float(t.sf(stat, n - 1))
+    if side == "less":
+        return float(t.cdf(stat, n - 1))
+    return float(min(1.0, 2 * t.sf(abs(stat), n - 1)))
 
 
 def paired_p_value(differences: Sequence[float] | np.ndarray, side: str = "greater", n_flips: int = 9999,

@@ -22,6 +22,7 @@ from torch import nn
 
 from .. import nulls
 from .steering import Advance, GroupResult, kl_matched, mean_se, run_groups
+from .vector_test import vector_test
 
 SALT = 7
 """Seeds the ranking's random directions apart from the steering curve's at the same block."""
@@ -103,14 +104,13 @@ def ranking_groups(base: nn.Module, tuned: nn.Module, layers: list[int], n_rando
 
 
 def block_test(gains: np.ndarray, null_gains: np.ndarray, seed: int) -> dict:
-    """One block's test: `gains` [P] per prompt (patched - base), `null_gains` [n, P] of its random directions.
-    p = max(paired sign-flip p of gains - the random directions' mean per prompt, rank p of the mean gain among
-    the random directions' mean gains), both one-sided (raises the reward)."""
+    """One block's test: `gains` [P] per prompt (patched - base), `null_gains` [n, P] of its random directions;
+    `vector_test`'s test, one-sided (raises the reward)."""
     null_gains = np.asarray(null_gains, dtype=np.float64).reshape(-1, len(gains))
-    means = null_gains.mean(1)
-    p_paired = nulls.paired_p_value(gains - null_gains.mean(0), "greater", seed=seed) if len(means) else 1.0
-    p_rank = nulls.rank_p_value(float(gains.mean()), means, "greater")
-    return {"p_paired": p_paired, "p_rank": p_rank, "p": max(p_paired, p_rank), "null_gains": means.tolist()}
+    if not len(null_gains):
+        return {"p_paired": 1.0, "p_between": 1.0, "p_rank": 1.0, "p": 1.0, "null_gains": []}
+    t = vector_test(gains, null_gains, seed, side="greater")
+    return {key: t[key] for key in ("p_paired", "p_between", "p_rank", "p")} | {"null_gains": t["null"]["rewards"]}
 
 
 def causal_ranking(base: nn.Module, tuned: nn.Module, tokenizer, reward, prompts: list[list[int]], layers: list[int],
@@ -126,7 +126,7 @@ def causal_ranking(base: nn.Module, tuned: nn.Module, tokenizer, reward, prompts
     for layer in layers:
         row = {"layer": layer, "own_norm": float(own[layer].norm()) if own is not None else None, "changed": False,
                "gain": 0.0, "gain_se": 0.0, "kl": 0.0, "matched_kl": 0.0, "null_kl": [], "null_gains": [],
-               "p_paired": None, "p_rank": None, "p": None, "p_adjusted": None, "beyond": False, "coherent": True}
+               "p_paired": None, "p_between": None, "p_rank": None, "p": None, "p_adjusted": None, "beyond": False, "coherent": True}
         rows.append(row)
         if not block_changed(base, tuned, layer):
             continue  # the same parameters: the patch is the base model itself
@@ -168,9 +168,8 @@ def ranking_verdict(rows: list[dict], level: float, n_random: int) -> str:
     if not tested:
         return "no block singled out: no ranked block's parameters changed the model's outputs (nothing to test)"
     family = len(tested)
-    test = (f"paired sign-flip and rank tests against {n_random} KL-matched random directions per block, "
+    test = (f"paired sign-flip and t tests against {n_random} KL-matched random directions per block, "
             f"Holm across {family} block{'s' if family > 1 else ''}, level {level:g}")
-    floor = family * nulls.p_floor(n_random) if n_random else 1.0
     beyond = sorted((r for r in tested if r["beyond"]), key=lambda r: -r["gain"])
     if beyond:
         names = ", ".join(str(r["layer"]) for r in beyond[:-1]) + (" and " if len(beyond) > 1 else "") + \
@@ -187,12 +186,6 @@ def ranking_verdict(rows: list[dict], level: float, n_random: int) -> str:
             f"(smallest adjusted p {best['p_adjusted']:.3g}, block {best['layer']}; {test})")
     if not n_random:
         return text + "; with diff.rank_random = 0 there is no null"
-    if floor > level:
-        from .vector_test import needed_random
-
-        needed = needed_random(family, level)
-        text += (f"; with {n_random} random directions per block the smallest possible adjusted p is {floor:.3g}: "
-                 f"a claim needs diff.rank_random >= {needed} or fewer ranked blocks")
     return text
 
 

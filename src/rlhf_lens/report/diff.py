@@ -212,17 +212,18 @@ def _ranking_parts(ranking: dict) -> list[Part]:
             "patching), sampled on held-out prompts (diff.prompts, from documents kept apart from the steering's) with "
             "the base's random numbers; reward gain over the base, paired over prompts. Null: "
             f"{_num(ranking.get('n_random'))} random directions per block added at that block, matched on the KL the "
-            "patch causes; p = max(paired sign-flip p, rank p), Holm across the tested blocks. A block whose "
+            "patch causes; p = max(paired sign-flip p, t test of the gain among the random directions' gains), Holm "
+            "across the tested blocks (the exact rank p beside it, floored at 1/(n+1)). A block whose "
             "parameters did not change is not tested.")
     parts: list[Part] = [Heading("Causal block ranking"), Para(str(ranking.get("verdict"))), Para(note, note=True)]
     if chosen:
         parts.append(Para(f"Analysed blocks (divergence.rank = causal): {chosen.get('note')}."))
     parts.append(Table(
-        ["rank", "block", "gain", "± se", "random gains", "KL (samples)", "matched KL", "p paired", "p rank",
+        ["rank", "block", "gain", "± se", "random gains", "KL (samples)", "matched KL", "p paired", "p t test", "p rank",
          "adjusted p", "beyond null", "coherent"],
         [[r.get("rank"), r.get("layer"), _float(r.get("gain")), _float(r.get("gain_se")),
           _null_range(r.get("null_gains")), _float(r.get("kl")), _float(r.get("matched_kl")), _p(r.get("p_paired")),
-          _p(r.get("p_rank")), _p(r.get("p_adjusted")) if r.get("changed", True) else "not changed",
+          _p(r.get("p_between")), _p(r.get("p_rank")), _p(r.get("p_adjusted")) if r.get("changed", True) else "not changed",
           Rich("<strong>yes</strong>", "yes") if r.get("beyond") else "no",
           "yes" if r.get("coherent") else Rich("<strong>no</strong>", "no")]
          for r in ranking.get("rows") or []]))
