@@ -25,7 +25,7 @@ def decompose_models(base_model: str, base_store: str | os.PathLike, tuned_store
                      prompts: int = DiffConfig.prompts, new_tokens: int = DiffConfig.new_tokens, split: str = "test",
                      text_column: str = "text", sae_seed: int = 0, top_features: dict[int, list[int]] | None = None,
                      placebo_store: str | os.PathLike | None = None, root: str | os.PathLike | None = None,
-                     device: str = "cpu", dtype: str = "float32") -> dict:
+                     device: str = "cpu", dtype: str = "float32", prompt_min_chars: int | None = None) -> dict:
     """Decompose the change from the base model to the tuned one at each of `layers`; write out_dir/decompose.json.
 
     The tuned model is read through its activation store alone: `base_store` and `tuned_store` hold the MLP
@@ -70,7 +70,7 @@ def decompose_models(base_model: str, base_store: str | os.PathLike, tuned_store
     documents = load_corpus(corpus, text_column=text_column)
     # prompts from documents the diff-SAEs did not train on: the stores' own documents are left out
     steering_prompts = heldout_prompts(documents, tokenizer, prompts, split, store_texts(documents, stores["base"], split),
-                                       dc.seed)
+                                       dc.seed, prompt_min_chars)
     out = Path(out_dir)
     loaded = _Loaded(dc, examples, explainer, utility_table, aggregate, reward, base, tokenizer, steering_prompts,
                      new_tokens)

@@ -25,10 +25,12 @@ def _tokens_out(tokens: list[dict]) -> list[dict]:
 
 def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, layers: list[int] | None,
                 out_dir: str | os.PathLike, config: DiffConfig | None = None, device: str = "cpu",
-                dtype: str = "float32", models: tuple | None = None, choose_blocks: int | None = None) -> dict:
+                dtype: str = "float32", models: tuple | None = None, choose_blocks: int | None = None,
+                prompt_min_chars: int | None = None) -> dict:
     """Diff `tuned_path` against `base_path` on `corpus`, read through `reward_spec`; write out_dir/diff.json.
 
     `layers`: the analysed blocks (steering curve, logit lens, saved activations; None: the last block).
+    `prompt_min_chars`: the run's rlhf.prompt_min_chars, so held-out prompts are drawn as PPO's are (None: PPO's default).
     `choose_blocks`: instead, analyse this many blocks chosen by the causal ranking (`ranking.choose_blocks`; ranked
     on prompts disjoint from the steering's), `layers` (None: none) then only adding to the ranked blocks; saved
     activations are then those of every ranked block. `models`: optionally
@@ -138,8 +140,10 @@ def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, 
     # 3. the causal block ranking by parameter patching (on the "selection" prompts); 4. steering by Δ_L at the
     # analysed blocks (on the "scoring" prompts), with random directions and a coherence guard: both sample many
     # variants ("groups"), the longest part of a diff. With `choose_blocks` the ranking picks the analysed blocks.
-    selection = steering.heldout_prompts(selection_docs, tokenizer, config.prompts, config.split, [], config.seed + 1)
-    prompts = steering.heldout_prompts(scoring_docs, tokenizer, config.prompts, config.split, [], config.seed)
+    selection = steering.heldout_prompts(selection_docs, tokenizer, config.prompts, config.split, [], config.seed + 1,
+                                        prompt_min_chars)
+    prompts = steering.heldout_prompts(scoring_docs, tokenizer, config.prompts, config.split, [], config.seed,
+                                      prompt_min_chars)
     alphas = sorted({0.0, *(float(a) for a in config.alphas)})
     d = pair.delta.shape[1]
     with progress_bar() as bar:

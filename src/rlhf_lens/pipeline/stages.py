@@ -134,7 +134,8 @@ def _diff_in_run(config: RunConfig, run_dir: Path, folder: Path, base: str, tune
 
     settings = dataclasses.replace(config.diff, split=config.data.test_split, text_column=config.data.text_column)
     result = diff_models(base, tuned, config.data.corpus, config.reward.spec, layers, folder, settings,
-                         device=config.model.device, dtype=config.model.dtype, choose_blocks=choose_blocks)
+                         device=config.model.device, dtype=config.model.dtype, choose_blocks=choose_blocks,
+                         prompt_min_chars=config.rlhf.prompt_min_chars)
     result.update({k: relative(run_dir, result[k]) for k in ("base", "tuned") if Path(str(result[k])).is_absolute()})
     write_json(folder / "diff.json", result)
     return result
@@ -290,7 +291,7 @@ def stage_decompose(config: RunConfig, run_dir: Path, state: dict) -> dict:
             table=config.reward.table, aggregate=config.reward.aggregate, prompts=config.diff.prompts,
             new_tokens=config.diff.new_tokens, split=config.data.test_split, text_column=config.data.text_column,
             sae_seed=seed, top_features=top_features, root=run_dir, device=config.model.device,
-            dtype=config.model.dtype)
+            dtype=config.model.dtype, prompt_min_chars=config.rlhf.prompt_min_chars)
 
     result = decompose(stores["tuned"], run_dir / "decompose")
     add_signed_utility(result, config.reward.table, config.reward.aggregate)
