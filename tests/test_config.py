@@ -101,10 +101,10 @@ def _refusal(*overrides: str) -> str:
 
 @pytest.mark.parametrize("override", [
     # each used to be reported under another key, or accepted and crash in its stage
-    "diff.batch_size=0", "diff.max_docs=0", "diff.max_tokens=1", "diff.verdict_z=nan", "diff.verdict_z=0",
+    "diff.batch_size=0", "diff.max_docs=0", "diff.max_tokens=1", "diff.level=nan", "diff.level=0", "diff.level=1",
     "diff.min_change=-1.0", "diff.min_change=inf", "diff.null_sets=9", "diff.top_words=0", "diff.prompts=1",
     "diff.new_tokens=0", "diff.alphas=[1.0, nan]", "diff.alphas=[-1.0]", "diff.alphas=[]", "diff.coherence_kl=inf",
-    "diff.rank_alpha=-inf", "diff.rank_layers=[-1]", "diff.rank_layers=[]", "diff.word_template='It was {w}.'",
+    "diff.rank_layers=[-1]", "diff.rank_layers=[]", "diff.word_template='It was {w}.'",
     "diff.word_template='{word} {'", "diff.rank_by=\"kl2\"", "diff.random_directions=0", "diff.seed=-1",
     "decompose.shift.rank_by=\"x\"", "decompose.shift_top=0", "decompose.site=\"x\"", "decompose.diffsae.max_tokens=0",
     "decompose.diffsae.expansion=inf", "decompose.diffsae.expansion=nan", "decompose.diffsae.k=0",
@@ -179,7 +179,7 @@ def test_a_bad_value_stops_a_run_before_any_work(tmp_path, corpus_file):
     out = tmp_path / "run"
     for setting, fragment in (("decompose.diffsae.expansion=inf", "decompose.diffsae.expansion must be a finite "
                                                                     "number > 0 (got inf)"),
-                              ("diff.verdict_z=nan", "diff.verdict_z must be a finite number > 0 (got nan)")):
+                              ("diff.level=nan", "diff.level must be in (0, 1) (got nan)")):
         result = run_cli("run", "--preset", "tiny", "--set", f"data.corpus={corpus_file}", "--set", setting,
                          "--out", out)
         assert_user_error(result, fragment)
@@ -219,3 +219,15 @@ def test_no_preset_stops_training_by_the_clock():
     for name in preset_names():
         sae = load_config(preset=name).sae
         assert sae.epochs > 0 or sae.max_seconds == 0, f"preset {name}: sae.max_seconds = {sae.max_seconds}"
+
+
+def test_removed_keys_are_noted_in_one_line_and_ignored(capsys):
+    """An older config naming a setting that no longer exists runs, with one line saying what replaced it."""
+    from rlhf_lens.config import config_from_dict
+
+    config = config_from_dict({"diff": {"verdict_z": 3.0, "rank_alpha": 2.0, "level": 0.01},
+                               "decompose": {"shift": {"splits": 8, "top": 5}}})
+    assert config.diff.level == 0.01 and config.decompose.shift.top == 5
+    err = capsys.readouterr().err
+    assert "diff.verdict_z is no longer read: every verdict is a test at diff.level" in err
+    assert "diff.rank_alpha is no longer read" in err and "decompose.shift.splits is no longer read" in err

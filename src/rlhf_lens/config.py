@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .decompose.config import DecomposeConfig, check_decompose_config, without_removed_keys
-from .diff.config import DiffConfig
+from .decompose.config import REMOVED_KEYS, DecomposeConfig, check_decompose_config
+from .diff.config import DIFF_REMOVED_KEYS, DiffConfig
 from .diff.config import check_config as check_diff
 from .errors import UserError
 from .harvest.config import HarvestSettings
@@ -34,7 +34,7 @@ from .io import read_toml
 from .models_config import TinyModelConfig
 from .rlhf.config import PPOConfig, check_device_dtype
 from .rlhf.config import check_config as check_ppo
-from .rules import Namer, field_name, in_section, not_empty, number, one_of, require, seed, seeds
+from .rules import Namer, field_name, in_section, not_empty, number, one_of, require, seed, seeds, without_removed_keys
 from .sae.config import SAETraining
 
 if sys.version_info >= (3, 11):
@@ -295,7 +295,7 @@ def _renamed(data: dict) -> dict:
             if not isinstance(nested, dict) or leaf in nested:
                 raise UserError(f"{old} is the old name of {new}; give {new} only")
             nested[leaf] = values.pop(name)
-    return without_removed_keys(data)
+    return without_removed_keys(data, {**DIFF_REMOVED_KEYS, **REMOVED_KEYS})
 
 
 def _settings(defaults, values: dict, where: str):

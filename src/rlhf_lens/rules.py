@@ -106,3 +106,19 @@ def seeds(settings: object, name: str, key: Namer) -> Rule:
     ok = bool(values) and len(set(values)) == len(values) and all(
         isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= SEED_MAX for s in values)
     return ok, f"{key(name)} needs at least one seed, each in [0, {SEED_MAX}], and no repeats (got {values})"
+
+
+def without_removed_keys(data: dict, removed: dict[str, str]) -> dict:
+    """`data` (a run config as nested dicts) without the keys of older configs in `removed` (dotted key -> what
+    replaced it), each one found noted on stderr in one line naming what replaced it; the rest is left as it is."""
+    import sys
+
+    for old, replaced_by in removed.items():
+        *path, name = old.split(".")
+        values = data
+        for part in path:
+            values = values.get(part) if isinstance(values, dict) else None
+        if isinstance(values, dict) and name in values:
+            values.pop(name)
+            print(f"note: {old} is no longer read: {replaced_by}; ignored", file=sys.stderr)
+    return data

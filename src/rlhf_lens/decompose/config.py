@@ -6,7 +6,6 @@ shared ones (no torch here: the CLI reads it for `--help`). The methods live in 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 from ..rules import Namer, field_name, nested, number, one_of, require, seed, seeds
@@ -119,20 +118,6 @@ _SHIFT_TEST = ("a per-latent document-level sign-flip test with Benjamini-Hochbe
                "document-halving null and its pooled quantile")
 REMOVED_KEYS = {f"decompose.{prefix}{name}": _SHIFT_TEST for prefix in ("shift_", "shift.") for name in ("splits", "quantile")}
 """Keys of older configs that no longer exist -> what replaced them: read with a one-line note, then ignored."""
-
-
-def without_removed_keys(data: dict) -> dict:
-    """`data` (a run config as nested dicts, old keys already moved) without the `REMOVED_KEYS`, each one found
-    noted on stderr in one line naming what replaced it."""
-    for old, replaced_by in REMOVED_KEYS.items():
-        *path, name = old.split(".")
-        values = data
-        for part in path:
-            values = values.get(part) if isinstance(values, dict) else None
-        if isinstance(values, dict) and name in values:
-            values.pop(name)
-            print(f"note: {old} is no longer read: {replaced_by}; ignored", file=sys.stderr)
-    return data
 
 
 def check_decompose_config(config: DecomposeConfig, key: Namer = field_name,

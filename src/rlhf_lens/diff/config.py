@@ -32,8 +32,6 @@ class DiffConfig:
     """A token counts as promoted (demoted) only when its score (rank_by) exceeds this (nats)."""
     null_sets: int = 2000
     """Random token sets drawn for the null of the promoted words' mean utility."""
-    verdict_z: float = 2.0
-    """z score (against the null) from which a measure is called a change."""
     level: float = 0.05
     """False-positive rate of each "beyond the null" verdict: a claim needs its p-value (adjusted across blocks: Holm) at or below this (docs/calibration.md)."""
     table: str | None = None
@@ -60,14 +58,19 @@ class DiffConfig:
     """Blocks of the causal ranking (default: rank_spread blocks spread over depth plus the analysed ones)."""
     rank_spread: int = 5
     """Blocks spread evenly over depth in the default causal ranking."""
-    rank_alpha: float = 0.0
-    """Unused: the causal ranking patches each block's parameters (no α); kept so configs that set it still load."""
     rank_random: int = 19
     """Random directions per ranked block, matched on the KL its parameter patch causes (its null; a claim about one of m ranked blocks needs at least 20m - 1 at level 0.05)."""
     save_activations: bool = False
     """Also save the residual stream of base and tuned at the analysed blocks as two activation stores (acts/base, acts/tuned)."""
     seed: int = 0
     """Seed of prompts, sampling, random directions and random token sets."""
+
+
+DIFF_REMOVED_KEYS = {
+    "diff.verdict_z": "every verdict is a test at diff.level (docs/calibration.md)",
+    "diff.rank_alpha": "the causal ranking patches each block of the tuned model into the base model (no α)",
+}
+"""Keys of older configs that no longer exist -> what replaced them: read with a one-line note, then ignored."""
 
 
 def check_config(config: DiffConfig, key: Namer = field_name) -> None:
@@ -85,7 +88,6 @@ def check_config(config: DiffConfig, key: Namer = field_name) -> None:
         one_of(c, "rank_by", k, RANK_BY),
         number(c, "min_change", k, at_least=0),
         number(c, "null_sets", k, at_least=10),
-        number(c, "verdict_z", k, above=0),
         number(c, "level", k, above=0, below=1),
         (c.table is None or c.table.strip() != "",
          f"{k('table')} is empty; give vader or a table file, or leave it unset (the reward's own table)"),
@@ -104,7 +106,6 @@ def check_config(config: DiffConfig, key: Namer = field_name) -> None:
          f"{k('rank_layers')} must be blocks >= 0 (0-based), at least one, or unset for the default "
          f"(got {c.rank_layers})"),
         number(c, "rank_spread", k, at_least=0),
-        number(c, "rank_alpha", k, at_least=0, note="0: the reported α"),
         number(c, "rank_random", k, at_least=0),
         seed(c, "seed", k),
     ])
