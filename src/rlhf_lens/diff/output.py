@@ -7,7 +7,10 @@ with no word): how the reward itself reads that word in a neutral sentence.
 
 The null of a set of k tokens is the mean utility of `null_sets` random sets of k tokens drawn from
 the same candidate vocabulary (for a template reading: from a seeded pool of `word_pool` candidates,
-each scored once). z = (observed - null mean) / null std; percentile = share of null sets below.
+each scored once), matched for frequency: the candidates are cut into deciles of the base model's log
+mean next-token probability, and a random set takes as many tokens from each decile as the observed
+set has (frequent words carry more sentiment, and the KL-share ranking favours frequent tokens).
+p = nulls.rank_p_value of the observed mean among the null sets' means; z and percentile are descriptive.
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import nulls
 from ..errors import UserError
+
+STRATA = 10
+"""Frequency strata of the output null: deciles of the base model's log mean probability over the candidates."""
+TEST = "frequency-matched random token sets"
+UNIFORM_TEST = "random token sets (not matched for frequency)"
 
 
 @dataclass
@@ -98,14 +107,6 @@ class WordUtility:
         return np.array([self._cache[w] for w in words], dtype=np.float64)
 
 
-def set_null(observed: float, pool: np.ndarray, k: int, n_sets: int, seed: int) -> dict:
-    """Mean utility of n_sets random k-sets of `pool` (utilities), against the observed mean."""
-    rng = np.random.default_rng(seed)
-    k = min(k, len(pool))
-    means = np.array([pool[rng.choice(len(pool), k, replace=False)].mean() for _ in range(n_sets)])
-    return _against(observed, means)
-
-
 def _against(observed: float, null: np.ndarray) -> dict:
     mean, std = float(null.mean()), float(null.std(ddof=1)) if len(null) > 1 else 0.0
     z = (observed - mean) / std if std > 0 else 0.0
@@ -139,43 +140,150 @@ def rank_scores(measure: str, logprob_change: torch.Tensor, promote_share: torch
     return promote_share, demote_share
 
 
-class NullPool:
-    """Utilities of the candidates the null draws from (every candidate, or a scored random pool)."""
+def frequency_strata(log_prob: np.ndarray, n_strata: int = STRATA) -> np.ndarray:
+    """int [n]: the stratum of each value, 0 (least probable) .. n_strata-1, by rank (equal-sized strata, ties in
+    candidate order), so ties and a flat distribution still give n_strata strata."""
+    n = len(log_prob)
+    order = np.argsort(np.asarray(log_prob, dtype=np.float64), kind="stable")
+    strata = np.empty(n, dtype=np.int64)
+    strata[order] = (np.arange(n) * min(n_strata, max(n, 1))) // max(n, 1)
+    return strata
 
-    def __init__(self, vocab: Vocabulary, utility: WordUtility, size: int, seed: int):
+
+def merge_strata(pool_counts: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Group adjacent strata (in frequency order) until every group's pool holds at least the tokens the observed
+    set takes from it: [n_strata] -> group id. A set drawn without replacement needs that; most groups are one
+    stratum (a small vocabulary or a template pool merges some)."""
+    group = np.zeros(len(pool_counts), dtype=np.int64)
+    current, have, need = 0, 0, 0
+    for s in range(len(pool_counts)):
+        group[s] = current
+        have, need = have + int(pool_counts[s]), need + int(wanted[s])
+        if have >= need and have > 0:
+            current, have, need = current + 1, 0, 0
+    if need > have or have == 0:  # the last group is short: join it to the one before
+        group[group == current] = max(current - 1, 0)
+    return group
+
+
+class NullPool:
+    """Utilities of the candidates the null draws from (every candidate, or a scored random pool), with each
+    candidate's frequency stratum (from the base model's mean next-token probability, `base_prob` [V]; without it
+    one stratum: the uniform null)."""
+
+    def __init__(self, vocab: Vocabulary, utility: WordUtility, size: int, seed: int,
+                 base_prob: torch.Tensor | np.ndarray | None = None):
+        if base_prob is not None:
+            prob = np.asarray(base_prob, dtype=np.float64)[vocab.ids]
+            strata = frequency_strata(np.log(np.maximum(prob, 1e-300)))
+        else:
+            strata = np.zeros(len(vocab.ids), dtype=np.int64)
+        self.n_strata = int(strata.max()) + 1 if len(strata) else 1
+        self.stratum_of = dict(zip(vocab.ids.tolist(), strata.tolist()))
+        """token id -> frequency stratum, for every candidate (an observed token need not be in the pool)."""
+        self.kind = utility.kind
         if utility.kind == "table":
-            self.values = utility(vocab.words)
+            pick = np.arange(len(vocab.words))
         else:
             rng = np.random.default_rng([seed, 7])
-            pick = rng.choice(len(vocab.words), min(size, len(vocab.words)), replace=False)
-            self.values = utility([vocab.words[j] for j in pick])
+            pick = np.sort(rng.choice(len(vocab.words), min(size, len(vocab.words)), replace=False))
+        self.values = utility([vocab.words[j] for j in pick])
+        self.strata = strata[pick]
         self.in_table = int((self.values != 0).sum())
+        self.matched = base_prob is not None
 
 
-def read_tokens(tokens: list[dict], pool: NullPool, n_sets: int, seed: int) -> dict | None:
-    """Mean utility of a token list against random sets of the same size; None for an empty list."""
+def stratified_means(pool: NullPool, strata: list[int], n_sets: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean utility, share with nonzero utility) of n_sets random sets from the pool with as many tokens from each
+    frequency stratum as `strata` (the observed tokens' strata) has; adjacent strata are merged where the pool holds
+    too few (`merge_strata`)."""
+    wanted = np.bincount(np.asarray(strata, dtype=np.int64), minlength=pool.n_strata)
+    group = merge_strata(np.bincount(pool.strata, minlength=pool.n_strata), wanted)
+    rng = np.random.default_rng([seed, 0x57A])
+    total, nonzero = np.zeros(n_sets), np.zeros(n_sets)
+    k = 0
+    for g in np.unique(group):
+        members = np.flatnonzero(np.isin(pool.strata, np.flatnonzero(group == g)))
+        c = min(int(wanted[group == g].sum()), len(members))
+        if c == 0:
+            continue
+        chosen = _draw_sets(rng, pool.values[members], c, n_sets)
+        total += chosen.sum(1)
+        nonzero += (chosen != 0).sum(1)
+        k += c
+    return total / max(k, 1), nonzero / max(k, 1)
+
+
+def read_tokens(tokens: list[dict], pool: NullPool, n_sets: int, seed: int, side: str = "greater") -> dict | None:
+    """Mean utility of a token list against `n_sets` frequency-matched random sets of the same size (the pool's
+    strata); None for an empty list. `p`: rank p-value on `side` ("greater" for promoted tokens, "less" for demoted);
+    `in_table_rate` (share with nonzero utility) against the null sets' rate, with its own p (`in_table_p`, greater)."""
+    if not tokens:
+        return None
+    utilities = np.array([t["utility"] for t in tokens], dtype=np.float64)
+    observed = float(utilities.mean())
+    strata = [pool.stratum_of.get(int(t["token_id"]), 0) for t in tokens]
+    means, rates = stratified_means(pool, strata, n_sets, seed)
+    rate = float((utilities != 0).mean())
+    return {**_against(observed, means), "in_table": int((utilities != 0).sum()),
+            "test": TEST if pool.matched else UNIFORM_TEST, "side": side, "p": nulls.rank_p_value(observed, means, side),
+            "p_floor": nulls.p_floor(n_sets), "strata": np.bincount(strata, minlength=pool.n_strata).tolist(),
+            "in_table_rate": rate, "in_table_null_rate": float(rates.mean()),
+            "in_table_p": nulls.rank_p_value(rate, rates, "greater")}
+
+
+def read_tokens_uniform(tokens: list[dict], pool: NullPool, n_sets: int, seed: int, side: str = "greater") -> dict | None:
+    """The same token list against uniformly drawn random sets (no frequency matching), for comparison."""
     if not tokens:
         return None
     observed = float(np.mean([t["utility"] for t in tokens]))
-    return {**set_null(observed, pool.values, len(tokens), n_sets, seed),
-            "in_table": sum(1 for t in tokens if t["utility"] != 0)}
+    null_means = _draw_sets(np.random.default_rng([seed, 0x0F1]), pool.values, min(len(tokens), len(pool.values)),
+                            n_sets).mean(1)
+    return {**_against(observed, null_means), "test": UNIFORM_TEST, "side": side,
+            "p": nulls.rank_p_value(observed, null_means, side), "p_floor": nulls.p_floor(n_sets)}
 
 
-def token_verdict(promoted: dict | None, demoted: dict | None, z_cut: float, what: str = "tuning") -> str:
-    """A plain sentence saying whether the promoted (and demoted) words carry the reward beyond the null."""
+def _draw_sets(rng: np.random.Generator, values: np.ndarray, c: int, n_sets: int) -> np.ndarray:
+    """[n_sets, c]: c of `values` per set without replacement (the c smallest of uniform keys), in chunks of sets
+    so the keys stay a few million numbers."""
+    chunk = max(1, 4_000_000 // max(len(values), 1))
+    out = []
+    for start in range(0, n_sets, chunk):
+        keys = rng.random((min(chunk, n_sets - start), len(values)))
+        out.append(values[np.argpartition(keys, c - 1, axis=1)[:, :c]])
+    return np.concatenate(out)
+
+
+def _p_text(test: str, p: float, floor: float | None = None) -> str:
+    text = f"{test}, p={p:.2g}"
+    return text + (f"; p floor {floor:.2g}" if floor is not None and p <= floor else "")
+
+
+def token_verdict(promoted: dict | None, demoted: dict | None, level: float, what: str = "tuning") -> str:
+    """A plain sentence saying whether the promoted (and demoted) words carry the reward beyond the null: each list's
+    rank p-value (promoted: greater, demoted: less), Holm-adjusted over the lists tested, against `level`."""
     if promoted is None and demoted is None:
         return f"no change: {what} moves no token's log-probability"
+    present = [(name, null) for name, null in (("promoted", promoted), ("demoted", demoted)) if null is not None]
+    adjusted = dict(zip([name for name, _ in present], nulls.holm([null["p"] for _, null in present])))
+    holm_note = " Holm-adjusted over promoted and demoted" if len(present) > 1 else ""
     parts = []
     if promoted is not None:
-        z = promoted["z"]
-        if z >= z_cut:
-            parts.append(f"{what} promotes reward-laden words (z={z:.1f})")
-        elif z <= -z_cut:
-            parts.append(f"{what} promotes words the reward penalises (z={z:.1f})")
+        p = float(adjusted["promoted"])
+        said = _p_text(promoted.get("test", TEST), p, promoted.get("p_floor")) + holm_note
+        if p <= level:
+            parts.append(f"{what} promotes reward-laden words ({said})")
         else:
-            parts.append(f"the words {what} promotes are no more reward-laden than random tokens (z={z:.1f})")
-    if demoted is not None and demoted["z"] <= -z_cut:
-        parts.append(f"it demotes words the reward penalises (z={demoted['z']:.1f})")
+            parts.append(f"the words {what} promotes are no more reward-laden than random tokens ({said}): "
+                         "nothing reward-laden found among them")
+    if demoted is not None:
+        p = float(adjusted["demoted"])
+        said = _p_text(demoted.get("test", TEST), p, demoted.get("p_floor")) + holm_note
+        if p <= level:
+            parts.append(f"{'it' if parts else what} demotes words the reward penalises ({said})")
+        else:
+            parts.append(f"the words {'it' if parts else what} demotes are not below random tokens in utility "
+                         f"({said})")
     return "; ".join(parts)
 
 
@@ -211,8 +319,9 @@ def lens_logits(model: nn.Module, directions: torch.Tensor) -> torch.Tensor:
 
 
 def logit_lens(model: nn.Module, direction: torch.Tensor, randoms: torch.Tensor, vocab: Vocabulary,
-               utility: WordUtility, k: int, z_cut: float) -> dict:
-    """Top-k candidate tokens of the lens of `direction`, their mean utility against random directions' top-k."""
+               utility: WordUtility, k: int, level: float) -> dict:
+    """Top-k candidate tokens of the lens of `direction`, their mean utility against the random directions' top-k
+    (the run's random directions of the same norm): rank p-value (greater) compared with `level`; z descriptive."""
     if float(direction.norm()) == 0:
         return {"top": [], "null": None, "verdict": "no change: the direction is zero"}
     logits = lens_logits(model, torch.cat([direction[None], randoms]))
@@ -223,11 +332,18 @@ def logit_lens(model: nn.Module, direction: torch.Tensor, randoms: torch.Tensor,
     tokens = [{"token_id": int(vocab.ids[j]), "piece": vocab.pieces[j], "word": vocab.words[j],
                "logit": float(cand[0, j]), "utility": float(u)}
               for j, u in zip(top[0], utility([vocab.words[j] for j in top[0]]))]
-    null = _against(means[0], np.array(means[1:])) if len(means) > 2 else None
-    if null is None:
-        verdict = "not enough random directions for a null"
-    elif null["z"] >= z_cut and means[0] > null["null_max"]:
-        verdict = f"the lens of Δ reads reward-laden words (z={null['z']:.1f})"
+    n = len(means) - 1
+    if n == 0:
+        return {"top": tokens, "null": None, "verdict": "no random directions: the lens of Δ has no null",
+                "random_means": []}
+    null = {**_against(means[0], np.array(means[1:])), "test": "random directions of the same norm",
+            "p": nulls.rank_p_value(means[0], means[1:], "greater"), "p_floor": nulls.p_floor(n)}
+    said = _p_text(f"{n} random directions", null["p"], null["p_floor"])
+    if null["p"] <= level:
+        verdict = f"the lens of Δ reads reward-laden words ({said})"
+    elif null["p_floor"] > level:
+        verdict = (f"the lens of Δ cannot be judged: {n} random directions give p >= {null['p_floor']:.2g} > level "
+                   f"{level:g} ({said})")
     else:
-        verdict = f"the lens of Δ is no more reward-laden than random directions (z={null['z']:.1f})"
+        verdict = f"the lens of Δ is no more reward-laden than random directions ({said})"
     return {"top": tokens, "null": null, "verdict": verdict, "random_means": means[1:]}

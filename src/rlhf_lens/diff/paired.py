@@ -90,6 +90,9 @@ class Paired:
     """[V]: mean over positions of p_tuned(v) (log p_tuned(v) - log p_base(v)): token v's share of KL(tuned || base)."""
     demote_share: torch.Tensor
     """[V]: mean over positions of p_base(v) (log p_base(v) - log p_tuned(v)): token v's share of KL(base || tuned)."""
+    base_prob: torch.Tensor
+    """[V]: mean over positions of p_base(v): how likely the base model makes each token (the output null's
+    frequency strata)."""
     kl: list[torch.Tensor]
     """Per document, [len]: KL(tuned || base) of the next-token distribution at each position."""
     docs: list[list[int]]
@@ -117,7 +120,7 @@ def paired_pass(base: nn.Module, tuned: nn.Module, docs: list[list[int]], pad_id
             "tuned_norm": torch.zeros(n_blocks, dtype=torch.float64),
             "diff_norm": torch.zeros(n_blocks, dtype=torch.float64),
             "logprob": torch.zeros(vocab, dtype=torch.float64), "promote": torch.zeros(vocab, dtype=torch.float64),
-            "demote": torch.zeros(vocab, dtype=torch.float64)}
+            "demote": torch.zeros(vocab, dtype=torch.float64), "base_prob": torch.zeros(vocab, dtype=torch.float64)}
     kl: list[torch.Tensor] = [torch.zeros(0) for _ in docs]
     saved: dict[int, tuple[list, list]] = {layer: ([], []) for layer in save_layers or []}
     same = tuned is base  # a model diffed against itself: one pass, exact zeros
@@ -156,9 +159,11 @@ def paired_pass(base: nn.Module, tuned: nn.Module, docs: list[list[int]], pad_id
             lp_t = lp_b if same else torch.log_softmax(t_logits[mask_dev].float(), -1)
             change = lp_t - lp_b
             sums["logprob"] += change.double().sum(0).cpu()
+            p_b = lp_b.exp()
+            sums["base_prob"] += p_b.double().sum(0).cpu()
             share = lp_t.exp() * change
             sums["promote"] += share.double().sum(0).cpu()
-            sums["demote"] -= (lp_b.exp() * change).double().sum(0).cpu()
+            sums["demote"] -= (p_b * change).double().sum(0).cpu()
             per_position = share.sum(-1).clamp(min=0).cpu()  # KL(tuned || base); clamp float residue
             offset = 0
             for i in batch:
@@ -179,7 +184,7 @@ def paired_pass(base: nn.Module, tuned: nn.Module, docs: list[list[int]], pad_id
     return Paired(delta=mean["delta"].float(), embed_delta=mean["embed"].float(), base_norm=mean["base_norm"].float(),
                   tuned_norm=mean["tuned_norm"].float(), token_diff_norm=mean["diff_norm"].float(),
                   logprob_change=mean["logprob"].float(), promote_share=mean["promote"].float(),
-                  demote_share=mean["demote"].float(), kl=kl, docs=docs, n_tokens=n_tokens, acts=acts)
+                  demote_share=mean["demote"].float(), base_prob=mean["base_prob"].float(), kl=kl, docs=docs, n_tokens=n_tokens, acts=acts)
 
 
 def block_rows(paired: Paired) -> list[dict]:

@@ -88,24 +88,28 @@ def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, 
     # 2. the output diff, read through the reward
     t0 = time.perf_counter()
     vocab = output.vocabulary(tokenizer, pair.logprob_change.shape[0], config.whole_words)
-    pool = output.NullPool(vocab, utility, config.word_pool, config.seed)
+    # the null's random token sets are matched to the listed ones for frequency (the base model's probabilities)
+    pool = output.NullPool(vocab, utility, config.word_pool, config.seed, pair.base_prob)
     up, down = output.rank_scores(config.rank_by, pair.logprob_change, pair.promote_share, pair.demote_share)
     promoted = output.ranked_tokens(up, vocab, utility, config.top_words, config.min_change, pair.logprob_change)
     demoted = output.ranked_tokens(down, vocab, utility, config.top_words, config.min_change, pair.logprob_change)
     other = "logprob" if config.rank_by == "kl" else "kl"
     other_up, other_down = output.rank_scores(other, pair.logprob_change, pair.promote_share, pair.demote_share)
     promoted_null = output.read_tokens(promoted, pool, config.null_sets, config.seed)
-    demoted_null = output.read_tokens(demoted, pool, config.null_sets, config.seed + 1)
-    output_verdict = output.token_verdict(promoted_null, demoted_null, config.verdict_z)
+    demoted_null = output.read_tokens(demoted, pool, config.null_sets, config.seed + 1, side="less")
+    output_verdict = output.token_verdict(promoted_null, demoted_null, config.level)
     output_section = {
         "kl": paired.kl_summary(pair),
         "reading": {"kind": utility.kind, "source": utility.source, "note": utility.note,
                     "candidates": len(vocab.ids), "whole_words": vocab.whole_words,
-                    "pool": len(pool.values), "pool_in_table": pool.in_table},
+                    "pool": len(pool.values), "pool_in_table": pool.in_table, "strata": pool.n_strata},
         "rank_by": config.rank_by,
         "promoted": promoted, "demoted": demoted, "promoted_null": promoted_null, "demoted_null": demoted_null,
-        # the same lists ranked by the other measure, for comparison (no null)
+        # the same lists ranked by the other measure (no null), and the uniform null, for comparison
         "other": {"rank_by": other,
+                  "promoted_null_uniform": output.read_tokens_uniform(promoted, pool, config.null_sets, config.seed),
+                  "demoted_null_uniform": output.read_tokens_uniform(demoted, pool, config.null_sets, config.seed + 1,
+                                                                     side="less"),
                   "promoted": output.ranked_tokens(other_up, vocab, utility, config.top_words, config.min_change,
                                                    pair.logprob_change),
                   "demoted": output.ranked_tokens(other_down, vocab, utility, config.top_words, config.min_change,
@@ -158,7 +162,7 @@ def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, 
                 curve["promoted_null"] = output.read_tokens(steered, pool, config.null_sets, config.seed + 2)
             else:
                 curve["promoted"], curve["promoted_null"] = [], None
-            curve["lens"] = output.logit_lens(base, delta, randoms, vocab, utility, config.top_words, config.verdict_z)
+            curve["lens"] = output.logit_lens(base, delta, randoms, vocab, utility, config.top_words, config.level)
             curves.append(curve)
         timings["steering"] = time.perf_counter() - t0
 
@@ -200,7 +204,8 @@ def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, 
                                     "embed_delta": pair.embed_delta.contiguous(),
                                     "logprob_change": pair.logprob_change.contiguous(),
                                     "promote_share": pair.promote_share.contiguous(),
-                                    "demote_share": pair.demote_share.contiguous()},
+                                    "demote_share": pair.demote_share.contiguous(),
+                                    "base_prob": pair.base_prob.contiguous()},
                      metadata={"rlhf_lens": f'{{"format": "{FORMAT}", "version": {VERSION}}}'})
     if config.save_activations:
         meta = {"tokenizer": local_or_name(base_path), "corpus": local_or_name(corpus),
