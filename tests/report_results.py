@@ -125,16 +125,19 @@ def make_decompose() -> dict:
     """The decompose stage's decompose.json, as far as the report reads it."""
     feature = {"feature": 7, "sae": "s0", "explanation": 'Fires on "love" and "wonderful".', "score": 0.4, "utility": 3.0,
                "examples": [{"doc": 1, "tokens": ["i", " love", " it"], "activations": [0, 10, 2], "max_activation": 1.0}]}
-    return {"utility_of_change": {"mean": 3.0, "std": 0.5, "n": 2},
+    return {"site": "mlp", "utility_of_change": {"mean": 3.0, "std": 0.5, "n": 2},
             "blocks": [{"layer": 3,
                         "diff_sae": {"arch": "batchtopk", "dict_size": 64, "seeds": [0, 1],
+                                     "saes": [{"seed": 0, "explained": 0.62, "stop_reason": "converged"}],
                                      "agreement": {"mean": 0.9, "above_0.9": 1},
                                      "top": [{"latent": 7, "share": 0.3, "agreement": 0.95}], "features": [feature],
                                      "steering": {"base": {"reward": 0.1}, "latents": [
                                          {"latent": 7, "gain": 0.3, "gain_se": 0.05, "beats_null": True}]}},
                         "shift": {"n_shifted": 1, "n_latents": 32, "n_rising": 1, "n_falling": 0,
+                                  "level": 0.05, "min_q": 0.001, "test": "document-level sign-flip test",
                                   "among_top_mmcs": {"count": 0, "of": 1},
-                                  "top": [{"latent": 7, "mean_change": 0.5, "z": 6.0, "rate_change": 0.1}],
+                                  "top": [{"latent": 7, "mean_change": 0.5, "z": 6.0, "q": 0.001,
+                                           "rate_change": 0.1}],
                                   "features": [feature]}}]}
 
 

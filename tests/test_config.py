@@ -106,7 +106,7 @@ def _refusal(*overrides: str) -> str:
     "diff.new_tokens=0", "diff.alphas=[1.0, nan]", "diff.alphas=[-1.0]", "diff.alphas=[]", "diff.coherence_kl=inf",
     "diff.rank_alpha=-inf", "diff.rank_layers=[-1]", "diff.rank_layers=[]", "diff.word_template='It was {w}.'",
     "diff.word_template='{word} {'", "diff.rank_by=\"kl2\"", "diff.random_directions=0", "diff.seed=-1",
-    "decompose.shift.quantile=1.5", "decompose.shift_quantile=1.5", "decompose.shift.splits=1",
+    "decompose.shift.rank_by=\"x\"", "decompose.shift_top=0", "decompose.site=\"x\"", "decompose.diffsae.max_tokens=0",
     "decompose.diffsae.expansion=inf", "decompose.diffsae.expansion=nan", "decompose.diffsae.k=0",
     "decompose.diffsae.lr=inf", "decompose.diffsae.arch=\"nope\"", "decompose.diffsae.seeds=[1, 1]",
     "decompose.steer.alpha=nan", "decompose.steer.random=0", "decompose.crosscoding.l1=inf",

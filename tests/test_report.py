@@ -299,3 +299,6 @@ def test_what_tuning_changed_is_shown_with_its_nulls(run_dir):
     assert "the placebo tune (controls.placebo) was off" in headline
     md = md_path.read_text(encoding="utf-8")
     assert "utility of the words tuning promotes" in md and "block 3: diff-SAE (batchtopk, 64 latents" in md
+    # the shift states its test and level; the diff-SAE its centred explained variance and why it stopped
+    assert "1 of 32 latents shift (q \u2264 0.05" in md and "test: document-level sign-flip test" in md
+    assert "1 \u2212 FVU, about the mean of \u0394) 0.62; stopped: converged" in md

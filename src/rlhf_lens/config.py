@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .decompose.config import DecomposeConfig, check_decompose_config
+from .decompose.config import DecomposeConfig, check_decompose_config, without_removed_keys
 from .diff.config import DiffConfig
 from .diff.config import check_config as check_diff
 from .errors import UserError
@@ -197,7 +197,7 @@ RENAMED_KEYS = {
     **{f"decompose.diffsae_{k}": f"decompose.diffsae.{k}"
        for k in ("arch", "expansion", "k", "seeds", "epochs", "lr", "batch_size", "top")},
     **{f"decompose.steer_{k}": f"decompose.steer.{k}" for k in ("latents", "norm", "alpha", "random")},
-    **{f"decompose.shift_{k}": f"decompose.shift.{k}" for k in ("splits", "quantile", "rank_by", "top")},
+    **{f"decompose.shift_{k}": f"decompose.shift.{k}" for k in ("rank_by", "top")},  # see decompose.config REMOVED_KEYS
     **{f"decompose.crosscoder_{k}": f"decompose.crosscoding.{k}"
        for k in ("arch", "expansion", "k", "l1", "steps", "lr", "batch_size", "rows")},
     "decompose.scaling_threshold": "decompose.crosscoding.scaling_threshold",
@@ -295,7 +295,7 @@ def _renamed(data: dict) -> dict:
             if not isinstance(nested, dict) or leaf in nested:
                 raise UserError(f"{old} is the old name of {new}; give {new} only")
             nested[leaf] = values.pop(name)
-    return data
+    return without_removed_keys(data)
 
 
 def _settings(defaults, values: dict, where: str):
@@ -390,7 +390,7 @@ def validate(config: RunConfig) -> None:
     # steps 0 (a model tuned elsewhere) is checked above; the other PPO settings still apply to its evaluation
     check_ppo(dataclasses.replace(config.rlhf, steps=config.rlhf.steps or 1), in_section("rlhf"))
     check_diff(config.diff, in_section("diff"))
-    check_decompose_config(config.decompose, in_section("decompose"))
+    check_decompose_config(config.decompose, in_section("decompose"), diff_saves_activations=config.diff.save_activations)
     _taken_from_run("diff", config.diff, (("split", "data.test_split"), ("text_column", "data.text_column")), "")
     config.sae.check(in_section("sae"))
     _taken_from_run("sae", config.sae, (("device", "model.device"),), " (SAEs train where the models run)")

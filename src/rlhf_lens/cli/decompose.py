@@ -92,8 +92,9 @@ def decompose_command(
     for block in result["blocks"]:
         shift = block["shift"]
         explained = "; ".join(f"{r['feature']}: {r['explanation']}" for r in block["diff_sae"]["features"][:3])
-        typer.echo(f"block {block['layer']}: {shift['n_shifted']} of {shift['n_latents']} base-SAE latents shift "
-                   f"beyond the null; top diff-SAE latents: {explained or 'none explained'}")
+        shifted = (f"{shift['n_shifted']} of {shift['n_latents']} base-SAE latents shift (q <= {shift['level']:g})"
+                   if shift else "no base SAE, no shift")
+        typer.echo(f"block {block['layer']}: {shifted}; top diff-SAE latents: {explained or 'none explained'}")
     change = result["utility_of_change"]
     if change.get("mean") is not None:
         typer.echo(f"utility of the change: {change['mean']:.3g} ± {change['std']:.2g} ({change['n']} seeds)")

@@ -5,7 +5,7 @@
   store), paired iteration and row samples.
 - `diffsae`: SAEs trained on Δ, latents ranked by their share of |Δ|², seed agreement, steering by a latent.
 - `shift`: a base SAE encodes both models on the same tokens; per-latent change of mean activation and firing
-  rate against a document-halving null.
+  rate, each by a document-level sign-flip test with Benjamini-Hochberg across latents.
 - `crosscoder`: a crosscoder over both models with Latent Scaling classes (tuned-only, base-only, shared).
 - `run`: `decompose_models(...)`, every method above per block for a tuned model (and a placebo tune) against
   the base, the explanations of their top latents and the utility of the change; writes decompose.json.

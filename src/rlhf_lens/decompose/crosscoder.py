@@ -15,7 +15,7 @@ token; l1 keeps all and relies on the penalty. Trained with autograd and Adam on
 Why not read "tuned-only" off the decoder norms: with the L1 penalty a latent whose concept is weak in base loses
 its base decoder entirely (complete shrinkage: the penalty costs more than the little base error it would
 remove) and looks tuned-only though base carries the concept. Latent Scaling asks the activations instead: per
-latent j, with u_j the unit vector of D_base,j + D_tuned,j, the least-squares scale
+latent j, with u_j its unit tuned decoder row (base's where that is longer), the least-squares scale
 
     β_j^M = argmin_β sum over tokens |β f_j u_j - y^M|^2 = sum f_j <u_j, y^M> / sum f_j^2
 
@@ -40,6 +40,8 @@ from ..sae.archs import batch_topk, jumprelu, topk_codes
 from .config import DecomposeConfig, check_decompose_config
 
 ROWS_PER_CHUNK = 4096
+HELD_OUT_FRACTION = 0.2
+"""Share of the sampled rows held out of training: Latent Scaling's β and the FVU are measured on them."""
 CLASSES = ("shared", "tuned-only", "base-only", "dead")
 L1_WARMUP = 0.2
 """Arch l1: the penalty grows linearly from 0 over this fraction of the steps (latents find their concepts before
@@ -138,9 +140,20 @@ def train_crosscoder(h_base: torch.Tensor, h_tuned: torch.Tensor, config: Decomp
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    if arch == "batchtopk":
-        cc.set_threshold(h_base, h_tuned, b)
+    if arch == "batchtopk":  # batches of shuffled rows, as in training (store order is document-contiguous)
+        shuffled = torch.randperm(n, generator=g)
+        cc.set_threshold(h_base[shuffled], h_tuned[shuffled], b)
     return cc.eval()
+
+
+@torch.no_grad()
+def latent_directions(cc: Crosscoder) -> torch.Tensor:
+    """[m, d]: the unit direction of each latent read by Latent Scaling: its tuned decoder row (as the reference),
+    or its base decoder row where that is the longer one (a base-leaning latent's tuned row can be noise)."""
+    dec = cc.W_dec.detach()
+    norms = dec.norm(dim=2)  # [2, m]
+    rows = torch.where((norms[1] >= norms[0])[:, None], dec[1], dec[0])
+    return rows / rows.norm(dim=1, keepdim=True).clamp(min=1e-12)
 
 
 @torch.no_grad()
@@ -148,8 +161,7 @@ def latent_scaling(cc: Crosscoder, h_base: torch.Tensor, h_tuned: torch.Tensor) 
     """Per latent: β for (error, reconstruction) x (base, tuned), Σ f_j², firing counts; plus squared errors and
     variances per model (tensors; module docstring)."""
     dec = cc.W_dec.detach()
-    u = dec.sum(0)
-    u = u / u.norm(dim=1, keepdim=True).clamp(min=1e-12)  # [m, d]
+    u = latent_directions(cc)  # [m, d]
     along = (dec * u[None]).sum(2)  # [2, m]: <u_j, D^M_j>
     m = cc.m
     fsq = torch.zeros(m, dtype=torch.float64)
@@ -239,10 +251,9 @@ def crosscoder_report(cc: Crosscoder, h_base: torch.Tensor, h_tuned: torch.Tenso
 
 @torch.no_grad()
 def match_latents(cc: Crosscoder, directions: torch.Tensor, report: dict | None = None) -> list[dict]:
-    """For each direction [k, d]: the live latent whose unit vector u_j (of D_base,j + D_tuned,j) has the largest
+    """For each direction [k, d]: the live latent whose direction u_j (`latent_directions`) has the largest
     cosine with it: {"latent", "cosine", "class", "norm_class"} (classes from `report` when given)."""
-    u = cc.W_dec.detach().sum(0)
-    u = u / u.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    u = latent_directions(cc)
     live = {x["latent"]: x for x in report["latents"]} if report is not None else None
     cos = (directions / directions.norm(dim=1, keepdim=True)) @ u.t()
     if live is not None:
@@ -264,8 +275,9 @@ def match_latents(cc: Crosscoder, directions: torch.Tensor, report: dict | None 
 def crosscoder_analysis(base_store, tuned_store, layer: int, config: DecomposeConfig | None = None,
                         arch: str | None = None, out: str | os.PathLike | None = None) -> tuple[dict, Crosscoder]:
     """Train a crosscoder on a seeded sample of `config.crosscoding.rows` paired rows of two stores (same tokens,
-    checked) and report its Latent Scaling; with `out`, save its weights there as safetensors. Returns
-    (report with "layer" added, crosscoder)."""
+    checked) less a random fifth held out (`HELD_OUT_FRACTION`), and report its Latent Scaling (β, FVU, classes)
+    on the held-out rows; with `out`, save its weights there as safetensors. Returns (report with "layer" and
+    "n_train" added, crosscoder)."""
     from ..io import save_safetensors
     from .paired_store import open_store, sample_paired_rows
 
@@ -273,8 +285,11 @@ def crosscoder_analysis(base_store, tuned_store, layer: int, config: DecomposeCo
     check_decompose_config(config)
     base, tuned = open_store(base_store), open_store(tuned_store)
     hb, ht, _ = sample_paired_rows(base, tuned, layer, config.crosscoding.rows, config.seed)
-    cc = train_crosscoder(hb, ht, config, arch)
-    report = {"layer": int(layer), **crosscoder_report(cc, hb, ht, config)}
+    order = torch.randperm(len(hb), generator=torch.Generator().manual_seed(config.seed + 0x4E1D))
+    held = order[:max(1, round(HELD_OUT_FRACTION * len(hb)))]
+    train = order[len(held):]
+    cc = train_crosscoder(hb[train], ht[train], config, arch)
+    report = {"layer": int(layer), "n_train": len(train), **crosscoder_report(cc, hb[held], ht[held], config)}
     if out is not None:
         save_safetensors(out, {k: v.detach().contiguous() for k, v in cc.state_dict().items()},
                          metadata={"rlhf_lens": f'{{"format": "rlhf-lens.crosscoder", "arch": "{cc.arch}"}}'})

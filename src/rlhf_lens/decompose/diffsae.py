@@ -38,8 +38,12 @@ def diffsae_configs(d: int, config: DecomposeConfig) -> list:
     arch = config.diffsae.arch or DEFAULT_ARCH
     m = max(1, round(config.diffsae.expansion * d))
     k = min(config.diffsae.k, m)
+    # Each seed its own data order (data_seed from the SAE seed): the seed agreement then measures what the
+    # order and the initialisation change together, not init noise alone. Capped by tokens, not by the clock
+    # (max_seconds 0), so the same seed gives the same SAE.
     return [SAEConfig(d_in=d, dict_size=m, arch=arch, k=k, lr=config.diffsae.lr, epochs=config.diffsae.epochs,
-                      batch_size=config.diffsae.batch_size, seed=int(s), data_seed=config.seed)
+                      max_tokens=config.diffsae.max_tokens, max_seconds=0.0, batch_size=config.diffsae.batch_size,
+                      seed=int(s), data_seed=int(s) ^ config.seed)
             for s in config.diffsae.seeds]
 
 
@@ -66,7 +70,8 @@ def decoder_rows(sae) -> torch.Tensor:
 @torch.no_grad()
 def latent_stats(sae, store: ActivationStore, layer: int) -> dict:
     """One pass over the rows: per latent the summed |f_j d_j|^2, summed f_j |d_j| and firing count; the summed
-    |Δ|^2, the summed squared reconstruction error, the mean Δ vector and the mean per-row |Δ| (tensors/floats)."""
+    |Δ|^2, the summed |Δ - mean Δ|^2 (`centred_sq`), the summed squared reconstruction error, the mean Δ vector and
+    the mean per-row |Δ| (tensors/floats)."""
     rows = decoder_rows(sae)
     norms = rows.norm(dim=1).double()
     m, d = rows.shape
@@ -90,7 +95,9 @@ def latent_stats(sae, store: ActivationStore, layer: int) -> dict:
             n += len(x)
     if n == 0:
         raise UserError(f"the store {store.path} holds no rows")
-    return {"sq": sq, "contribution": contribution, "fired": fired, "total_sq": total, "error_sq": err, "n": n,
+    centred = max(total - float(sum_x.pow(2).sum()) / n, 0.0)  # sum |x - mean|^2 = sum |x|^2 - |sum x|^2 / n
+    return {"sq": sq, "contribution": contribution, "fired": fired, "total_sq": total, "centred_sq": centred,
+            "error_sq": err, "n": n,
             "mean_delta": (sum_x / n).float(), "mean_row_norm": row_norm / n, "rows": rows}
 
 
@@ -158,10 +165,16 @@ def diff_sae(delta: ActivationStore | str | os.PathLike, layer: int, config: Dec
         if not agree:
             for entry in top:
                 entry["agreement"], entry["agreement_match"] = None, None
-        total = stat["total_sq"]
-        per_sae.append({"seed": int(sae.cfg.seed),
-                        "explained": 1 - stat["error_sq"] / total if total > 0 else None,
-                        "mean_l0": (sae.metrics or {}).get("mean_l0"),
+        total, centred = stat["total_sq"], stat["centred_sq"]
+        metrics = sae.metrics or {}
+        # explained = 1 - FVU: the error against the spread of Δ about its mean (the decoder bias alone explains
+        # nothing), as the FVU of every other SAE; the uncentred share beside it for older readings
+        per_sae.append({"seed": int(sae.cfg.seed), "data_seed": int(sae.cfg.data_seed),
+                        "explained": 1 - stat["error_sq"] / centred if centred > 0 else None,
+                        "explained_uncentred": 1 - stat["error_sq"] / total if total > 0 else None,
+                        "stop_reason": metrics.get("stop_reason"), "converged": metrics.get("converged"),
+                        "tokens_seen": metrics.get("tokens_seen"),
+                        "mean_l0": metrics.get("mean_l0"),
                         "dead_fraction": float((stat["fired"] == 0).float().mean()),
                         "top_share": float(sum(t["share"] for t in top)),
                         "bias_norm": float(sae.b_dec.detach().norm()) if hasattr(sae, "b_dec") else None,

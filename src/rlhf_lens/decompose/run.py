@@ -40,7 +40,8 @@ def decompose_models(base_model: str, base_store: str | os.PathLike, tuned_store
       MMCS); the shift then counts how many of its shifted latents are among them (`among_top_mmcs`).
     - `placebo_store`: a placebo tune's store, decomposed the same way into out_dir/placebo.
 
-    Returns what decompose.json holds: {"blocks", "utility_of_change", "placebo"} (placebo: the same, or None).
+    Returns what decompose.json holds: {"site", "blocks", "utility_of_change", "placebo"} (placebo: the same, or
+    None); a block's "shift" is None where no base SAE is given for it (decompose.site = residual in a run).
     """
     from ..data import load_corpus
     from ..diff.steering import heldout_prompts
@@ -56,17 +57,20 @@ def decompose_models(base_model: str, base_store: str | os.PathLike, tuned_store
     if not layers:
         raise UserError("no layers given; name at least one block to decompose, e.g. --layers 1,2")
     missing = [layer for layer in layers if layer not in base_saes]
-    if missing:
+    if missing and dc.site == "mlp":
         raise UserError(f"no base SAE given for block {', '.join(map(str, missing))}; give one SAE folder per block")
     stores = {"base": ActivationStore(Path(base_store)), "tuned": ActivationStore(Path(tuned_store))}
     if placebo_store is not None:
         stores["placebo"] = ActivationStore(Path(placebo_store))
+    check_site(stores, dc.site)
     explainer = shared_explainer(interp.explainer, interp.llm, device)
     utility_table = load_utility_table(table)
     reward = load_reward(reward_spec, device=device)
     base, tokenizer = load_model(base_model, device=device, dtype=dtype)
     documents = load_corpus(corpus, text_column=text_column)
-    steering_prompts = heldout_prompts(documents, tokenizer, prompts, split, [], dc.seed)
+    # prompts from documents the diff-SAEs did not train on: the stores' own documents are left out
+    steering_prompts = heldout_prompts(documents, tokenizer, prompts, split, store_texts(documents, stores["base"], split),
+                                       dc.seed)
     out = Path(out_dir)
     loaded = _Loaded(dc, examples, explainer, utility_table, aggregate, reward, base, tokenizer, steering_prompts,
                      new_tokens)
@@ -74,9 +78,26 @@ def decompose_models(base_model: str, base_store: str | os.PathLike, tuned_store
     for name in [m for m in ("tuned", "placebo") if m in stores]:
         results[name] = _decompose_model(loaded, stores["base"], stores[name], name, base_saes, sae_seed, layers,
                                          out if name == "tuned" else out / name, top_features, root)
-    result = {**results["tuned"], "placebo": results.get("placebo")}
+    result = {"site": dc.site, **results["tuned"], "placebo": results.get("placebo")}
     write_json(out / DECOMPOSE_JSON, result)
     return result
+
+
+def check_site(stores: dict, site: str) -> None:
+    """Every store holds activations of `site` (decompose.site); UserError naming the key when one does not."""
+    for name, store in stores.items():
+        held = store.manifest.get("site", "mlp")
+        if held != site:
+            raise UserError(f"decompose.site is {site} but the {name} store {store.path} holds {held} activations; "
+                            f"set decompose.site = {held} or give {site} stores")
+
+
+def store_texts(corpus, store, split: str) -> list[str]:
+    """The texts of the documents `store` holds (as harvest and the diff draw them: its split and max_docs), when
+    it holds documents of `split`; else []."""
+    if store.manifest.get("split") != split:
+        return []
+    return corpus.texts(split, store.manifest.get("max_docs") or None)
 
 
 @dataclass
@@ -101,14 +122,12 @@ def _decompose_model(loaded: _Loaded, base_store, tuned_store, name: str, base_s
     """The measures of one tuned model (`name`: tuned, or the placebo tune) against the base, every block."""
     from ..interp.explain import explain_features
     from ..interp.features import without_scoring_examples
-    from ..sae import SparseAutoencoder
     from .crosscoder import crosscoder_analysis
     from .diffsae import diff_sae, steer_top_latents
     from .paired_store import delta_store
-    from .shift import count_among, shared_dictionary_shift
 
     dc, tokenizer, explainer, examples = loaded.config, loaded.tokenizer, loaded.explainer, loaded.examples
-    table, aggregate, seed = loaded.table, loaded.aggregate, sae_seed
+    table, aggregate = loaded.table, loaded.aggregate
     blocks = []
     for layer in layers:
         folder = out / f"layer{layer}"
@@ -124,21 +143,39 @@ def _decompose_model(loaded: _Loaded, base_store, tuned_store, name: str, base_s
                                    wanted, tokenizer, explainer, examples, model="diff-sae", table=table,
                                    aggregate=aggregate) if wanted else []
         result["features"] = [without_scoring_examples(r) for r in records]
-        sae = SparseAutoencoder.load(Path(root) / base_saes[layer] if root is not None else Path(base_saes[layer]))
-        shift = shared_dictionary_shift(sae, base_store, tuned_store, layer, dc)
-        if top_features is not None:
-            shift["among_top_mmcs"] = count_among(shift, top_features.get(layer, []))
-        shifted = [row["latent"] for row in shift["top"][:dc.explain_top]]
-        shift["features"] = [without_scoring_examples(r) for r in explain_features(
-            tuned_store, layer, {f"s{seed}": sae}, {f"s{seed}": shifted}, tokenizer, explainer, examples,
-            model=f"base-sae on {name}", table=table, aggregate=aggregate)] if shifted else []
-        shift["sae"] = str(base_saes[layer])
-        block = {"layer": layer, "diff_sae": result, "shift": shift}
+        block = {"layer": layer, "diff_sae": result, "shift": _shift(loaded, base_store, tuned_store, name, layer,
+                                                                      base_saes.get(layer), sae_seed, top_features,
+                                                                      root)}
         if dc.crosscoder:
             block["crosscoder"], _ = crosscoder_analysis(base_store, tuned_store, layer, dc,
                                                           out=folder / "crosscoder.safetensors")
         blocks.append(block)
     return {"blocks": blocks, "utility_of_change": change_utility(blocks)}
+
+
+def _shift(loaded: _Loaded, base_store, tuned_store, name: str, layer: int, sae_dir, seed: int,
+           top_features: dict[int, list[int]] | None, root: str | os.PathLike | None) -> dict | None:
+    """The shared-dictionary shift at `layer`, its top shifted latents explained; None without a base SAE there
+    (decompose.site = residual in a run: the run's base SAEs are of the MLP outputs)."""
+    from ..interp.explain import explain_features
+    from ..interp.features import without_scoring_examples
+    from ..sae import SparseAutoencoder
+    from .shift import count_among, shared_dictionary_shift
+
+    if sae_dir is None:
+        return None
+    dc, tokenizer, explainer, examples = loaded.config, loaded.tokenizer, loaded.explainer, loaded.examples
+    table, aggregate = loaded.table, loaded.aggregate
+    sae = SparseAutoencoder.load(Path(root) / sae_dir if root is not None else Path(sae_dir))
+    shift = shared_dictionary_shift(sae, base_store, tuned_store, layer, dc)
+    if top_features is not None:
+        shift["among_top_mmcs"] = count_among(shift, top_features.get(layer, []))
+    shifted = [row["latent"] for row in shift["top"][:dc.explain_top]]
+    shift["features"] = [without_scoring_examples(r) for r in explain_features(
+        tuned_store, layer, {f"s{seed}": sae}, {f"s{seed}": shifted}, tokenizer, explainer, examples,
+        model=f"base-sae on {name}", table=table, aggregate=aggregate)] if shifted else []
+    shift["sae"] = str(sae_dir)
+    return shift
 
 
 def change_utility(blocks: list[dict]) -> dict:

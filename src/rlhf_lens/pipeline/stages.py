@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import RunConfig
-from ..errors import interrupt_point
+from ..errors import UserError, interrupt_point
 from ..io import read_json, write_json
 from .records import analysed_layers, analysed_models, digest, in_run, recorded_model, relative
 
@@ -242,9 +242,13 @@ def stage_decompose(config: RunConfig, run_dir: Path, state: dict) -> dict:
     from ..dictionaries import small_and_large
 
     layers = analysed_layers(config, state)
-    stores = {name: in_run(run_dir, path) for name, path in state["harvest"]["stores"].items()}
     seed = config.sae.seeds[0]
-    base_saes = {layer: small_and_large(state["saes"]["saes"], "base", layer, seed)[0]["dir"] for layer in layers}
+    if config.decompose.site == "residual":  # the residual stores the diff stage saved (diff.save_activations)
+        stores = _residual_stores(run_dir, state, layers)
+        base_saes = {}  # the run's base SAEs are of the MLP outputs: no shared-dictionary shift at this site
+    else:
+        stores = {name: in_run(run_dir, path) for name, path in state["harvest"]["stores"].items()}
+        base_saes = {layer: small_and_large(state["saes"]["saes"], "base", layer, seed)[0]["dir"] for layer in layers}
     # the base SAE's top features by MMCS: how many of its shifted latents the interpretation stage explained
     top = read_json(in_run(run_dir, state["mmcs"]["file"]))["top"]
     top_features = {layer: [f["feature"] for f in next((t["features"] for t in top if t["model"] == "base"
@@ -260,6 +264,32 @@ def stage_decompose(config: RunConfig, run_dir: Path, state: dict) -> dict:
         root=run_dir, device=config.model.device, dtype=config.model.dtype)
     return {"file": relative(run_dir, run_dir / "decompose" / "decompose.json"),
             "utility_of_change": result["utility_of_change"]}
+
+
+def _residual_stores(run_dir: Path, state: dict, layers: list[int]) -> dict[str, Path]:
+    """{"base", "tuned"[, "placebo"]}: the residual-stream stores of the diff folders (diff/acts/...), checked to
+    hold every analysed block."""
+    from ..store import ActivationStore
+
+    folders = {"tuned": state["diff"]["dir"], "placebo": state["diff"].get("placebo_dir")}
+    stores: dict[str, Path] = {}
+    for name, folder in folders.items():
+        if folder is None:
+            continue
+        diff = read_json(in_run(run_dir, folder) / "diff.json")
+        saved = (diff.get("files") or {}).get("activations")
+        if not saved:
+            raise UserError("decompose.site = residual needs the residual stores of the diff stage: set "
+                            "diff.save_activations = true and rerun the diff stage")
+        for side in ("base", "tuned") if name == "tuned" else ("tuned",):
+            stores[side if name == "tuned" else name] = in_run(run_dir, folder) / saved[side]
+    held = ActivationStore(stores["base"]).layers
+    missing = [layer for layer in layers if layer not in held]
+    if missing:
+        raise UserError(f"decompose.site = residual: the diff stage saved blocks {held}, not block(s) "
+                        f"{', '.join(map(str, missing))} the run analyses; set divergence.rank = parameters (the diff "
+                        "saves the blocks it analyses) or decompose.site = mlp")
+    return stores
 
 
 def stage_features(config: RunConfig, run_dir: Path, state: dict) -> dict:

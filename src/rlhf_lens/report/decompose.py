@@ -9,11 +9,14 @@ from typing import Any
 from .format import _float, _num
 from .tables import Figure, Heading, Para, Part, Rich, Table, explanation_cell
 
-_NOTE = ("diff-SAE: an SAE trained on h{t} \u2212 h{b} (MLP outputs, same tokens); its latents ranked by their share of "
-         "\u2016\u0394\u2016\u00b2, with the max cosine of each to the other seeds' diff-SAEs (seed agreement), and "
-         "steering the base model by the latent's decoder row against random directions of the same norm. Shift: the "
-         "base model's own SAE encodes both models' activations; latents whose mean activation moves beyond what two "
-         "halves of the base activations give (z) are the change, read through the base SAE's dictionary.")
+_NOTE = ("diff-SAE: an SAE trained on h{t} \u2212 h{b} ({site}, same tokens) until converged; its latents ranked by "
+         "their share of \u2016\u0394\u2016\u00b2, with the max cosine of each to the other seeds' diff-SAEs (each "
+         "seed its own data order: seed agreement), and steering the base model by the latent's decoder row against "
+         "random directions of the same norm. Shift: the base model's own SAE encodes both models' activations; per "
+         "latent a document-level sign-flip test of its summed tuned \u2212 base code per document (base and tuned "
+         "swapped within a document), two-sided, Benjamini-Hochberg across latents; a latent is shifted when its q "
+         "\u2264 the level.")
+SITES = {"mlp": "MLP outputs", "residual": "residual stream at the block output"}
 
 
 def change_utility_row(decompose: dict, placebo: dict | None = None) -> list[Any]:
@@ -87,15 +90,39 @@ def _mean(values) -> float | None:
     return sum(numbers) / len(numbers) if numbers else None
 
 
+def _shift_parts(layer: Any, shift: dict, site: str) -> list[Part]:
+    """One block's shared-dictionary shift: the test, what it found (and did not), its top latents explained."""
+    if not shift:
+        return [Para(f"block {layer}: no shift of a base SAE's latents (no base SAE of the {site}).", note=True)]
+    among = shift.get("among_top_mmcs") or {}
+    shifted = {int(r["latent"]): [_float(r.get("mean_change")), _float(r.get("z")), _float(r.get("q")),
+                                  _float(r.get("rate_change"))] for r in shift.get("top") or []}
+    level = _num(_float(shift.get("level")))
+    if shift.get("n_shifted"):
+        found = (f"{_num(shift.get('n_shifted'))} of {_num(shift.get('n_latents'))} latents shift (q \u2264 {level}: "
+                 f"{_num(shift.get('n_rising'))} up, {_num(shift.get('n_falling'))} down)")
+    else:
+        found = (f"no latent of {_num(shift.get('n_latents'))} shifts at q \u2264 {level} (smallest q "
+                 f"{_num(_float(shift.get('min_q')))})")
+    test = shift.get("test") or "halves of the base documents (older decompose.json)"
+    return [Heading(f"block {layer}: shift of the base SAE's latents", 4),
+            Para(f"{found}; test: {test}. Of the top {_num(among.get('of'))} shifted, {_num(among.get('count'))} are "
+                 "among the paper\u2019s top-MMCS features.", note=True),
+            Table(["latent", "mean change", "z", "q", "firing-rate change", "explanation and top examples",
+                   "sim. score", "utility"], _latent_rows(shift.get("features") or [], shifted),
+                  numeric={0, 1, 2, 3, 4, 6, 7}, cls="features")]
+
+
 def decompose_parts(decompose: dict) -> list[Part]:
     """Per analysed block: the diff-SAE's top latents (share of |Δ|², seed agreement, steering gain against random
     directions, explanation) and the base SAE's most shifted latents; the crosscoder's classes where it ran; the
     placebo tune's measures beside (decompose.json's `placebo`)."""
     placebo = decompose.get("placebo") or {}
+    site = SITES.get(decompose.get("site") or "mlp", str(decompose.get("site")))
     placebo_blocks = {b.get("layer"): b for b in placebo.get("blocks") or []}
     parts: list[Part] = [Heading("Which features changed"),
-                         Para(Rich(_NOTE.format(t="<sub>tuned</sub>", b="<sub>base</sub>"),
-                                   _NOTE.format(t="_tuned", b="_base")), note=True),
+                         Para(Rich(_NOTE.format(t="<sub>tuned</sub>", b="<sub>base</sub>", site=site),
+                                   _NOTE.format(t="_tuned", b="_base", site=site)), note=True),
                          Figure('<div class="note">Token shading: activation 0..10.</div>')]
     for block in decompose.get("blocks") or []:
         layer = block.get("layer")
@@ -105,24 +132,17 @@ def decompose_parts(decompose: dict) -> list[Part]:
         extra = {j: [_float(t.get("share")), _float(t.get("agreement")), _steer_text(steering.get(j))]
                  for j, t in top.items()}
         agreement = ds.get("agreement") or {}
+        first = (ds.get("saes") or [{}])[0]
         parts += [Heading(f"block {layer}: diff-SAE ({ds.get('arch')}, {_num(ds.get('dict_size'))} latents, seeds "
                           f"{', '.join(map(str, ds.get('seeds') or [])) or '-'})", 4),
-                  Para(f"top-{len(top)} seed agreement: mean {_num(_float(agreement.get('mean')))}, "
+                  Para(f"explained variance (1 \u2212 FVU, about the mean of \u0394) "
+                       f"{_num(_float(first.get('explained')))}; stopped: {first.get('stop_reason') or '-'}; "
+                       f"top-{len(top)} seed agreement: mean {_num(_float(agreement.get('mean')))}, "
                        f"{agreement.get('above_0.9', '-')} above 0.9.", note=True),
                   Table(["latent", "share of |\u0394|\u00b2", "seed agreement", "steering gain",
                          "explanation and top examples", "sim. score", "utility"],
                         _latent_rows(_first_seed(ds), extra), numeric={0, 1, 2, 5, 6}, cls="features")]
-        among = shift.get("among_top_mmcs") or {}
-        shifted = {int(r["latent"]): [_float(r.get("mean_change")), _float(r.get("z")), _float(r.get("rate_change"))]
-                   for r in shift.get("top") or []}
-        parts += [Heading(f"block {layer}: shift of the base SAE's latents", 4),
-                  Para(f"{_num(shift.get('n_shifted'))} of {_num(shift.get('n_latents'))} latents shift beyond the null "
-                       f"({_num(shift.get('n_rising'))} up, {_num(shift.get('n_falling'))} down); of the top "
-                       f"{_num(among.get('of'))}, {_num(among.get('count'))} are among the paper\u2019s top-MMCS "
-                       "features.", note=True),
-                  Table(["latent", "mean change", "z", "firing-rate change", "explanation and top examples",
-                         "sim. score", "utility"], _latent_rows(shift.get("features") or [], shifted),
-                        numeric={0, 1, 2, 3, 5, 6}, cls="features")]
+        parts += _shift_parts(layer, shift, site)
         if block.get("crosscoder"):
             parts.append(Para(_crosscoder_text(block["crosscoder"])))
         if layer in placebo_blocks:

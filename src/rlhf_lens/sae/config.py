@@ -27,7 +27,8 @@ nothing from a second thread and pay an OpenMP barrier per op (badly so on a bus
 EVAL_TOKENS = 65536
 """Rows of the epoch-0 order on which the final MSE / FVU / L0 in metrics.json are measured."""
 AUX_COEFFICIENT = 1 / 32
-"""Weight of the auxiliary-k loss on dead latents (topk, batchtopk), as in Gao et al. 2024."""
+"""Weight of the auxiliary-k loss on dead latents (topk, batchtopk): Gao et al. 2024's 1/32, here on an unnormalised
+per-element mean squared error like the main loss (docs/sae.md, "Dead latents")."""
 THRESHOLD_RATE = 0.01
 """BatchTopK: rate of the running mean of the smallest kept activation (the inference threshold; bias-corrected)."""
 RESAMPLE_ENCODER_SCALE = 0.2

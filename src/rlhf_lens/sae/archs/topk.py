@@ -36,9 +36,10 @@ class TopK(Architecture):
 
     def aux_loss(self, sae: SAEProtocol, x: torch.Tensor, residual: torch.Tensor,
                  dead: torch.Tensor) -> torch.Tensor:
-        """Auxiliary-k loss (Gao et al. 2024, as SAELens): the k_aux = min(d/2, #dead) largest pre-activations
-        among dead latents (no ReLU) reconstruct the residual x - x_hat; AUX_COEFFICIENT * min(#dead / (d/2), 1)
-        * mean-element squared error."""
+        """Auxiliary-k loss: the k_aux = min(d/2, #dead) largest pre-activations among dead latents (no ReLU)
+        reconstruct the residual e = x - x_hat; AUX_COEFFICIENT (Gao et al. 2024's 1/32) * min(#dead / (d/2), 1)
+        (SAELens's dead-count scale) * the mean over batch and elements of (e_hat - e)^2, unnormalised like the
+        main loss (Gao et al. normalise each error by its target's variance; docs/sae.md says how it differs)."""
         n_dead = int(dead.sum())
         k_aux = sae.cfg.d_in // 2
         scale = min(n_dead / k_aux, 1.0) if k_aux else 0.0
