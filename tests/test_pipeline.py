@@ -812,7 +812,7 @@ def test_the_placebo_stage_tunes_against_the_same_words_with_shuffled_values(tmp
     shuffled = load_utility_table(str(tmp_path / outputs["table"]))
     assert set(shuffled) == {"film", "movie", "story", "plot"}
     assert sorted(shuffled.values()) == [-1, 1, 2, 3] and shuffled != load_utility_table(str(table))
-    record = json.loads((tmp_path / "placebo" / "ppo" / "config.json").read_text())
+    record = json.loads((tmp_path / "placebo" / "seed0" / "ppo" / "config.json").read_text())
     assert record["reward"].startswith("table:") and record["reward"].endswith(",scale=1")
     assert (tmp_path / outputs["dir"] / "config.json").is_file()
     assert stage_placebo(load_config(), tmp_path / "off", {}) == {"spec": None}

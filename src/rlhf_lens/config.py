@@ -166,9 +166,9 @@ class ControlSection:
     random_init: bool = False
     """Also analyse a randomly initialised model of the base architecture, as a control."""
     placebo: bool = False
-    """Also PPO-tune the base with the same [rlhf] settings against the reward's utility table with its values
-    shuffled over words (seeded), and diff and decompose it like the real tune: what tuning of that size changes
-    whatever the reward (a utility-table reward only: vader or table:FILE)."""
+    """PPO-tune placebos too: the reward's table (vader, table:FILE) shuffled over words, analysed like the tune."""
+    placebo_seeds: list[int] = field(default_factory=lambda: [0])
+    """One placebo per seed (own table permutation and PPO seed); >= 2 to test the change against their spread."""
 
 
 @dataclass
@@ -379,9 +379,9 @@ def validate(config: RunConfig) -> None:
     loaded: files and models are checked by the run."""
     m = config.model
     m.check(in_section("model"))
+    require([seeds(config.controls, "placebo_seeds", in_section("controls"))])
     if config.controls.placebo:
         from .rewards import parse_spec
-
         if parse_spec(config.reward.spec)[0] not in ("vader", "table") or m.tuned:
             raise UserError("controls.placebo shuffles the reward's utility table and tunes with our PPO: it needs "
                             "reward.spec = vader or table:FILE and no model.tuned; set controls.placebo = false")

@@ -259,6 +259,39 @@ def _load_pang_lee(spec: str) -> Corpus:
 # --- prompts ---------------------------------------------------------------------------------
 
 
+_NOTED: set[str] = set()
+"""The short-corpus notes already printed (each once per process)."""
+
+
+def prompt_documents(corpus: Corpus, tokenizer, split: str = "train", min_chars: int = 200,
+                     min_tokens: int = 2) -> tuple[list[str], str | None]:
+    """The documents prompts are cut from, and a note when the corpus is too short for `min_chars`.
+
+    Documents longer than `min_chars` characters (the paper's rule). When none is (a corpus of sentences, tweets or
+    chat turns), every document that gives at least `min_tokens` tokens, with a note saying so (printed once on
+    stderr, and returned for the caller's record). When none gives `min_tokens` tokens either: one line naming
+    rlhf.prompt_min_chars and rlhf.prompt_min_tokens."""
+    docs = corpus.documents(split)
+    long_docs = [d.text for d in docs if len(d.text) > min_chars]
+    if long_docs:
+        return long_docs, None
+    texts = [d.text for d in docs if d.text.strip()]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    usable = [t for t, i in zip(texts, ids) if len(i) >= min_tokens]
+    if not usable:
+        raise UserError(f"corpus {corpus.name!r} split {split!r} has no document longer than {min_chars} characters "
+                        f"(rlhf.prompt_min_chars) nor any of {min_tokens} tokens or more (rlhf.prompt_min_tokens); "
+                        "use a corpus with longer documents")
+    note = (f"corpus {corpus.name!r} split {split!r} has no document longer than {min_chars} characters "
+            f"(rlhf.prompt_min_chars): prompts come from its {len(usable)} documents of at least {min_tokens} tokens")
+    if note not in _NOTED:
+        from .progress import console
+
+        _NOTED.add(note)
+        console.print(note, style="yellow", soft_wrap=True, markup=False)
+    return usable, note
+
+
 def sample_prompts(
     corpus: Corpus,
     tokenizer,
@@ -270,10 +303,11 @@ def sample_prompts(
     max_tokens: int = 9,
 ) -> list[list[int]]:
     """Prompts as in the paper: documents longer than `min_chars`, cut to their first
-    `min_tokens..max_tokens` tokens (length drawn per prompt, seeded). Returns token ids."""
-    docs = [d.text for d in corpus.documents(split) if len(d.text) > min_chars]
-    if not docs:
-        raise UserError(f"corpus {corpus.name!r} split {split!r} has no document longer than {min_chars} characters")
+    `min_tokens..max_tokens` tokens (length drawn per prompt, seeded). Returns token ids.
+
+    A split with no document that long adapts (`prompt_documents`): its documents of at least `min_tokens` tokens,
+    said once on stderr. PPO's prompts, its held-out evaluation and the diff's held-out prompts all draw here."""
+    docs, _ = prompt_documents(corpus, tokenizer, split, min_chars, min_tokens)
     rng = np.random.RandomState(seed)
     picks = rng.randint(0, len(docs), size=n)
     lengths = rng.randint(min_tokens, max_tokens + 1, size=n)

@@ -188,3 +188,50 @@ def change_utility(blocks: list[dict]) -> dict:
         for record in block["diff_sae"]["features"]:
             per_seed[record["sae"]] = per_seed.get(record["sae"], 0.0) + float(record.get("utility") or 0.0)
     return {**mean_std(list(per_seed.values())), "seeds": list(per_seed)}
+
+
+def add_signed_utility(result: dict, table_spec: str, aggregate: str = "mean") -> dict:
+    """Add `utility_of_change.signed` to a decomposition (`decompose_models`' result, in place): the same sum over
+    blocks and explained top diff-SAE latents per seed, of each explanation's signed utility (the mean or sum of its
+    words' table values, not its magnitude), so a change that pushes words of either sign shows which way it went."""
+    from ..interp.utility import mean_std, signed_explanation_utility
+    from ..rewards import load_utility_table
+
+    table = load_utility_table(table_spec)
+    per_seed: dict[str, float] = {}
+    for block in result["blocks"]:
+        for record in block["diff_sae"]["features"]:
+            value, _ = signed_explanation_utility(record.get("explanation", ""), table, aggregate)
+            per_seed[record["sae"]] = per_seed.get(record["sae"], 0.0) + value
+    result["utility_of_change"]["signed"] = {**mean_std(list(per_seed.values())), "seeds": list(per_seed)}
+    return result
+
+
+def placebo_comparison(real: float | None, placebo: list[float], level: float = 0.05) -> dict:
+    """The real tune's utility of the change against the placebo tunes' (one value per placebo seed): a
+    prediction-interval t test, assuming the placebo values are normal. t = (x - mean) / (s * sqrt(1 + 1/n)) follows
+    t(n - 1) when x is one more draw from the placebo's distribution; p is one-sided ("beyond the placebo", above).
+
+    Needs n >= 2 placebo seeds and a spread: with one seed, or all seeds equal, there is no test (and no claim
+    either way). Returns {n, mean, std, t, df, p, level, beyond, verdict}."""
+    import numpy as np
+    from scipy import stats
+
+    values = np.asarray([v for v in placebo if v is not None], dtype=np.float64)
+    n = int(values.size)
+    out = {"n": n, "mean": float(values.mean()) if n else None, "std": float(values.std(ddof=1)) if n > 1 else None,
+           "t": None, "df": None, "p": None, "level": level, "beyond": None, "test": None}
+    if real is None:
+        return {**out, "verdict": "no utility of the change to test (no explained diff-SAE latent)"}
+    if n < 2:
+        return {**out, "verdict": "one placebo: no spread to test against" if n == 1 else "no placebo tune to test against"}
+    if out["std"] == 0.0:
+        return {**out, "verdict": f"the {n} placebo seeds give the same value: no spread to test against"}
+    t = (float(real) - out["mean"]) / (out["std"] * np.sqrt(1.0 + 1.0 / n))
+    p = float(stats.t.sf(t, df=n - 1))
+    beyond = p <= level
+    test = f"prediction-interval t test over {n} placebo seeds, normal assumed: t = {t:.2f}, df {n - 1}, one-sided p = {p:.3g}"
+    verdict = (f"beyond the placebo tunes ({test} <= {level:g})" if beyond
+               else f"not beyond the placebo tunes ({test} > {level:g}): no evidence the change carries more of the "
+                    "reward than a tune against a shuffled table")
+    return {**out, "t": float(t), "df": n - 1, "p": p, "beyond": bool(beyond), "test": test, "verdict": verdict}

@@ -59,19 +59,24 @@ class GroupResult:
     """The continuations (without the prompt)."""
 
 
-def heldout_prompts(corpus, tokenizer, n: int, split: str, read: list[str], seed: int) -> list[list[int]]:
-    """`n` prompts (a document's first 2..9 tokens, as PPO draws them) from the split's documents the paired
-    pass did not read (`read`: its texts); from the whole split if too few remain."""
-    from ..data import Corpus, sample_prompts
+def heldout_prompts(corpus, tokenizer, n: int, split: str, read: list[str], seed: int,
+                    min_chars: int | None = None) -> list[list[int]]:
+    """`n` prompts (a document's first 2..9 tokens, as PPO draws them: `data.sample_prompts`) from the split's
+    documents the paired pass did not read (`read`: its texts); from the whole split if too few remain.
 
+    `min_chars`: the run's rlhf.prompt_min_chars (PPO's default when None); a split with no document that long
+    adapts as PPO's prompts do (its documents of at least 2 tokens, said once on stderr)."""
+    from ..data import Corpus, sample_prompts
+    from ..rlhf.config import PPOConfig
+
+    min_chars = PPOConfig.prompt_min_chars if min_chars is None else min_chars
     docs = corpus.documents(split)
     seen = set(read)
     rest = [d for d in docs if d.text not in seen]
     rest = rest if len(rest) >= max(8, n // 4) else docs
     # Two split names over the same documents: a one-split Corpus would hold out a fifth of them again.
     held = Corpus(f"{corpus.name} (held out)", {"test": list(rest), "train": list(rest)})
-    long_enough = any(len(d.text) > 200 for d in rest)
-    return sample_prompts(held, tokenizer, n, seed=seed, split="test", min_chars=200 if long_enough else 0)
+    return sample_prompts(held, tokenizer, n, seed=seed, split="test", min_chars=min_chars)
 
 
 def _batch_vectors(groups: list[dict[int, torch.Tensor]], n_prompts: int, d: int, device) -> dict[int, torch.Tensor]:

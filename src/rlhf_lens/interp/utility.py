@@ -49,14 +49,20 @@ def explanation_utility(explanation: str, table: dict[str, float], aggregate: st
 
     A word found twice counts twice in the aggregate. `keep`: `table_entries(table)`, if already computed.
     """
+    value, found = signed_explanation_utility(explanation, table, aggregate, keep)
+    return abs(value), found
+
+
+def signed_explanation_utility(explanation: str, table: dict[str, float], aggregate: str = "mean",
+                               keep: frozenset[str] | None = None) -> tuple[float, dict]:
+    """`explanation_utility` with its sign: mean or sum of the table values of the explanation's words."""
     check_aggregate(aggregate)
     keep = table_entries(table) if keep is None else keep
     found = [(w, float(table[w])) for w in _words(explanation, keep) if w in table]
     if not found:
         return 0.0, {}
     total = sum(v for _, v in found)
-    value = total / len(found) if aggregate == "mean" else total
-    return abs(value), dict(found)
+    return (total / len(found) if aggregate == "mean" else total), dict(found)
 
 
 def token_utilities(tokens: list[str], table: dict[str, float], keep: frozenset[str] | None = None) -> list[float]:

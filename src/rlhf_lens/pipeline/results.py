@@ -66,7 +66,7 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
         "ppo": ppo,
         "diff": _diff_for_report(run_dir, state),
         "decompose": read_json(in_run(run_dir, state["decompose"]["file"])),
-        "placebo": _placebo_for_report(run_dir, state),
+        "placebo": _placebo_for_report(config, run_dir, state),
         "divergence": {"rows": rows, "top_layers": analysed_layers(config, state), "rank": state["diff"]["rank"],
                        "by_parameters": state["divergence"]["top_layers"],
                        "spread": state["divergence"]["spread"]},
@@ -116,13 +116,41 @@ def _read_diff(run_dir: Path, folder: str) -> dict:
     return read_json(in_run(run_dir, folder) / "diff.json")
 
 
-def _placebo_for_report(run_dir: Path, state: dict) -> dict | None:
-    """The placebo tune's diff and utility of the change, shown beside the real tune's; None when it did not run."""
-    if not state["diff"].get("placebo_dir"):
+def _placebo_for_report(config: RunConfig, run_dir: Path, state: dict) -> dict | None:
+    """The placebo tunes beside the real tune; None when they did not run. `diff`, `utility_of_change`, `table`: the
+    first seed's (as a run with one placebo had them); `seeds`: per seed its utility of the change and its KL to
+    the base (PPO's final KL, the diff's mean per-token KL); `tuned_kl`: the real tune's; `comparison`: the real
+    tune's signed utility of the change against the seeds' (`decompose.run.placebo_comparison`, at diff.level)."""
+    from ..decompose.run import placebo_comparison
+
+    dirs = state["diff"].get("placebo_dirs") or {}
+    if not dirs:
         return None
-    decompose = read_json(in_run(run_dir, state["decompose"]["file"])).get("placebo") or {}
-    return {"diff": _read_diff(run_dir, state["diff"]["placebo_dir"]),
-            "utility_of_change": decompose.get("utility_of_change"), "table": state["placebo"].get("table")}
+    decompose = read_json(in_run(run_dir, state["decompose"]["file"]))
+    utilities = {str(p["seed"]): p.get("utility_of_change") for p in decompose.get("placebo_seeds") or []}
+    runs = {str(r["seed"]): r for r in state["placebo"].get("seeds") or []}
+    seeds = []
+    for seed, folder in dirs.items():
+        diff = _read_diff(run_dir, folder)
+        seeds.append({"seed": int(seed), "table": runs.get(seed, {}).get("table"),
+                      "utility_of_change": utilities.get(seed),
+                      "kl": {"ppo": _ppo_final_kl(in_run(run_dir, runs[seed]["ppo"])) if seed in runs else None,
+                             "diff": ((diff.get("output") or {}).get("kl") or {}).get("mean")}})
+    real = (decompose.get("utility_of_change") or {}).get("signed") or {}
+    signed = [((s["utility_of_change"] or {}).get("signed") or {}).get("mean") for s in seeds]
+    first = seeds[0]
+    return {"diff": _read_diff(run_dir, dirs[str(first["seed"])]), "utility_of_change": first["utility_of_change"],
+            "table": first["table"], "seeds": seeds,
+            "tuned_kl": {"ppo": _ppo_final_kl(run_dir / "rlhf"),
+                         "diff": ((_diff_for_report(run_dir, state).get("output") or {}).get("kl") or {}).get("mean")},
+            "comparison": placebo_comparison(real.get("mean"), [v for v in signed if v is not None],
+                                             config.diff.level)}
+
+
+def _ppo_final_kl(ppo_dir: Path) -> float | None:
+    """A PPO run's final KL to its reference (eval.json's final_kl), or None without one."""
+    path = ppo_dir / "eval.json"
+    return read_json(path).get("final_kl") if path.is_file() else None
 
 
 def _new_feature_counts(config: RunConfig, mmcs_result: dict, explained: list[dict]) -> dict:

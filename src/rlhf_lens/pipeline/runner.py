@@ -82,7 +82,9 @@ def stage_config(config: RunConfig, stage: str) -> list:
         "rlhf": [c["rlhf"], c["reward"]["spec"]],
         "divergence": [c["divergence"]["top_n"]],
         "diff": [c["diff"], c["divergence"], c["reward"]["spec"], c["data"]["test_split"]],
-        "placebo": [c["controls"]["placebo"], c["rlhf"], c["reward"]["spec"]],
+        # placebo_seeds only when the placebo runs: a run with it off keeps its keys
+        "placebo": [c["controls"]["placebo"], c["rlhf"], c["reward"]["spec"],
+                    *([c["controls"]["placebo_seeds"]] if c["controls"]["placebo"] else [])],
         "control": [c["controls"]["random_init"]],
         "harvest": [c["harvest"], c["data"]["test_split"]],
         "saes": [c["sae"]],
@@ -129,7 +131,7 @@ def damaged_outputs(stage: str, run_dir: Path, outputs: dict) -> str | None:
         return None
     from ..store import store_problem
 
-    for store in outputs["stores"].values():
+    for store in [*outputs["stores"].values(), *(outputs.get("placebo_stores") or {}).values()]:
         problem = store_problem(in_run(run_dir, store))
         if problem:
             return problem
@@ -173,7 +175,7 @@ def _identity(config: RunConfig) -> dict:
 
 def check_inputs(config: RunConfig) -> None:
     """Every setting, the corpus, the models and the reward, before anything is written."""
-    from ..data import load_corpus
+    from ..data import load_corpus, prompt_documents
     from ..models import SMOLLM2, load_tokenizer, smollm2_path
     from ..rewards import load_reward, load_utility_table
 
@@ -188,7 +190,11 @@ def check_inputs(config: RunConfig) -> None:
             if spec == SMOLLM2:
                 smollm2_path()
             else:
-                load_tokenizer(spec)
+                tokenizer = load_tokenizer(spec)
+                if spec == config.model.base:  # a corpus too short for any prompt: one line now, not after PPO loads
+                    for split in ("train", config.data.test_split):
+                        prompt_documents(corpus, tokenizer, split, config.rlhf.prompt_min_chars,
+                                         config.rlhf.prompt_min_tokens)
     if not config.model.tuned:
         load_reward(config.reward.spec)
     load_utility_table(config.reward.table)

@@ -65,20 +65,32 @@ def stage_rlhf(config: RunConfig, run_dir: Path, state: dict) -> dict:
 
 
 def stage_placebo(config: RunConfig, run_dir: Path, state: dict) -> dict:
-    """The placebo tune (controls.placebo): the same PPO against the reward's table with its values shuffled over
-    its words, so "would any PPO run of this size change this much?" has an answer."""
+    """The placebo tunes (controls.placebo): per seed of controls.placebo_seeds, the same PPO against the reward's
+    table with its values shuffled over its words (that seed's permutation, and its own PPO seed), so "would any PPO
+    run of this size change this much?" has an answer with a spread. `dir`/`table`: the first seed's (the placebo
+    the SAE stages analyse); `seeds`: every seed's, in placebo/seed{s}/."""
     if not config.controls.placebo:
         return {"spec": None}
     from ..rewards import load_utility_table, parse_spec, shuffled_table, write_table
     from ..rlhf import train_ppo
 
     kind, arg, options = parse_spec(config.reward.spec)
-    table = shuffled_table(load_utility_table("vader" if kind == "vader" else arg), seed=config.model.seed)
-    path = write_table(table, run_dir / "placebo" / "table.tsv")
-    spec = ",".join([f"table:{path.resolve()}", *(f"{k}={v}" for k, v in sorted(options.items()))])
-    model_dir = train_ppo(recorded_model(state["base"], run_dir), spec, config.data.corpus, run_dir / "placebo" / "ppo",
-                          _ppo_settings(config))
-    return {"dir": relative(run_dir, model_dir), "table": relative(run_dir, path)}
+    table = load_utility_table("vader" if kind == "vader" else arg)
+    runs = []
+    for seed in config.controls.placebo_seeds:
+        folder = run_dir / "placebo" / f"seed{seed}"
+        path = write_table(shuffled_table(table, seed=seed), folder / "table.tsv")
+        spec = ",".join([f"table:{path.resolve()}", *(f"{k}={v}" for k, v in sorted(options.items()))])
+        ppo = dataclasses.replace(_ppo_settings(config), seed=placebo_ppo_seed(config.rlhf.seed, seed))
+        model_dir = train_ppo(recorded_model(state["base"], run_dir), spec, config.data.corpus, folder / "ppo", ppo)
+        runs.append({"seed": seed, "dir": relative(run_dir, model_dir), "table": relative(run_dir, path),
+                     "ppo": relative(run_dir, folder / "ppo")})
+    return {"dir": runs[0]["dir"], "table": runs[0]["table"], "seeds": runs}
+
+
+def placebo_ppo_seed(rlhf_seed: int, placebo_seed: int) -> int:
+    """A placebo tune's own PPO seed: neither the real tune's nor another placebo seed's random stream."""
+    return int(digest("placebo-ppo", rlhf_seed, placebo_seed)[:8], 16)
 
 
 def stage_divergence(config: RunConfig, run_dir: Path, state: dict) -> dict:
@@ -102,11 +114,14 @@ def stage_diff(config: RunConfig, run_dir: Path, state: dict) -> dict:
                           recorded_model(state["rlhf"], run_dir), by_parameters)
     chosen = by_parameters if config.divergence.rank == "parameters" else top_blocks(result, config.divergence.top_n)
     outputs = {"dir": relative(run_dir, run_dir / "diff"), "top_layers": chosen, "rank": config.divergence.rank}
-    placebo = recorded_model(state["placebo"], run_dir)
-    if placebo:  # the same measures for the placebo tune, beside the real one's
-        _diff_in_run(config, run_dir, run_dir / "diff" / "placebo", recorded_model(state["base"], run_dir), placebo,
+    placebo_dirs = {}
+    for run in state["placebo"].get("seeds") or []:  # the same measures for each placebo tune, beside the real one's
+        folder = run_dir / "diff" / "placebo" / f"seed{run['seed']}"
+        _diff_in_run(config, run_dir, folder, recorded_model(state["base"], run_dir), str(in_run(run_dir, run["dir"])),
                      by_parameters)
-        outputs["placebo_dir"] = relative(run_dir, run_dir / "diff" / "placebo")
+        placebo_dirs[str(run["seed"])] = relative(run_dir, folder)
+    if placebo_dirs:
+        outputs["placebo_dirs"] = placebo_dirs
     return outputs
 
 
@@ -146,8 +161,14 @@ def stage_harvest(config: RunConfig, run_dir: Path, state: dict) -> dict:
     from ..store import manifest_problem
 
     stores, jobs = {}, []
+    models = analysed_models(state, run_dir.absolute())
+    # The placebo tunes after the first (which is `placebo`, analysed like every model) are harvested for the
+    # decomposition only: no SAEs or explanations of their own.
+    extra = {f"placebo-seed{r['seed']}": str(in_run(run_dir.absolute(), r["dir"]))
+             for r in (state["placebo"].get("seeds") or [])[1:]}
+    placebo_stores = {}
     # Jobs get absolute paths: a Ray worker on another node does not share the driver's working directory.
-    for name, spec in analysed_models(state, run_dir.absolute()).items():
+    for name, spec in {**models, **extra}.items():
         hc = HarvestConfig(
             **dataclasses.asdict(config.harvest), layers=analysed_layers(config, state),
             corpus=config.data.corpus, split=config.data.test_split, device=config.model.device,
@@ -157,9 +178,14 @@ def stage_harvest(config: RunConfig, run_dir: Path, state: dict) -> dict:
         if out.is_dir() and any(out.iterdir()) and manifest_problem(out):
             remove_output(out)
         jobs.append((spec, hc, str(out.absolute())))
-        stores[name] = relative(run_dir, out)
+        (placebo_stores if name in extra else stores)[name] = relative(run_dir, out)
     _executor(state).map(_harvest_job, jobs, resources=_resources(config, gpu=True))
-    return {"stores": stores}
+    seeds = [r["seed"] for r in state["placebo"].get("seeds") or []]
+    if not seeds:
+        return {"stores": stores}
+    # every placebo seed's store, the first seed's being the `placebo` store
+    return {"stores": stores, "placebo_stores": {str(s): stores["placebo"] if i == 0 else placebo_stores[f"placebo-seed{s}"]
+                                                 for i, s in enumerate(seeds)}}
 
 
 def _harvest_job(job: tuple) -> None:
@@ -237,8 +263,8 @@ def stage_mmcs(config: RunConfig, run_dir: Path, state: dict) -> dict:
 
 def stage_decompose(config: RunConfig, run_dir: Path, state: dict) -> dict:
     """What tuning changed, feature by feature, per analysed block (`decompose.run.decompose_models`), for the
-    tuned model and the placebo tune."""
-    from ..decompose.run import decompose_models
+    tuned model and each placebo tune; the utility of the change signed (`add_signed_utility`)."""
+    from ..decompose.run import add_signed_utility, decompose_models
     from ..dictionaries import small_and_large
 
     layers = analysed_layers(config, state)
@@ -254,14 +280,33 @@ def stage_decompose(config: RunConfig, run_dir: Path, state: dict) -> dict:
     top_features = {layer: [f["feature"] for f in next((t["features"] for t in top if t["model"] == "base"
                                                         and t["layer"] == layer and t["seed"] == seed), [])]
                     for layer in layers}
-    result = decompose_models(
-        recorded_model(state["base"], run_dir), stores["base"], stores["tuned"], base_saes, layers,
-        run_dir / "decompose", config.data.corpus, config.reward.spec, config.decompose, interp=config.interp,
-        examples=config.examples, table=config.reward.table, aggregate=config.reward.aggregate,
-        prompts=config.diff.prompts, new_tokens=config.diff.new_tokens, split=config.data.test_split,
-        text_column=config.data.text_column, sae_seed=seed, top_features=top_features,
-        placebo_store=stores.get("placebo"),
-        root=run_dir, device=config.model.device, dtype=config.model.dtype)
+
+    def decompose(store: Path, out: Path) -> dict:
+        return decompose_models(
+            recorded_model(state["base"], run_dir), stores["base"], store, base_saes, layers, out, config.data.corpus,
+            config.reward.spec, config.decompose, interp=config.interp, examples=config.examples,
+            table=config.reward.table, aggregate=config.reward.aggregate, prompts=config.diff.prompts,
+            new_tokens=config.diff.new_tokens, split=config.data.test_split, text_column=config.data.text_column,
+            sae_seed=seed, top_features=top_features, root=run_dir, device=config.model.device,
+            dtype=config.model.dtype)
+
+    result = decompose(stores["tuned"], run_dir / "decompose")
+    add_signed_utility(result, config.reward.table, config.reward.aggregate)
+    # Each placebo tune decomposed the same way, in decompose/placebo/seed{s}; decompose.json's `placebo` is the
+    # first seed's (shown block by block beside the real tune), `placebo_seeds` every seed's utility of the change.
+    placebo_seeds = []
+    for placebo_seed, store in (state["harvest"].get("placebo_stores") or {}).items():
+        folder = run_dir / "decompose" / "placebo" / f"seed{placebo_seed}"
+        placebo = decompose(in_run(run_dir, store), folder)
+        add_signed_utility(placebo, config.reward.table, config.reward.aggregate)
+        write_json(folder / "decompose.json", placebo)
+        if not placebo_seeds:
+            result["placebo"] = {k: v for k, v in placebo.items() if k != "placebo"}
+        placebo_seeds.append({"seed": int(placebo_seed), "file": relative(run_dir, folder / "decompose.json"),
+                              "utility_of_change": placebo["utility_of_change"]})
+    if placebo_seeds:
+        result["placebo_seeds"] = placebo_seeds
+    write_json(run_dir / "decompose" / "decompose.json", result)
     return {"file": relative(run_dir, run_dir / "decompose" / "decompose.json"),
             "utility_of_change": result["utility_of_change"]}
 

@@ -19,22 +19,50 @@ _NOTE = ("diff-SAE: an SAE trained on h{t} \u2212 h{b} ({site}, same tokens) unt
 SITES = {"mlp": "MLP outputs", "residual": "residual stream at the block output"}
 
 
+def _utility_text(u: dict) -> str:
+    """A utility of the change: signed mean ± std over diff-SAE seeds, its magnitude-based score beside."""
+    signed = u.get("signed") or {}
+    magnitude = f"{_num(_float(u.get('mean')))} \u00b1 {_num(_float(u.get('std')))}"
+    if not signed:  # a decompose.json from before the signed utility
+        return f"|.| {magnitude} ({u.get('n', 0)} seeds)"
+    return (f"{_num(_float(signed.get('mean')))} \u00b1 {_num(_float(signed.get('std')))} signed "
+            f"(|.| {magnitude}; {signed.get('n', u.get('n', 0))} seeds)")
+
+
 def change_utility_row(decompose: dict, placebo: dict | None = None) -> list[Any]:
     """The headline's "utility of the change": the paper's utility score on the top diff-SAE latents' explanations,
-    mean +- std over diff-SAE seeds, beside its null (the placebo tune's, where it ran)."""
+    signed (|.| beside), mean +- std over diff-SAE seeds, beside its null: the placebo tunes' values and the
+    prediction-interval t test against them (results.json placebo.comparison), where they ran."""
     u = (decompose or {}).get("utility_of_change") or {}
-    value = f"{_num(_float(u.get('mean')))} \u00b1 {_num(_float(u.get('std')))} ({u.get('n', 0)} seeds)"
-    p = (placebo or {}).get("utility_of_change") if placebo else None
-    if p:
-        null = f"{_num(_float(p.get('mean')))} \u00b1 {_num(_float(p.get('std')))} (placebo tune)"
-        spread = ((_float(u.get("std")) or 0.0) ** 2 + (_float(p.get("std")) or 0.0) ** 2) ** 0.5
-        gap = (_float(u.get("mean")) or 0.0) - (_float(p.get("mean")) or 0.0)
-        verdict = ("above the placebo tune by more than twice the combined seed spread" if spread and gap > 2 * spread
-                   else "not distinguishable from the placebo tune")
+    value = _utility_text(u)
+    if placebo:
+        seeds = placebo.get("seeds") or [{"utility_of_change": placebo.get("utility_of_change")}]
+        shown = []
+        for s in seeds:
+            pu = s.get("utility_of_change") or {}
+            shown.append(_num(_float(((pu.get("signed") or {}).get("mean")) if pu.get("signed") else pu.get("mean"))))
+        null = f"placebo tunes ({len(seeds)} seeds, {'signed' if u.get('signed') else '|.|'}): {', '.join(shown)}"
+        comparison = placebo.get("comparison") or {}
+        verdict = comparison.get("verdict") or "one placebo: no spread to test against"
     else:
         null = "no null: the placebo tune (controls.placebo) was off"
         verdict = "no comparison without the placebo tune; read the explanations below"
     return ["utility of the change (top diff-SAE latents' explanations)", value, null, verdict]
+
+
+def placebo_kl_row(placebo: dict | None) -> list[Any] | None:
+    """The placebo tunes' KL to the base beside the real tune's (PPO's final KL; the diff's mean per-token KL on the
+    same tokens): how far each tune moved, so the placebo is read as a tune of the same size. None without them."""
+    if not placebo or not placebo.get("seeds"):
+        return None
+    tuned = placebo.get("tuned_kl") or {}
+
+    def kl(k: dict) -> str:
+        return f"PPO {_num(_float(k.get('ppo')))}, diff {_num(_float(k.get('diff')))}"
+
+    null = "; ".join(f"seed {s.get('seed')}: {kl(s.get('kl') or {})}" for s in placebo["seeds"])
+    return ["KL to base, nats (PPO's final; diff: mean per token)", f"tuned: {kl(tuned)}", f"placebo tunes: {null}",
+            "sizes side by side, no test"]
 
 
 def _steer_text(row: dict | None) -> str:
@@ -113,10 +141,11 @@ def _shift_parts(layer: Any, shift: dict, site: str) -> list[Part]:
                   numeric={0, 1, 2, 3, 4, 6, 7}, cls="features")]
 
 
-def decompose_parts(decompose: dict) -> list[Part]:
+def decompose_parts(decompose: dict, placebo_results: dict | None = None) -> list[Part]:
     """Per analysed block: the diff-SAE's top latents (share of |Δ|², seed agreement, steering gain against random
     directions, explanation) and the base SAE's most shifted latents; the crosscoder's classes where it ran; the
-    placebo tune's measures beside (decompose.json's `placebo`)."""
+    placebo tune's measures beside (decompose.json's `placebo`: the first placebo seed's); the utility of the change
+    against every placebo seed (`placebo_results`: results.json's placebo section, when given)."""
     placebo = decompose.get("placebo") or {}
     site = SITES.get(decompose.get("site") or "mlp", str(decompose.get("site")))
     placebo_blocks = {b.get("layer"): b for b in placebo.get("blocks") or []}
@@ -152,5 +181,6 @@ def decompose_parts(decompose: dict) -> list[Part]:
             if placebo_blocks[layer].get("crosscoder"):
                 parts.append(Para("Placebo tune: " + _crosscoder_text(placebo_blocks[layer]["crosscoder"])))
     if placebo:
-        parts.append(Table(["measure", "value", "null", "verdict"], [change_utility_row(decompose, placebo)]))
+        parts.append(Table(["measure", "value", "null", "verdict"],
+                           [change_utility_row(decompose, placebo_results or placebo)]))
     return parts

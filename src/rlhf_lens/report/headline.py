@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .decompose import change_utility_row
+from .decompose import change_utility_row, placebo_kl_row
 from .diff import diff_headline_rows
 from .format import _esc, _mean_std, control_highest, control_highest_text, headline_verdict
 from .plots import _headline_plot
@@ -32,8 +32,13 @@ def same_token_rows(results: dict) -> list[list[Any]]:
     placebo = results.get("placebo")
     if results.get("decompose"):
         rows.append(change_utility_row(results["decompose"], placebo))
+    kl = placebo_kl_row(placebo)
+    if kl:
+        rows.append(kl)
     if placebo and placebo.get("diff"):
-        rows += [[f"placebo tune: {row[0]}", *row[1:]] for row in diff_headline_rows(placebo["diff"])]
+        first = (placebo.get("seeds") or [{}])[0].get("seed")
+        label = "placebo tune" if first is None else f"placebo tune (seed {first})"
+        rows += [[f"{label}: {row[0]}", *row[1:]] for row in diff_headline_rows(placebo["diff"])]
     return rows
 
 

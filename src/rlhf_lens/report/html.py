@@ -35,7 +35,7 @@ def _diff_html(results: dict) -> str:
         return not_run_html("the diff stage")
     decompose = results.get("decompose")
     return (diff_html(diff, (results.get("placebo") or {}).get("diff"), heldout_of(results))
-            + (parts_html(decompose_parts(decompose)) if decompose else ""))
+            + (parts_html(decompose_parts(decompose, results.get("placebo"))) if decompose else ""))
 
 
 _SECTION_RENDERERS = {

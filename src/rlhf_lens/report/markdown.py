@@ -76,7 +76,7 @@ def _diff(results: dict) -> str | None:
         return None
     decompose = results.get("decompose")
     return (diff_markdown(diff, (results.get("placebo") or {}).get("diff"), heldout_of(results))
-            + ("\n\n" + parts_markdown(decompose_parts(decompose)) if decompose else ""))
+            + ("\n\n" + parts_markdown(decompose_parts(decompose, results.get("placebo"))) if decompose else ""))
 
 
 def _ppo(results: dict) -> str | None:
@@ -101,6 +101,7 @@ def _ppo(results: dict) -> str | None:
         other = steering_rewards_text(results)
         if other:
             body.append(md_cell(other))
+        body += [md_cell(note) for note in evaluation.get("prompt_notes") or []]  # a corpus of short documents
     return "\n\n".join(body) if body else None
 
 

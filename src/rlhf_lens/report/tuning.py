@@ -37,6 +37,7 @@ def ppo_html(results: dict) -> str:
         other = steering_rewards_text(results)
         if other:
             parts.append(f'<p class="note">{_esc(other)}</p>')
+        parts += [f'<p class="note">{_esc(note)}</p>' for note in evaluation.get("prompt_notes") or []]
         examples = [e for e in (evaluation.get("examples") or []) if isinstance(e, dict)][:_MAX_PPO_EXAMPLES]
         if examples:
             parts.append("<h3>Completions</h3>")

@@ -99,13 +99,24 @@ def heldout_eval_prompts(data, tokenizer, config: PPOConfig) -> list[list[int]]:
                           max_tokens=config.prompt_max_tokens)
 
 
+def prompt_notes(data, tokenizer, config: PPOConfig, splits: tuple[str, ...] = ("train", "test")) -> list[str]:
+    """What eval.json records of how the prompts were drawn: a note per split whose documents are all shorter than
+    rlhf.prompt_min_chars (the prompts then come from its documents of prompt_min_tokens tokens or more); fails,
+    naming both settings, when a split has none of either."""
+    from ..data import prompt_documents
+
+    notes = [prompt_documents(data, tokenizer, split, config.prompt_min_chars, config.prompt_min_tokens)[1]
+             for split in splits]
+    return [n for n in notes if n]
+
+
 def train_ppo(base: str, reward_spec: str, corpus: str, out: str | os.PathLike, config: PPOConfig | None = None) -> Path:
     """Fine-tune `base` with PPO against the reward on `corpus`'s prompts; resumable. Returns out/model.
 
     Writes out/config.json, out/log.jsonl (one JSON object per step), out/checkpoint/ (while
     running), out/model/ (save_pretrained, without the value head), out/eval.json, out/ppo.png.
     """
-    from ..data import load_corpus, sample_prompts
+    from ..data import load_corpus
     from ..models import load_model, save_model
     from ..progress import progress_bar
     from ..rewards import load_reward
@@ -120,8 +131,8 @@ def train_ppo(base: str, reward_spec: str, corpus: str, out: str | os.PathLike, 
     reward = load_reward(reward_spec, device=config.device)
     data = load_corpus(corpus, text_column=config.text_column)
     policy, tokenizer = load_model(base, device=config.device, dtype=config.dtype)
+    notes = prompt_notes(data, tokenizer, config)  # a corpus too short for any prompt fails before writing
     eval_prompts = heldout_eval_prompts(data, tokenizer, config)
-    sample_prompts(data, tokenizer, 1, split="train", min_chars=config.prompt_min_chars)  # fail before writing
     reference = copy.deepcopy(policy).requires_grad_(False).eval()  # frozen copy of the base
     write_json(out / "config.json", record)
 
@@ -146,14 +157,15 @@ def train_ppo(base: str, reward_spec: str, corpus: str, out: str | os.PathLike, 
         tuned_eval = evaluate_reward(policy, tokenizer, reward, eval_prompts, config)
     plot_log(trainer.log, out / "ppo.png", kl_target=config.kl_target if config.adaptive_kl else None)
     _write_eval(out, reward_spec, reward, base_eval, tuned_eval, config,
-                final_kl=trainer.log[-1]["kl"] if trainer.log else None)
+                final_kl=trainer.log[-1]["kl"] if trainer.log else None, prompt_notes=notes)
     shutil.rmtree(checkpoint, ignore_errors=True)  # model/ and eval.json now hold the result
     return model_dir
 
 
 def _write_eval(out: Path, reward_spec: str, reward, base_eval: dict, tuned_eval: dict, config: PPOConfig,
-                final_kl: float | None, tuned_by: str = "ppo") -> None:
-    """out/eval.json: held-out reward of base and tuned on the same prompts and random streams."""
+                final_kl: float | None, tuned_by: str = "ppo", prompt_notes: list[str] | None = None) -> None:
+    """out/eval.json: held-out reward of base and tuned on the same prompts and random streams; `prompt_notes`:
+    how a short corpus's prompts were drawn (`prompt_notes`)."""
     examples = [{"prompt": b["prompt"], "base": b["response"], "base_reward": b["reward"],
                  "tuned": t["response"], "tuned_reward": t["reward"]}
                 for b, t in zip(base_eval["completions"][:config.eval_examples],
@@ -163,7 +175,7 @@ def _write_eval(out: Path, reward_spec: str, reward, base_eval: dict, tuned_eval
         "base": {k: base_eval[k] for k in ("mean", "se", "positive_frac")},
         "tuned": {k: tuned_eval[k] for k in ("mean", "se", "positive_frac")},
         "final_kl": final_kl, "steps": config.steps if tuned_by == "ppo" else 0, "tuned_by": tuned_by,
-        "examples": examples})
+        "prompt_notes": prompt_notes or [], "examples": examples})
 
 
 def evaluate_models(base: str, tuned: str, reward_spec: str, corpus: str, out: str | os.PathLike,
@@ -179,13 +191,15 @@ def evaluate_models(base: str, tuned: str, reward_spec: str, corpus: str, out: s
     reward = load_reward(reward_spec, device=config.device)
     data = load_corpus(corpus, text_column=config.text_column)
     base_model, tokenizer = load_model(base, device=config.device, dtype=config.dtype)
+    notes = prompt_notes(data, tokenizer, config, splits=("test",))
     prompts = heldout_eval_prompts(data, tokenizer, config)
     with torch.random.fork_rng(devices=[base_model.device] if base_model.device.type == "cuda" else []):
         base_eval = evaluate_reward(base_model.eval(), tokenizer, reward, prompts, config)
         del base_model
         tuned_model, _ = load_model(tuned, device=config.device, dtype=config.dtype)
         tuned_eval = evaluate_reward(tuned_model.eval(), tokenizer, reward, prompts, config)
-    _write_eval(out, reward_spec, reward, base_eval, tuned_eval, config, final_kl=None, tuned_by="external")
+    _write_eval(out, reward_spec, reward, base_eval, tuned_eval, config, final_kl=None, tuned_by="external",
+                prompt_notes=notes)
     return read_json(out / "eval.json")
 
 
