@@ -208,23 +208,28 @@ def steering_vectors(result: dict, saes: list, config: DecomposeConfig) -> tuple
 
 
 def steer_latents(base, tokenizer, reward, prompts: list[list[int]], layer: int, vectors: torch.Tensor,
-                  labels: list, n_random: int = 4, new_tokens: int = 16, seed: int = 0, z_cut: float = 2.0,
+                  labels: list, n_random: int = 19, new_tokens: int = 16, seed: int = 0, level: float = 0.05,
                   base_result=None, top_tokens: int = 10, watch_ids: list[int] | None = None) -> dict:
-    """Steer `base` at block `layer` by each row of `vectors` and by `n_random` random directions of that row's
-    norm (the null), all on the same prompts and random numbers (diff/steering.py). Per vector: reward, paired
-    gain over base, KL to base, the null's rewards, z against it, and the tokens it promotes (KL share). With
-    `watch_ids` (e.g. the tokens of the words a reward lists), also the mean over them of the log-probability
-    change against base on the sampled positions, for the vector and for each random direction: a far less
-    noisy reading than the sampled reward."""
+    """Steer `base` at block `layer` by each row of `vectors` and by `n_random` random directions matched on the
+    KL that row causes (teacher-forced on the prompts: diff/steering.py `kl_matched`), all on the same prompts and
+    random numbers. Per vector: reward, paired gain over base, KL to base, and the test against its random
+    directions (diff/vector_test.py: paired sign flips and rank, Holm across the vectors of this block, a claim
+    when the adjusted p <= `level`), and the tokens it promotes (KL share). With `watch_ids` (e.g. the tokens of the
+    words a reward lists), also the mean over them of the log-probability change against base on the sampled
+    positions, for the vector and for each random direction: a far less noisy reading than the sampled reward."""
     from ..diff import steering
+    from ..diff.vector_test import adjust, describe, vector_test
     from ..progress import progress_bar
 
     d = int(base.config.hidden_size)
     if vectors.shape[-1] != d:
         raise UserError(f"steering vectors have width {vectors.shape[-1]} but block outputs have {d}")
-    groups, k = [], 1 + n_random
-    for i, v in enumerate(vectors):
-        randoms = steering.random_directions(d, float(v.norm()), n_random, seed, 1000 * (i + 1) + layer)
+    targets = steering.steered_kl(base, prompts, layer, vectors).tolist() if len(vectors) else []
+    groups, matched, k = [], [], 1 + n_random
+    for i, (v, target) in enumerate(zip(vectors, targets)):
+        randoms, kls = steering.kl_matched(base, prompts, layer, target, n_random, seed, salt=1000 * (i + 1),
+                                           start_norm=float(v.norm()))
+        matched.append({"target_kl": target, "norms": randoms.norm(dim=1).tolist(), "matched_kl": kls.tolist()})
         groups += [{layer: v}] + [{layer: r} for r in randoms]
     with progress_bar() as bar:
         task = bar.add_task(f"decompose: steering by {len(vectors)} latent(s) of block {layer}",
@@ -244,23 +249,27 @@ def steer_latents(base, tokenizer, reward, prompts: list[list[int]], layer: int,
         r, rand = results[i * k], results[i * k + 1:(i + 1) * k]
         mean, se = steering.mean_se(r.rewards)
         gain, gain_se = steering.mean_se(r.rewards - base_result.rewards)
-        null = np.array([x.rewards.mean() for x in rand])
-        std = float(null.std(ddof=1)) if len(null) > 1 else 0.0
-        paired_z = gain / gain_se if gain_se > 0 else 0.0
+        test = vector_test(r.rewards, np.stack([x.rewards for x in rand]), seed=seed + i)
+        test["null"].update(kl=[x.kl for x in rand], **matched[i])
+        null = test.pop("null")
         ids = torch.topk(r.share, top_tokens).indices.tolist()
         rows.append({"label": label, "norm": float(v.norm()), "reward": mean, "se": se, "gain": gain,
-                     "gain_se": gain_se, "kl": r.kl,
-                     "null": {"rewards": null.tolist(), "mean": float(null.mean()), "std": std,
-                              "max": float(null.max()), "kl": [x.kl for x in rand]},
-                     "z": (mean - float(null.mean())) / std if std > 0 else None, "paired_z": paired_z,
-                     "gain_vs_null": mean - float(null.mean()),
-                     "beats_null": bool(mean > float(null.max()) and paired_z >= z_cut),
-                     "top_token_ids": ids, "top_tokens": [tokenizer.decode([i]) for i in ids]})
+                     "gain_se": gain_se, "kl": r.kl, "null": null, "z": test["z"], "gain_vs_null": mean - null["mean"],
+                     "test": test, "top_token_ids": ids, "top_tokens": [tokenizer.decode([i]) for i in ids]})
         if watch_ids:
             watch = torch.tensor(watch_ids, dtype=torch.long)
             rows[-1]["watched"] = {"change": float(r.change[watch].mean()),
                                    "null": [float(x.change[watch].mean()) for x in rand]}
+    adjust([row["test"] for row in rows], level)
+    family = f"{len(rows)} latents of block {layer}"
+    for row in rows:
+        t = row["test"]
+        row["beats_null"] = t["claim"] == "raises"
+        said = f"steering by it {t['direction']} the reward" if t["claim"] else \
+            "no change distinguishable from random directions matched on KL"
+        row["verdict"] = f"{said} ({describe(t, level, family)})"
     return {"layer": int(layer), "n_prompts": len(prompts), "new_tokens": new_tokens, "n_random": n_random,
+            "level": level, "null": "random directions matched on the KL each vector causes (teacher-forced)",
             "base": {"reward": base_mean, "se": base_se}, "latents": rows}
 
 
@@ -272,7 +281,7 @@ def steer_top_latents(result: dict, saes: list, base, tokenizer, reward, prompts
     config = config or DecomposeConfig()
     vectors, latents = steering_vectors(result, saes, config)
     out = steer_latents(base, tokenizer, reward, prompts, result["layer"] if layer is None else layer, vectors,
-                        latents, config.steer.random, new_tokens, config.seed, base_result=base_result,
+                        latents, config.steer.random, new_tokens, config.seed, config.level, base_result=base_result,
                         watch_ids=watch_ids)
     for row in out["latents"]:
         row["latent"] = row.pop("label")

@@ -39,7 +39,7 @@ def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, 
     from ..models import check_layers, load_model, load_tokenizer, num_blocks
     from ..progress import progress_bar
     from ..rewards import load_reward
-    from . import output, paired, ranking, steering
+    from . import output, paired, ranking, steering, vector_test
 
     config = config or DiffConfig()
     check_config(config)
@@ -149,10 +149,9 @@ def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, 
         curves = []
         for layer in layers:
             delta = pair.delta[layer]
-            randoms = steering.random_directions(d, float(delta.norm()), config.random_directions, config.seed, layer)
-            curve = steering.steering_curve(base, tokenizer, reward, prompts, layer, delta, randoms, alphas,
-                                            base_result, config.new_tokens, config.seed, config.coherence_kl,
-                                            config.verdict_z, advance_steering)
+            curve = steering.steering_curve(base, tokenizer, reward, prompts, layer, delta, alphas, base_result,
+                                            config.new_tokens, config.seed, config.coherence_kl,
+                                            config.random_directions, advance_steering)
             change = curve.pop("promoted_change")
             if change is not None:
                 share, logprob = change
@@ -162,8 +161,13 @@ def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, 
                 curve["promoted_null"] = output.read_tokens(steered, pool, config.null_sets, config.seed + 2)
             else:
                 curve["promoted"], curve["promoted_null"] = [], None
-            curve["lens"] = output.logit_lens(base, delta, randoms, vocab, utility, config.top_words, config.level)
+            # the lens reads a direction through the unembedding: its null is directions of Δ's norm
+            lens_randoms = steering.random_directions(d, float(delta.norm()), config.random_directions, config.seed,
+                                                      layer)
+            curve["lens"] = output.logit_lens(base, delta, lens_randoms, vocab, utility, config.top_words,
+                                              config.level)
             curves.append(curve)
+        vector_test.curve_verdicts(curves, config.level)
         timings["steering"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -95,12 +95,8 @@ def _sample(model: nn.Module, prompts: list[list[int]], n_groups: int, n_new: in
     from ..models import kwarg_names, positions
 
     device = next(model.parameters()).device
-    p, width = len(prompts), max(len(x) for x in prompts)
-    ids = torch.zeros(p, width, dtype=torch.long)
-    attention = torch.zeros(p, width, dtype=torch.long)
-    for i, x in enumerate(prompts):
-        ids[i, width - len(x):] = torch.tensor(x)
-        attention[i, width - len(x):] = 1
+    ids, attention = _left_padded(prompts)
+    width = ids.shape[1]
     ids, attention = ids.repeat(n_groups, 1).to(device), attention.repeat(n_groups, 1).to(device)
     u = uniforms.repeat(n_groups, 1).to(device)
     cache_arg = "cache" if "cache" in kwarg_names(model) else "past_key_values"
@@ -208,70 +204,178 @@ def random_directions(d: int, norm: float, n: int, seed: int, layer: int) -> tor
     return (x / x.norm(dim=1, keepdim=True) * norm).float()
 
 
+def _left_padded(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(x) for x in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    attention = torch.zeros(len(prompts), width, dtype=torch.long)
+    for i, x in enumerate(prompts):
+        ids[i, width - len(x):] = torch.tensor(x)
+        attention[i, width - len(x):] = 1
+    return ids, attention
+
+
+@torch.no_grad()
+def steered_kl(model: nn.Module, prompts: list[list[int]], layer: int, vectors: torch.Tensor) -> torch.Tensor:
+    """[n]: mean next-token KL(steered || unsteered), teacher-forced on the prompts' tokens, of adding each row of
+    `vectors` [n, d] at block `layer`'s residual output (batched). Cheap (no sampling): the scale on which random
+    directions are matched to the change they stand in for."""
+    from ..models import positions
+
+    device = next(model.parameters()).device
+    vectors = vectors.float().reshape(-1, vectors.shape[-1])
+    ids, attention = _left_padded(prompts)
+    ids, attention = ids.to(device), attention.to(device)
+    kwargs = {"attention_mask": attention, "position_ids": positions(attention), "use_cache": False}
+    lp_base = torch.log_softmax(model(input_ids=ids, **kwargs).logits.float(), -1)
+    mask = attention.float()
+    p = len(prompts)
+    per_call = max(1, MAX_ROWS // p)
+    out = []
+    for start in range(0, len(vectors), per_call):
+        chunk = vectors[start:start + per_call].to(device)
+        n = len(chunk)
+        rep = {k: v.repeat(n, 1) for k, v in kwargs.items() if torch.is_tensor(v)}
+        with Steer(model, {layer: chunk.repeat_interleave(p, 0)}):
+            lp = torch.log_softmax(model(input_ids=ids.repeat(n, 1), use_cache=False, **rep).logits.float(), -1)
+        kl = (lp.exp() * (lp - lp_base.repeat(n, 1, 1))).sum(-1).clamp(min=0)  # [n·P, T]
+        m = mask.repeat(n, 1)
+        per_prompt = (kl * m).sum(1) / m.sum(1).clamp(min=1)
+        out.append(per_prompt.view(n, p).mean(1).cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def kl_matched_directions(model: nn.Module, prompts: list[list[int]], layer: int, target_kl: float, n: int,
+                          seed: int, salt: int = 0, start_norm: float | None = None) -> torch.Tensor:
+    """[n, d] seeded Gaussian directions, each rescaled so that `steered_kl` equals `target_kl` within a few
+    percent (`kl_matched`, which also returns the KLs reached)."""
+    return kl_matched(model, prompts, layer, target_kl, n, seed, salt, start_norm)[0]
+
+
+def kl_matched(model: nn.Module, prompts: list[list[int]], layer: int, target_kl: float, n: int, seed: int,
+               salt: int = 0, start_norm: float | None = None, steps: int = 8, tolerance: float = 0.03,
+               redraws: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, d] seeded Gaussian directions, each rescaled so that `steered_kl` equals `target_kl` within `tolerance`
+    (relative), and [n] the KL each reaches. A random direction of Δ's norm moves the output far less than Δ
+    (Δ is aimed); matching on the KL caused compares changes of the same size. Secant steps on log KL against
+    log norm (KL grows ~ norm² for small norms), from `start_norm` (default: 1). Behind a final norm the KL of
+    some directions saturates below the target: those are drawn afresh (up to `redraws` times; the null is then
+    random directions that can cause that KL), and any still short keep the closest norm found. Seeded by
+    (seed, layer, salt)."""
+    d = int(model.config.hidden_size)
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, layer, salt, 13]).generate_state(1)[0]))
+
+    def draw(k: int) -> torch.Tensor:
+        x = torch.randn(k, d, generator=gen, dtype=torch.float64)
+        return (x / x.norm(dim=1, keepdim=True)).float()
+
+    units = draw(n)
+    if n == 0 or target_kl <= 0:
+        return units * 0.0, torch.zeros(n)
+    norm, kl, err = _match_norms(model, prompts, layer, units, target_kl, start_norm or 1.0, steps, tolerance)
+    for _ in range(redraws):
+        short = err > np.log1p(tolerance)
+        if not bool(short.any()):
+            break
+        fresh = draw(int(short.sum()))
+        f_norm, f_kl, f_err = _match_norms(model, prompts, layer, fresh, target_kl, start_norm or 1.0, steps,
+                                           tolerance)
+        closer = f_err < err[short]
+        idx = short.nonzero()[:, 0][closer]
+        units[idx], norm[idx], kl[idx], err[idx] = fresh[closer], f_norm[closer], f_kl[closer], f_err[closer]
+    return units * norm[:, None].float(), kl
+
+
+def _match_norms(model: nn.Module, prompts: list[list[int]], layer: int, units: torch.Tensor, target_kl: float,
+                 start_norm: float, steps: int, tolerance: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per unit direction: the norm found closest to the target KL, the KL there, and |log(KL / target)|."""
+    n = len(units)
+    goal = float(np.log(target_kl))
+    norm = torch.full((n,), float(start_norm), dtype=torch.float64)
+    best_norm, best_err, best_kl = norm.clone(), torch.full((n,), np.inf, dtype=torch.float64), torch.zeros(n)
+    prev_log_norm = prev_log_kl = None
+    for _ in range(steps):
+        kl = steered_kl(model, prompts, layer, units * norm[:, None].float()).double()
+        log_kl = kl.clamp(min=1e-30).log()
+        err = (log_kl - goal).abs()
+        better = err < best_err
+        best_norm[better], best_err[better], best_kl[better] = norm[better], err[better], kl[better].float()
+        done = best_err <= np.log1p(tolerance)
+        if bool(done.all()):
+            break
+        log_norm = norm.log()
+        slope = torch.full((n,), 2.0, dtype=torch.float64)  # KL ~ norm² until two points give the slope
+        if prev_log_norm is not None:
+            run = log_norm - prev_log_norm
+            secant = (log_kl - prev_log_kl) / torch.where(run.abs() > 1e-12, run, torch.ones_like(run))
+            slope = torch.where((run.abs() > 1e-12) & (secant > 0.2), secant, slope).clamp(0.5, 4.0)
+        # a direction whose KL underflows to 0 gets a large step up; steps are capped at x/÷ 10
+        step = ((goal - log_kl) / slope).clamp(-np.log(10), np.log(10))
+        prev_log_norm, prev_log_kl = log_norm, log_kl
+        norm = torch.where(done, best_norm, (log_norm + step).exp())
+    return best_norm, best_kl, best_err
+
+
 def curve_groups(delta: torch.Tensor, n_random: int, alphas: list[float]) -> int:
-    """How many groups `steering_curve` samples (a progress bar's total): Δ and its random directions at every
-    α > 0; none when Δ is zero."""
-    return 0 if float(delta.norm()) == 0 else sum(a > 0 for a in alphas) * (1 + n_random)
+    """How many groups `steering_curve` samples (a progress bar's total): Δ at every α > 0 and its random
+    directions at the reported α; none when Δ is zero."""
+    return 0 if float(delta.norm()) == 0 else sum(a > 0 for a in alphas) + n_random
+
+
+def reported_alpha(rows: list[dict]) -> float:
+    """The largest α below the first incoherent one (rows sorted by α, the first α = 0): steering past an
+    incoherent α says nothing, however coherent a larger α happens to be."""
+    alpha = 0.0
+    for row in rows:
+        if not row["coherent"]:
+            break
+        alpha = row["alpha"]
+    return alpha
 
 
 def steering_curve(base: nn.Module, tokenizer, reward, prompts: list[list[int]], layer: int, delta: torch.Tensor,
-                   randoms: torch.Tensor, alphas: list[float], base_result: GroupResult, n_new: int, seed: int,
-                   coherence_kl: float, z_cut: float, advance: Advance | None = None) -> dict:
-    """Reward of base + α·Δ_L and of α·(random directions of |Δ_L|) for each α; the reported α and a verdict.
+                   alphas: list[float], base_result: GroupResult, n_new: int, seed: int, coherence_kl: float,
+                   n_random: int, advance: Advance | None = None) -> dict:
+    """Reward of base + α·Δ_L at each α; at the reported α (`reported_alpha`) also of `n_random` random directions
+    matched on the KL α·Δ_L causes (teacher-forced on the prompts, `kl_matched`) and the test of Δ against them
+    (`vector_test`, under "test"). The verdict needs every analysed block's p (Holm): vector_test.curve_verdicts.
     `advance`: told of each generation call's groups (`run_groups`)."""
+    from .vector_test import vector_test
+
     positive = [a for a in alphas if a > 0]
     zero = float(delta.norm()) == 0
-    groups = [] if zero else [{layer: a * v} for a in positive for v in torch.cat([delta[None], randoms])]
-    results = run_groups(base, base, tokenizer, reward, prompts, groups, n_new, seed, advance) if groups else []
-    k = 1 + len(randoms)
-    rows, random_rows = [], []
+    results = [] if zero else run_groups(base, base, tokenizer, reward, prompts, [{layer: a * delta} for a in positive],
+                                         n_new, seed, advance)
     base_mean, base_se = mean_se(base_result.rewards)
-    rows.append({"alpha": 0.0, "reward": base_mean, "se": base_se, "gain": 0.0, "gain_se": 0.0, "kl": 0.0,
-                 "coherent": True})
-    random_rows.append({"alpha": 0.0, "rewards": [base_mean] * len(randoms), "kl": [0.0] * len(randoms)})
-    by_alpha: dict[float, tuple[GroupResult, list[GroupResult]]] = {}
+    rows = [{"alpha": 0.0, "reward": base_mean, "se": base_se, "gain": 0.0, "gain_se": 0.0, "kl": 0.0,
+             "coherent": True}]
+    by_alpha = {0.0: base_result}
     for i, a in enumerate(positive):
-        if zero:
-            r, rand = base_result, [base_result] * len(randoms)
-        else:
-            r, rand = results[i * k], results[i * k + 1:(i + 1) * k]
-        by_alpha[a] = (r, rand)
+        r = base_result if zero else results[i]
+        by_alpha[a] = r
         mean, se = mean_se(r.rewards)
         gain, gain_se = mean_se(r.rewards - base_result.rewards)
         rows.append({"alpha": a, "reward": mean, "se": se, "gain": gain, "gain_se": gain_se, "kl": r.kl,
                      "coherent": r.kl <= coherence_kl})
-        random_rows.append({"alpha": a, "rewards": [float(x.rewards.mean()) for x in rand],
-                            "kl": [x.kl for x in rand]})
-    coherent = [row["alpha"] for row in rows if row["coherent"]]
-    alpha = max(coherent)
+    alpha = reported_alpha(rows)
     result = {"layer": layer, "delta_norm": float(delta.norm()), "alphas": [row["alpha"] for row in rows],
-              "delta": rows, "random": random_rows, "alpha": alpha, "coherence_kl": coherence_kl}
-    if zero:
-        result.update(verdict="no change distinguishable from random directions (Δ is zero)", null=None,
-                      promoted_change=None, examples=[])
+              "delta": rows, "alpha": alpha, "coherence_kl": coherence_kl, "random": None, "test": None,
+              "promoted_change": None, "examples": []}
+    if zero or alpha == 0:
+        if advance is not None and not zero:
+            advance(n_random)  # the random directions are not sampled
+        result["reason"] = ("Δ is zero" if zero else "no α > 0 in diff.alphas" if not positive else
+                            f"no coherent α > 0 (at α = {positive[0]:g} the steered model "
+                            f"is more than {coherence_kl} nats per token from the base); lower diff.alphas")
         return result
-    if alpha == 0:
-        result.update(verdict=f"no coherent α > 0 (every steered model is more than {coherence_kl} nats per token "
-                              "from the base); lower the α grid", null=None, promoted_change=None, examples=[])
-        return result
-    r, rand = by_alpha[alpha]
-    row = rows[[x["alpha"] for x in rows].index(alpha)]
-    null = np.array([x.rewards.mean() for x in rand])
-    std = float(null.std(ddof=1)) if len(null) > 1 else 0.0
-    z = (row["reward"] - float(null.mean())) / std if std > 0 else None
-    paired_z = row["gain"] / row["gain_se"] if row["gain_se"] > 0 else 0.0
-    beats = row["reward"] > float(null.max())
-    if beats and paired_z >= z_cut:
-        z_text = f"z={z:.1f} against them" if z is not None else "they do not move it"
-        verdict = (f"steering base by {alpha:g}·Δ_{layer} raises the reward beyond every random direction "
-                   f"({row['reward']:.3g} vs {null.max():.3g} at most; {z_text})")
-    elif row["gain"] < 0 and row["reward"] < float(null.min()) and -paired_z >= z_cut:
-        verdict = f"steering base by {alpha:g}·Δ_{layer} lowers the reward below every random direction"
-    else:
-        verdict = "no change distinguishable from random directions"
-    result.update(verdict=verdict, null={"mean": float(null.mean()), "std": std, "max": float(null.max()),
-                                         "min": float(null.min()), "z": z, "paired_z": paired_z},
-                  promoted_change=(r.share, r.change),
+    target = float(steered_kl(base, prompts, layer, alpha * delta[None])[0])
+    randoms, kls = kl_matched(base, prompts, layer, target, n_random, seed, salt=1, start_norm=alpha * float(delta.norm()))
+    rand = run_groups(base, base, tokenizer, reward, prompts, [{layer: v} for v in randoms], n_new, seed, advance)
+    r = by_alpha[alpha]
+    result["random"] = {"alpha": alpha, "target_kl": target, "norms": randoms.norm(dim=1).tolist(),
+                        "matched_kl": kls.tolist(), "rewards": [float(x.rewards.mean()) for x in rand],
+                        "kl": [x.kl for x in rand]}
+    result["test"] = vector_test(r.rewards, np.stack([x.rewards for x in rand]), seed=seed + layer)
+    result.update(promoted_change=(r.share, r.change),
                   examples=[{"prompt": q, "steered": t, "base": b}
                             for q, t, b in zip(tokenizer.batch_decode(prompts[:3], skip_special_tokens=True),
                                                r.texts[:3], base_result.texts[:3])])

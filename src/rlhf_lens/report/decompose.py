@@ -68,7 +68,13 @@ def placebo_kl_row(placebo: dict | None) -> list[Any] | None:
 def _steer_text(row: dict | None) -> str:
     if not row:
         return "-"
-    verdict = "beats every random direction" if row.get("beats_null") else "within the random directions"
+    test = row.get("test")
+    if isinstance(test, dict):  # the calibrated test (diff/vector_test.py): the claim, its test and p
+        said = f"{test.get('claim')} the reward" if test.get("claim") else "not distinguishable from random directions"
+        verdict = (f"{said} (p={_num(_float(test.get('p')))}, Holm-adjusted {_num(_float(test.get('p_adjusted')))} "
+                   f"over {_num(test.get('family'))} latents; {_num(test.get('n_random'))} KL-matched random directions)")
+    else:
+        verdict = "beats every random direction" if row.get("beats_null") else "within the random directions"
     return f"{_num(_float(row.get('gain')))} \u00b1 {_num(_float(row.get('gain_se')))}; {verdict}"
 
 
@@ -105,7 +111,7 @@ def _block_summary(block: dict) -> dict[str, Any]:
     cc = block.get("crosscoder")
     return {"diff-SAE: share of \u2016\u0394\u2016\u00b2 of the top latent": _float(top[0].get("share")) if top else None,
             "diff-SAE: seed agreement of the top latents (mean)": _float((ds.get("agreement") or {}).get("mean")),
-            "diff-SAE: steered latents that beat every random direction":
+            "diff-SAE: steered latents that raise the reward beyond random directions":
                 f"{sum(bool(s.get('beats_null')) for s in steered)} of {len(steered)}" if steered else "-",
             "diff-SAE: mean utility of the explained top latents": _mean(f.get("utility") for f in _first_seed(ds)),
             "base SAE: latents shifted beyond the null":

@@ -51,10 +51,11 @@ def _steering_plot(curve: dict, reference: dict) -> str:
     if bad:
         ax.scatter([x for x, _ in bad], [y for _, y in bad], s=120, facecolors="none", edgecolors="black",
                    label="incoherent (KL above the guard)", zorder=3)
-    for r in curve.get("random") or []:
+    for r in _random_rows(curve):
         values = [v for v in (_float(x) for x in r.get("rewards") or []) if v is not None]
         ax.scatter([_float(r.get("alpha")) or 0.0] * len(values), values, color="#7f7f7f", s=14, zorder=2)
-    ax.scatter([], [], color="#7f7f7f", s=14, label="random directions, same norm")
+    matched = isinstance(curve.get("random"), dict)
+    ax.scatter([], [], color="#7f7f7f", s=14, label="random directions, " + ("same KL" if matched else "same norm"))
     tuned = _float(((reference or {}).get("tuned") or {}).get("reward"))
     if tuned is not None:
         ax.axhline(tuned, color="#9467bd", linestyle="--", linewidth=1, label="tuned model")
@@ -63,7 +64,8 @@ def _steering_plot(curve: dict, reference: dict) -> str:
         ax.axvline(alpha, color="black", linewidth=0.8, alpha=0.4)
     ax.set_xlabel("α")
     ax.set_ylabel("reward (mean ± se)")
-    ax.set_title(f"Steering block {curve.get('layer')} (line: reported α = largest coherent)", fontsize="medium")
+    ax.set_title(f"Steering block {curve.get('layer')} (line: reported α, below the first incoherent one)",
+                 fontsize="medium")
     ax.legend(fontsize="x-small")
     return _img(_png_uri(fig), f"steering curve of block {curve.get('layer')}")
 
@@ -82,11 +84,17 @@ def _context(ctx: dict) -> Rich:
     return Rich(f'<div class="example">{"".join(spans)}</div>', text)
 
 
+def _random_rows(curve: dict) -> list[dict]:
+    """The random directions' readings: one row at the reported α (KL-matched), or one per α (older diffs)."""
+    random = curve.get("random")
+    return [random] if isinstance(random, dict) else [r for r in random or [] if isinstance(r, dict)]
+
+
 def _at_alpha(curve: dict) -> tuple[dict, dict]:
     """The steering row and the random directions' row at the reported α."""
     alpha = curve.get("alpha")
     at = next((r for r in curve.get("delta") or [] if r.get("alpha") == alpha), {})
-    random = next((r for r in curve.get("random") or [] if r.get("alpha") == alpha), {})
+    random = next((r for r in _random_rows(curve) if r.get("alpha") == alpha), {})
     return at, random
 
 
@@ -95,7 +103,8 @@ def steered_value(curve: dict) -> tuple[Any, str]:
     prompt said in words, so a row of zeros does not read like a bug."""
     at, random = _at_alpha(curve)
     rewards = [x for x in (_float(v) for v in random.get("rewards") or []) if x is not None]
-    null = f"{_num(min(rewards))}..{_num(max(rewards))} ({len(rewards)} random directions)" if rewards else "-"
+    kind = "matched on KL" if isinstance(curve.get("random"), dict) else "of Δ's norm"
+    null = f"{_num(min(rewards))}..{_num(max(rewards))} ({len(rewards)} random directions {kind})" if rewards else "-"
     if _float(curve.get("delta_norm")) == 0:
         return f"\u0394 is zero at block {curve.get('layer')}", "- (nothing to steer with)"
     reward, se = _float(at.get("reward")), _float(at.get("se"))
