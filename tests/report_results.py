@@ -114,9 +114,12 @@ def make_diff() -> dict:
                           "verdict": "steering base by 2\u00b7\u0394_3 raises the reward beyond every random direction",
                           "promoted": words[:2], "promoted_null": null,
                           "lens": {"top": words[2:], "verdict": "the lens of \u0394 is no more reward-laden than random directions"}}],
-            "ranking": {"alpha": 2.0, "verdict": "block 3's own change raises the reward most",
-                        "rows": [{"rank": 1, "layer": 3, "own_norm": 1.0, "gain": 0.4, "gain_se": 0.1, "gain_per_norm": 0.2,
-                                  "null_gains": [0.01], "kl": 0.3, "coherent": True, "beats_null": True}]},
+            "ranking": {"n_random": 19, "level": 0.05, "tested": 1,
+                        "verdict": "block 3 raises the reward beyond KL-matched random directions",
+                        "rows": [{"rank": 1, "layer": 3, "own_norm": 1.0, "changed": True, "gain": 0.4, "gain_se": 0.1,
+                                  "null_gains": [0.01, -0.02], "kl": 0.3, "matched_kl": 0.1, "null_kl": [0.1, 0.1],
+                                  "p_paired": 0.001, "p_rank": 0.05, "p": 0.05, "p_adjusted": 0.05, "beyond": True,
+                                  "coherent": True}]},
             "blocks": [{"layer": i, "delta_norm": 0.5 * i, "base_norm": 10.0, "relative": 0.05 * i, "own_norm": 0.5,
                         "token_diff_norm": 1.0} for i in range(6)]}
 

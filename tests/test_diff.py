@@ -78,14 +78,16 @@ def test_steering_by_delta_beats_random_directions(planted, planted_diff):
     assert at["reward"] > max(randoms["rewards"])
     assert at["gain"] > 0
     assert "raises the reward beyond every random direction" in curve["verdict"]
-    assert {t["word"] for t in curve["promoted"]} == set(planted["words"])
+    # on the scoring prompts (half the unread documents; the other half ranks blocks) 2 of the 3 planted words
+    # reach the steered model's top 3, among every word-start token
+    assert len({t["word"] for t in curve["promoted"]} & set(planted["words"])) >= 2
 
 
 def test_causal_ranking_puts_the_planted_block_first(planted_diff):
     from rlhf_lens.diff.ranking import top_blocks
 
     rows = planted_diff["ranking"]["rows"]
-    assert rows[0]["layer"] == PLANTED_BLOCK and rows[0]["beats_null"]
+    assert rows[0]["layer"] == PLANTED_BLOCK and rows[0]["beyond"]  # tests/test_diff_ranking.py: the rest
     assert top_blocks(planted_diff, 1) == [PLANTED_BLOCK]
 
 

@@ -133,7 +133,7 @@ class DivergenceSection:
     """How many of the most divergent blocks to analyse (paper: 5)."""
     rank: str = "parameters"
     """How the analysed blocks are chosen: parameters (the paper: most-moved parameters, Frobenius norm) or
-    causal (the diff stage's ranking: reward gain of steering the base model by each block's own change)."""
+    causal (the diff stage's ranking: reward gain of the base model with the tuned model's block in place of its own)."""
 
     def check(self, key: Namer = field_name) -> None:
         require([number(self, "top_n", key, at_least=1), one_of(self, "rank", key, ("parameters", "causal"))])

@@ -7,7 +7,8 @@
   random token sets; the logit lens of a direction with a null of random directions.
 - `steering`: base + α·Δ_L sampled on held-out prompts, reward per α against random directions of
   the same norm, with a coherence guard.
-- `ranking`: causal block ranking (reward gain of steering each block by its own contribution).
+- `ranking`: causal block ranking (reward gain of the base model with one tuned block patched in, against KL-matched
+  random directions).
 - `run`: `diff_models(...)`, writing diff.json and deltas.safetensors (docs/diff.md).
 - the placebo tune's shuffled utility table (a control) lives with the rewards: `rlhf_lens.rewards.placebo`.
 - the decompositions of the change (diff-SAE, shift, crosscoder) are their own package: `rlhf_lens.decompose`.

@@ -61,9 +61,9 @@ class DiffConfig:
     rank_spread: int = 5
     """Blocks spread evenly over depth in the default causal ranking."""
     rank_alpha: float = 0.0
-    """α of the causal ranking (0: the reported α of the first analysed block)."""
+    """Unused: the causal ranking patches each block's parameters (no α); kept so configs that set it still load."""
     rank_random: int = 19
-    """Random directions per ranked block (its null)."""
+    """Random directions per ranked block, matched on the KL its parameter patch causes (its null; a claim about one of m ranked blocks needs at least 20m - 1 at level 0.05)."""
     save_activations: bool = False
     """Also save the residual stream of base and tuned at the analysed blocks as two activation stores (acts/base, acts/tuned)."""
     seed: int = 0

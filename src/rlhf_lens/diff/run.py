@@ -25,10 +25,13 @@ def _tokens_out(tokens: list[dict]) -> list[dict]:
 
 def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, layers: list[int] | None,
                 out_dir: str | os.PathLike, config: DiffConfig | None = None, device: str = "cpu",
-                dtype: str = "float32", models: tuple | None = None) -> dict:
+                dtype: str = "float32", models: tuple | None = None, choose_blocks: int | None = None) -> dict:
     """Diff `tuned_path` against `base_path` on `corpus`, read through `reward_spec`; write out_dir/diff.json.
 
-    `layers`: the analysed blocks (steering curve, logit lens, saved activations; None: the last block). `models`: optionally
+    `layers`: the analysed blocks (steering curve, logit lens, saved activations; None: the last block).
+    `choose_blocks`: instead, analyse this many blocks chosen by the causal ranking (`ranking.choose_blocks`; ranked
+    on prompts disjoint from the steering's), `layers` (None: none) then only adding to the ranked blocks; saved
+    activations are then those of every ranked block. `models`: optionally
     `(base_model, tuned_model, tokenizer)` already loaded (pass the same object twice for a self-diff),
     so a caller holding them does not load them again. Returns the dict written to diff.json.
     """
@@ -68,9 +71,21 @@ def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, 
         base, _ = load_model(base_path, device=device, dtype=dtype, tokenizer=False)
         tuned = base if same else load_model(tuned_path, device=device, dtype=dtype, tokenizer=False)[0]
     paired.check_pair(base, tuned)
-    layers = [num_blocks(base) - 1] if layers is None else layers
-    check_layers(base, list(layers))
+    if choose_blocks is not None and choose_blocks < 1:
+        raise UserError(f"divergence.top_n (blocks to choose from the causal ranking) must be at least 1 "
+                        f"(got {choose_blocks})")
+    layers = ([] if choose_blocks else [num_blocks(base) - 1]) if layers is None else layers
+    if layers:
+        check_layers(base, list(layers))
     layers = sorted(set(int(x) for x in layers))
+    rank_layers = sorted(set(config.rank_layers)) if config.rank_layers is not None else \
+        ranking.default_rank_layers(num_blocks(base), layers, config.rank_spread)
+    if choose_blocks and not rank_layers:
+        raise UserError("diff.rank_spread = 0 and no diff.rank_layers: the causal ranking has no block to choose "
+                        "from; give diff.rank_spread >= 1")
+    check_layers(base, rank_layers)
+    # the ranking chooses on one set of held-out documents, the steering scores on another (no winner's curse)
+    selection_docs, scoring_docs = ranking.held_out_sets(data, config.split, texts, config.seed, config.prompts)
     if tokenizer.pad_token_id is None:
         raise UserError(f"the tokenizer of {base_path} has neither a pad nor an EOS token; give it a pad token")
 
@@ -78,8 +93,9 @@ def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, 
     t0 = time.perf_counter()
     with progress_bar() as bar:
         task = bar.add_task("diff: paired forward passes", total=len(docs))
+        saved = sorted(set(layers) | set(rank_layers)) if choose_blocks else layers
         pair = paired.paired_pass(base, tuned, docs, int(tokenizer.pad_token_id), config.batch_size,
-                                  save_layers=layers if config.save_activations else None, bar=bar, task=task)
+                                  save_layers=saved if config.save_activations else None, bar=bar, task=task)
     timings["paired"] = time.perf_counter() - t0
     blocks = paired.block_rows(pair)
     own = paired.own_contributions(pair)
@@ -119,26 +135,37 @@ def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, 
     }
     timings["output"] = time.perf_counter() - t0
 
-    # 3. steering by Δ_L on held-out prompts, with random directions and a coherence guard; 4. the causal block
-    # ranking by each block's own change: both sample many steered variants ("groups"), the longest part of a diff
-    prompts = steering.heldout_prompts(data, tokenizer, config.prompts, config.split, texts, config.seed)
+    # 3. the causal block ranking by parameter patching (on the "selection" prompts); 4. steering by Δ_L at the
+    # analysed blocks (on the "scoring" prompts), with random directions and a coherence guard: both sample many
+    # variants ("groups"), the longest part of a diff. With `choose_blocks` the ranking picks the analysed blocks.
+    selection = steering.heldout_prompts(selection_docs, tokenizer, config.prompts, config.split, [], config.seed + 1)
+    prompts = steering.heldout_prompts(scoring_docs, tokenizer, config.prompts, config.split, [], config.seed)
     alphas = sorted({0.0, *(float(a) for a in config.alphas)})
-    rank_layers = sorted(set(config.rank_layers)) if config.rank_layers is not None else \
-        ranking.default_rank_layers(num_blocks(base), layers, config.rank_spread)
-    check_layers(base, rank_layers)
     d = pair.delta.shape[1]
     with progress_bar() as bar:
-        steer_task = bar.add_task(f"diff: steering blocks {','.join(map(str, layers))}", total=(
-            (1 if tuned is base else 2)
-            + sum(steering.curve_groups(pair.delta[layer], config.random_directions, alphas) for layer in layers)))
         rank_task = bar.add_task(f"diff: causal ranking of blocks {','.join(map(str, rank_layers))}",
-                                 total=ranking.ranking_groups(own, rank_layers, config.rank_random), start=False)
-
-        def advance_steering(n: int) -> None:
-            bar.update(steer_task, advance=n)
+                                 total=1 + ranking.ranking_groups(base, tuned, rank_layers, config.rank_random))
 
         def advance_ranking(n: int) -> None:
             bar.update(rank_task, advance=n)
+
+        t0 = time.perf_counter()
+        selection_base = steering.run_groups(base, base, tokenizer, reward, selection, [{}], config.new_tokens,
+                                             config.seed, advance_ranking)[0]
+        ranked = ranking.causal_ranking(base, tuned, tokenizer, reward, selection, rank_layers, selection_base,
+                                        config.new_tokens, config.seed, config.rank_random, config.coherence_kl,
+                                        config.level, own, advance_ranking)
+        if choose_blocks:
+            ranked["chosen"] = ranking.choose_blocks(ranked, choose_blocks)
+            layers = ranked["chosen"]["layers"]
+        timings["ranking"] = time.perf_counter() - t0
+
+        steer_task = bar.add_task(f"diff: steering blocks {','.join(map(str, layers))}", total=(
+            (1 if tuned is base else 2)
+            + sum(steering.curve_groups(pair.delta[layer], config.random_directions, alphas) for layer in layers)))
+
+        def advance_steering(n: int) -> None:
+            bar.update(steer_task, advance=n)
 
         t0 = time.perf_counter()
         base_result = steering.run_groups(base, base, tokenizer, reward, prompts, [{}], config.new_tokens, config.seed,
@@ -170,16 +197,6 @@ def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, 
         vector_test.curve_verdicts(curves, config.level)
         timings["steering"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        bar.start_task(rank_task)
-        positive = [a for a in alphas if a > 0]
-        rank_alpha = config.rank_alpha or (curves[0]["alpha"] if curves and curves[0]["alpha"] > 0 else
-                                           (min(positive) if positive else 1.0))
-        ranked = ranking.causal_ranking(base, tokenizer, reward, prompts, own, rank_layers, rank_alpha, base_result,
-                                        config.new_tokens, config.seed, config.rank_random, config.coherence_kl,
-                                        config.verdict_z, advance_ranking)
-        timings["ranking"] = time.perf_counter() - t0
-
     base_mean, base_se = steering.mean_se(base_result.rewards)
     tuned_mean, tuned_se = steering.mean_se(tuned_result.rewards)
     result = {
@@ -191,6 +208,10 @@ def diff_models(base_path: str, tuned_path: str, corpus: str, reward_spec: str, 
         "config": dataclasses.asdict(config), "device": device, "dtype": dtype,
         "blocks": blocks,
         "output": output_section,
+        "prompt_sets": {"selection": {"prompts": len(selection), "documents": len(selection_docs.documents(config.split)),
+                                      "used_by": "ranking"},
+                        "scoring": {"prompts": len(prompts), "documents": len(scoring_docs.documents(config.split)),
+                                    "used_by": "steering"}},
         "reference": {"n_prompts": len(prompts), "new_tokens": config.new_tokens,
                       "base": {"reward": base_mean, "se": base_se},
                       "tuned": {"reward": tuned_mean, "se": tuned_se, "kl": tuned_result.kl,

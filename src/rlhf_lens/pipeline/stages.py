@@ -106,33 +106,35 @@ def stage_divergence(config: RunConfig, run_dir: Path, state: dict) -> dict:
 
 
 def stage_diff(config: RunConfig, run_dir: Path, state: dict) -> dict:
-    """Base and tuned on the same tokens (docs/diff.md); with divergence.rank = causal it picks the analysed blocks."""
-    from ..diff.ranking import top_blocks
-
+    """Base and tuned on the same tokens (docs/diff.md); with divergence.rank = causal it picks the analysed blocks
+    from its causal ranking (ranked on prompts disjoint from those that steer at them), then steers there."""
     by_parameters = state["divergence"]["top_layers"]
+    causal = config.divergence.rank == "causal"
     result = _diff_in_run(config, run_dir, run_dir / "diff", recorded_model(state["base"], run_dir),
-                          recorded_model(state["rlhf"], run_dir), by_parameters)
-    chosen = by_parameters if config.divergence.rank == "parameters" else top_blocks(result, config.divergence.top_n)
+                          recorded_model(state["rlhf"], run_dir), by_parameters,
+                          choose_blocks=config.divergence.top_n if causal else None)
+    chosen = result["layers"] if causal else by_parameters
     outputs = {"dir": relative(run_dir, run_dir / "diff"), "top_layers": chosen, "rank": config.divergence.rank}
     placebo_dirs = {}
     for run in state["placebo"].get("seeds") or []:  # the same measures for each placebo tune, beside the real one's
         folder = run_dir / "diff" / "placebo" / f"seed{run['seed']}"
         _diff_in_run(config, run_dir, folder, recorded_model(state["base"], run_dir), str(in_run(run_dir, run["dir"])),
-                     by_parameters)
+                     chosen)
         placebo_dirs[str(run["seed"])] = relative(run_dir, folder)
     if placebo_dirs:
         outputs["placebo_dirs"] = placebo_dirs
     return outputs
 
 
-def _diff_in_run(config: RunConfig, run_dir: Path, folder: Path, base: str, tuned: str, layers: list[int]) -> dict:
+def _diff_in_run(config: RunConfig, run_dir: Path, folder: Path, base: str, tuned: str, layers: list[int],
+                 choose_blocks: int | None = None) -> dict:
     """`diff_models` writing into the run, its models recorded relative to the run folder (as every record of a
     run is), so a moved or copied run still describes itself."""
     from ..diff.run import diff_models
 
     settings = dataclasses.replace(config.diff, split=config.data.test_split, text_column=config.data.text_column)
     result = diff_models(base, tuned, config.data.corpus, config.reward.spec, layers, folder, settings,
-                         device=config.model.device, dtype=config.model.dtype)
+                         device=config.model.device, dtype=config.model.dtype, choose_blocks=choose_blocks)
     result.update({k: relative(run_dir, result[k]) for k in ("base", "tuned") if Path(str(result[k])).is_absolute()})
     write_json(folder / "diff.json", result)
     return result

@@ -165,6 +165,39 @@ def _steering_rows(diff: dict, tune: str | None) -> list[list[Any]]:
     return rows
 
 
+def _p(value: Any) -> Any:
+    return "-" if value is None else _float(value)
+
+
+def _null_range(gains: list) -> str:
+    values = [v for v in (_float(x) for x in gains or []) if v is not None]
+    return f"{_num(min(values))}..{_num(max(values))} ({len(values)})" if values else "-"
+
+
+def _ranking_parts(ranking: dict) -> list[Part]:
+    """The causal block ranking: definition and test, the verdict, the chosen blocks (divergence.rank = causal)."""
+    chosen = ranking.get("chosen") or {}
+    note = ("Each block's own change: the base model with the tuned model's block L in place of its own (parameter "
+            "patching), sampled on held-out prompts (diff.prompts, from documents kept apart from the steering's) with "
+            "the base's random numbers; reward gain over the base, paired over prompts. Null: "
+            f"{_num(ranking.get('n_random'))} random directions per block added at that block, matched on the KL the "
+            "patch causes; p = max(paired sign-flip p, rank p), Holm across the tested blocks. A block whose "
+            "parameters did not change is not tested.")
+    parts: list[Part] = [Heading("Causal block ranking"), Para(str(ranking.get("verdict"))), Para(note, note=True)]
+    if chosen:
+        parts.append(Para(f"Analysed blocks (divergence.rank = causal): {chosen.get('note')}."))
+    parts.append(Table(
+        ["rank", "block", "gain", "± se", "random gains", "KL (samples)", "matched KL", "p paired", "p rank",
+         "adjusted p", "beyond null", "coherent"],
+        [[r.get("rank"), r.get("layer"), _float(r.get("gain")), _float(r.get("gain_se")),
+          _null_range(r.get("null_gains")), _float(r.get("kl")), _float(r.get("matched_kl")), _p(r.get("p_paired")),
+          _p(r.get("p_rank")), _p(r.get("p_adjusted")) if r.get("changed", True) else "not changed",
+          Rich("<strong>yes</strong>", "yes") if r.get("beyond") else "no",
+          "yes" if r.get("coherent") else Rich("<strong>no</strong>", "no")]
+         for r in ranking.get("rows") or []]))
+    return parts
+
+
 def diff_parts(diff: dict, placebo: dict | None = None, heldout: dict | None = None) -> list[Part]:
     """The diff section: verdicts, promoted/demoted words, steering curves, block ranking, |Δ| per block, high-KL
     contexts. `placebo`: the placebo tune's diff.json, shown beside; `heldout`: the PPO section's held-out
@@ -211,19 +244,8 @@ def diff_parts(diff: dict, placebo: dict | None = None, heldout: dict | None = N
         parts += [Para("At the reported α (the largest coherent one):"),
                   Table([*(["tune"] if placebo else []), "block", "α", "reward", "se", "random directions", "verdict"],
                         steering)]
-    ranking = diff.get("ranking") or {}
-    parts += [Heading("Causal block ranking"),
-              Para(f"Each block steered by its own change (Δ_L − Δ_(L−1)) at α = {_num(_float(ranking.get('alpha')))}; "
-                   "reward gain over the base, paired over prompts; null: random directions of the same norm. "
-                   f"{ranking.get('verdict')}", note=True),
-              Table(["rank", "block", "|own change|", "gain", "± se", "gain per unit norm", "random gains", "KL",
-                     "coherent"],
-                    [[r.get("rank"), r.get("layer"), _float(r.get("own_norm")), _float(r.get("gain")),
-                      _float(r.get("gain_se")), _float(r.get("gain_per_norm")),
-                      ", ".join(_num(_float(x)) for x in r.get("null_gains") or []) or "-", _float(r.get("kl")),
-                      "yes" if r.get("coherent") else Rich("<strong>no</strong>", "no")]
-                     for r in ranking.get("rows") or []]),
-              Heading("Mean residual difference per block"),
+    parts += _ranking_parts(diff.get("ranking") or {})
+    parts += [Heading("Mean residual difference per block"),
               Table(["block", "|Δ_L|", "mean |h_base|", "|Δ_L| / |h_base|", "|own change|", "mean |h_t − h_b|"],
                     [[b.get("layer"), _float(b.get("delta_norm")), _float(b.get("base_norm")), _float(b.get("relative")),
                       _float(b.get("own_norm")), _float(b.get("token_diff_norm"))] for b in diff.get("blocks") or []])]

@@ -85,7 +85,7 @@ def divergence_html(results: dict) -> str:
     spread += (f'<p class="note">Analysed blocks chosen by <strong>{_esc(rank)}</strong> '
                f'(<code>divergence.rank</code>); by parameters they would be '
                f'{_esc(", ".join(map(str, divergence.get("by_parameters") or [])) or "-")}. "Causal gain": reward gain of '
-               "steering the base model by the block's own change (diff stage), where the block was ranked.</p>"
+               "the base model with the tuned model's block in place of its own (diff stage), where the block was ranked.</p>"
                if ranked else "")
     causal = ["causal gain", "causal rank"] if ranked else []
     table = html_table(["block", "divergence", "vs mean", *causal, "analysed"],
