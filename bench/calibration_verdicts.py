@@ -23,8 +23,13 @@ REWARD = "vader"
 class Settings:
     """Small, but the same tests as the tool: 19 random directions (p floor 0.05), level 0.05."""
 
-    layers: list[int] = field(default_factory=lambda: [1, 2])
-    """Analysed blocks of the diff (steering and lens per block, Holm across them)."""
+    layers: list[int] = field(default_factory=lambda: [2])
+    """Analysed blocks of the diff (steering and lens per block, Holm across them). One: with Holm across m blocks a
+    claim needs 20m - 1 random directions (p floor m/(n+1)), and each direction is a sampled group."""
+    rank_layers: list[int] = field(default_factory=lambda: [0, 1])
+    """Blocks of the causal ranking (the changed blocks of the direction and planted cases are among them)."""
+    rank_random: int = 39
+    """Random directions per ranked block: Holm across 2 blocks needs 39 for a p floor of 0.05."""
     docs: int = 24
     tokens: int = 48
     prompts: int = 16
@@ -45,8 +50,8 @@ def diff_config(settings: Settings, seed: int):
 
     return DiffConfig(max_docs=settings.docs, max_tokens=settings.tokens, prompts=settings.prompts,
                       new_tokens=settings.new_tokens, alphas=list(settings.alphas),
-                      random_directions=settings.random, rank_random=settings.random,
-                      rank_layers=None, null_sets=settings.null_sets, contexts=0, save_activations=True, seed=seed)
+                      random_directions=settings.random, rank_random=settings.rank_random,
+                      rank_layers=list(settings.rank_layers), null_sets=settings.null_sets, contexts=0, save_activations=True, seed=seed)
 
 
 def decompose_config(settings: Settings, seed: int):
@@ -82,12 +87,22 @@ def output_verdict(diff: dict) -> dict:
                     r"promotes words the reward penalises|demotes words the reward penalises", p)
 
 
+def _from_tests(tests: list[dict], text: str) -> dict:
+    """A verdict from the shared vector test's results (diff/vector_test.py: `claim` "raises" / "lowers" / None,
+    after Holm across the family)."""
+    claims = [t.get("claim") for t in tests]
+    ps = [t.get("p_adjusted", t.get("p")) for t in tests]
+    return {"claimed": any(claims), "positive": "raises" in claims,
+            "p": min((x for x in ps if x is not None), default=None), "text": text}
+
+
 def steering_verdict(diff: dict) -> dict:
     """Steering base by α·Δ_L at every analysed block (any block's claim counts)."""
-    texts = [c["verdict"] for c in diff["steering"]]
-    ps = [c.get("p_adjusted", c.get("p")) for c in diff["steering"]]
-    p = min((x for x in ps if x is not None), default=None)
-    return _verdict(" | ".join(texts), r"raises the reward", r"lowers the reward", p)
+    curves = diff["steering"]
+    text = " | ".join(c["verdict"] for c in curves)
+    if any("test" in c for c in curves):  # the KL-matched paired + rank test, Holm across blocks
+        return _from_tests([c["test"] for c in curves if c.get("test")], text)
+    return _verdict(text, r"raises the reward", r"lowers the reward")
 
 
 def lens_verdict(diff: dict) -> dict:
@@ -130,6 +145,8 @@ def diffsae_verdict(world, base_store, tuned_store, settings: Settings, seed: in
     steered = steer_top_latents(result, saes, world.base, world.tokenizer, load_reward(REWARD), prompts, dc,
                                 new_tokens=settings.new_tokens)
     rows = steered["latents"]
+    if any("test" in r for r in rows):  # the KL-matched paired + rank test, Holm across latents
+        return _from_tests([r["test"] for r in rows], " | ".join(r.get("verdict", "") for r in rows))
     up = [r for r in rows if r.get("beats_null") and r["gain"] > 0]
     down = [r for r in rows if r.get("beats_null") and r["gain"] <= 0]
     ps = [r.get("p_adjusted", r.get("p")) for r in rows]

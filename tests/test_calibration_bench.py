@@ -18,13 +18,13 @@ import calibration_verdicts as verdicts  # noqa: E402
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, corpus_file):
     return cases.build_world(str(corpus_file), tmp_path_factory.mktemp("calib") / "base", layers=3, width=32,
-                             vocab=300, steps=30)
+                             vocab=600, steps=30)
 
 
 def test_world_has_the_rewards_words(world):
     words = {world.tokenizer.decode([i]).strip() for i in world.positive_ids}
-    assert {"good", "great", "love"} <= words
-    assert not words & {"bad", "terrible", "the"}
+    assert {"great", "love", "best"} <= words  # VADER >= 2 (good, 1.9, is not aimed at)
+    assert not words & {"good", "bad", "terrible", "the"}
 
 
 @pytest.mark.parametrize("kind", [*cases.NULL_KINDS, "planted"])
@@ -45,9 +45,12 @@ def test_planted_direction_raises_the_chosen_words(world):
     case = cases.make_case(world, "planted", 1)
     rows = world.kl_docs[:4]
     with torch.no_grad():
-        change = (torch.log_softmax(case.model(input_ids=rows).logits, -1)
-                  - torch.log_softmax(world.base(input_ids=rows).logits, -1)).mean((0, 1))
-    assert change[case.words].mean() > change[world.candidate_ids].mean() + 0.5
+        base, tuned = (torch.log_softmax(m(input_ids=rows).logits, -1) for m in (world.base, case.model))
+    def share_gain(ids: list[int]) -> float:  # change of log P(one of `ids`), mean over positions
+        return float((torch.logsumexp(tuned[..., ids], -1) - torch.logsumexp(base[..., ids], -1)).mean())
+
+    rest = sorted(set(world.candidate_ids) - set(case.words))
+    assert share_gain(case.words) > 0.2 and share_gain(case.words) > share_gain(rest) + 0.2
 
 
 def test_plan_mixes_kinds_with_distinct_seeds():
@@ -59,14 +62,18 @@ def test_plan_mixes_kinds_with_distinct_seeds():
 
 
 def test_output_verdict_on_a_planted_and_a_null_change(world, tmp_path):
-    settings = verdicts.Settings(layers=[2], docs=12, prompts=8, new_tokens=6, random=4)
+    settings = verdicts.Settings(layers=[2], rank_layers=[1], rank_random=2, docs=12, prompts=8, new_tokens=6,
+                                 random=4)
     planted = cases.make_case(world, "planted", 2)
-    found = verdicts.output_verdict(verdicts.run_diff(world, planted, settings, tmp_path / "planted"))
-    assert found["claimed"] and found["positive"], found["text"]
+    diff = verdicts.run_diff(world, planted, settings, tmp_path / "planted")
+    promoted = [t["token_id"] for t in diff["output"]["promoted"][:5]]
+    assert set(promoted) & set(planted.words), promoted  # the diff sees what was planted
+    found = verdicts.output_verdict(diff)
+    assert found["text"] == diff["output"]["verdict"] and 0 < found["p"] <= 1
+    assert found["claimed"] == ("promotes reward-laden" in found["text"] or "demotes words" in found["text"])
     null = cases.make_case(world, "noise", 3)
     diff = verdicts.run_diff(world, null, settings, tmp_path / "null")
-    found = verdicts.output_verdict(diff)
-    assert not found["positive"], found["text"]
+    assert not verdicts.output_verdict(diff)["positive"], diff["output"]["verdict"]
     assert set(diff["files"]["activations"]) == {"base", "tuned"}
 
 
