@@ -54,7 +54,9 @@ def planted_diff(planted, tiny_model_dir, corpus_file):
 def test_planted_words_are_promoted(planted, planted_diff):
     out = planted_diff["output"]
     assert {t["word"] for t in out["promoted"]} == set(planted["words"])
-    assert out["promoted_null"]["z"] > 2 and out["promoted_null"]["percentile"] > 99
+    # a table of the 3 planted words only (every other utility 0): a weak check beside tests/test_diff_output.py's
+    # real-VADER ones
+    assert out["promoted_null"]["p"] <= 0.05 and out["promoted_null"]["test"] == "frequency-matched random token sets"
     assert out["verdict"].startswith("tuning promotes reward-laden words")
     assert out["kl"]["mean"] > 0 and len(out["contexts"]) > 0
     ctx = out["contexts"][0]
@@ -212,4 +214,4 @@ def test_a_ppo_tune_on_a_four_word_table_promotes_those_words(tmp_path, tiny_mod
     promoted = [t["word"] for t in result["output"]["promoted"]]
     # 12 PPO steps move the two most frequent table words most; the other two share the top 4 with function words
     assert set(promoted[:2]) <= {"film", "movie", "story", "plot"}, promoted
-    assert result["output"]["promoted_null"]["z"] > 2
+    assert result["output"]["promoted_null"]["p"] <= 0.05, result["output"]["promoted_null"]

@@ -53,28 +53,31 @@ def test_frequency_matched_null_keeps_its_level_where_the_uniform_null_does_not(
     vocab, utility, u, prob = lexicon_vocab
     pool = output.NullPool(vocab, utility, 512, 0, prob)
     assert pool.n_strata == output.STRATA and pool.matched
-    top = np.argsort(-prob)[:len(prob) // output.STRATA]
+    order = np.argsort(-prob)
     rng = np.random.default_rng(1)
-    matched, uniform = [], []
-    for i in range(200):
-        tokens = [{"token_id": int(j), "utility": float(u[j])} for j in rng.choice(top, 30, replace=False)]
-        matched.append(output.read_tokens(tokens, pool, 400, seed=i)["p"] <= LEVEL)
-        uniform.append(output.read_tokens_uniform(tokens, pool, 400, seed=i)["p"] <= LEVEL)
-    claims = int(np.sum(matched))
-    lo, hi = nulls.binomial_interval(claims, 200)
-    assert claims / 200 <= 0.08 and lo <= LEVEL, (claims, lo, hi)
-    assert np.mean(uniform) > 0.3, np.mean(uniform)
+    # the top tenth, and the top 100 of ~15,000 (finer than a decile: where a KL-share list of frequent tokens sits)
+    for top in (len(prob) // 10, 100):
+        matched, uniform = [], []
+        for i in range(200):
+            tokens = [{"token_id": int(j), "utility": float(u[j])} for j in rng.choice(order[:top], 30, replace=False)]
+            matched.append(output.read_tokens(tokens, pool, 400, seed=i)["p"] <= LEVEL)
+            uniform.append(output.read_tokens_uniform(tokens, pool, 400, seed=i)["p"] <= LEVEL)
+        claims = int(np.sum(matched))
+        lo, hi = nulls.binomial_interval(claims, 200)
+        assert claims / 200 <= 0.08 and lo <= LEVEL, (top, claims, lo, hi)
+        assert np.mean(uniform) > 0.3, (top, np.mean(uniform))
 
 
-def test_random_sets_take_as_many_tokens_from_each_stratum_as_the_observed_set():
+def test_random_sets_take_as_many_tokens_from_each_stratum_as_the_observed_set(monkeypatch):
     """With a token's utility = its stratum, every frequency-matched set has the observed set's mean exactly, so the
     null has no spread; a stratum the pool holds too few of is merged with its neighbour, not drawn twice."""
     from rlhf_lens.diff import output
 
+    monkeypatch.setattr(output, "STRATA", 10)
     n = 200
     words = [f"w{i}" for i in range(n)]
     prob = np.linspace(1.0, 2.0, n)
-    strata = output.frequency_strata(np.log(prob))
+    strata = output.frequency_strata(np.log(prob), output.STRATA)
     assert np.bincount(strata).tolist() == [n // output.STRATA] * output.STRATA
     vocab = output.Vocabulary(np.arange(n), words, words, True)
     pool = output.NullPool(vocab, _Table({w: float(s) for w, s in zip(words, strata)}), 512, 0, prob)
@@ -83,10 +86,13 @@ def test_random_sets_take_as_many_tokens_from_each_stratum_as_the_observed_set()
     null = output.read_tokens(tokens, pool, 300, seed=0)
     assert null["null_std"] == 0 and null["null_mean"] == pytest.approx(null["observed"])
     assert null["strata"] == [1, 2, 0, 0, 0, 0, 0, 0, 0, 2]
-    # 30 tokens from a stratum of 20: merged with the next one, every set still of 30 distinct tokens
-    assert output.merge_strata(np.full(10, 20), np.array([0] * 9 + [30])).tolist() == [*range(8), 8, 8]
-    means, rates = output.stratified_means(pool, [9] * 20 + [8] * 10, 50, seed=0)
-    assert np.all(means >= 8) and np.all(means < 9) and np.all(rates > 0)
+    # 30 tokens from a stratum of 20: merged with the ones below until the group holds 4 x 30 (room for the sets to
+    # differ from the list), every set still of 30 distinct tokens
+    assert output.merge_strata(np.full(10, 20), np.array([0] * 9 + [30])).tolist() == [0, 1, 2, 3, 4, 4, 4, 4, 4, 4]
+    assert output.merge_strata(np.full(10, 20), np.array([0] * 9 + [30]), room=1).tolist() == [*range(8), 8, 8]
+    assert output.merge_strata(np.full(3, 2), np.array([1, 1, 1])).tolist() == [0, 0, 0]
+    means, _ = output.stratified_means(pool, [9] * 20 + [8] * 10, 50, seed=0)
+    assert np.all(means >= 4) and np.all(means <= 9) and means.std() > 0
 
 
 def test_verdicts_name_the_test_and_say_what_was_not_found():

@@ -7,8 +7,8 @@ with no word): how the reward itself reads that word in a neutral sentence.
 
 The null of a set of k tokens is the mean utility of `null_sets` random sets of k tokens drawn from
 the same candidate vocabulary (for a template reading: from a seeded pool of `word_pool` candidates,
-each scored once), matched for frequency: the candidates are cut into deciles of the base model's log
-mean next-token probability, and a random set takes as many tokens from each decile as the observed
+each scored once), matched for frequency: the candidates are cut into strata of the base model's log
+mean next-token probability (percentiles), and a random set takes as many tokens from each as the observed
 set has (frequent words carry more sentiment, and the KL-share ranking favours frequent tokens).
 p = nulls.rank_p_value of the observed mean among the null sets' means; z and percentile are descriptive.
 """
@@ -24,8 +24,11 @@ from torch import nn
 from .. import nulls
 from ..errors import UserError
 
-STRATA = 10
-"""Frequency strata of the output null: deciles of the base model's log mean probability over the candidates."""
+STRATA = 100
+"""Frequency strata of the output null: percentiles of the base model's log mean probability over the candidates
+(adjacent ones merged where the pool has too little room, `merge_strata`). Deciles are too coarse at the top,
+where KL-share lists sit: sets of 30 drawn from the 100 most frequent of 15,000 candidates with utilities
+correlated with frequency were called reward-laden 16-35% of the time against deciles, 7% against percentiles."""
 TEST = "frequency-matched random token sets"
 UNIFORM_TEST = "random token sets (not matched for frequency)"
 
@@ -150,19 +153,24 @@ def frequency_strata(log_prob: np.ndarray, n_strata: int = STRATA) -> np.ndarray
     return strata
 
 
-def merge_strata(pool_counts: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Group adjacent strata (in frequency order) until every group's pool holds at least the tokens the observed
-    set takes from it: [n_strata] -> group id. A set drawn without replacement needs that; most groups are one
-    stratum (a small vocabulary or a template pool merges some)."""
+def merge_strata(pool_counts: np.ndarray, wanted: np.ndarray, room: int = 4) -> np.ndarray:
+    """Group adjacent strata (in frequency order) until every group's pool holds at least `room` times the tokens the
+    listed set takes from it: [n_strata] -> group id. Room lets the random sets differ from the list (a group no
+    larger than the list's share of it would draw the list itself every time); most groups are one stratum, a small
+    vocabulary or a template pool merges some."""
     group = np.zeros(len(pool_counts), dtype=np.int64)
     current, have, need = 0, 0, 0
     for s in range(len(pool_counts)):
         group[s] = current
         have, need = have + int(pool_counts[s]), need + int(wanted[s])
-        if have >= need and have > 0:
+        if have >= room * need and have > 0:
             current, have, need = current + 1, 0, 0
-    if need > have or have == 0:  # the last group is short: join it to the one before
-        group[group == current] = max(current - 1, 0)
+    # the last group is short: join it to the ones before until it has room (or holds everything)
+    while current > 0 and have < room * need:
+        previous = group == current - 1
+        have, need = have + int(pool_counts[previous].sum()), need + int(wanted[previous].sum())
+        group[group == current] = current - 1
+        current -= 1
     return group
 
 
@@ -175,7 +183,7 @@ class NullPool:
                  base_prob: torch.Tensor | np.ndarray | None = None):
         if base_prob is not None:
             prob = np.asarray(base_prob, dtype=np.float64)[vocab.ids]
-            strata = frequency_strata(np.log(np.maximum(prob, 1e-300)))
+            strata = frequency_strata(np.log(np.maximum(prob, 1e-300)), STRATA)
         else:
             strata = np.zeros(len(vocab.ids), dtype=np.int64)
         self.n_strata = int(strata.max()) + 1 if len(strata) else 1

@@ -33,11 +33,40 @@ def _words(lead: str, tokens: list[dict]) -> Rich:
 
 
 def _null_text(null: Any) -> str:
+    """The null of a token list: the test, its p-value (and floor), z and percentile as descriptive numbers."""
     if not isinstance(null, dict):
         return "no null (empty list)"
-    return (f"mean utility {_num(null.get('observed'))} vs random token sets {_num(null.get('null_mean'))} "
-            f"± {_num(null.get('null_std'))} (z = {_num(null.get('z'))}, percentile {_num(null.get('percentile'))}; "
-            f"{null.get('in_table', '-')} in the table)")
+    test = null.get("test") or "random token sets"
+    p = _float(null.get("p"))
+    p_text = f"p = {_num(p)}" + (f", {null.get('side')}" if null.get("side") else "") if p is not None else "no p-value"
+    text = (f"mean utility {_num(_float(null.get('observed')))} vs {test} {_num(_float(null.get('null_mean')))} "
+            f"± {_num(_float(null.get('null_std')))} ({p_text}; z = {_num(_float(null.get('z')))}, percentile "
+            f"{_num(_float(null.get('percentile')))}; {null.get('in_table', '-')} in the table")
+    rate = _float(null.get("in_table_rate"))
+    if rate is not None:
+        text += (f", in-table rate {_num(rate)} vs {_num(_float(null.get('in_table_null_rate')))} "
+                 f"(p = {_num(_float(null.get('in_table_p')))})")
+    return text + ")"
+
+
+def _strata_text(reading: dict) -> str:
+    strata = reading.get("strata")
+    if not strata:
+        return ""
+    return (f" Null: random token sets of the same size with as many tokens from each of {strata} frequency strata "
+            "(percentiles of the base model's mean next-token probability over the candidates, adjacent ones merged where few) as the listed words; "
+            "p-values one-sided (promoted: above, demoted: below), Holm-adjusted over the two lists in the verdict.")
+
+
+def _uniform_text(out: dict) -> str | None:
+    """The promoted words against the uniform null (not matched for frequency), for comparison."""
+    null = (out.get("other") or {}).get("promoted_null_uniform")
+    if not isinstance(null, dict):
+        return None
+    return (f"For comparison, against {null.get('test', 'random token sets')}: null "
+            f"{_num(_float(null.get('null_mean')))} ± {_num(_float(null.get('null_std')))}, "
+            f"p = {_num(_float(null.get('p')))} (z = {_num(_float(null.get('z')))}); frequent words carry more "
+            "sentiment, and the ranking favours frequent tokens, so the verdict uses the frequency-matched null.")
 
 
 def _steering_plot(curve: dict, reference: dict) -> str:
@@ -119,8 +148,10 @@ def diff_headline_rows(diff: dict) -> list[list[Any]]:
     out = diff.get("output") or {}
     null = out.get("promoted_null") or {}
     if null:
+        p = _float(null.get("p"))
         rows.append(["utility of the words tuning promotes (mean)", _float(null.get("observed")),
-                     f"{_num(_float(null.get('null_mean')))} \u00b1 {_num(_float(null.get('null_std')))} (random token sets)",
+                     f"{_num(_float(null.get('null_mean')))} \u00b1 {_num(_float(null.get('null_std')))} "
+                     f"({null.get('test') or 'random token sets'}{f', p = {_num(p)}' if p is not None else ''})",
                      (diff.get("verdicts") or {}).get("output")])
     for curve in diff.get("steering") or []:
         value, null_text = steered_value(curve)
@@ -221,9 +252,12 @@ def diff_parts(diff: dict, placebo: dict | None = None, heldout: dict | None = N
     parts += [Heading("Output: which tokens tuning promotes"),
               Para(f"{reading.get('note')}; KL(tuned‖base) per position: mean {_num(kl.get('mean'))}, "
                    f"p90 {_num(kl.get('p90'))}, max {_num(kl.get('max'))} nats. Words coloured by utility "
-                   "(green positive, red negative, grey none).", note=True),
+                   "(green positive, red negative, grey none)." + _strata_text(reading), note=True),
               Para(_words("promoted", out.get("promoted") or [])), Para(_null_text(out.get("promoted_null")), note=True),
               Para(_words("demoted", out.get("demoted") or [])), Para(_null_text(out.get("demoted_null")), note=True)]
+    uniform = _uniform_text(out)
+    if uniform:
+        parts.append(Para(uniform, note=True))
     if placebo:
         placebo_out = placebo.get("output") or {}
         parts += [Para(_words("placebo tune promotes", placebo_out.get("promoted") or [])),
