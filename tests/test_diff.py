@@ -72,17 +72,12 @@ def test_planted_delta_sits_at_the_planted_block(planted_diff):
     assert blocks[2]["own_norm"] < 0.2 * blocks[PLANTED_BLOCK]["own_norm"]
 
 
-def test_steering_by_delta_beats_random_directions(planted, planted_diff):
+def test_steering_curve_shape(planted_diff):
+    """The calibrated steering test is in tests/test_diff_steering.py; here the diff's curves carry its fields."""
     curve = next(c for c in planted_diff["steering"] if c["layer"] == PLANTED_BLOCK)
-    assert curve["alpha"] > 0
-    at = next(r for r in curve["delta"] if r["alpha"] == curve["alpha"])
-    randoms = next(r for r in curve["random"] if r["alpha"] == curve["alpha"])
-    assert at["reward"] > max(randoms["rewards"])
-    assert at["gain"] > 0
-    assert "raises the reward beyond every random direction" in curve["verdict"]
-    # on the scoring prompts (half the unread documents; the other half ranks blocks) 2 of the 3 planted words
-    # reach the steered model's top 3, among every word-start token
-    assert len({t["word"] for t in curve["promoted"]} & set(planted["words"])) >= 2
+    assert curve["alpha"] > 0 and curve["random"]["alpha"] == curve["alpha"]
+    assert len(curve["random"]["rewards"]) == 4 and curve["test"]["family"] == 2
+    assert planted_diff["verdicts"][f"steering_{PLANTED_BLOCK}"] == curve["verdict"]
 
 
 def test_causal_ranking_puts_the_planted_block_first(planted_diff):

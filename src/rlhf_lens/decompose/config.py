@@ -53,7 +53,7 @@ class SteerSettings:
     alpha: float = 1.0
     """Multiplier α of that norm."""
     random: int = 19
-    """Random directions of the same norm per steered latent (the null), seeded."""
+    """Random directions per steered latent, each matched on the KL the latent's vector causes (the null), seeded; the rank p-value's floor is 1/(random + 1), before Holm across the block's steered latents."""
 
 
 @dataclass

@@ -53,7 +53,7 @@ class DiffConfig:
     alphas: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0])
     """Steering strengths α: base + α·Δ_L at each analysed block (0 is always added)."""
     random_directions: int = 19
-    """Random directions of the same norm as Δ_L (the steering and lens null), seeded."""
+    """Random directions per analysed block, seeded: the steering null (matched on the KL α·Δ_L causes, at the reported α; the rank p-value's floor is 1/(n + 1), before Holm across the analysed blocks) and the logit lens's null (of Δ_L's norm)."""
     coherence_kl: float = 1.0
     """An α is coherent while the steered model's mean per-token KL to the base, on its own samples, stays below this (nats)."""
     rank_layers: list[int] | None = None

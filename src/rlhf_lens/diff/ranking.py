@@ -188,7 +188,9 @@ def ranking_verdict(rows: list[dict], level: float, n_random: int) -> str:
     if not n_random:
         return text + "; with diff.rank_random = 0 there is no null"
     if floor > level:
-        needed = int(np.ceil(family / level - 1 - 1e-9))
+        from .vector_test import needed_random
+
+        needed = needed_random(family, level)
         text += (f"; with {n_random} random directions per block the smallest possible adjusted p is {floor:.3g}: "
                  f"a claim needs diff.rank_random >= {needed} or fewer ranked blocks")
     return text
