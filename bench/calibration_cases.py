@@ -185,8 +185,13 @@ def make_case(world: World, kind: str, seed: int) -> Case:
     return Case(kind, seed, layer, model.eval(), kl, scale, words)
 
 
-def _finetune(world: World, target: float, gen: torch.Generator, lr: float = 1e-3, max_steps: int = 200):
-    """LM steps on seeded batches of train text until the KL to base reaches `target` (or max_steps)."""
+FINETUNE_MAX_STEPS = 200
+"""LM steps a reward-free fine-tune takes at most to reach its target KL."""
+
+
+def _finetune(world: World, target: float, gen: torch.Generator, lr: float = 1e-3):
+    """LM steps on seeded batches of train text until the KL to base reaches `target` (or FINETUNE_MAX_STEPS)."""
+    max_steps = FINETUNE_MAX_STEPS
     model = copy.deepcopy(world.base).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     kl, step = 0.0, 0
