@@ -131,8 +131,8 @@ def summarise(records: list[dict], placebo: dict, seconds: float) -> dict:
         if name == "utility vs placebo":
             null, planted = placebo["null"], placebo["planted"]
         else:
-            null = [r[name] for r in records if r["kind"] != "planted"]
-            planted = [r[name] for r in records if r["kind"] == "planted"]
+            null = [r[name] for r in records if r["kind"] not in cases.PLANTED_KINDS]
+            planted = [r[name] for r in records if r["kind"] in cases.PLANTED_KINDS]
         line, rates[name] = rate_line(name, null, planted)
         if name != "utility vs placebo":
             rates[name]["by_kind"] = {kind: sum(r[name]["claimed"] for r in records if r["kind"] == kind)
@@ -140,8 +140,8 @@ def summarise(records: list[dict], placebo: dict, seconds: float) -> dict:
         lines.append(line)
     lines.append(f"utility vs placebo: simulated, {placebo['n_placebo']} placebo tune(s) of 2 diff-SAE seeds each, "
                  f"tune and seed noise of equal sd; planted: the real tune shifted by {placebo['shift']:g} sd")
-    planted_ref = [r["_reference"] for r in records if r["kind"] == "planted"]
-    null_ref = [r["_reference"] for r in records if r["kind"] != "planted"]
+    planted_ref = [r["_reference"] for r in records if r["kind"] in cases.PLANTED_KINDS]
+    null_ref = [r["_reference"] for r in records if r["kind"] not in cases.PLANTED_KINDS]
     if planted_ref:
         lines.append(f"planted changes: reward gain {np.mean([r['gain'] for r in planted_ref]):+.2f} at KL "
                      f"{np.mean([r['kl'] for r in planted_ref]):.2f} nats/token on their own samples (mean; the "

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 NULL_KINDS = ("direction", "finetune", "noise")
+PLANTED_KINDS = ("planted", "planted_finetune")
+"""A direction aimed at positive words at one block; LM steps on the most positive train reviews (context-dependent)."""
 STRONG = 2.0
 """VADER utility from which a word is one a planted change may aim at (love 3.2, great 3.1, like 2.0)."""
 KL_RANGE = (0.25, 0.5)
@@ -43,6 +45,8 @@ class World:
     """Whole-word tokens of 3+ letters with a VADER utility >= STRONG (the planted changes aim at them)."""
     candidate_ids: list[int]
     """Every whole-word token (the planted direction is aimed against their mean)."""
+    positive_rows: torch.Tensor | None = None
+    """[n, t] token ids of the train reviews with the most strongly positive VADER words (planted fine-tunes)."""
 
 
 def build_world(corpus: str, out_dir, layers: int = 3, width: int = 64, vocab: int = 2000, steps: int = 200,
@@ -68,7 +72,13 @@ def build_world(corpus: str, out_dir, layers: int = 3, width: int = 64, vocab: i
     positive = [int(i) for i, w in zip(words.ids, words.words) if table.get(w, 0.0) >= STRONG and len(w) >= 3]
     kl_docs = _rows(tok, data.texts("test", 16, seed=seed + 1), 48)
     lm_rows = _rows(tok, data.texts("train", 256, seed=seed + 2), 48)
-    return World(corpus, model, tok, model_dir, kl_docs, lm_rows, positive, [int(i) for i in words.ids])
+    from rlhf_lens.rewards import words as split_words
+
+    train = data.texts("train")
+    strong = [sum(table.get(w, 0.0) >= STRONG for w in split_words(t.lower())) for t in train]
+    best = [train[i] for i in np.argsort(strong, kind="stable")[::-1][:256]]
+    return World(corpus, model, tok, model_dir, kl_docs, lm_rows, positive, [int(i) for i in words.ids],
+                 _rows(tok, best, 48))
 
 
 def _rows(tok, texts: list[str], length: int) -> torch.Tensor:
@@ -122,7 +132,7 @@ def planted_direction(world: World, words: list[int], layer: int) -> torch.Tenso
 @dataclass
 class Case:
     kind: str
-    """direction, finetune, noise (null) or planted."""
+    """direction, finetune, noise (null) or planted, planted_finetune."""
     seed: int
     layer: int | None
     """Block changed (None: every block)."""
@@ -134,7 +144,7 @@ class Case:
 
     @property
     def null(self) -> bool:
-        return self.kind != "planted"
+        return self.kind not in PLANTED_KINDS
 
 
 def make_case(world: World, kind: str, seed: int) -> Case:
@@ -180,6 +190,8 @@ def make_case(world: World, kind: str, seed: int) -> Case:
         model, kl, scale = _sized(make, base, rows, target, hi=2.0)
     elif kind == "finetune":
         model, kl, scale = _finetune(world, target, gen)
+    elif kind == "planted_finetune":  # a crude reward-driven tune: LM steps on the reviews richest in positive words
+        model, kl, scale = _finetune(world, target, gen, rows=world.positive_rows)
     else:
         raise ValueError(f"unknown case kind {kind!r}")
     return Case(kind, seed, layer, model.eval(), kl, scale, words)
@@ -189,14 +201,16 @@ FINETUNE_MAX_STEPS = 200
 """LM steps a reward-free fine-tune takes at most to reach its target KL."""
 
 
-def _finetune(world: World, target: float, gen: torch.Generator, lr: float = 1e-3):
-    """LM steps on seeded batches of train text until the KL to base reaches `target` (or FINETUNE_MAX_STEPS)."""
+def _finetune(world: World, target: float, gen: torch.Generator, lr: float = 1e-3, rows: torch.Tensor | None = None):
+    """LM steps on seeded batches of train text (`rows`, default every train row) until the KL to base reaches
+    `target` (or FINETUNE_MAX_STEPS)."""
+    rows_from = world.lm_rows if rows is None else rows
     max_steps = FINETUNE_MAX_STEPS
     model = copy.deepcopy(world.base).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     kl, step = 0.0, 0
     while kl < target and step < max_steps:
-        rows = world.lm_rows[torch.randint(0, len(world.lm_rows), (8,), generator=gen)]
+        rows = rows_from[torch.randint(0, len(rows_from), (8,), generator=gen)]
         loss = model(input_ids=rows, labels=rows).loss
         opt.zero_grad()
         loss.backward()
@@ -213,7 +227,7 @@ def case_plan(n_null: int, n_planted: int, seed: int) -> list[tuple[str, int]]:
     """(kind, seed) of every case, each seed distinct: the null kinds in turn, with the planted cases spread evenly
     among them (a run stopped early, or one shard of it, still holds both)."""
     nulls = [(NULL_KINDS[i % len(NULL_KINDS)], seed * 100_003 + i) for i in range(n_null)]
-    planted = [("planted", seed * 100_003 + 50_000 + i) for i in range(n_planted)]
+    planted = [(PLANTED_KINDS[i % len(PLANTED_KINDS)], seed * 100_003 + 50_000 + i) for i in range(n_planted)]
     total = n_null + n_planted
     # case k is planted when the planted count due by then, round((k + 1) * n_planted / total), goes up
     plan, used = [], 0

@@ -27,19 +27,20 @@ def test_world_has_the_rewards_words(world):
     assert not words & {"good", "bad", "terrible", "the"}
 
 
-@pytest.mark.parametrize("kind", [*cases.NULL_KINDS, "planted"])
+@pytest.mark.parametrize("kind", [*cases.NULL_KINDS, *cases.PLANTED_KINDS])
 def test_cases_are_sized_seeded_and_leave_the_base_alone(world, kind, monkeypatch):
     monkeypatch.setattr(cases, "FINETUNE_MAX_STEPS", 12)  # the bench's 200 take minutes on this tiny corpus
     before = {k: v.clone() for k, v in world.base.state_dict().items()}
     a, b, c = cases.make_case(world, kind, 5), cases.make_case(world, kind, 5), cases.make_case(world, kind, 6)
     assert all(torch.equal(v, world.base.state_dict()[k]) for k, v in before.items())
     lo, hi = cases.KL_RANGE
-    assert 0.5 * lo <= a.kl <= 1.5 * hi if kind != "finetune" else 0 < a.kl <= 1.5 * hi, (kind, a.kl)
+    capped = kind in ("finetune", "planted_finetune")  # 12 steps here may stop short of the target
+    assert 0.5 * lo <= a.kl <= 1.5 * hi if not capped else 0 < a.kl <= 1.5 * hi, (kind, a.kl)
     assert abs(cases.kl_per_token(world.base, a.model, world.kl_docs) - a.kl) < 1e-9
     same = all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
     other = all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), c.model.state_dict().values()))
     assert same and not other
-    assert a.null == (kind != "planted")
+    assert a.null == (kind not in cases.PLANTED_KINDS)
 
 
 def test_planted_direction_raises_the_chosen_words(world):
@@ -57,8 +58,10 @@ def test_planted_direction_raises_the_chosen_words(world):
 def test_plan_mixes_kinds_with_distinct_seeds():
     plan = cases.case_plan(42, 21, 0)
     kinds = [k for k, _ in plan]
-    assert kinds.count("planted") == 21 and {k for k in kinds if k != "planted"} == set(cases.NULL_KINDS)
-    assert all(kinds[i:i + 9].count("planted") == 3 for i in range(0, 63, 9))  # spread: a partial run holds both
+    planted = [k in cases.PLANTED_KINDS for k in kinds]
+    assert sum(planted) == 21 and {k for k in kinds if k not in cases.PLANTED_KINDS} == set(cases.NULL_KINDS)
+    assert {k for k in kinds if k in cases.PLANTED_KINDS} == set(cases.PLANTED_KINDS)
+    assert all(sum(planted[i:i + 9]) == 3 for i in range(0, 63, 9))  # spread: a partial run holds both
     assert len({s for _, s in plan}) == len(plan)
 
 
