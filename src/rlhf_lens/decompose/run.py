@@ -215,7 +215,8 @@ def placebo_comparison(real: float | None, placebo: list[float], level: float = 
     Needs n >= 2 placebo seeds and a spread: with one seed, or all seeds equal, there is no test (and no claim
     either way). Returns {n, mean, std, t, df, p, level, beyond, verdict}."""
     import numpy as np
-    from scipy import stats
+
+    from ..nulls import prediction_p_value
 
     values = np.asarray([v for v in placebo if v is not None], dtype=np.float64)
     n = int(values.size)
@@ -228,7 +229,7 @@ def placebo_comparison(real: float | None, placebo: list[float], level: float = 
     if out["std"] == 0.0:
         return {**out, "verdict": f"the {n} placebo seeds give the same value: no spread to test against"}
     t = (float(real) - out["mean"]) / (out["std"] * np.sqrt(1.0 + 1.0 / n))
-    p = float(stats.t.sf(t, df=n - 1))
+    p = prediction_p_value(float(real), values, "greater")  # the same t, one-sided
     beyond = p <= level
     test = f"prediction-interval t test over {n} placebo seeds, normal assumed: t = {t:.2f}, df {n - 1}, one-sided p = {p:.3g}"
     verdict = (f"beyond the placebo tunes ({test} <= {level:g})" if beyond
