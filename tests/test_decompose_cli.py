@@ -45,7 +45,7 @@ def _decompose(prepared, out, *extra, tuned="tuned"):
                    p["root"] / "acts" / tuned, "--base-sae", f"{PLANTED_BLOCK}={p['root'] / 'sae'}", "--corpus",
                    p["corpus"], "--reward", f"table:{p['table']}", "--table", p["table"], "--out", out,
                    "--diffsae-epochs", 2, "--diffsae-seeds", "0", "--diffsae-k", 2, "--steer-latents", 1,
-                   "--steer-random", 2, "--prompts", 8, "--new-tokens", 6, "--shift-splits", 4, *extra)
+                   "--steer-random", 2, "--prompts", 8, "--new-tokens", 6, *extra)
 
 
 def test_decompose_finds_the_planted_change(prepared, tmp_path):

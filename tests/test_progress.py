@@ -83,13 +83,13 @@ def test_the_diffs_steering_and_ranking_show_progress_in_a_log(tmp_path, tiny_mo
                      "--new-tokens", "6", "--alphas", "0,1,2", "--random-directions", "2", "--null-sets", "50",
                      "--rank-spread", "2", "--rank-random", "1")
     assert result.returncode == 0, result.stdout
-    # steering: base and tuned, then Δ and 2 random directions at α 1 and 2; ranking: blocks 0, 1 and 2 (the
-    # spread's first and last and the analysed one), each its own change and one random direction, except block 0,
-    # which did not change (nothing is sampled there)
+    # steering: base and tuned, Δ at α 1 and 2, then 2 random directions at the reported α only; ranking: blocks
+    # 0, 1 and 2 (the spread's first and last and the analysed one): the base on the ranking's own prompts, then
+    # block 1 patched in and one random direction; blocks 0 and 2's parameters did not change (nothing sampled)
     steering = _task_lines(result.stdout, "diff: steering blocks 1")
     ranking = _task_lines(result.stdout, "diff: causal ranking of blocks 0,1,2")
-    assert steering and steering[-1].startswith("diff: steering blocks 1: 8/8, done in"), result.stdout
-    assert ranking and ranking[-1].startswith("diff: causal ranking of blocks 0,1,2: 4/4, done in"), result.stdout
+    assert steering and steering[-1].startswith("diff: steering blocks 1: 6/6, done in"), result.stdout
+    assert ranking and ranking[-1].startswith("diff: causal ranking of blocks 0,1,2: 3/3, done in"), result.stdout
     assert _task_lines(result.stdout, "diff: paired forward passes"), result.stdout
     for noise in TRANSFORMERS_BARS:
         assert noise not in result.stdout, f"{noise!r} in the log:\n{result.stdout}"
