@@ -82,19 +82,13 @@ def patch_kl(base: nn.Module, tuned: nn.Module, prompts: list[list[int]], layer:
     """Mean next-token KL(patched || base), teacher-forced on the prompts' tokens: per prompt the mean over its
     tokens, then the mean over prompts, exactly as `steering.steered_kl` measures a vector (the scale the random
     directions are matched on)."""
-    from ..models import positions
-    from .steering import _left_padded
+    from .steering import per_prompt_kl, prompt_inputs
 
-    device = next(base.parameters()).device
-    ids, attention = _left_padded(prompts)
-    ids, attention = ids.to(device), attention.to(device)
-    kwargs = {"attention_mask": attention, "position_ids": positions(attention), "use_cache": False}
+    ids, kwargs = prompt_inputs(base, prompts)
     lp_base = torch.log_softmax(base(input_ids=ids, **kwargs).logits.float(), -1)
     with patched_block(base, tuned, layer):
         lp = torch.log_softmax(base(input_ids=ids, **kwargs).logits.float(), -1)
-    kl = (lp.exp() * (lp - lp_base)).sum(-1).clamp(min=0)
-    mask = attention.float()
-    return float(((kl * mask).sum(1) / mask.sum(1).clamp(min=1)).mean())
+    return float(per_prompt_kl(lp, lp_base, kwargs["attention_mask"]).mean())
 
 
 def ranking_groups(base: nn.Module, tuned: nn.Module, layers: list[int], n_random: int) -> int:

@@ -214,20 +214,33 @@ def _left_padded(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, attention
 
 
+def prompt_inputs(model: nn.Module, prompts: list[list[int]]) -> tuple[torch.Tensor, dict]:
+    """Left-padded prompt ids on the model's device and the forward kwargs (mask, positions, no cache) of a
+    teacher-forced pass over them."""
+    from ..models import positions
+
+    device = next(model.parameters()).device
+    ids, attention = _left_padded(prompts)
+    ids, attention = ids.to(device), attention.to(device)
+    return ids, {"attention_mask": attention, "position_ids": positions(attention), "use_cache": False}
+
+
+def per_prompt_kl(lp: torch.Tensor, lp_ref: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    """[rows]: mean over a row's real tokens of the next-token KL(exp lp || exp lp_ref) (log-probs [rows, T, V])."""
+    kl = (lp.exp() * (lp - lp_ref)).sum(-1).clamp(min=0)
+    mask = attention.float()
+    return (kl * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
 @torch.no_grad()
 def steered_kl(model: nn.Module, prompts: list[list[int]], layer: int, vectors: torch.Tensor) -> torch.Tensor:
     """[n]: mean next-token KL(steered || unsteered), teacher-forced on the prompts' tokens, of adding each row of
     `vectors` [n, d] at block `layer`'s residual output (batched). Cheap (no sampling): the scale on which random
     directions are matched to the change they stand in for."""
-    from ..models import positions
-
     device = next(model.parameters()).device
     vectors = vectors.float().reshape(-1, vectors.shape[-1])
-    ids, attention = _left_padded(prompts)
-    ids, attention = ids.to(device), attention.to(device)
-    kwargs = {"attention_mask": attention, "position_ids": positions(attention), "use_cache": False}
+    ids, kwargs = prompt_inputs(model, prompts)
     lp_base = torch.log_softmax(model(input_ids=ids, **kwargs).logits.float(), -1)
-    mask = attention.float()
     p = len(prompts)
     per_call = max(1, MAX_ROWS // p)
     out = []
@@ -237,9 +250,7 @@ def steered_kl(model: nn.Module, prompts: list[list[int]], layer: int, vectors: 
         rep = {k: v.repeat(n, 1) for k, v in kwargs.items() if torch.is_tensor(v)}
         with Steer(model, {layer: chunk.repeat_interleave(p, 0)}):
             lp = torch.log_softmax(model(input_ids=ids.repeat(n, 1), use_cache=False, **rep).logits.float(), -1)
-        kl = (lp.exp() * (lp - lp_base.repeat(n, 1, 1))).sum(-1).clamp(min=0)  # [n·P, T]
-        m = mask.repeat(n, 1)
-        per_prompt = (kl * m).sum(1) / m.sum(1).clamp(min=1)
+        per_prompt = per_prompt_kl(lp, lp_base.repeat(n, 1, 1), rep["attention_mask"])
         out.append(per_prompt.view(n, p).mean(1).cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
