@@ -29,13 +29,25 @@ from .diff.config import DIFF_REMOVED_KEYS, DiffConfig
 from .diff.config import check_config as check_diff
 from .errors import UserError
 from .harvest.config import HarvestSettings
-from .interp.config import ExampleConfig, InterpConfig, check_aggregate
+from .interp.config import ExampleConfig, InterpConfig
 from .io import read_toml
 from .models_config import TinyModelConfig
-from .rlhf.config import PPOConfig, check_device_dtype
+from .preferences.config import PreferenceConfig
+from .preferences.config import check_config as check_preferences
+from .rlhf.config import PPOConfig
 from .rlhf.config import check_config as check_ppo
-from .rules import Namer, field_name, in_section, not_empty, number, one_of, require, seed, seeds, without_removed_keys
-from .sae.config import SAETraining
+from .rm.config import RMConfig
+from .rm.config import check_config as check_rm
+from .rules import in_section, require, seeds, without_removed_keys
+from .sections import (
+    ControlSection,
+    DataSection,
+    DivergenceSection,
+    GoldSection,
+    ModelSection,
+    RewardSection,
+    SAESection,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -73,110 +85,14 @@ def doc(cls: type, name: str) -> str:
 
 
 @dataclass
-class ModelSection:
-    base: str = "tiny"
-    """Base model: a hub id, a local save_pretrained folder, `smollm2`, or `tiny` (built from [tiny])."""
-    tuned: str = ""
-    """An already tuned model to analyse instead of running PPO; empty: tune the base with [rlhf]."""
-    device: str = "cpu"
-    """Device for every stage: cpu or cuda."""
-    dtype: str = "float32"
-    """Model dtype for every stage (both models of a comparison always share it)."""
-    seed: int = 0
-    """Seed of the run (tiny model, control model, example sampling)."""
-
-    def check(self, key: Namer = field_name) -> None:
-        require([not_empty(self, "base", key, "a hub id, a folder, smollm2 or tiny"), seed(self, "seed", key)])
-        check_device_dtype(self.device, self.dtype, key)
-
-
-@dataclass
-class DataSection:
-    corpus: str = "pang-lee"
-    """Corpus name (imdb, pang-lee, ...) or file: PPO prompts come from its train split (and are evaluated on test)."""
-    text_column: str = "text"
-    """Text column of a file corpus."""
-    test_split: str = "test"
-    """Split activations are harvested from (paper: IMDB test)."""
-
-    def check(self, key: Namer = field_name) -> None:
-        require([
-            not_empty(self, "corpus", key, "a corpus name (pang-lee, imdb) or a file"),
-            not_empty(self, "text_column", key, "the column holding the text, e.g. text"),
-            not_empty(self, "test_split", key, "a split of the corpus, e.g. test"),
-        ])
-
-
-@dataclass
-class RewardSection:
-    spec: str = "vader"
-    """Reward: vader, table:FILE (CSV/TSV/JSON word, value), classifier:MODEL (a sequence classifier), sentiment or
-    sentiment:CORPUS (offline logistic regression); options as ,key=value (e.g. vader,scale=5,clip=10 or
-    classifier:MODEL,index=1). See docs/rewards.md."""
-    table: str = "vader"
-    """Utility table the explanations are scored against: vader or a CSV/TSV/JSON word -> value file."""
-    aggregate: str = "mean"
-    """Per-explanation aggregate of the utilities of its words: mean (the authors' notebook) or sum."""
-
-    def check(self, key: Namer = field_name) -> None:
-        """Names only: the reward and the tables are loaded by the run's input checks."""
-        require([
-            not_empty(self, "spec", key, "a reward: vader, table:FILE, classifier:MODEL or sentiment"),
-            not_empty(self, "table", key, "vader or a utility table file"),
-        ])
-        check_aggregate(self.aggregate, key)
-
-
-@dataclass
-class DivergenceSection:
-    top_n: int = 5
-    """How many of the most divergent blocks to analyse (paper: 5)."""
-    rank: str = "parameters"
-    """How the analysed blocks are chosen: parameters (the paper: most-moved parameters, Frobenius norm) or
-    causal (the diff stage's ranking: reward gain of the base model with the tuned model's block in place of its own)."""
-
-    def check(self, key: Namer = field_name) -> None:
-        require([number(self, "top_n", key, at_least=1), one_of(self, "rank", key, ("parameters", "causal"))])
-
-
-@dataclass
-class SAESection(SAETraining):
-    """The [sae] section: how every SAE of the run is trained (`sae.config.SAETraining`), and the grid."""
-
-    dict_ratios: list[int] = field(default_factory=lambda: [1, 2])
-    """Dictionary sizes as multiples of the MLP width; the first is the small one (paper: 1x and 2x)."""
-    seeds: list[int] = field(default_factory=lambda: [0])
-    """One SAE pair per seed: MMCS and scores are reported as mean +- spread over seeds."""
-
-    def check(self, key: Namer = field_name) -> None:
-        """The training rules (the dictionary sizes are known once a model is loaded), then the grid's."""
-        super().check(key)
-        r = self.dict_ratios
-        require([
-            (all(x >= 1 for x in r), f"{key('dict_ratios')} must be whole multiples >= 1 (got {r})"),
-            (len(r) >= 2 and len(set(r)) == len(r),
-             f"{key('dict_ratios')} needs at least two distinct sizes (MMCS compares the small dictionary with a "
-             f"larger one; with one size it is 1.0 by construction), got {r}"),
-            seeds(self, "seeds", key),
-        ])
-
-
-@dataclass
-class ControlSection:
-    random_init: bool = False
-    """Also analyse a randomly initialised model of the base architecture, as a control."""
-    placebo: bool = False
-    """PPO-tune placebos too: the reward's table (vader, table:FILE) shuffled over words, analysed like the tune."""
-    placebo_seeds: list[int] = field(default_factory=lambda: [0])
-    """One placebo per seed (own table permutation and PPO seed); >= 2 to test the change against their spread."""
-
-
-@dataclass
 class RunConfig:
     model: ModelSection = field(default_factory=ModelSection)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     data: DataSection = field(default_factory=DataSection)
     reward: RewardSection = field(default_factory=RewardSection)
+    preferences: PreferenceConfig = field(default_factory=PreferenceConfig)
+    rm: RMConfig = field(default_factory=RMConfig)
+    gold: GoldSection = field(default_factory=GoldSection)
     rlhf: PPOConfig = field(default_factory=PPOConfig)
     divergence: DivergenceSection = field(default_factory=DivergenceSection)
     diff: DiffConfig = field(default_factory=DiffConfig)
@@ -385,6 +301,7 @@ def validate(config: RunConfig) -> None:
         if parse_spec(config.reward.spec)[0] not in ("vader", "table") or m.tuned:
             raise UserError("controls.placebo shuffles the reward's utility table and tunes with our PPO: it needs "
                             "reward.spec = vader or table:FILE and no model.tuned; set controls.placebo = false")
+    _check_reward_model(config)
     if config.rlhf.steps == 0 and not m.tuned:
         raise UserError("rlhf.steps = 0 means no PPO: give the tuned model as model.tuned (or set rlhf.steps >= 1)")
     # steps 0 (a model tuned elsewhere) is checked above; the other PPO settings still apply to its evaluation
@@ -396,5 +313,37 @@ def validate(config: RunConfig) -> None:
     _taken_from_run("sae", config.sae, (("device", "model.device"),), " (SAEs train where the models run)")
     _taken_from_run("rlhf", config.rlhf, (("device", "model.device"), ("dtype", "model.dtype"),
                                           ("text_column", "data.text_column")), " (every stage uses it)")
-    for section in ("tiny", "data", "reward", "divergence", "harvest", "interp", "examples"):
+    for section in ("tiny", "data", "reward", "gold", "divergence", "harvest", "interp", "examples"):
         getattr(config, section).check(in_section(section))
+
+
+def trains_reward_model(config: RunConfig) -> bool:
+    """`reward.spec = "rm"`: the run makes preference pairs ([preferences]), trains its reward model on them ([rm])
+    and tunes against it."""
+    return config.reward.spec.strip() == "rm"
+
+
+def _check_reward_model(config: RunConfig) -> None:
+    """[preferences] and [rm] when the run trains its reward model; settings there that a run would not read are
+    refused, naming them (a set bias with a reward that is not the run's RM would silently do nothing)."""
+    prefs = config.preferences
+    check_preferences(prefs, in_section("preferences"))
+    check_rm(config.rm, in_section("rm"))
+    if not trains_reward_model(config):
+        for section, settings in (("preferences", prefs), ("rm", config.rm)):
+            changed = [f.name for f in dataclasses.fields(settings) if getattr(settings, f.name) != getattr(
+                type(settings)(), f.name)]
+            if changed:
+                raise UserError(f"{section}.{changed[0]} is set but reward.spec is {config.reward.spec!r}: "
+                                f"[{section}] is read only when the run trains its reward model (reward.spec = rm)")
+        return
+    if config.model.tuned:
+        raise UserError("reward.spec = rm trains a reward model to tune against, but model.tuned names a model tuned "
+                        "elsewhere; give its reward model as reward.spec = rm:PATH, or leave model.tuned empty")
+    if not prefs.file and not config.gold.spec:
+        raise UserError("reward.spec = rm samples preference pairs and labels them by the gold, but gold.spec is "
+                        "empty; set gold.spec (e.g. vader), or give pairs as preferences.file")
+    if prefs.file and (prefs.bias or prefs.label_noise):
+        setting = "bias" if prefs.bias else "label_noise"
+        raise UserError(f"preferences.{setting} shapes the labels of sampled pairs, but preferences.file is read as "
+                        f"it is; leave preferences.{setting} unset with a pair file")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .io import atomic_dir, cache_dir, read_text_file
 
 SPLITS = ("train", "test")
@@ -121,32 +121,8 @@ def _load_file(path: Path, text_column: str, split_column: str) -> Corpus:
     if suffix == ".txt":
         lines = read_text_file(path, "corpus file").splitlines()
         rows = [{text_column: line} for line in lines if line.strip()]
-    elif suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(read_text_file(path, "corpus file").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n}: not valid JSON ({e.msg}); one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{n}: expected a JSON object per line")
-            rows.append(row)
-    elif suffix == ".csv":
-        try:
-            with path.open(encoding="utf-8-sig", newline="") as f:
-                rows = list(csv.DictReader(f))
-        except UnicodeDecodeError as e:
-            raise UserError(f"corpus file {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x}); "
-                            "save it as UTF-8") from None
     else:
-        import pyarrow.parquet as pq
-
-        try:
-            rows = pq.read_table(path).to_pylist()
-        except Exception as e:  # pyarrow raises several types for a bad file
-            raise UserError(f"{path}: not a readable parquet file ({e})") from None
+        rows = read_rows(path, "corpus file")
     if rows and text_column not in rows[0]:
         raise UserError(
             f"{path}: no text column {text_column!r} (columns: {', '.join(map(str, rows[0]))}); "
@@ -162,6 +138,42 @@ def _load_file(path: Path, text_column: str, split_column: str) -> Corpus:
     if not splits:
         raise UserError(f"corpus file {path} holds no documents; give a file with non-empty text")
     return Corpus(str(path), splits)
+
+
+def read_rows(path: Path, what: str = "file") -> list[dict]:
+    """The rows of a JSONL (one object per line), CSV (a header row) or Parquet file, each a dict; a file that is
+    missing, not UTF-8 or not of its kind is one `UserError` line naming `what` and the path."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(read_text_file(path, what).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{n}: not valid JSON ({e.msg}); one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{n}: expected a JSON object per line")
+            rows.append(row)
+        return rows
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist; check the path")
+    if suffix == ".csv":
+        try:
+            with path.open(encoding="utf-8-sig", newline="") as f:
+                return list(csv.DictReader(f))
+        except UnicodeDecodeError as e:
+            raise UserError(f"{what} {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x}); "
+                            "save it as UTF-8") from None
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as e:  # pyarrow raises several types for a bad file
+            raise UserError(f"{path}: not a readable parquet file ({first_line(e)})") from None
+    raise UserError(f"{what} {path}: unsupported type {suffix!r}; use .jsonl, .csv or .parquet")
 
 
 def _label(value) -> int | None:

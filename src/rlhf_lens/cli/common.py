@@ -7,7 +7,7 @@ import json
 import typer
 
 from .. import __version__
-from ..config import RewardSection
+from ..sections import RewardSection
 from .options import Options
 
 app = typer.Typer(

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 
-from ..config import DivergenceSection
 from ..harvest.config import HarvestConfig
 from ..rules import flag
+from ..sections import DivergenceSection
 from .common import app, print_json
 from .options import Options, takes
 

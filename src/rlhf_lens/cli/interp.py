@@ -7,10 +7,10 @@ from pathlib import Path
 
 import typer
 
-from ..config import RewardSection
 from ..harvest.config import HarvestConfig
 from ..interp.config import ExampleConfig, InterpConfig, LLMConfig, check_aggregate
 from ..rules import flag
+from ..sections import RewardSection
 from .common import app, print_json
 from .options import Options, parse_ints, takes
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import typer
 
-from ..config import ControlSection, DataSection, DivergenceSection, ModelSection, SAESection
 from ..errors import UserError
 from ..interp.config import InterpConfig
+from ..sections import ControlSection, DataSection, DivergenceSection, ModelSection, SAESection
 from .common import app
 
 

@@ -10,7 +10,7 @@ from ..errors import UserError
 from .classifiers import SENTIMENT_CORPUS, ClassifierReward, SentimentReward
 from .tables import DEFAULT_CLIP, DEFAULT_SCALE, UtilityTableReward, load_utility_table
 
-SPEC_HELP = "use vader, table:FILE, classifier:MODEL, sentiment or sentiment:CORPUS"
+SPEC_HELP = "use vader, table:FILE, classifier:MODEL, rm:PATH, sentiment or sentiment:CORPUS"
 
 
 class Reward(Protocol):
@@ -18,7 +18,9 @@ class Reward(Protocol):
 
 
 _OPTIONS = {"vader": {"scale", "clip"}, "table": {"scale", "clip"}, "classifier": {"index", "label", "batch_size"},
-            "sentiment": set()}
+            "rm": {"batch_size"}, "sentiment": set()}
+# `rm` alone (no path) is a run's own reward model (reward.spec = rm: trained from [preferences] and [rm]); the run
+# resolves it to rm:PATH before any reward is loaded.
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:

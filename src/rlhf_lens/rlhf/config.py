@@ -79,6 +79,10 @@ class PPOConfig:
     """Text column of a file corpus."""
     eval_prompts: int = 64
     """Held-out prompts (test split) on which base and tuned model are compared in eval.json."""
+    eval_every: int = 10
+    """Every N PPO steps (and before the first): sample the held-out prompts and log the reward, the gold's reward
+    (gold.spec), the KL to the base and the completions' repetition, the curve of proxy and gold against sqrt(KL);
+    0: only the final evaluation."""
     eval_examples: int = 4
     """Example completions (base and tuned) written to eval.json."""
     checkpoint_every: int = 10
@@ -126,6 +130,7 @@ def check_config(config: PPOConfig, key: Namer = field_name) -> None:
         number(c, "prompt_max_tokens", k, at_least=1),
         not_empty(c, "text_column", k, "the column holding the text, e.g. text"),
         number(c, "eval_prompts", k, at_least=1),
+        number(c, "eval_every", k, at_least=0, note="0: only the final evaluation"),
         number(c, "eval_examples", k, at_least=0),
         number(c, "checkpoint_every", k, at_least=1),
         seed(c, "seed", k),
