@@ -648,9 +648,12 @@ def test_every_stage_reads_only_stages_before_it_and_every_setting_reaches_a_key
     # reads) every stage, so its key must change with any setting.
     # A setting that only matters behind a switch is checked with the switch on (controls.placebo_seeds: a run
     # with the placebo off keeps its keys, so turning seeds over there reruns nothing).
-    behind = {"controls.placebo_seeds": "controls.placebo=true"}
+    # [preferences] and [rm] are read only by a run that trains its reward model (reward.spec = rm).
+    behind = {"controls.placebo_seeds": ["controls.placebo=true"]}
+    trains_rm = ["reward.spec=rm", "gold.spec=vader"]
     for key, _, _ in config_keys():
-        config = load_config(preset=PRESET, overrides=[behind[key]] if key in behind else [])
+        switch = trains_rm if key.split(".")[0] in ("preferences", "rm") else behind.get(key, [])
+        config = load_config(preset=PRESET, overrides=switch)
         report_key = stage_keys(config)["report"]
         *sections, name = key.split(".")  # nested sections too: decompose.diffsae.k
         changed = copy.deepcopy(config)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from rich.markup import escape
 
-from ..config import CONFIG_FILE, RunConfig, config_from_dict, config_toml, validate
+from ..config import CONFIG_FILE, RunConfig, config_from_dict, config_toml, trains_reward_model, validate
 from ..errors import UserError
 from ..io import (
     LOCK_FILE,
@@ -29,12 +29,13 @@ from ..io import (
 )
 from ..progress import console
 from .records import digest, in_run, layers_stage
+from .rm_stages import pairs_settings, rm_settings
 from .stages import EXECUTOR, STAGE_FUNCTIONS
 
 if TYPE_CHECKING:
     from ..executors import Executor
 
-STAGES = ("base", "rlhf", "placebo", "divergence", "diff", "control", "harvest", "saes", "mmcs", "decompose", "features",
+STAGES = ("base", "pairs", "rm", "rlhf", "placebo", "divergence", "diff", "control", "harvest", "saes", "mmcs", "decompose", "features",
           "scores", "report")
 
 LAYERS = "layers"
@@ -46,7 +47,9 @@ divergence.rank = "causal")."""
 # when it picked them, so a diff-only setting (diff.alphas) does not re-harvest or retrain the SAEs.
 STAGE_READS: dict[str, tuple[str, ...]] = {
     "base": (),
-    "rlhf": ("base",),
+    "pairs": ("base",),
+    "rm": ("base", "pairs"),
+    "rlhf": ("base", "rm"),
     "placebo": ("base",),
     "divergence": ("base", "rlhf"),
     "diff": ("base", "rlhf", "placebo", "divergence"),
@@ -57,17 +60,18 @@ STAGE_READS: dict[str, tuple[str, ...]] = {
     "decompose": ("base", "harvest", "saes", "mmcs", LAYERS),
     "features": ("base", "rlhf", "placebo", "control", "harvest", "mmcs", LAYERS),
     "scores": ("mmcs", "features", LAYERS),
-    "report": ("base", "rlhf", "placebo", "divergence", "diff", "control", "saes", "mmcs", "decompose", "features",
+    "report": ("base", "pairs", "rm", "rlhf", "placebo", "divergence", "diff", "control", "saes", "mmcs", "decompose", "features",
                "scores"),
 }
 
 # The stages a setting turns off, by that setting: such a stage runs and records that it did nothing, and is shown
-# as "off" instead of by its header.
+# as "off" instead of by its header. The pairs and rm stages are off unless the run trains its RM (reward.spec = rm).
 OPTIONAL_STAGES = {"placebo": "controls.placebo", "control": "controls.random_init"}
+RM_STAGES = ("pairs", "rm")
 
 # What each stage writes, relative to the run folder.
 STAGE_OUTPUTS = {
-    "base": ["models/base"], "rlhf": ["rlhf"], "placebo": ["placebo"], "divergence": ["divergence.json", "divergence.png"],
+    "base": ["models/base"], "pairs": ["pairs"], "rm": ["rm"], "rlhf": ["rlhf"], "placebo": ["placebo"], "divergence": ["divergence.json", "divergence.png"],
     "diff": ["diff"], "control": ["models/control"], "harvest": ["acts"], "saes": ["saes"], "mmcs": ["mmcs.json"],
     "decompose": ["decompose"], "features": ["features"], "scores": ["utility.json"],
     "report": ["results.json", "report.html", "summary.md"],
@@ -79,7 +83,9 @@ def stage_config(config: RunConfig, stage: str) -> list:
     c = config.to_dict()
     return {
         "base": [c["model"], c["tiny"], c["data"]],
-        "rlhf": [c["rlhf"], c["reward"]["spec"]],
+        "pairs": pairs_settings(config),
+        "rm": rm_settings(config),
+        "rlhf": [c["rlhf"], c["reward"]["spec"], c["gold"]["spec"]],
         "divergence": [c["divergence"]["top_n"]],
         "diff": [c["diff"], c["divergence"], c["reward"]["spec"], c["data"]["test_split"]],
         # placebo_seeds only when the placebo runs: a run with it off keeps its keys
@@ -115,12 +121,14 @@ def stage_keys(config: RunConfig) -> dict[str, str]:
 
 
 def stage_off(config: RunConfig, stage: str) -> str | None:
-    """The setting that turns `stage` off when it is off (`OPTIONAL_STAGES`), else None."""
+    """Why `stage` is off when it is (`OPTIONAL_STAGES`, `RM_STAGES`), e.g. "controls.placebo = false", else None."""
+    if stage in RM_STAGES:
+        return None if trains_reward_model(config) else f"reward.spec = {config.reward.spec}, not rm"
     setting = OPTIONAL_STAGES.get(stage)
     if setting is None:
         return None
     section, key = setting.split(".")
-    return None if getattr(getattr(config, section), key) else setting
+    return None if getattr(getattr(config, section), key) else f"{setting} = false"
 
 
 def damaged_outputs(stage: str, run_dir: Path, outputs: dict) -> str | None:
@@ -195,8 +203,15 @@ def check_inputs(config: RunConfig) -> None:
                     for split in ("train", config.data.test_split):
                         prompt_documents(corpus, tokenizer, split, config.rlhf.prompt_min_chars,
                                          config.rlhf.prompt_min_tokens)
-    if not config.model.tuned:
+    if trains_reward_model(config):
+        _check_preferences(config)
+    elif not config.model.tuned:
         load_reward(config.reward.spec)
+    if config.gold.spec:
+        try:
+            load_reward(config.gold.spec)
+        except UserError as e:
+            raise UserError(f"gold.spec: {e}") from None
     load_utility_table(config.reward.table)
     if config.diff.table is not None:
         load_utility_table(config.diff.table)
@@ -210,6 +225,16 @@ def check_inputs(config: RunConfig) -> None:
         if outside:
             raise UserError(f"diff.rank_layers names block(s) {outside}, but {config.model.base} has blocks "
                             f"0..{depth - 1}; give blocks in that range, or leave diff.rank_layers unset")
+
+
+def _check_preferences(config: RunConfig) -> None:
+    """A run that trains its RM: the user's pair file reads (every row), or the gold that labels sampled pairs loads."""
+    from ..preferences import read_pairs
+    from ..rules import in_section
+
+    prefs = config.preferences
+    if prefs.file:
+        read_pairs(prefs.file, prefs.prompt_key, prefs.chosen_key, prefs.rejected_key, key=in_section("preferences"))
 
 
 def check_run_dir(config: RunConfig, run_dir: Path) -> None:
@@ -269,7 +294,7 @@ def _run_locked(config: RunConfig, run_dir: Path, executor: Executor) -> Path:
             console.print(f"[yellow]{stage}: {escape(damage)}; redoing the {stage} stage[/yellow]", soft_wrap=True)
         off = stage_off(config, stage)
         # a stage that does nothing is one dim line, whether it runs (to record that) or was recorded earlier
-        off_line = f"[dim]{stage}: off ({off} = false)[/dim]" if off else None
+        off_line = f"[dim]{stage}: off ({escape(off)})[/dim]" if off else None
         if outputs is not None and not damage:
             console.print(off_line or f"[dim]{stage}: done earlier, skipped[/dim]")
         else:

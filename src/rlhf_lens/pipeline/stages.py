@@ -12,6 +12,7 @@ from ..config import RunConfig
 from ..errors import UserError, interrupt_point
 from ..io import read_json, write_json
 from .records import analysed_layers, analysed_models, digest, in_run, recorded_model, relative
+from .rm_stages import run_reward, stage_pairs, stage_rm
 
 if TYPE_CHECKING:
     from ..executors import Executor
@@ -57,10 +58,11 @@ def stage_rlhf(config: RunConfig, run_dir: Path, state: dict) -> dict:
     ppo = _ppo_settings(config)
     if config.model.tuned:
         # A model tuned elsewhere: no PPO, but the same held-out evaluation of both models.
-        evaluate_models(recorded_model(state["base"], run_dir), config.model.tuned, config.reward.spec,
+        evaluate_models(recorded_model(state["base"], run_dir), config.model.tuned, run_reward(config, state, run_dir),
                         config.data.corpus, out, ppo)
         return {"spec": config.model.tuned, "trained": False}
-    model_dir = train_ppo(recorded_model(state["base"], run_dir), config.reward.spec, config.data.corpus, out, ppo)
+    model_dir = train_ppo(recorded_model(state["base"], run_dir), run_reward(config, state, run_dir),
+                          config.data.corpus, out, ppo)
     return {"dir": relative(run_dir, model_dir), "trained": True}
 
 
@@ -110,7 +112,8 @@ def stage_diff(config: RunConfig, run_dir: Path, state: dict) -> dict:
     from its causal ranking (ranked on prompts disjoint from those that steer at them), then steers there."""
     by_parameters = state["divergence"]["top_layers"]
     causal = config.divergence.rank == "causal"
-    result = _diff_in_run(config, run_dir, run_dir / "diff", recorded_model(state["base"], run_dir),
+    reward = run_reward(config, state, run_dir)
+    result = _diff_in_run(config, run_dir, run_dir / "diff", reward, recorded_model(state["base"], run_dir),
                           recorded_model(state["rlhf"], run_dir), by_parameters,
                           choose_blocks=config.divergence.top_n if causal else None)
     chosen = result["layers"] if causal else by_parameters
@@ -118,22 +121,22 @@ def stage_diff(config: RunConfig, run_dir: Path, state: dict) -> dict:
     placebo_dirs = {}
     for run in state["placebo"].get("seeds") or []:  # the same measures for each placebo tune, beside the real one's
         folder = run_dir / "diff" / "placebo" / f"seed{run['seed']}"
-        _diff_in_run(config, run_dir, folder, recorded_model(state["base"], run_dir), str(in_run(run_dir, run["dir"])),
-                     chosen)
+        _diff_in_run(config, run_dir, folder, reward, recorded_model(state["base"], run_dir),
+                     str(in_run(run_dir, run["dir"])), chosen)
         placebo_dirs[str(run["seed"])] = relative(run_dir, folder)
     if placebo_dirs:
         outputs["placebo_dirs"] = placebo_dirs
     return outputs
 
 
-def _diff_in_run(config: RunConfig, run_dir: Path, folder: Path, base: str, tuned: str, layers: list[int],
+def _diff_in_run(config: RunConfig, run_dir: Path, folder: Path, reward: str, base: str, tuned: str, layers: list[int],
                  choose_blocks: int | None = None) -> dict:
     """`diff_models` writing into the run, its models recorded relative to the run folder (as every record of a
     run is), so a moved or copied run still describes itself."""
     from ..diff.run import diff_models
 
     settings = dataclasses.replace(config.diff, split=config.data.test_split, text_column=config.data.text_column)
-    result = diff_models(base, tuned, config.data.corpus, config.reward.spec, layers, folder, settings,
+    result = diff_models(base, tuned, config.data.corpus, reward, layers, folder, settings,
                          device=config.model.device, dtype=config.model.dtype, choose_blocks=choose_blocks,
                          prompt_min_chars=config.rlhf.prompt_min_chars)
     result.update({k: relative(run_dir, result[k]) for k in ("base", "tuned") if Path(str(result[k])).is_absolute()})
@@ -287,7 +290,7 @@ def stage_decompose(config: RunConfig, run_dir: Path, state: dict) -> dict:
     def decompose(store: Path, out: Path) -> dict:
         return decompose_models(
             recorded_model(state["base"], run_dir), stores["base"], store, base_saes, layers, out, config.data.corpus,
-            config.reward.spec, config.decompose, interp=config.interp, examples=config.examples,
+            run_reward(config, state, run_dir), config.decompose, interp=config.interp, examples=config.examples,
             table=config.reward.table, aggregate=config.reward.aggregate, prompts=config.diff.prompts,
             new_tokens=config.diff.new_tokens, split=config.data.test_split, text_column=config.data.text_column,
             sae_seed=seed, top_features=top_features, root=run_dir, device=config.model.device,
@@ -389,7 +392,7 @@ def stage_report(config: RunConfig, run_dir: Path, state: dict) -> dict:
 
 
 STAGE_FUNCTIONS = {
-    "base": stage_base, "rlhf": stage_rlhf, "placebo": stage_placebo, "divergence": stage_divergence,
+    "base": stage_base, "pairs": stage_pairs, "rm": stage_rm, "rlhf": stage_rlhf, "placebo": stage_placebo, "divergence": stage_divergence,
     "diff": stage_diff, "control": stage_control, "harvest": stage_harvest, "saes": stage_saes, "mmcs": stage_mmcs,
     "decompose": stage_decompose, "features": stage_features, "scores": stage_scores, "report": stage_report,
 }
