@@ -9,12 +9,9 @@ import hashlib
 from pathlib import Path
 
 from ..config import RunConfig, trains_reward_model
+from ..preferences.run import SAMPLING_FIELDS
 from ..rules import in_section
 from .records import in_run, recorded_model, relative
-
-SAMPLING_KEYS = ("min_new_tokens", "max_new_tokens", "top_k", "top_p", "score_query", "prompt_min_chars",
-                 "prompt_min_tokens", "prompt_max_tokens", "batch_size")
-"""The PPO settings the pairs are sampled with (the same prompt rule and sampler as PPO's)."""
 
 
 def pairs_settings(config: RunConfig) -> list:
@@ -27,7 +24,7 @@ def pairs_settings(config: RunConfig) -> list:
         path = Path(config.preferences.file).expanduser()
         content = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
         return [prefs, content]
-    sampling = {k: getattr(config.rlhf, k) for k in SAMPLING_KEYS}
+    sampling = {k: getattr(config.rlhf, k) for k in SAMPLING_FIELDS}  # PPO's prompt rule and sampler
     return [prefs, config.gold.spec, sampling]
 
 
