@@ -38,10 +38,13 @@ def train_reward_model(base: str, pairs: str | os.PathLike, out: str | os.PathLi
     preference is measured. `key` names the settings in messages. A rerun of the same record returns at once; a
     folder holding files rlhf-lens did not write is refused untouched; nothing is written before the checks."""
     from ..io import atomic_dir, check_output_dir, read_json
+    from ..models import resolve_device, torch_dtype
 
     check_config(config, key)
     check_preferences(PreferenceConfig(prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key,
                                        bias=bias, rate=0.5 if bias else 0.0), key)
+    resolve_device(device)
+    torch_dtype(dtype)
     out = Path(out)
     check_output_dir(out)
     path = Path(pairs)
@@ -69,7 +72,7 @@ def train_reward_model(base: str, pairs: str | os.PathLike, out: str | os.PathLi
         tokenizer.save_pretrained(staging / "model")
         summary = {**record, "split": split_record, **result}
         if config.placebo:
-            flip = placebo_flips(len(items), config.seed)
+            flip = placebo_flips(split, config.seed)
             if config.train != "head":  # the backbone changed: the placebo starts from the base again
                 del model
                 model, tokenizer = load_reward_model(base, device, dtype)
@@ -145,10 +148,13 @@ def split_by_prompt(pairs: list[Pair], test_fraction: float, seed: int, validati
     return parts
 
 
-def placebo_flips(n: int, seed: int) -> list[bool]:
-    """Which pairs the placebo RM sees with swapped labels: a seeded random half (n // 2 of them)."""
-    flipped = set(np.random.default_rng([seed, 1]).permutation(n)[:n // 2].tolist())
-    return [i in flipped for i in range(n)]
+def placebo_flips(split: dict[str, list[int]], seed: int) -> list[bool]:
+    """Which pairs the placebo RM learns with swapped labels: a seeded random half of the training pairs and half
+    of the validation pairs (exact halves: a part with more of one side would leave the placebo a real lean)."""
+    rng = np.random.default_rng([seed, 1])
+    flipped = {i for part in ("train", "validation") for i in
+               np.asarray(split[part])[rng.permutation(len(split[part]))[:len(split[part]) // 2]].tolist()}
+    return [i in flipped for i in range(sum(len(v) for v in split.values()))]
 
 
 def sha256(path: Path) -> str:

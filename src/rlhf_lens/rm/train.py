@@ -21,8 +21,7 @@ from torch import nn
 
 from ..preferences.pairs import Pair
 from .config import RMConfig
-from .model import (backbone, block_inputs, block_list, encode, last_token_states, score_head, tail_blocks,
-                    tail_scores)
+from .model import backbone, block_inputs, block_list, encode, last_token_states, score_head, tail_blocks, tail_scores
 
 PATIENCE = 5
 """With epochs = 0: passes without a better validation loss before training stops."""
