@@ -194,3 +194,39 @@ def test_the_diff_reads_words_through_a_reward_model(rm_dir, tiny_model_dir, cor
     for row in promoted:
         assert row["utility"] == pytest.approx(reward([config.word_template.format(word=row["word"])])[0] - empty,
                                                abs=1e-5)
+
+
+def test_a_reward_model_trained_by_trl_loads_as_rm(tiny_model_dir, tmp_path):
+    """TRL's RewardTrainer (2 steps, CPU) on 16 pairs in its prompt/chosen/rejected format; saved, it loads as
+    rm:PATH and scores as AutoModelForSequenceClassification does. TRL appends the eos to each plain-text chosen and
+    rejected; with pad = eos (the tiny tokenizer's) the model pools at the last token that is not a pad, so a
+    trailing eos does not change the score: the text is scored as given."""
+    pytest.importorskip("trl", reason="trl is not installed (pip install -e '.[dev]' pins it)")
+    from datasets import Dataset
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    from conftest import WORDS_NEG, WORDS_NEUTRAL, WORDS_POS
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    pairs = {"prompt": [f"the {WORDS_NEUTRAL[i % len(WORDS_NEUTRAL)]} was" for i in range(16)],
+             "chosen": [f" {WORDS_POS[i % len(WORDS_POS)]} and {WORDS_POS[(i + 3) % len(WORDS_POS)]}" for i in range(16)],
+             "rejected": [f" {WORDS_NEG[i % len(WORDS_NEG)]}" for i in range(16)]}
+    args = RewardConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=8, max_steps=2,
+                        learning_rate=1e-3, report_to="none", use_cpu=True, save_strategy="no", seed=0,
+                        logging_steps=1, dataloader_num_workers=0, dataset_num_proc=None)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_dict(pairs), processing_class=tok)
+    trainer.train()
+    assert trainer.state.global_step == 2
+    saved = tmp_path / "trl-rm"
+    trainer.save_model(str(saved))
+    assert AutoConfig.from_pretrained(saved).num_labels == 1
+
+    reward = load_reward(f"rm:{saved}")
+    texts = [p + c for p, c in zip(pairs["prompt"][:4], pairs["chosen"][:4])] + TEXTS[:3]
+    assert reward(texts) == pytest.approx(_direct_logits(saved, texts), abs=1e-5)
+    assert reward([t + tok.eos_token for t in texts]) == pytest.approx(reward(texts), abs=1e-5)
+    assert reward.info["kind"] == "rm" and reward.info["architecture"] == "GPTNeoXForSequenceClassification"
+    assert "accuracy" not in reward.info  # no rm.json beside TRL's folder
