@@ -70,6 +70,20 @@ def test_rm_reward_is_the_logit_and_batches_equal_one_by_one(rm_dir):
     assert load_reward(f"rm:{rm_dir.parent}")(short) == pytest.approx(batched, abs=1e-6)
 
 
+def test_a_model_with_a_pad_id_of_its_own_is_padded_with_it(rm_dir, tmp_path):
+    """HF's head pools at the last token that is not config.pad_token_id: padding with another id would move it."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(rm_dir)
+    model.config.pad_token_id = 7
+    model.save_pretrained(tmp_path / "own-pad")
+    AutoTokenizer.from_pretrained(rm_dir).save_pretrained(tmp_path / "own-pad")
+    short = [t for t in TEXTS if t and len(t.split()) < 12]
+    batched = RewardModelReward(str(tmp_path / "own-pad"), batch_size=4)
+    assert batched.scorer.tokenizer.pad_token_id == 7
+    assert batched(short) == pytest.approx(_direct_logits(tmp_path / "own-pad", short), abs=1e-5)
+
+
 def test_long_texts_are_cut_on_the_left(rm_dir):
     """The completion is at the end of prompt + completion: a long text scores as its last max_length tokens."""
     from transformers import AutoTokenizer
