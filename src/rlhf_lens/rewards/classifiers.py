@@ -17,10 +17,17 @@ SENTIMENT_CORPUS = "pang-lee-sentences"
 # --- classifiers ---------------------------------------------------------------------------
 
 
-class ClassifierReward:
-    """The logit of class `index` of a Hugging Face sequence classifier, scored in batches."""
+class SequenceClassifier:
+    """A saved Hugging Face `AutoModelForSequenceClassification` and its tokenizer, scored in batches: the one loader
+    of `classifier:MODEL` and `rm:PATH`. Every failure to load is one line naming `what` (the reward kind).
 
-    def __init__(self, model_spec: str, index: int | str = 1, batch_size: int = 32, device: str = "cpu"):
+    Batches are padded on the right with the model's own pad id (a last-token-pooling model, GPT or Llama, finds its
+    last real token by it; one saved without a pad id gets the tokenizer's, else its eos), so a text scores the same
+    alone or in any batch. A text that tokenizes to nothing is read as the single eos token.
+    """
+
+    def __init__(self, model_spec: str, what: str, device: str = "cpu", batch_size: int = 32,
+                 truncation_side: str | None = None, max_length: int | None = None):
         import torch  # noqa: F401  (fail here, not mid-run, if torch is broken)
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -30,44 +37,72 @@ class ClassifierReward:
         self.device = resolve_device(device)
         local = Path(model_spec).expanduser()
         if model_spec.startswith((".", "/", "~")) and not local.is_dir():
-            raise UserError(f"classifier {model_spec} does not exist; give a saved sequence classifier or a hub id")
+            raise UserError(f"{what} {model_spec} does not exist; give a saved sequence classifier or a hub id")
         source = str(local) if local.is_dir() else model_spec
         try:
-            config = AutoConfig.from_pretrained(source)
+            self.config = AutoConfig.from_pretrained(source)
         except (OSError, ValueError) as e:
-            raise UserError(f"could not load a classifier config from {model_spec!r} ({first_line(e)})") from None
-        architectures = getattr(config, "architectures", None) or []
-        if not any(a.endswith("ForSequenceClassification") for a in architectures):
-            raise UserError(f"{model_spec} is not a sequence classifier (architecture {', '.join(architectures) or 'unknown'}); "
-                            "give a model saved from AutoModelForSequenceClassification")
-        self.index = _class_index(config, index, model_spec)
+            raise UserError(f"could not load a {what} config from {model_spec!r} ({first_line(e)})") from None
+        self.architectures = list(getattr(self.config, "architectures", None) or [])
+        if not any(a.endswith("ForSequenceClassification") for a in self.architectures):
+            raise UserError(f"{model_spec} is not a sequence classifier (architecture "
+                            f"{', '.join(self.architectures) or 'unknown'}); give a {what} saved from "
+                            "AutoModelForSequenceClassification")
+        self.num_labels = int(getattr(self.config, "num_labels", 2))
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source)
             self.model = AutoModelForSequenceClassification.from_pretrained(source).to(self.device).eval()
         except (OSError, ValueError) as e:
-            raise UserError(f"could not load the classifier {model_spec!r} ({first_line(e)})") from None
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        limits = [n for n in (self.tokenizer.model_max_length, getattr(config, "max_position_embeddings", None))
+            raise UserError(f"could not load the {what} {model_spec!r} ({first_line(e)})") from None
+        tok, model_config = self.tokenizer, self.model.config
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token or tok.unk_token
+        if model_config.pad_token_id is None:
+            model_config.pad_token_id = tok.pad_token_id
+        elif model_config.pad_token_id != tok.pad_token_id:
+            tok.pad_token_id = model_config.pad_token_id  # the model pools at the last token that is not its pad
+        tok.padding_side = "right"  # positions count from the first token, as in training
+        if truncation_side is not None:
+            tok.truncation_side = truncation_side
+        limits = [n for n in (tok.model_max_length, getattr(self.config, "max_position_embeddings", None), max_length)
                   if isinstance(n, int) and 0 < n < 10**6]
         self.max_length = min(limits) if limits else 512
         self.batch_size = batch_size
+        self._empty = [tok.eos_token_id if tok.eos_token_id is not None else tok.pad_token_id]
         # Only what the model's forward takes (a BPE tokenizer may add token_type_ids DistilBERT refuses).
         self._inputs = set(inspect.signature(self.model.forward).parameters)
+
+    def logits(self, texts: list[str]) -> list[list[float]]:
+        """Every label's logit for each text, in input order."""
+        import torch
+
+        rows: list[list[float]] = []
+        for start in range(0, len(texts), self.batch_size):
+            encoded = self.tokenizer(texts[start:start + self.batch_size], truncation=True, max_length=self.max_length)
+            encoded["input_ids"] = [ids or list(self._empty) for ids in encoded["input_ids"]]
+            encoded["attention_mask"] = [[1] * len(ids) for ids in encoded["input_ids"]]
+            if "token_type_ids" in encoded:
+                encoded["token_type_ids"] = [t or [0] for t in encoded["token_type_ids"]]
+            batch = self.tokenizer.pad(encoded, return_tensors="pt").to(self.device)
+            with torch.no_grad():
+                logits = self.model(**{k: v for k, v in batch.items() if k in self._inputs}).logits
+            rows += logits.float().tolist()
+        return rows
+
+
+class ClassifierReward:
+    """The logit of class `index` of a Hugging Face sequence classifier, scored in batches."""
+
+    def __init__(self, model_spec: str, index: int | str = 1, batch_size: int = 32, device: str = "cpu"):
+        self.classifier = SequenceClassifier(model_spec, "classifier", device=device, batch_size=batch_size)
+        config = self.classifier.config
+        self.index = _class_index(config, index, model_spec)
+        self.max_length = self.classifier.max_length
         self.info = {"kind": "classifier", "model": model_spec, "index": self.index,
                      "label": config.id2label.get(self.index, str(self.index)), "max_length": self.max_length}
 
     def __call__(self, texts: list[str]) -> list[float]:
-        import torch
-
-        scores: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt").to(self.device)
-            with torch.no_grad():
-                logits = self.model(**{k: v for k, v in batch.items() if k in self._inputs}).logits
-            scores += logits[:, self.index].float().tolist()
-        return scores
+        return [row[self.index] for row in self.classifier.logits(texts)]
 
 
 def _class_index(config, index: int | str, spec: str) -> int:
@@ -79,6 +114,8 @@ def _class_index(config, index: int | str, spec: str) -> int:
         return by_name[index.lower()]
     index = int(index)
     if not 0 <= index < n:
+        if n == 1:
+            raise UserError(f"classifier {spec} has 1 label: a reward model; use rm:{spec}")
         raise UserError(f"class index {index} out of range: classifier {spec} has {n} classes (0..{n - 1})")
     return index
 

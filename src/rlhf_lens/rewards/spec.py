@@ -8,6 +8,7 @@ from typing import Protocol
 
 from ..errors import UserError
 from .classifiers import SENTIMENT_CORPUS, ClassifierReward, SentimentReward
+from .reward_model import RewardModelReward
 from .tables import DEFAULT_CLIP, DEFAULT_SCALE, UtilityTableReward, load_utility_table
 
 SPEC_HELP = "use vader, table:FILE, classifier:MODEL, rm:PATH, sentiment or sentiment:CORPUS"
@@ -50,13 +51,15 @@ def load_reward(spec: str, device: str = "cpu") -> Reward:
         scale = _float_option(options.get("scale", str(DEFAULT_SCALE)), "scale")
         clip = None if clip_text.lower() == "none" else _float_option(clip_text, "clip")
         return UtilityTableReward(table, scale=scale, clip=clip, name="vader" if kind == "vader" else arg)
-    if kind == "classifier":
+    if kind in ("classifier", "rm"):
+        batch_size = int(_float_option(options.get("batch_size", "32"), "batch_size"))
+        if batch_size < 1:
+            raise UserError(f"{kind} batch_size must be at least 1 (got {batch_size})")
+        if kind == "rm":
+            return RewardModelReward(arg, batch_size=batch_size, device=device)
         if "index" in options and "label" in options:
             raise UserError("give the classifier's class as index=N or label=NAME, not both")
         index: int | str = options.get("label", options.get("index", "1"))
-        batch_size = int(_float_option(options.get("batch_size", "32"), "batch_size"))
-        if batch_size < 1:
-            raise UserError(f"classifier batch_size must be at least 1 (got {batch_size})")
         return ClassifierReward(arg, index=index, batch_size=batch_size, device=device)
     return SentimentReward.fit(arg or SENTIMENT_CORPUS)
 
