@@ -172,3 +172,36 @@ def test_too_few_evaluations_or_no_gold_say_so():
     assert curve["verdict"].startswith("no gold given") and curve["fit"]["gold"] is None
     assert curve["fit"]["proxy"]["alpha"] == pytest.approx(1.0, abs=0.05)
     assert gold_curve([])["verdict"] == "no gold given"
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+def test_the_report_shows_the_curve_and_renders_as_before_without_one(tmp_path, watched):
+    from report_results import make_results
+    from report_results import section as html_section
+    from rlhf_lens.pipeline.results import gold_for_report
+    from rlhf_lens.report import write_report
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    results = make_results()
+    (plain / "results.json").write_text(json.dumps(results))
+    page, summary = (p.read_text() for p in write_report(plain))
+    assert "along the tune" not in page and "along the tune" not in summary and "gold" not in html_section(page, "ppo")
+
+    results["ppo"]["gold"] = gold_for_report(watched)
+    results["ppo"]["eval"] = json.loads((watched / "eval.json").read_text())
+    assert all("per_prompt" not in row for row in results["ppo"]["gold"]["evals"])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(results))
+    page, summary = (p.read_text() for p in write_report(run))
+    ppo = html_section(page, "ppo")
+    verdict = results["ppo"]["gold"]["curve"]["verdict"]
+    assert "Proxy and gold along the tune" in ppo and ppo.count("<img") == html_section(
+        (plain / "report.html").read_text(), "ppo").count("<img") + 1
+    assert verdict.split(":")[0] in ppo and "gold \u00b1 se" in ppo and "distinct-2" in ppo
+    assert "gold (table:" in ppo  # the held-out table's gold column
+    assert "## " in summary and "Proxy and gold along the tune" in summary and "| step | \u221aKL |" in summary
+    assert summary.count("\n| 6 |") == 1  # one row per evaluation: steps 0, 2, 4, 6

@@ -199,7 +199,9 @@ def curve_figure(curve: dict, title: str = ""):
                     label=f"d(\u03b1 \u2212 \u03b2 log d): \u03b1={fit['alpha']:.3g}, \u03b2={fit['beta']:.3g}")
         point = curve.get("point")
         if point:
-            ax.axvline(point["sqrt_kl"], color="black", linestyle="--", linewidth=1, label="overoptimisation point")
+            confident = point.get("confident", True)
+            ax.axvline(point["sqrt_kl"], color="black" if confident else "grey", linestyle="--" if confident else ":",
+                       linewidth=1, label="overoptimisation point" if confident else "gold's fitted peak (uncertain)")
             if point.get("low") is not None:
                 ax.axvspan(point["low"], point["high"], color="black", alpha=0.08)
         ax.axhline(0, color="grey", linewidth=0.6)
