@@ -12,6 +12,7 @@ import typer
 from ..errors import UserError
 from ..rlhf.config import PPOConfig, check_config
 from ..rules import flag
+from ..sections import GoldSection
 from ..serve import ServeConfig
 from .common import REWARD, app
 from .options import Options, takes
@@ -19,7 +20,8 @@ from .options import Options, takes
 
 @app.command()
 @takes(REWARD, Options(PPOConfig, into="config", names={"adaptive_kl": "--adaptive-kl/--fixed-kl",
-                                                         "score_query": "--score-query/--score-response"}))
+                                                         "score_query": "--score-query/--score-response"}),
+       Options(GoldSection, names={"spec": "--gold"}))
 def rlhf(
     base: str = typer.Option(..., "--base", help="Base model: a save_pretrained folder, a hub id or smollm2."),
     corpus: str = typer.Option(..., "--corpus", help="Prompt corpus: imdb, pang-lee, pang-lee-reviews, "
@@ -28,18 +30,28 @@ def rlhf(
     *,
     reward: str,
     config: PPOConfig,
+    gold: str,
 ) -> None:
-    """Fine-tune a causal LM with PPO against a reward (TRL 0.7 semantics, see docs/rlhf.md)."""
+    """Fine-tune a causal LM with PPO against a reward (TRL 0.7 semantics, see docs/rlhf.md); with --gold, every
+    evaluation (--eval-every) scores the completions by that gold too, and gold.json says whether the tune
+    overoptimised the reward."""
     from ..io import read_json
     from ..rlhf import train_ppo
 
     check_config(config, flag)
-    model_dir = train_ppo(base, reward, corpus, out, config)
+    GoldSection(spec=gold).check(lambda name: "--gold")
+    model_dir = train_ppo(base, reward, corpus, out, config, gold=gold, gold_key=lambda name: "--gold")
     result = read_json(out / "eval.json")
     b, t = result["base"], result["tuned"]
     typer.echo(f"mean reward on {result['n']} held-out prompts: base {b['mean']:+.3f} (se {b['se']:.3f}, "
                f"{100 * b['positive_frac']:.0f}% positive) -> tuned {t['mean']:+.3f} (se {t['se']:.3f}, "
                f"{100 * t['positive_frac']:.0f}% positive); final KL {result['final_kl']:.3g}")
+    if "gold" in result:
+        g = result["gold"]
+        typer.echo(f"gold ({g['spec']}): base {g['base']['mean']:+.3f} (se {g['base']['se']:.3f}) -> tuned "
+                   f"{g['tuned']['mean']:+.3f} (se {g['tuned']['se']:.3f})")
+    if (out / "gold.json").is_file():
+        typer.echo(read_json(out / "gold.json")["verdict"])
     typer.echo(f"tuned model: {model_dir}")
 
 

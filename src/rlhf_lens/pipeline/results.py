@@ -19,6 +19,17 @@ from ..report import RESULT_SECTIONS
 from .records import analysed_layers, in_run, recorded_model, relative
 
 
+def gold_for_report(rlhf_dir: Path) -> dict | None:
+    """`ppo.gold`: gold.json's curve and the rows of evals.jsonl without their per-prompt arrays; None for a run
+    without evaluations along the tune (older runs, rlhf.eval_every = 0)."""
+    if not (rlhf_dir / "gold.json").is_file():
+        return None
+    evals = rlhf_dir / "evals.jsonl"
+    rows = [json.loads(line) for line in evals.read_text().splitlines() if line.strip()] if evals.is_file() else []
+    return {"curve": read_json(rlhf_dir / "gold.json"),
+            "evals": [{k: v for k, v in row.items() if k != "per_prompt"} for row in rows]}
+
+
 def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
     """Everything the report shows, in one JSON document (docs/report.md)."""
     ppo = None
@@ -27,7 +38,8 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
         log_file = rlhf_dir / "log.jsonl"
         log = ([json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
                if log_file.is_file() else [])
-        ppo = {"log": log, "eval": read_json(rlhf_dir / "eval.json") if (rlhf_dir / "eval.json").is_file() else None}
+        ppo = {"log": log, "eval": read_json(rlhf_dir / "eval.json") if (rlhf_dir / "eval.json").is_file() else None,
+               "gold": gold_for_report(rlhf_dir)}
     rows = read_json(run_dir / "divergence.json")
     mmcs_result = read_json(in_run(run_dir, state["mmcs"]["file"]))
     sae_rows = []

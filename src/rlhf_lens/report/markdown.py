@@ -32,6 +32,7 @@ from .format import (
     tuned_elsewhere,
     utility_control_highest,
 )
+from .gold import _mean_se, gold_parts
 from .headline import headline_parts
 from .tables import md_cell, md_table, parts_markdown
 from .tracked import RUN_RESULTS, Source, Tracked
@@ -92,16 +93,21 @@ def _ppo(results: dict) -> str | None:
     evaluation = ppo.get("eval")
     if evaluation:
         rows = []
+        gold = evaluation.get("gold")
         for name in ("base", "tuned"):
             e = evaluation.get(name) or {}
             rows.append([name, f"{_num(_float(e.get('mean')))} \u00b1 {_num(_float(e.get('se')))}",
-                         _pct(e.get("positive_frac"))])
+                         _pct(e.get("positive_frac")), *([_mean_se(gold.get(name))] if gold else [])])
         body.append(f"Held-out reward over {md_cell(evaluation.get('n'))} prompts:\n\n"
-                    + md_table(["model", "mean reward \u00b1 se", "positive"], rows))
+                    + md_table(["model", "mean reward \u00b1 se", "positive",
+                                *([f"gold ({gold.get('spec')}) \u00b1 se"] if gold else [])], rows))
         other = steering_rewards_text(results)
         if other:
             body.append(md_cell(other))
         body += [md_cell(note) for note in evaluation.get("prompt_notes") or []]  # a corpus of short documents
+    gold = parts_markdown(gold_parts(results))
+    if gold:
+        body.append(gold)
     return "\n\n".join(body) if body else None
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 from .format import _color, _esc, _float, _layer, _num, _pct, elsewhere_text, steering_rewards_text, tuned_elsewhere
+from .gold import _mean_se, gold_parts
 from .plots import _figure, _img, _png_uri, _ppo_plot
-from .tables import Raw, html_table, not_run_html
+from .tables import Raw, html_table, not_run_html, parts_html
 
 _MAX_PPO_EXAMPLES = 8
 
@@ -24,16 +25,20 @@ def ppo_html(results: dict) -> str:
         parts.append(_ppo_plot(log))
     elif not tuned_elsewhere(results):
         parts.append(not_run_html("no training log"))
+    parts.append(parts_html(gold_parts(results)))
     evaluation = ppo.get("eval")
     if evaluation:
         parts.append(f'<h3>Held-out reward ({_esc(_num(evaluation.get("n")))} prompts)</h3>')
         rows = []
+        gold = evaluation.get("gold")  # the gold's reward of both (gold.spec), when the run had one
         for name in ("base", "tuned"):
             e = evaluation.get(name) or {}
             mean, se = _float(e.get("mean")), _float(e.get("se"))
             rows.append([name, Raw(_esc("-" if mean is None else f"{_num(mean)} \u00b1 {_num(se)}")),
-                         Raw(_pct(e.get("positive_frac")))])
-        parts.append(html_table(["model", "mean reward \u00b1 se", "positive"], rows, numeric={1, 2}))
+                         Raw(_pct(e.get("positive_frac"))), *([_mean_se(gold.get(name))] if gold else [])])
+        parts.append(html_table(["model", "mean reward \u00b1 se", "positive",
+                                 *([f"gold ({gold.get('spec')}) \u00b1 se"] if gold else [])], rows,
+                                numeric={1, 2, 3} if gold else {1, 2}))
         other = steering_rewards_text(results)
         if other:
             parts.append(f'<p class="note">{_esc(other)}</p>')

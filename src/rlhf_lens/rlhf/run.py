@@ -1,5 +1,6 @@
-"""The RLHF stage's entry points: `train_ppo` (a resumable PPO run into a folder), `evaluate_models` (held-out
-reward of a model tuned elsewhere), `evaluate_reward` (the held-out evaluation both share), `plot_log`.
+"""The RLHF stage's entry points: `train_ppo` (a resumable PPO run into a folder, with held-out evaluations along
+the tune), `evaluate_models` (held-out reward of a model tuned elsewhere), `load_gold`, `plot_log`; the held-out
+evaluation both share is `evals.evaluate_reward`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,9 @@ import torch
 
 from ..errors import UserError, interrupt_point
 from ..io import read_json, write_json, write_text
+from ..rules import Namer, in_section
 from .config import PPOConfig, check_config
-from .rollouts import _generator, _score, _seed, decode_rollouts, sample
+from .evals import eval_row, evaluate_reward, read_evals, write_evals
 from .trainer import _Trainer
 
 FORMAT = "rlhf-lens.ppo"
@@ -25,36 +28,22 @@ VERSION = 1
 RESUME_IGNORES = ("checkpoint_every",)  # settings that may change between a run and its resume
 
 
-def evaluate_reward(model, tokenizer, reward, prompts: list[list[int]], config: PPOConfig) -> dict:
-    """Mean reward (with standard error) and fraction positive of completions of `prompts`.
-
-    Response lengths and sampling are seeded by config.seed alone, so two models evaluated with
-    the same prompts and config get the same lengths and random streams.
-    """
-    device = next(model.parameters()).device
-    rng = np.random.RandomState(_seed(config.seed, 2**30) % 2**32)
-    lengths = rng.randint(config.min_new_tokens, config.max_new_tokens + 1, size=len(prompts)).tolist()
-    generator = _generator(device, _seed(config.seed, 2**30 + 1))
-    eos = tokenizer.eos_token_id
-    scores: list[float] = []
-    completions = []
-    for start in range(0, len(prompts), config.batch_size):
-        batch = [p or [eos] for p in prompts[start:start + config.batch_size]]
-        rollouts = sample(model, batch, lengths[start:start + config.batch_size], eos, generator, config.top_k,
-                          config.top_p)
-        queries, responses = decode_rollouts(tokenizer, batch, rollouts)
-        batch_scores = _score(reward, queries, responses, config.score_query)
-        scores += batch_scores
-        completions += [{"prompt": q, "response": r, "reward": s} for q, r, s in zip(queries, responses, batch_scores)]
-    values = np.array(scores)
-    se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
-    return {"mean": float(values.mean()), "se": se, "positive_frac": float((values > 0).mean()), "n": len(values),
-            "completions": completions}
-
-
-def _run_record(base: str, reward_spec: str, corpus: str, config: PPOConfig) -> dict:
+def _run_record(base: str, reward_spec: str, corpus: str, config: PPOConfig, gold: str = "") -> dict:
+    # the gold only when given, so that a folder of an older version (no gold) still resumes
     return {"format": FORMAT, "version": VERSION, "base": base, "reward": reward_spec, "corpus": corpus,
-            "config": dataclasses.asdict(config)}
+            **({"gold": gold} if gold else {}), "config": dataclasses.asdict(config)}
+
+
+def load_gold(spec: str, device: str, key: Namer = in_section("gold")):
+    """The gold reward a spec names (None for ""), or a UserError naming the setting (`key("spec")`)."""
+    from ..rewards import load_reward
+
+    if not spec:
+        return None
+    try:
+        return load_reward(spec, device=device)
+    except UserError as e:
+        raise UserError(f"{key('spec')}: {e}") from None
 
 
 def _check_out_dir(out: Path, record: dict) -> bool:
@@ -110,11 +99,15 @@ def prompt_notes(data, tokenizer, config: PPOConfig, splits: tuple[str, ...] = (
     return [n for n in notes if n]
 
 
-def train_ppo(base: str, reward_spec: str, corpus: str, out: str | os.PathLike, config: PPOConfig | None = None) -> Path:
+def train_ppo(base: str, reward_spec: str, corpus: str, out: str | os.PathLike, config: PPOConfig | None = None,
+              gold: str = "", gold_key: Namer = in_section("gold")) -> Path:
     """Fine-tune `base` with PPO against the reward on `corpus`'s prompts; resumable. Returns out/model.
 
     Writes out/config.json, out/log.jsonl (one JSON object per step), out/checkpoint/ (while
-    running), out/model/ (save_pretrained, without the value head), out/eval.json, out/ppo.png.
+    running), out/model/ (save_pretrained, without the value head), out/eval.json, out/ppo.png; with
+    config.eval_every > 0 also out/evals.jsonl (the held-out evaluations along the tune: reward, `gold`'s reward
+    when given, KL to the base, repetition), out/gold.json (`gold.gold_curve`) and out/gold.png. `gold_key` names
+    the gold's setting in an error (`gold.spec` in a run, `--gold` for the command).
     """
     from ..data import load_corpus
     from ..models import load_model, save_model
@@ -124,64 +117,101 @@ def train_ppo(base: str, reward_spec: str, corpus: str, out: str | os.PathLike, 
     config = config or PPOConfig()
     out = Path(out)
     check_config(config)
-    record = _run_record(base, reward_spec, corpus, config)
+    record = _run_record(base, reward_spec, corpus, config, gold)
     resuming = _check_out_dir(out, record)
     if resuming and (out / "eval.json").is_file() and (out / "model").is_dir():
         return out / "model"  # finished earlier
     reward = load_reward(reward_spec, device=config.device)
+    gold_reward = load_gold(gold, config.device, gold_key)
     data = load_corpus(corpus, text_column=config.text_column)
     policy, tokenizer = load_model(base, device=config.device, dtype=config.dtype)
     notes = prompt_notes(data, tokenizer, config)  # a corpus too short for any prompt fails before writing
     eval_prompts = heldout_eval_prompts(data, tokenizer, config)
     reference = copy.deepcopy(policy).requires_grad_(False).eval()  # frozen copy of the base
     write_json(out / "config.json", record)
+    devices = [policy.device] if policy.device.type == "cuda" else []
 
-    with torch.random.fork_rng(devices=[policy.device] if policy.device.type == "cuda" else []):
+    def evaluate(model, with_kl: bool = True) -> dict:
+        # its own generators, inside a fork: the training's random streams never see an evaluation
+        with torch.random.fork_rng(devices=devices):
+            started = time.perf_counter()
+            result = evaluate_reward(model, tokenizer, reward, eval_prompts, config, gold=gold_reward,
+                                     reference=reference if with_kl else None)
+        result["seconds"] = time.perf_counter() - started
+        return result
+
+    with torch.random.fork_rng(devices=devices):
         trainer = _Trainer(policy, reference, tokenizer, reward, data, config)
         checkpoint = out / "checkpoint"
         if not checkpoint.is_dir() and (out / "checkpoint.old").is_dir():  # a crash mid-swap
             os.replace(out / "checkpoint.old", checkpoint)
         if checkpoint.is_dir():
             trainer.load_checkpoint(checkpoint, _read_log(out / "log.jsonl"))
+        evals = read_evals(out / "evals.jsonl", trainer.step) if config.eval_every else []
+
+        def evaluate_if_due() -> None:
+            # before the first step and every eval_every steps; the last step's is the tuned evaluation below
+            step = trainer.step
+            if config.eval_every and step < config.steps and step % config.eval_every == 0 \
+                    and all(r["step"] != step for r in evals):
+                result = evaluate(policy)
+                evals.append(eval_row(step, result, result["seconds"]))
+                write_evals(out / "evals.jsonl", evals)
+
         with progress_bar() as bar:
             task = bar.add_task("ppo", total=config.steps, completed=trainer.step)
+            evaluate_if_due()
             while trainer.step < config.steps:
                 row = trainer.train_step()
                 write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in trainer.log))
+                evaluate_if_due()
                 if trainer.step % config.checkpoint_every == 0 or trainer.step == config.steps:
                     trainer.save_checkpoint(checkpoint)
                 bar.update(task, advance=1, description=f"ppo reward {row['reward']:+.3f} kl {row['kl']:.2f}")
                 interrupt_point("rlhf", trainer.step)
         model_dir = save_model(policy.eval(), tokenizer, out / "model")
-        base_eval = evaluate_reward(reference, tokenizer, reward, eval_prompts, config)
-        tuned_eval = evaluate_reward(policy, tokenizer, reward, eval_prompts, config)
+        base_eval = evaluate(reference, with_kl=False)
+        tuned_eval = evaluate(policy)
+    if config.eval_every:
+        if all(r["step"] != config.steps for r in evals):
+            evals.append(eval_row(config.steps, tuned_eval, tuned_eval["seconds"]))
+        write_evals(out / "evals.jsonl", evals)
+        from .gold import write_gold
+
+        write_gold(out, evals, gold, reward_spec)
     plot_log(trainer.log, out / "ppo.png", kl_target=config.kl_target if config.adaptive_kl else None)
     _write_eval(out, reward_spec, reward, base_eval, tuned_eval, config,
-                final_kl=trainer.log[-1]["kl"] if trainer.log else None, prompt_notes=notes)
+                final_kl=trainer.log[-1]["kl"] if trainer.log else None, prompt_notes=notes, gold=gold)
     shutil.rmtree(checkpoint, ignore_errors=True)  # model/ and eval.json now hold the result
     return model_dir
 
 
 def _write_eval(out: Path, reward_spec: str, reward, base_eval: dict, tuned_eval: dict, config: PPOConfig,
-                final_kl: float | None, tuned_by: str = "ppo", prompt_notes: list[str] | None = None) -> None:
+                final_kl: float | None, tuned_by: str = "ppo", prompt_notes: list[str] | None = None,
+                gold: str = "") -> None:
     """out/eval.json: held-out reward of base and tuned on the same prompts and random streams; `prompt_notes`:
-    how a short corpus's prompts were drawn (`prompt_notes`)."""
+    how a short corpus's prompts were drawn (`prompt_notes`); with a `gold` spec, the gold's mean and se of both."""
+    from .evals import mean_se
+
     examples = [{"prompt": b["prompt"], "base": b["response"], "base_reward": b["reward"],
                  "tuned": t["response"], "tuned_reward": t["reward"]}
                 for b, t in zip(base_eval["completions"][:config.eval_examples],
                                 tuned_eval["completions"][:config.eval_examples])]
+    gold_record = ({"gold": {"spec": gold, "base": mean_se(base_eval["gold_scores"]),
+                             "tuned": mean_se(tuned_eval["gold_scores"])}} if gold else {})
     write_json(out / "eval.json", {
         "reward": reward_spec, "reward_info": getattr(reward, "info", {}), "split": "test", "n": base_eval["n"],
         "base": {k: base_eval[k] for k in ("mean", "se", "positive_frac")},
-        "tuned": {k: tuned_eval[k] for k in ("mean", "se", "positive_frac")},
+        "tuned": {k: tuned_eval[k] for k in ("mean", "se", "positive_frac")}, **gold_record,
         "final_kl": final_kl, "steps": config.steps if tuned_by == "ppo" else 0, "tuned_by": tuned_by,
         "prompt_notes": prompt_notes or [], "examples": examples})
 
 
 def evaluate_models(base: str, tuned: str, reward_spec: str, corpus: str, out: str | os.PathLike,
-                    config: PPOConfig | None = None) -> dict:
+                    config: PPOConfig | None = None, gold: str = "", gold_key: Namer = in_section("gold")) -> dict:
     """Held-out reward of `base` and a model tuned elsewhere (OpenRLHF, TRL, ...), on the same prompts and random
-    streams as after a PPO run of ours; writes out/eval.json (tuned_by: "external") and returns it. No training."""
+    streams as after a PPO run of ours; with `gold`, the gold's reward of both too; writes out/eval.json
+    (tuned_by: "external") and returns it. No training."""
     from ..data import load_corpus
     from ..models import load_model
     from ..rewards import load_reward
@@ -189,17 +219,18 @@ def evaluate_models(base: str, tuned: str, reward_spec: str, corpus: str, out: s
     config = config or PPOConfig()
     out = Path(out)
     reward = load_reward(reward_spec, device=config.device)
+    gold_reward = load_gold(gold, config.device, gold_key)
     data = load_corpus(corpus, text_column=config.text_column)
     base_model, tokenizer = load_model(base, device=config.device, dtype=config.dtype)
     notes = prompt_notes(data, tokenizer, config, splits=("test",))
     prompts = heldout_eval_prompts(data, tokenizer, config)
     with torch.random.fork_rng(devices=[base_model.device] if base_model.device.type == "cuda" else []):
-        base_eval = evaluate_reward(base_model.eval(), tokenizer, reward, prompts, config)
+        base_eval = evaluate_reward(base_model.eval(), tokenizer, reward, prompts, config, gold=gold_reward)
         del base_model
         tuned_model, _ = load_model(tuned, device=config.device, dtype=config.dtype)
-        tuned_eval = evaluate_reward(tuned_model.eval(), tokenizer, reward, prompts, config)
+        tuned_eval = evaluate_reward(tuned_model.eval(), tokenizer, reward, prompts, config, gold=gold_reward)
     _write_eval(out, reward_spec, reward, base_eval, tuned_eval, config, final_kl=None, tuned_by="external",
-                prompt_notes=notes)
+                prompt_notes=notes, gold=gold)
     return read_json(out / "eval.json")
 
 
