@@ -79,6 +79,7 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
         "diff": _diff_for_report(run_dir, state),
         "decompose": read_json(in_run(run_dir, state["decompose"]["file"])),
         "placebo": _placebo_for_report(config, run_dir, state),
+        "reward_model": _reward_model_for_report(run_dir, state),
         "divergence": {"rows": rows, "top_layers": analysed_layers(config, state), "rank": state["diff"]["rank"],
                        "by_parameters": state["divergence"]["top_layers"],
                        "spread": state["divergence"]["spread"]},
@@ -93,6 +94,26 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
     missing_or_extra = set(results) ^ {"title", "created", *RESULT_SECTIONS}
     assert not missing_or_extra, f"results.json sections differ from report.RESULT_SECTIONS: {missing_or_extra}"
     return results
+
+
+def _reward_model_for_report(run_dir: Path, state: dict) -> dict | None:
+    """The run's own reward model (reward.spec = rm): its pairs' summary and its rm.json and its placebo's, without
+    the split's pair indices and the loss curves; None when the run trained none."""
+    if not (state.get("rm") or {}).get("dir"):
+        return None
+
+    def record(path: Path) -> dict | None:
+        if not path.is_file():
+            return None
+        rm = read_json(path)
+        rm["split"] = {k: v for k, v in (rm.get("split") or {}).items() if k not in ("train", "validation", "test")}
+        rm["training"] = {k: v for k, v in (rm.get("training") or {}).items() if not k.endswith("losses")}
+        return rm
+
+    pairs = state["pairs"]
+    rm_dir = in_run(run_dir, state["rm"]["record"]).parent
+    return {"file": pairs["file"], "pairs": read_json(in_run(run_dir, pairs["summary"])) if pairs.get("summary") else {},
+            "rm": record(rm_dir / "rm.json"), "placebo": record(rm_dir / "placebo" / "rm.json")}
 
 
 def shown_model(outputs: dict, run_dir: Path) -> str | None:

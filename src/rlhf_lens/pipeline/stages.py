@@ -59,10 +59,10 @@ def stage_rlhf(config: RunConfig, run_dir: Path, state: dict) -> dict:
     if config.model.tuned:
         # A model tuned elsewhere: no PPO, but the same held-out evaluation of both models.
         evaluate_models(recorded_model(state["base"], run_dir), config.model.tuned, run_reward(config, state, run_dir),
-                        config.data.corpus, out, ppo)
+                        config.data.corpus, out, ppo, gold=config.gold.spec)
         return {"spec": config.model.tuned, "trained": False}
     model_dir = train_ppo(recorded_model(state["base"], run_dir), run_reward(config, state, run_dir),
-                          config.data.corpus, out, ppo)
+                          config.data.corpus, out, ppo, gold=config.gold.spec)
     return {"dir": relative(run_dir, model_dir), "trained": True}
 
 

@@ -18,6 +18,7 @@ from ..verdict import verdict, verdict_level
 SECTIONS = (
     ("headline", "Headline numbers"),
     ("diff", "What tuning changed"),
+    ("reward-model", "The learned reward model"),
     ("ppo", "PPO fine-tuning"),
     ("divergence", "Layer divergence"),
     ("saes", "Sparse autoencoders"),
