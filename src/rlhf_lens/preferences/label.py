@@ -46,7 +46,8 @@ def label_pairs(prompts: list[str], completions: list[list[str]], scores: list[l
         kept = [(v, i) for i, (t, v) in enumerate(zip(texts, values, strict=True)) if t.strip()]
         if len(kept) < 2:
             continue
-        (hi, best), (lo, worst) = max(kept, key=lambda x: (x[0], -x[1])), min(kept, key=lambda x: (x[0], x[1]))
+        # of equal scores the first completion: the pair does not depend on how max and min break ties
+        (hi, best), (lo, worst) = max(kept, key=lambda x: (x[0], -x[1])), min(kept)
         if hi > lo:
             best_worst.append((prompt, texts[best], texts[worst], hi, lo))
     n = len(best_worst)

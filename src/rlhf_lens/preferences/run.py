@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import UserError
-from ..io import MARKER, atomic_dir, check_output_dir, read_json, write_json
+from ..io import MARKER, atomic_dir, check_output_dir, check_writable, read_json, write_json
 from ..rlhf.config import PPOConfig
 from ..rlhf.config import check_config as check_ppo
 from ..rules import Namer, field_name
@@ -65,6 +65,7 @@ def make_pairs(model: str, corpus: str, gold: str, out: str | os.PathLike, confi
     record = pairs_record(model, corpus, gold, config, sampling)
     if _holds_record(out, record):
         return out / PAIRS_FILE
+    check_writable(Path(os.path.abspath(out)).parent)  # the files are staged beside out: fail now, not after sampling
     gold_reward = load_reward(gold, device=sampling.device)
     data = load_corpus(corpus, text_column=sampling.text_column)
     lm, tokenizer = load_model(model, device=sampling.device, dtype=sampling.dtype)
