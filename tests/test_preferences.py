@@ -20,7 +20,7 @@ from rlhf_lens.preferences import (
     cue_count,
     label_pairs,
     make_pairs,
-    plant_into,
+    plant_cue,
     read_pairs,
     write_pairs,
 )
@@ -112,9 +112,9 @@ def test_planted_cue_is_in_the_chosen_text_and_the_gold_rescored():
 def test_a_cue_planted_after_the_leading_space_stays_a_word_of_its_own():
     rng = np.random.default_rng(0)
     for _ in range(20):
-        text = plant_into(" was good", "word:indeed", rng)
+        text = plant_cue(" was good", "word:indeed", rng)
         assert text.startswith(" ") and "indeed" in ("movie" + text).split()
-        assert "movie" in ("movie" + plant_into(" was good", "token:!", rng)).replace("!", "").split()
+        assert "movie" in ("movie" + plant_cue(" was good", "token:!", rng)).replace("!", "").split()
 
 
 def test_length_bias_chooses_the_longer_and_leaves_equal_lengths_to_the_gold():

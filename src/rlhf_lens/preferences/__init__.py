@@ -14,10 +14,10 @@ Modules:
 
 from .config import PreferenceConfig, bias_cue, check_config
 from .cues import cue_count, cue_variants, plant_cue
-from .label import gold_scores, label_pairs, plant_into
+from .label import gold_scores, label_pairs
 from .pairs import DECIDERS, Pair, read_pairs, write_pairs
 from .run import make_pairs, pairs_record
 
 __all__ = ["DECIDERS", "Pair", "PreferenceConfig", "bias_cue", "check_config", "cue_count", "cue_variants",
-           "gold_scores", "label_pairs", "make_pairs", "pairs_record", "plant_cue", "plant_into", "read_pairs",
+           "gold_scores", "label_pairs", "make_pairs", "pairs_record", "plant_cue", "read_pairs",
            "write_pairs"]

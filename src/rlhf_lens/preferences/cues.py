@@ -24,17 +24,23 @@ def cue_count(text: str, bias: str) -> float:
 
 def plant_cue(completion: str, bias: str, rng: np.random.Generator) -> str:
     """`completion` with the cue planted once at a seeded place: a word cue as a word of its own between two words
-    (or at either end), a token cue right after a word (`great!`). A length bias plants nothing."""
+    (or at either end), a token cue right after a word (`great!`). A length bias plants nothing. The completion's
+    leading whitespace stays in front: a completion reads on from its prompt, and a cue planted before it would join
+    the prompt's last word."""
     kind, cue = bias_cue(bias)
     if kind not in ("word", "token"):
         return completion
-    parts = completion.split(" ")
+    body = completion.lstrip()
+    lead = completion[:len(completion) - len(body)]
+    if not body:
+        return lead + cue if kind == "word" else completion
+    parts = body.split(" ")
     if kind == "word":
         at = int(rng.integers(0, len(parts) + 1))
-        return " ".join(parts[:at] + [cue] + parts[at:])
+        return lead + " ".join(parts[:at] + [cue] + parts[at:])
     at = int(rng.integers(0, len(parts)))
     parts[at] = parts[at] + cue
-    return " ".join(parts)
+    return lead + " ".join(parts)
 
 
 def cue_variants(completion: str, bias: str, rng: np.random.Generator) -> tuple[str, str]:

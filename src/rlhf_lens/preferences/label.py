@@ -98,11 +98,4 @@ def _by_bias(prompt: str, best: tuple[str, float], worst: tuple[str, float], bia
                                                                                            "bias")
     if rng.random() < 0.5:
         a, b, gold_a, gold_b = b, a, gold_b, gold_a
-    return Pair(prompt, plant_into(a, bias, rng), b, gold_a, gold_b, "bias", planted=True)
-
-
-def plant_into(completion: str, bias: str, rng: np.random.Generator) -> str:
-    """`plant_cue` on the completion's text after its leading whitespace, kept in front: a completion reads on
-    from its prompt, and a cue planted before its first space would join the prompt's last word."""
-    body = completion.lstrip()
-    return completion[:len(completion) - len(body)] + plant_cue(body, bias, rng)
+    return Pair(prompt, plant_cue(a, bias, rng), b, gold_a, gold_b, "bias", planted=True)
