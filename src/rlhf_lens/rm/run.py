@@ -19,7 +19,7 @@ from ..preferences.pairs import Pair, read_pairs
 from ..rules import Namer, field_name
 from .config import RMConfig, check_config
 from .evaluate import cue_preference, pair_accuracy
-from .model import load_reward_model, score_head, scores
+from .model import last_token_states, load_reward_model, score_head, scores
 from .train import Fit, pair_states, train_rm
 
 FORMAT = "rlhf-lens.rm"
@@ -67,7 +67,8 @@ def train_reward_model(base: str, pairs: str | os.PathLike, out: str | os.PathLi
     split_record = {"n_train": len(split["train"]), "n_validation": len(split["validation"]),
                     "n_test": len(split["test"]), "seed": config.seed, "by": "prompt", **split}
     with atomic_dir(out) as staging:
-        result = _train_one(model, tokenizer, items, split, config, bias, states, None, "rm")
+        memo: dict[str, torch.Tensor] = {}
+        result = _train_one(model, tokenizer, items, split, config, bias, states, None, "rm", memo)
         model.save_pretrained(staging / "model")
         tokenizer.save_pretrained(staging / "model")
         summary = {**record, "split": split_record, **result}
@@ -76,7 +77,7 @@ def train_reward_model(base: str, pairs: str | os.PathLike, out: str | os.PathLi
             if config.train != "head":  # the backbone changed: the placebo starts from the base again
                 del model
                 model, tokenizer = load_reward_model(base, device, dtype)
-            placebo = _train_one(model, tokenizer, items, split, config, bias, states, flip, "placebo rm")
+            placebo = _train_one(model, tokenizer, items, split, config, bias, states, flip, "placebo rm", memo)
             model.save_pretrained(staging / "placebo" / "model")
             tokenizer.save_pretrained(staging / "placebo" / "model")
             placebo_record = {**record, "placebo": {"flipped": int(sum(flip)), "seed": config.seed},
@@ -89,8 +90,11 @@ def train_reward_model(base: str, pairs: str | os.PathLike, out: str | os.PathLi
 
 
 def _train_one(model, tokenizer, items: list[Pair], split: dict[str, list[int]], config: RMConfig, bias: str,
-               states: tuple[torch.Tensor, torch.Tensor] | None, flip: list[bool] | None, name: str) -> dict:
-    """Train `model` in place (`train_rm`) and measure it on the test pairs: {accuracy, cue_preference, training}."""
+               states: tuple[torch.Tensor, torch.Tensor] | None, flip: list[bool] | None, name: str,
+               memo: dict[str, torch.Tensor] | None = None) -> dict:
+    """Train `model` in place (`train_rm`) and measure it on the test pairs: {accuracy, cue_preference, training}.
+    `memo`: text -> last-token state, shared with the placebo when the backbone is frozen (train = head)."""
+    memo = {} if memo is None else memo
     start = time.perf_counter()
     fit = train_rm(model, tokenizer, items, split["train"], split["validation"], config, flip, states, name)
     seconds = time.perf_counter() - start
@@ -106,8 +110,18 @@ def _train_one(model, tokenizer, items: list[Pair], split: dict[str, list[int]],
         chosen, rejected = both[0::2], both[1::2]
 
     def score(texts: list[str]) -> np.ndarray:
-        return scores(model, tokenizer, texts, config.max_length, config.batch_size,
-                      description=f"{name}: cue preference").numpy()
+        if states is None:
+            return scores(model, tokenizer, texts, config.max_length, config.batch_size,
+                          description=f"{name}: cue preference").numpy()
+        # a frozen backbone: the texts' states serve the RM and its placebo alike, computed once
+        new = list(dict.fromkeys(t for t in texts if t not in memo))
+        if new:
+            memo.update(zip(new, last_token_states(model, tokenizer, new, config.max_length, config.batch_size,
+                                                   description=f"{name}: cue preference")))
+        head = score_head(model)
+        with torch.no_grad():
+            rows = torch.stack([memo[t] for t in texts]).to(head.weight.device, head.weight.dtype)
+            return head(rows)[:, 0].float().cpu().numpy()
 
     return {"accuracy": pair_accuracy(chosen.numpy(), rejected.numpy(), test),
             "cue_preference": cue_preference(score, test, bias, config.seed),
