@@ -67,7 +67,9 @@ def train_reward_model(base: str, pairs: str | os.PathLike, out: str | os.PathLi
     split_record = {"n_train": len(split["train"]), "n_validation": len(split["validation"]),
                     "n_test": len(split["test"]), "seed": config.seed, "by": "prompt", **split}
     with atomic_dir(out) as staging:
-        memo: dict[str, torch.Tensor] = {}
+        memo: dict[str, torch.Tensor] = {}  # the pairs' own texts are the cue variants without the cue
+        if states is not None:
+            memo.update((t, row) for p, c, r in zip(items, *states) for t, row in zip(p.texts(), (c, r)))
         result = _train_one(model, tokenizer, items, split, config, bias, states, None, "rm", memo)
         model.save_pretrained(staging / "model")
         tokenizer.save_pretrained(staging / "model")
