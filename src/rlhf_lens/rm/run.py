@@ -63,14 +63,16 @@ def train_reward_model(base: str, pairs: str | os.PathLike, out: str | os.PathLi
         return out / "model"  # trained earlier with the same record
 
     model, tokenizer = load_reward_model(base, device, dtype)
+    started = time.perf_counter()
     states = pair_states(model, tokenizer, items, config) if config.train == "head" else None
+    states_seconds = time.perf_counter() - started  # train = head: the cached states, counted in the RM's time
     split_record = {"n_train": len(split["train"]), "n_validation": len(split["validation"]),
                     "n_test": len(split["test"]), "seed": config.seed, "by": "prompt", **split}
     with atomic_dir(out) as staging:
         memo: dict[str, torch.Tensor] = {}  # the pairs' own texts are the cue variants without the cue
         if states is not None:
             memo.update((t, row) for p, c, r in zip(items, *states) for t, row in zip(p.texts(), (c, r)))
-        result = _train_one(model, tokenizer, items, split, config, bias, states, None, "rm", memo)
+        result = _train_one(model, tokenizer, items, split, config, bias, states, None, "rm", memo, states_seconds)
         model.save_pretrained(staging / "model")
         tokenizer.save_pretrained(staging / "model")
         summary = {**record, "split": split_record, **result}
@@ -93,13 +95,13 @@ def train_reward_model(base: str, pairs: str | os.PathLike, out: str | os.PathLi
 
 def _train_one(model, tokenizer, items: list[Pair], split: dict[str, list[int]], config: RMConfig, bias: str,
                states: tuple[torch.Tensor, torch.Tensor] | None, flip: list[bool] | None, name: str,
-               memo: dict[str, torch.Tensor] | None = None) -> dict:
+               memo: dict[str, torch.Tensor] | None = None, states_seconds: float = 0.0) -> dict:
     """Train `model` in place (`train_rm`) and measure it on the test pairs: {accuracy, cue_preference, training}.
     `memo`: text -> last-token state, shared with the placebo when the backbone is frozen (train = head)."""
     memo = {} if memo is None else memo
     start = time.perf_counter()
     fit = train_rm(model, tokenizer, items, split["train"], split["validation"], config, flip, states, name)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start + states_seconds
     test = [items[i] for i in split["test"]]
     if states is not None:  # the backbone is frozen: the cached states score the test pairs exactly
         head = score_head(model)
@@ -127,15 +129,15 @@ def _train_one(model, tokenizer, items: list[Pair], split: dict[str, list[int]],
 
     return {"accuracy": pair_accuracy(chosen.numpy(), rejected.numpy(), test),
             "cue_preference": cue_preference(score, test, bias, config.seed),
-            "training": _training_record(fit, seconds, len(split["train"]))}
+            "training": _training_record(fit, seconds, len(split["train"]), states_seconds)}
 
 
-def _training_record(fit: Fit, seconds: float, n_train: int) -> dict:
+def _training_record(fit: Fit, seconds: float, n_train: int, states_seconds: float = 0.0) -> dict:
     return {"epochs": fit.epochs, "best_epoch": fit.best_epoch, "stopped": fit.stopped,
             "train_loss": fit.train_loss[-1] if fit.train_loss else None,
             "validation_loss": min(fit.validation_loss) if fit.validation_loss else None,
             "train_losses": fit.train_loss, "validation_losses": fit.validation_loss,
-            "seconds": seconds, "cache_seconds": fit.cache_seconds, "fit_seconds": fit.fit_seconds,
+            "seconds": seconds, "cache_seconds": fit.cache_seconds + states_seconds, "fit_seconds": fit.fit_seconds,
             "pairs_per_second": n_train * fit.epochs / seconds if seconds > 0 else None}
 
 
