@@ -19,7 +19,7 @@ from ..preferences.pairs import Pair, read_pairs
 from ..rules import Namer, field_name
 from .config import RMConfig, check_config
 from .evaluate import cue_preference, pair_accuracy
-from .model import load_reward_model, score_head, scores
+from .model import last_token_states, load_reward_model, score_head, scores
 from .train import Fit, pair_states, train_rm
 
 FORMAT = "rlhf-lens.rm"
@@ -63,11 +63,16 @@ def train_reward_model(base: str, pairs: str | os.PathLike, out: str | os.PathLi
         return out / "model"  # trained earlier with the same record
 
     model, tokenizer = load_reward_model(base, device, dtype)
+    started = time.perf_counter()
     states = pair_states(model, tokenizer, items, config) if config.train == "head" else None
+    states_seconds = time.perf_counter() - started  # train = head: the cached states, counted in the RM's time
     split_record = {"n_train": len(split["train"]), "n_validation": len(split["validation"]),
                     "n_test": len(split["test"]), "seed": config.seed, "by": "prompt", **split}
     with atomic_dir(out) as staging:
-        result = _train_one(model, tokenizer, items, split, config, bias, states, None, "rm")
+        memo: dict[str, torch.Tensor] = {}  # the pairs' own texts are the cue variants without the cue
+        if states is not None:
+            memo.update((t, row) for p, c, r in zip(items, *states) for t, row in zip(p.texts(), (c, r)))
+        result = _train_one(model, tokenizer, items, split, config, bias, states, None, "rm", memo, states_seconds)
         model.save_pretrained(staging / "model")
         tokenizer.save_pretrained(staging / "model")
         summary = {**record, "split": split_record, **result}
@@ -76,7 +81,7 @@ def train_reward_model(base: str, pairs: str | os.PathLike, out: str | os.PathLi
             if config.train != "head":  # the backbone changed: the placebo starts from the base again
                 del model
                 model, tokenizer = load_reward_model(base, device, dtype)
-            placebo = _train_one(model, tokenizer, items, split, config, bias, states, flip, "placebo rm")
+            placebo = _train_one(model, tokenizer, items, split, config, bias, states, flip, "placebo rm", memo)
             model.save_pretrained(staging / "placebo" / "model")
             tokenizer.save_pretrained(staging / "placebo" / "model")
             placebo_record = {**record, "placebo": {"flipped": int(sum(flip)), "seed": config.seed},
@@ -89,11 +94,14 @@ def train_reward_model(base: str, pairs: str | os.PathLike, out: str | os.PathLi
 
 
 def _train_one(model, tokenizer, items: list[Pair], split: dict[str, list[int]], config: RMConfig, bias: str,
-               states: tuple[torch.Tensor, torch.Tensor] | None, flip: list[bool] | None, name: str) -> dict:
-    """Train `model` in place (`train_rm`) and measure it on the test pairs: {accuracy, cue_preference, training}."""
+               states: tuple[torch.Tensor, torch.Tensor] | None, flip: list[bool] | None, name: str,
+               memo: dict[str, torch.Tensor] | None = None, states_seconds: float = 0.0) -> dict:
+    """Train `model` in place (`train_rm`) and measure it on the test pairs: {accuracy, cue_preference, training}.
+    `memo`: text -> last-token state, shared with the placebo when the backbone is frozen (train = head)."""
+    memo = {} if memo is None else memo
     start = time.perf_counter()
     fit = train_rm(model, tokenizer, items, split["train"], split["validation"], config, flip, states, name)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start + states_seconds
     test = [items[i] for i in split["test"]]
     if states is not None:  # the backbone is frozen: the cached states score the test pairs exactly
         head = score_head(model)
@@ -106,20 +114,30 @@ def _train_one(model, tokenizer, items: list[Pair], split: dict[str, list[int]],
         chosen, rejected = both[0::2], both[1::2]
 
     def score(texts: list[str]) -> np.ndarray:
-        return scores(model, tokenizer, texts, config.max_length, config.batch_size,
-                      description=f"{name}: cue preference").numpy()
+        if states is None:
+            return scores(model, tokenizer, texts, config.max_length, config.batch_size,
+                          description=f"{name}: cue preference").numpy()
+        # a frozen backbone: the texts' states serve the RM and its placebo alike, computed once
+        new = list(dict.fromkeys(t for t in texts if t not in memo))
+        if new:
+            memo.update(zip(new, last_token_states(model, tokenizer, new, config.max_length, config.batch_size,
+                                                   description=f"{name}: cue preference")))
+        head = score_head(model)
+        with torch.no_grad():
+            rows = torch.stack([memo[t] for t in texts]).to(head.weight.device, head.weight.dtype)
+            return head(rows)[:, 0].float().cpu().numpy()
 
     return {"accuracy": pair_accuracy(chosen.numpy(), rejected.numpy(), test),
             "cue_preference": cue_preference(score, test, bias, config.seed),
-            "training": _training_record(fit, seconds, len(split["train"]))}
+            "training": _training_record(fit, seconds, len(split["train"]), states_seconds)}
 
 
-def _training_record(fit: Fit, seconds: float, n_train: int) -> dict:
+def _training_record(fit: Fit, seconds: float, n_train: int, states_seconds: float = 0.0) -> dict:
     return {"epochs": fit.epochs, "best_epoch": fit.best_epoch, "stopped": fit.stopped,
             "train_loss": fit.train_loss[-1] if fit.train_loss else None,
             "validation_loss": min(fit.validation_loss) if fit.validation_loss else None,
             "train_losses": fit.train_loss, "validation_losses": fit.validation_loss,
-            "seconds": seconds, "cache_seconds": fit.cache_seconds, "fit_seconds": fit.fit_seconds,
+            "seconds": seconds, "cache_seconds": fit.cache_seconds + states_seconds, "fit_seconds": fit.fit_seconds,
             "pairs_per_second": n_train * fit.epochs / seconds if seconds > 0 else None}
 
 
