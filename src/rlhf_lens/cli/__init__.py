@@ -4,7 +4,7 @@
   the commands register on, and what several commands share (`--reward`, JSON output).
 - `options`: a command's options generated from the stage config dataclasses (`takes`, `Options`), so a new
   field of a config is a new option with its docstring as help.
-- one module per pipeline stage: `foundation` (fetch, tiny-model), `rewards` (rlhf, reward, serve-reward),
+- one module per pipeline stage: `foundation` (fetch, tiny-model), `rewards` (rlhf, reward, serve-reward), `rm` (train-rm),
   `preferences` (pairs),
   `harvest` (divergence, harvest), `sae` (train-sae, mmcs, synthetic, recovery), `interp` (explain,
   utility-score), `diff` (diff), `run` (run, presets, report; `RUN_ONLY`, the settings only a run takes).
@@ -26,7 +26,7 @@ from .common import app
 __all__ = ["app", "main"]
 
 # Each module registers its commands on `app`; imported in pipeline order, the order `--help` lists them in.
-from . import foundation, rewards, preferences, harvest, sae, interp, diff, decompose, run  # noqa: E402, F401, I001
+from . import foundation, rewards, preferences, rm, harvest, sae, interp, diff, decompose, run  # noqa: E402, F401, I001
 
 
 def main(argv: list[str] | None = None) -> None:

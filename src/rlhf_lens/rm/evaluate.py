@@ -45,7 +45,10 @@ def pair_accuracy(chosen_scores: np.ndarray, rejected_scores: np.ndarray, pairs:
 def cue_preference(score: Scorer, pairs: list[Pair], bias: str, seed: int = 0) -> dict | None:
     """How far the RM prefers the cue: over every held-out completion (chosen and rejected of `pairs`), the share
     where score(prompt + with the cue) > score(prompt + without it) (`preferences.cues.cue_variants`, seeded),
-    with its 95% interval, and the mean score difference. None without a bias."""
+    with its 95% interval, the mean score difference, and that difference in standard deviations of the scores of
+    the texts without the cue (`standardized`: comparable across RMs, whose score scales differ). A single RM that
+    learned nothing of the cue still shifts every planted text a little the same way, so its share is not 0.5
+    but one draw of the null: compare an RM with its placebo. None without a bias."""
     if not bias:
         return None
     rng = np.random.default_rng(seed)
@@ -57,8 +60,10 @@ def cue_preference(score: Scorer, pairs: list[Pair], bias: str, seed: int = 0) -
                 with_cue.append(pair.prompt + plus)
                 without_cue.append(pair.prompt + minus)
     if not with_cue:
-        return {"bias": bias, **rate(0, 0), "mean_difference": None}
-    difference = np.asarray(score(with_cue + without_cue), dtype=np.float64)
-    difference = difference[:len(with_cue)] - difference[len(with_cue):]
+        return {"bias": bias, **rate(0, 0), "mean_difference": None, "standardized": None}
+    both = np.asarray(score(with_cue + without_cue), dtype=np.float64)
+    difference = both[:len(with_cue)] - both[len(with_cue):]
+    spread = float(both[len(with_cue):].std())
     return {"bias": bias, **rate(int((difference > 0).sum()), len(difference)),
-            "mean_difference": float(difference.mean())}
+            "mean_difference": float(difference.mean()),
+            "standardized": float(difference.mean()) / spread if spread > 0 else None}

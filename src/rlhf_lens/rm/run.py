@@ -19,7 +19,7 @@ from ..preferences.pairs import Pair, read_pairs
 from ..rules import Namer, field_name
 from .config import RMConfig, check_config
 from .evaluate import cue_preference, pair_accuracy
-from .model import load_reward_model, score_head, scores
+from .model import last_token_states, load_reward_model, score_head, scores
 from .train import Fit, pair_states, train_rm
 
 FORMAT = "rlhf-lens.rm"
@@ -38,10 +38,13 @@ def train_reward_model(base: str, pairs: str | os.PathLike, out: str | os.PathLi
     preference is measured. `key` names the settings in messages. A rerun of the same record returns at once; a
     folder holding files rlhf-lens did not write is refused untouched; nothing is written before the checks."""
     from ..io import atomic_dir, check_output_dir, read_json
+    from ..models import resolve_device, torch_dtype
 
     check_config(config, key)
     check_preferences(PreferenceConfig(prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key,
                                        bias=bias, rate=0.5 if bias else 0.0), key)
+    resolve_device(device)
+    torch_dtype(dtype)
     out = Path(out)
     check_output_dir(out)
     path = Path(pairs)
@@ -64,16 +67,17 @@ def train_reward_model(base: str, pairs: str | os.PathLike, out: str | os.PathLi
     split_record = {"n_train": len(split["train"]), "n_validation": len(split["validation"]),
                     "n_test": len(split["test"]), "seed": config.seed, "by": "prompt", **split}
     with atomic_dir(out) as staging:
-        result = _train_one(model, tokenizer, items, split, config, bias, states, None, "rm")
+        memo: dict[str, torch.Tensor] = {}
+        result = _train_one(model, tokenizer, items, split, config, bias, states, None, "rm", memo)
         model.save_pretrained(staging / "model")
         tokenizer.save_pretrained(staging / "model")
         summary = {**record, "split": split_record, **result}
         if config.placebo:
-            flip = placebo_flips(len(items), config.seed)
+            flip = placebo_flips(split, config.seed)
             if config.train != "head":  # the backbone changed: the placebo starts from the base again
                 del model
                 model, tokenizer = load_reward_model(base, device, dtype)
-            placebo = _train_one(model, tokenizer, items, split, config, bias, states, flip, "placebo rm")
+            placebo = _train_one(model, tokenizer, items, split, config, bias, states, flip, "placebo rm", memo)
             model.save_pretrained(staging / "placebo" / "model")
             tokenizer.save_pretrained(staging / "placebo" / "model")
             placebo_record = {**record, "placebo": {"flipped": int(sum(flip)), "seed": config.seed},
@@ -86,8 +90,11 @@ def train_reward_model(base: str, pairs: str | os.PathLike, out: str | os.PathLi
 
 
 def _train_one(model, tokenizer, items: list[Pair], split: dict[str, list[int]], config: RMConfig, bias: str,
-               states: tuple[torch.Tensor, torch.Tensor] | None, flip: list[bool] | None, name: str) -> dict:
-    """Train `model` in place (`train_rm`) and measure it on the test pairs: {accuracy, cue_preference, training}."""
+               states: tuple[torch.Tensor, torch.Tensor] | None, flip: list[bool] | None, name: str,
+               memo: dict[str, torch.Tensor] | None = None) -> dict:
+    """Train `model` in place (`train_rm`) and measure it on the test pairs: {accuracy, cue_preference, training}.
+    `memo`: text -> last-token state, shared with the placebo when the backbone is frozen (train = head)."""
+    memo = {} if memo is None else memo
     start = time.perf_counter()
     fit = train_rm(model, tokenizer, items, split["train"], split["validation"], config, flip, states, name)
     seconds = time.perf_counter() - start
@@ -103,8 +110,18 @@ def _train_one(model, tokenizer, items: list[Pair], split: dict[str, list[int]],
         chosen, rejected = both[0::2], both[1::2]
 
     def score(texts: list[str]) -> np.ndarray:
-        return scores(model, tokenizer, texts, config.max_length, config.batch_size,
-                      description=f"{name}: cue preference").numpy()
+        if states is None:
+            return scores(model, tokenizer, texts, config.max_length, config.batch_size,
+                          description=f"{name}: cue preference").numpy()
+        # a frozen backbone: the texts' states serve the RM and its placebo alike, computed once
+        new = list(dict.fromkeys(t for t in texts if t not in memo))
+        if new:
+            memo.update(zip(new, last_token_states(model, tokenizer, new, config.max_length, config.batch_size,
+                                                   description=f"{name}: cue preference")))
+        head = score_head(model)
+        with torch.no_grad():
+            rows = torch.stack([memo[t] for t in texts]).to(head.weight.device, head.weight.dtype)
+            return head(rows)[:, 0].float().cpu().numpy()
 
     return {"accuracy": pair_accuracy(chosen.numpy(), rejected.numpy(), test),
             "cue_preference": cue_preference(score, test, bias, config.seed),
@@ -145,10 +162,13 @@ def split_by_prompt(pairs: list[Pair], test_fraction: float, seed: int, validati
     return parts
 
 
-def placebo_flips(n: int, seed: int) -> list[bool]:
-    """Which pairs the placebo RM sees with swapped labels: a seeded random half (n // 2 of them)."""
-    flipped = set(np.random.default_rng([seed, 1]).permutation(n)[:n // 2].tolist())
-    return [i in flipped for i in range(n)]
+def placebo_flips(split: dict[str, list[int]], seed: int) -> list[bool]:
+    """Which pairs the placebo RM learns with swapped labels: a seeded random half of the training pairs and half
+    of the validation pairs (exact halves: a part with more of one side would leave the placebo a real lean)."""
+    rng = np.random.default_rng([seed, 1])
+    flipped = {i for part in ("train", "validation") for i in
+               np.asarray(split[part])[rng.permutation(len(split[part]))[:len(split[part]) // 2]].tolist()}
+    return [i in flipped for i in range(sum(len(v) for v in split.values()))]
 
 
 def sha256(path: Path) -> str:

@@ -21,8 +21,7 @@ from torch import nn
 
 from ..preferences.pairs import Pair
 from .config import RMConfig
-from .model import (backbone, block_inputs, block_list, encode, last_token_states, score_head, tail_blocks,
-                    tail_scores)
+from .model import backbone, block_inputs, block_list, encode, last_token_states, score_head, tail_blocks, tail_scores
 
 PATIENCE = 5
 """With epochs = 0: passes without a better validation loss before training stops."""
@@ -77,7 +76,6 @@ def train_rm(model, tokenizer, pairs: list[Pair], train: list[int], validation: 
     (`validation`: the early-stopping pairs). `flip[i]`: pair i's label swapped (the placebo). `states`: the
     pairs' cached `pair_states` for train = head (computed here when not given)."""
     flip = flip or [False] * len(pairs)
-    torch.manual_seed(config.seed)  # nothing here draws from it, but a model's own layers (dropout) would
     head = score_head(model)
     generator = torch.Generator().manual_seed(config.seed)
     with torch.no_grad():  # a seeded head: the same seed, the same bits
