@@ -21,10 +21,13 @@ SAMPLING_FIELDS = ("min_new_tokens", "max_new_tokens", "top_k", "top_p", "score_
 
 
 @app.command("pairs")
-@takes(Options(GoldSection, names={"spec": "--gold"}, required=("spec",)),
+@takes(Options(GoldSection, names={"spec": "--gold"}, required=("spec",),
+               helps={"spec": "The gold reward that labels the pairs (what the labellers meant): any reward spec, "
+                              "e.g. vader, sentiment, table:FILE, classifier:MODEL."}),
        Options(PreferenceConfig, into="config", only=PAIR_FIELDS),
        Options(PPOConfig, into="sampling", only=SAMPLING_FIELDS,
-               names={"score_query": "--score-query/--score-response"}))
+               names={"score_query": "--score-query/--score-response"},
+               helps={"batch_size": "Completions sampled at a time (PPO's rlhf.batch_size in a run)."}))
 def pairs(
     model: str = typer.Option(..., "--model", help="Model the completions are sampled from: a save_pretrained "
                                                    "folder, a hub id or smollm2."),
