@@ -1,26 +1,23 @@
 #!/usr/bin/env python3
-"""The cost of the evaluations along a tune (`rlhf.eval_every`), beside the PPO step they interrupt.
+"""The cost of one evaluation along a tune (`rlhf.eval_every`), beside the PPO step it interrupts.
 
-Runs `train_ppo` with the demo preset's [rlhf] settings for a few steps with eval_every = 1 and a gold, and reads
-`step_s` from log.jsonl and `eval_s` from evals.jsonl: one evaluation samples `eval_prompts` held-out completions,
-scores them by the reward and the gold, and runs the reference over them for the KL. The first PPO step is a
-warm-up and is left out of the step's median.
+Loads the model, the reward and the gold as `train_ppo` does, with the demo preset's [rlhf] settings, then times one
+held-out evaluation (`evals.evaluate_reward` with the gold and the reference: sampling `eval_prompts` completions,
+the reward, the gold, the reference's forward for the KL; each part timed) and one PPO step (`_Trainer.train_step`,
+after one warm-up step when --steps > 1).
 
-Usage: python bench/bench_gold_eval.py [--model smollm2] [--steps 3] [--eval-prompts 64] [--gold sentiment]
-       [--threads 2]
-Prints INFO lines, then FIGURE lines: eval_s, step_s, and the share of a run's time the evaluations take at a
-few eval_every. Timings on a shared machine are noisy (the load average is printed).
+Usage: python bench/bench_gold_eval.py [--model smollm2] [--eval-prompts 64] [--gold sentiment] [--threads 2]
+Prints INFO lines, then FIGURE lines: eval_s (and its parts), step_s, and the share of a run's time the evaluations
+take at a few eval_every. Timings on a shared machine are noisy (the load average is printed).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import tempfile
-from pathlib import Path
+import time
 
 
 def main() -> int:
@@ -29,32 +26,59 @@ def main() -> int:
     p.add_argument("--corpus", default="pang-lee")
     p.add_argument("--reward", default="vader")
     p.add_argument("--gold", default="sentiment")
-    p.add_argument("--steps", type=int, default=3)
     p.add_argument("--eval-prompts", type=int, default=64)
+    p.add_argument("--steps", type=int, default=1, help="PPO steps timed (the first is a warm-up when > 1)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
+
+    import copy
 
     import torch
 
     torch.set_num_threads(args.threads)
     from rlhf_lens.config import load_config
-    from rlhf_lens.rlhf import train_ppo
+    from rlhf_lens.data import load_corpus
+    from rlhf_lens.models import load_model
+    from rlhf_lens.rewards import load_reward
+    from rlhf_lens.rlhf import evals
+    from rlhf_lens.rlhf.run import heldout_eval_prompts
+    from rlhf_lens.rlhf.trainer import _Trainer
 
     config = load_config(preset="demo").rlhf
-    config.steps, config.eval_every, config.eval_prompts = args.steps, 1, args.eval_prompts
+    config.eval_prompts = args.eval_prompts
+    spent = {"reward": 0.0, "gold": 0.0, "kl": 0.0}
+
+    def timed(name, fn):
+        def call(*a, **k):
+            started = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name] += time.perf_counter() - started
+        return call
+
+    reward, gold = load_reward(args.reward), load_reward(args.gold)
+    data = load_corpus(args.corpus)
+    policy, tokenizer = load_model(args.model)
+    prompts = heldout_eval_prompts(data, tokenizer, config)
+    reference = copy.deepcopy(policy).requires_grad_(False).eval()
     print(f"INFO model {args.model}, {args.threads} threads, load average {os.getloadavg()[0]:.1f}, "
-          f"batch_size {config.batch_size}, eval_prompts {config.eval_prompts}, gold {args.gold}", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "ppo"
-        train_ppo(args.model, args.reward, args.corpus, out, config, gold=args.gold)
-        log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-        evals = [json.loads(line) for line in (out / "evals.jsonl").read_text().splitlines()]
-    step_s = statistics.median(r["step_s"] for r in log[1:] or log)
-    eval_s = statistics.median(r["eval_s"] for r in evals)
-    print(f"INFO eval_s per evaluation: {[r['eval_s'] for r in evals]}; step_s: {[r['step_s'] for r in log]}")
-    print(f"INFO load average after: {os.getloadavg()[0]:.1f}")
-    print(f"FIGURE eval_s={eval_s:.2f} s ({config.eval_prompts} prompts, reward + gold + reference KL)")
-    print(f"FIGURE step_s={step_s:.2f} s (PPO step, batch {config.batch_size})")
+          f"batch_size {config.batch_size}, eval_prompts {len(prompts)}, reward {args.reward}, gold {args.gold}",
+          flush=True)
+    evals._response_kl = timed("kl", evals._response_kl)
+    started = time.perf_counter()
+    result = evals.evaluate_reward(policy.eval(), tokenizer, timed("reward", reward), prompts, config,
+                                   gold=timed("gold", gold), reference=reference)
+    eval_s = time.perf_counter() - started
+    print(f"INFO evaluation: proxy {result['mean']:+.3f}, {len(result['completions'])} completions", flush=True)
+    trainer = _Trainer(policy, reference, tokenizer, reward, data, config)
+    steps = [trainer.train_step()["step_s"] for _ in range(args.steps)]
+    step_s = statistics.median(steps[1:] or steps)
+    print(f"INFO step_s per step: {steps}; load average after: {os.getloadavg()[0]:.1f}")
+    sampling = eval_s - sum(spent.values())
+    print(f"FIGURE eval_s={eval_s:.1f} s ({len(prompts)} prompts; sampling {sampling:.1f}, reward {spent['reward']:.2f}, "
+          f"gold {spent['gold']:.2f}, reference KL {spent['kl']:.1f})")
+    print(f"FIGURE step_s={step_s:.1f} s (PPO step, batch {config.batch_size})")
     for every in (5, 10, 20):
         print(f"FIGURE eval_every={every}: evaluations add {100 * eval_s / (every * step_s):.0f}% to the PPO time")
     return 0
