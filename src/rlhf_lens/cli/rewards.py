@@ -29,7 +29,8 @@ def rlhf(
     base: str = typer.Option(..., "--base", help="Base model: a save_pretrained folder, a hub id or smollm2."),
     corpus: str = typer.Option(..., "--corpus", help="Prompt corpus: imdb, pang-lee, pang-lee-reviews, "
                                                       "pang-lee-sentences or a file (train split: prompts; test: eval)."),
-    out: Path = typer.Option(..., "--out", help="Output folder (model/, log.jsonl, ppo.png, eval.json). Rerun to resume."),
+    out: Path = typer.Option(..., "--out", help="Output folder (model/, log.jsonl, ppo.png, eval.json, evals.jsonl, gold.json). "
+                                                     "Rerun to resume."),
     *,
     reward: str,
     config: PPOConfig,
