@@ -106,6 +106,18 @@ def test_a_bad_gold_fails_before_any_write(tmp_path, tiny_model_dir, corpus_file
     assert not out.exists()
 
 
+def test_a_model_tuned_elsewhere_gets_the_gold_too(tmp_path, watched, tiny_model_dir, corpus_file, specs):
+    from rlhf_lens.rlhf import evaluate_models
+
+    result = evaluate_models(str(tiny_model_dir), str(watched / "model"), specs[0], str(corpus_file), tmp_path,
+                             PPOConfig(**FAST), gold=specs[1])
+    ours = json.loads((watched / "eval.json").read_text())
+    assert result["gold"] == ours["gold"] and result["tuned"] == ours["tuned"]  # the same prompts and streams
+    with pytest.raises(UserError, match=r"^--gold: unknown reward spec"):
+        evaluate_models(str(tiny_model_dir), str(watched / "model"), specs[0], str(corpus_file), tmp_path / "x",
+                        PPOConfig(**FAST), gold="warmth", gold_key=lambda name: "--gold")
+
+
 def test_repetition_counts_word_bigrams_and_the_top_word():
     stats = repetition(["good good good", "a good film"])
     assert stats["distinct_2"] == pytest.approx(3 / 4)  # (good good) twice, (a good), (good film)

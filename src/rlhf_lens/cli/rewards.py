@@ -21,12 +21,16 @@ from .options import Options, takes
 @app.command()
 @takes(REWARD, Options(PPOConfig, into="config", names={"adaptive_kl": "--adaptive-kl/--fixed-kl",
                                                          "score_query": "--score-query/--score-response"}),
-       Options(GoldSection, names={"spec": "--gold"}))
+       Options(GoldSection, names={"spec": "--gold"}, helps={"spec": (
+           "Gold reward (any reward spec: vader, sentiment, table:FILE, classifier:MODEL, rm:PATH): every held-out "
+           "evaluation along the tune (--eval-every) scores the completions by it beside --reward, and gold.json "
+           "says whether the tune overoptimised the reward. Empty: none.")}))
 def rlhf(
     base: str = typer.Option(..., "--base", help="Base model: a save_pretrained folder, a hub id or smollm2."),
     corpus: str = typer.Option(..., "--corpus", help="Prompt corpus: imdb, pang-lee, pang-lee-reviews, "
                                                       "pang-lee-sentences or a file (train split: prompts; test: eval)."),
-    out: Path = typer.Option(..., "--out", help="Output folder (model/, log.jsonl, ppo.png, eval.json). Rerun to resume."),
+    out: Path = typer.Option(..., "--out", help="Output folder (model/, log.jsonl, ppo.png, eval.json, evals.jsonl, gold.json). "
+                                                     "Rerun to resume."),
     *,
     reward: str,
     config: PPOConfig,

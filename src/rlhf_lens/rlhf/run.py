@@ -171,7 +171,7 @@ def train_ppo(base: str, reward_spec: str, corpus: str, out: str | os.PathLike, 
                 interrupt_point("rlhf", trainer.step)
         model_dir = save_model(policy.eval(), tokenizer, out / "model")
         base_eval = evaluate(reference, with_kl=False)
-        tuned_eval = evaluate(policy)
+        tuned_eval = evaluate(policy, with_kl=bool(config.eval_every))  # the KL only for the last evaluation row
     if config.eval_every:
         if all(r["step"] != config.steps for r in evals):
             evals.append(eval_row(config.steps, tuned_eval, tuned_eval["seconds"]))
