@@ -10,7 +10,6 @@ import typer
 
 from ..errors import UserError
 from ..interp.config import InterpConfig
-from ..preferences.config import PreferenceConfig
 from ..sections import ControlSection, DataSection, DivergenceSection, ModelSection, SAESection
 from .common import app
 
@@ -26,7 +25,6 @@ RUN_ONLY: dict[type, tuple[str, ...]] = {
     SAESection: ("dict_ratios", "seeds"),  # the run's grid of SAEs (train-sae takes sizes and seeds as lists)
     InterpConfig: ("new_feature_threshold", "new_feature_quantile"),  # new features: tuned SAEs against base seeds
     ControlSection: _every_field(ControlSection),
-    PreferenceConfig: ("file",),  # `train-rm PAIRS` takes the pair file as its argument
 }
 """Settings only a run config takes (class -> field names); every other field of a stage config is an option
 of a stage command (tests/test_cli_coverage.py)."""
