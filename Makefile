@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 ANCHORS_VENV := .venv-anchors
 ANCHORS_TRL_VENV := .venv-anchors-trl
 
-.PHONY: demo test lint bench venv clean anchors
+.PHONY: demo demo-rm test lint bench venv clean anchors
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/rlhf-lens fetch pang-lee
 	HF_HUB_OFFLINE=1 $(BIN)/rlhf-lens run --preset demo --out runs/demo
+
+# The learned-reward-model demo: pairs labelled by a gold with a planted flaw, an RM, PPO against it (docs/rm.md).
+demo-rm: $(STAMP)
+	$(BIN)/rlhf-lens fetch pang-lee
+	HF_HUB_OFFLINE=1 $(BIN)/rlhf-lens run --preset demo-rm --out runs/demo-rm
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
