@@ -54,6 +54,7 @@ def make_results(seed: int = 0) -> dict:
                     {**tuned[6], "layer": 4, "feature": 2, "max_cosine": None, "max_cosine_to_base": 0.28, "match": 9,
                      "new": True, "explanation": "a film's year", "utility": 0.0, "utility_words": {}}]
     return {
+        "reward_model": make_reward_model(),
         "title": "rlhf-lens run <tiny>",
         "created": "2024-05-01T12:00:00",
         "run_dir": "runs/test",
@@ -180,3 +181,25 @@ def with_placebo_and_crosscoder(results: dict) -> dict:
     decompose["placebo"] = placebo
     return {**results, "diff": diff, "decompose": decompose,
             "placebo": {"diff": placebo_diff, "utility_of_change": placebo["utility_of_change"], "table": "placebo/table.tsv"}}
+
+
+def _rate(k: int, n: int) -> dict:
+    from rlhf_lens.nulls import binomial_interval
+
+    return {"share": k / n, "k": k, "n": n, "interval": list(binomial_interval(k, n))}
+
+
+def make_reward_model() -> dict:
+    """results.json's `reward_model` as the pipeline writes it (pairs.json, rm.json and the placebo RM's)."""
+    rm = {"format": "rlhf-lens.rm", "bias": "word:indeed", "config": {"train": "blocks", "blocks": 4},
+          "split": {"n_train": 240, "n_validation": 27, "n_test": 70, "seed": 0, "by": "prompt"},
+          "accuracy": {"labels": _rate(52, 70), "gold": _rate(45, 60),
+                       "by_decider": {"gold": _rate(40, 49), "bias": _rate(19, 21)}},
+          "cue_preference": {"bias": "word:indeed", **_rate(120, 140)},
+          "training": {"epochs": 12, "stopped": "converged", "seconds": 95.0}}
+    placebo = {**rm, "accuracy": {"labels": _rate(36, 70), "gold": _rate(31, 60), "by_decider": {}},
+               "cue_preference": {"bias": "word:indeed", **_rate(66, 140)}}
+    pairs = {"n_prompts": 512, "n_pairs": 337, "ties_dropped": 175, "gold": "vader", "planted": 90,
+             "decided_by": {"gold": 236, "bias": 101, "noise": 0},
+             "config": {"completions": 2, "bias": "word:indeed", "rate": 0.3}}
+    return {"file": "pairs/pairs.jsonl", "pairs": pairs, "rm": rm, "placebo": placebo}

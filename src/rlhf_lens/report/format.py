@@ -32,6 +32,15 @@ SECTIONS = (
 
 NOT_RUN = "not run"
 
+ONLY_WHEN_RUN = {"reward-model": "reward_model"}
+"""Sections drawn only when their results.json key holds something (a run without its own reward model has no
+section about one, rather than a "not run" line)."""
+
+
+def shown_sections(results: dict) -> list[str]:
+    """The ids of the sections a report of `results` draws (`SECTIONS` less those `ONLY_WHEN_RUN` leaves out)."""
+    return [sid for sid, _ in SECTIONS if sid not in ONLY_WHEN_RUN or results.get(ONLY_WHEN_RUN[sid])]
+
 
 def tuned_elsewhere(results: dict) -> bool:
     """Whether the tuned model came from outside the run (model.tuned): then no PPO ran here."""

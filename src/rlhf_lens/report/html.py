@@ -9,7 +9,7 @@ from .decompose import decompose_parts
 from .dictionaries import mmcs_html, saes_html
 from .diff import diff_html
 from .features import features_html, new_features_html, utility_html
-from .format import SECTIONS, _esc, _model_key, heldout_of, section_title, tune_moved_text
+from .format import _esc, _model_key, heldout_of, section_title, shown_sections, tune_moved_text
 from .headline import headline_parts
 from .reward_model import reward_model_html
 from .tables import Raw, html_table, not_run_html, parts_html
@@ -106,7 +106,7 @@ def render_html(results: dict, sections: tuple[str, ...] | None = None, source: 
     content = tracked.content
     title = str(content.get("title") or "rlhf-lens run")
     header = tracked.draw("the header", _header_html, content)
-    chosen = [sid for sid, _ in SECTIONS if sections is None or sid in sections]
+    chosen = [sid for sid in shown_sections(content) if sections is None or sid in sections]
     names = {sid: tracked.draw(f"the title of section {sid!r}", section_title, sid, content) for sid in chosen}
     nav = "\n".join(f'<a href="#{sid}">{_esc(names[sid])}</a>' for sid in chosen)
     body = "".join(f'<section id="{sid}"><h2>{_esc(names[sid])}</h2>'

@@ -11,7 +11,6 @@ from .format import (
     _NEW_HEADERS,
     _SAE_METRICS,
     NOT_RUN,
-    SECTIONS,
     _float,
     _layer,
     _mean_std,
@@ -27,6 +26,7 @@ from .format import (
     elsewhere_text,
     heldout_of,
     section_title,
+    shown_sections,
     steering_rewards_text,
     tune_moved_text,
     tuned_elsewhere,
@@ -45,7 +45,7 @@ def render_markdown(results: dict, sections: tuple[str, ...] | None = None, sour
     tracked = Tracked(results, source)
     content = tracked.content
     out = tracked.draw("the header", _header_markdown, content)
-    for sid, _ in SECTIONS:
+    for sid in shown_sections(content):
         if sid not in _MD_SECTIONS or (sections is not None and sid not in sections):
             continue
         title = tracked.draw(f"the title of section {sid!r}", section_title, sid, content)
