@@ -69,6 +69,9 @@ def base_model(spec: str, corpus: str, out: Path) -> str:
                                                              pretrain_steps=30))
     else:
         model, tok = load_model(spec)
+        # Dequantized on loading from the GGUF: plain float weights, which TRL's Trainer refuses to fine-tune
+        # while the config still names a quantization.
+        model.config.__dict__.pop("quantization_config", None)
     return str(save_model(model, tok, out / "base"))
 
 
