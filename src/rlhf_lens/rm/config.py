@@ -17,7 +17,8 @@ class RMConfig:
     blocks: int = 1
     """With train = blocks: how many of the last blocks are trained."""
     epochs: int = 0
-    """Passes over the training pairs; 0: until the held-out loss stops improving (at most max_epochs)."""
+    """Passes over the training pairs; 0: until the loss on a validation tenth of the training prompts stops improving
+    (at most max_epochs; the held-out test pairs are never seen)."""
     max_epochs: int = 200
     """With epochs = 0: the most passes."""
     lr: float = 1e-3
