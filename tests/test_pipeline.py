@@ -34,8 +34,9 @@ PRESET = "tiny"
 # The tiny preset as it ships; nothing shrunk, so the test runs exactly what CI promises.
 RUN_ARGS = ("run", "--preset", PRESET)
 MODELS = ("base", "tuned", "control")
-# controls.placebo is off in the tiny preset: its stage prints one "placebo: off (...)" line, never its header.
-OFF = {"placebo": "off"}
+# controls.placebo is off in the tiny preset: its stage prints one "placebo: off (...)" line, never its header; so do
+# the pairs and rm stages of a run that does not train its reward model.
+OFF = {"placebo": "off", "pairs": "off", "rm": "off"}
 # Keys whose values are wall-clock measurements: they differ between two equal runs.
 TIMING_KEYS = {"tokens_per_s", "seconds", "train_seconds", "wall_seconds", "finished", "created"}
 
