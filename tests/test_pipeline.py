@@ -463,10 +463,16 @@ def test_results_headline_has_every_model_with_its_seed_spread(tiny_run):
 
 def test_report_has_every_section_and_the_controls(tiny_run):
     from rlhf_lens.report import NOT_RUN, SECTIONS
+    from rlhf_lens.report.format import shown_sections
 
     html = (tiny_run.out / "report.html").read_text()
     summary = (tiny_run.out / "summary.md").read_text()
+    shown = shown_sections(json.loads((tiny_run.out / "results.json").read_text()))
+    assert "reward-model" not in shown  # the tiny run's reward is VADER: no section about a reward model
     for sid, title in SECTIONS:
+        if sid not in shown:
+            assert f'<section id="{sid}">' not in html and f"## {title}" not in summary
+            continue
         body = re.search(rf'<section id="{sid}">(.*?)</section>', html, re.S)
         assert body, sid
         if sid != "config":  # summary.md has every table but the config (docs/report.md)
