@@ -88,7 +88,7 @@ def test_the_rm_stages_are_off_unless_the_run_trains_its_rm_and_their_settings_r
     (["reward.spec=rm", "gold.spec=vader", "preferences.bias=word:indeed"], ("preferences.bias", "preferences.rate")),
     (["reward.spec=rm", "gold.spec=vader", "preferences.completions=1"], ("preferences.completions",)),
     (["reward.spec=rm", "gold.spec=vader", "rm.train=lora"], ("rm.train",)),
-    (["preferences.rate=0.3"], ("preferences.rate", "reward.spec = rm")),
+    (["preferences.bias=word:indeed", "preferences.rate=0.3"], ("preferences.bias", "reward.spec = rm")),
     (["gold.spec=rm"], ("gold.spec",)),
     (["reward.spec=rm:/no/such/rm"], ("/no/such/rm",)),
 ])
