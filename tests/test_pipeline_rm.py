@@ -14,7 +14,7 @@ from rlhf_lens.pipeline import stage_keys
 from rlhf_lens.pipeline.runner import stage_off
 
 # tiny-rm, smaller: the machinery end to end, not the science (the tiny model's RM stays near chance)
-SMALL = ["preferences.prompts=48", "rlhf.steps=4", "rlhf.eval_every=2", "rlhf.eval_prompts=16", "diff.prompts=4",
+SMALL = ["tiny.pretrain_steps=20", "preferences.prompts=48", "rlhf.steps=4", "rlhf.eval_every=2", "rlhf.eval_prompts=16", "diff.prompts=4",
          "diff.random_directions=2", "diff.rank_random=2", "diff.max_docs=16", "harvest.max_docs=24",
          "sae.max_tokens=20000", "decompose.diffsae.max_tokens=20000", "decompose.diffsae.seeds=[0]",
          "decompose.steer.random=2", "interp.top_k=2"]
