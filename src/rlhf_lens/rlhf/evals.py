@@ -104,8 +104,8 @@ def eval_row(step: int, result: dict, seconds: float | None = None) -> dict:
             "per_prompt": {"proxy": result["scores"], "gold": gold, "kl": result["kl"]}}
 
 
-def read_evals(path: Path, up_to_step: int | None = None) -> list[dict]:
-    """The rows of evals.jsonl (none when missing), those after `up_to_step` dropped (a resumed run redoes them)."""
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a JSONL file a PPO run writes (log.jsonl, evals.jsonl); none when it is missing."""
     if not path.is_file():
         return []
     rows = []
@@ -114,7 +114,12 @@ def read_evals(path: Path, up_to_step: int | None = None) -> list[dict]:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             break  # only a torn last line can be bad (writes are atomic): keep what came before
-    return [r for r in rows if up_to_step is None or r["step"] <= up_to_step]
+    return rows
+
+
+def read_evals(path: Path, up_to_step: int | None = None) -> list[dict]:
+    """The rows of evals.jsonl (none when missing), those after `up_to_step` dropped (a resumed run redoes them)."""
+    return [r for r in read_rows(path) if up_to_step is None or r["step"] <= up_to_step]
 
 
 def write_evals(path: Path, rows: list[dict]) -> None:

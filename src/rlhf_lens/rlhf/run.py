@@ -20,7 +20,7 @@ from ..errors import UserError, interrupt_point
 from ..io import read_json, write_json, write_text
 from ..rules import Namer, in_section
 from .config import PPOConfig, check_config
-from .evals import eval_row, evaluate_reward, read_evals, write_evals
+from .evals import eval_row, evaluate_reward, read_evals, read_rows, write_evals
 from .trainer import _Trainer
 
 FORMAT = "rlhf-lens.ppo"
@@ -64,18 +64,6 @@ def _check_out_dir(out: Path, record: dict) -> bool:
         raise UserError(f"{out} holds a PPO run with other settings ({'; '.join(diff[:3])}); "
                         "use another --out or delete that folder")
     return True
-
-
-def _read_log(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # only a torn last line can be bad (writes are atomic): keep what came before
-    return rows
 
 
 def heldout_eval_prompts(data, tokenizer, config: PPOConfig) -> list[list[int]]:
@@ -146,7 +134,7 @@ def train_ppo(base: str, reward_spec: str, corpus: str, out: str | os.PathLike, 
         if not checkpoint.is_dir() and (out / "checkpoint.old").is_dir():  # a crash mid-swap
             os.replace(out / "checkpoint.old", checkpoint)
         if checkpoint.is_dir():
-            trainer.load_checkpoint(checkpoint, _read_log(out / "log.jsonl"))
+            trainer.load_checkpoint(checkpoint, read_rows(out / "log.jsonl"))
         evals = read_evals(out / "evals.jsonl", trainer.step) if config.eval_every else []
 
         def evaluate_if_due() -> None:
