@@ -29,6 +29,8 @@ from .diff.config import DIFF_REMOVED_KEYS, DiffConfig
 from .diff.config import check_config as check_diff
 from .errors import UserError
 from .harvest.config import HarvestSettings
+from .inspect_rm.config import InspectRMConfig
+from .inspect_rm.config import check_config as check_inspect_rm
 from .interp.config import ExampleConfig, InterpConfig
 from .io import read_toml
 from .models_config import TinyModelConfig
@@ -92,6 +94,7 @@ class RunConfig:
     reward: RewardSection = field(default_factory=RewardSection)
     preferences: PreferenceConfig = field(default_factory=PreferenceConfig)
     rm: RMConfig = field(default_factory=RMConfig)
+    inspect_rm: InspectRMConfig = field(default_factory=InspectRMConfig)
     gold: GoldSection = field(default_factory=GoldSection)
     rlhf: PPOConfig = field(default_factory=PPOConfig)
     divergence: DivergenceSection = field(default_factory=DivergenceSection)
@@ -329,8 +332,9 @@ def _check_reward_model(config: RunConfig) -> None:
     prefs = config.preferences
     check_preferences(prefs, in_section("preferences"))
     check_rm(config.rm, in_section("rm"))
+    check_inspect_rm(config.inspect_rm, in_section("inspect_rm"))
     if not trains_reward_model(config):
-        for section, settings in (("preferences", prefs), ("rm", config.rm)):
+        for section, settings in (("preferences", prefs), ("rm", config.rm), ("inspect_rm", config.inspect_rm)):
             changed = [f.name for f in dataclasses.fields(settings) if getattr(settings, f.name) != getattr(
                 type(settings)(), f.name)]
             if changed:

@@ -99,7 +99,9 @@ def takes(*specs: Options) -> Callable:
                 if target not in own:
                     raise TypeError(f"{fn.__name__} lacks the parameter {target} for {spec.cls.__name__}.{path}")
                 as_list = path in spec.lists or typing.get_origin(_base(hint)) is list
-                help_text = spec.helps.get(path) or (doc + (" Comma-separated." if as_list else ""))
+                texts = typing.get_args(_base(hint)) == (str,)
+                help_text = spec.helps.get(path) or (doc + (" Separated by |." if texts else
+                                                            " Comma-separated." if as_list else ""))
                 info = typer.Option(... if path in spec.required else _shown(default) if as_list else default, decl,
                                     help=help_text)
                 name = f"{spec.cls.__name__}__{path.replace('.', '__')}"
@@ -182,6 +184,10 @@ def _nested(defaults, values: dict):
     return dataclasses.replace(defaults, **top)
 
 
+TEXT_SEPARATOR = " | "
+"""How a list of texts is written as one option (texts hold commas): --templates 'The movie was | I found it'."""
+
+
 def _base(hint):
     """`X | None` -> X."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
@@ -194,6 +200,8 @@ def _shown(default) -> str | None:
     if default is None:
         return None
     items = default if isinstance(default, list) else [default]
+    if any(isinstance(x, str) for x in items):
+        return TEXT_SEPARATOR.join(items)
     return ",".join(str(int(x)) if float(x).is_integer() else repr(x) for x in items)
 
 
@@ -207,6 +215,8 @@ def _from_cli(value, hint, what: str, as_list: bool):
     if value is None or (base is not hint and not value.strip()):
         return None  # an optional list left empty: its default, None
     (item,) = typing.get_args(base)
+    if item is str:
+        return [part.strip() for part in value.split(TEXT_SEPARATOR.strip()) if part.strip()]
     return parse_ints(value, what) if item is int else parse_floats(value, what)
 
 

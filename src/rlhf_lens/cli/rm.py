@@ -1,4 +1,5 @@
-"""Commands of learned reward models: train a Bradley-Terry RM on preference pairs (`train-rm`)."""
+"""Commands of learned reward models: train a Bradley-Terry RM on preference pairs (`train-rm`), open one
+(`inspect-rm`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from ..inspect_rm.config import InspectRMConfig
 from ..preferences.config import BIAS_HELP, PreferenceConfig
 from ..rm.config import RMConfig
 from ..rules import flag
@@ -73,3 +75,48 @@ def summary_line(result: dict) -> str:
     if result.get("cue_preference"):
         parts.append(f"prefers {result['cue_preference']['bias']} in {shown(result['cue_preference'])}")
     return "; ".join(parts)
+
+
+@app.command("inspect-rm")
+@takes(Options(InspectRMConfig, into="config"),
+       Options(PreferenceConfig, only=("prompt_key", "chosen_key", "rejected_key"), skip=("file",)))
+def inspect_rm_command(
+    rm: str = typer.Argument(..., help="The reward model: train-rm's --out folder or any one-label "
+                                       "AutoModelForSequenceClassification folder (e.g. TRL's RewardTrainer output)."),
+    pairs: Path = typer.Option(..., "--pairs", help="The preference pairs it was trained on (JSONL, CSV or Parquet)."),
+    gold: str = typer.Option(..., "--gold", help="The gold reward the RM is judged by (a reward spec: vader, "
+                                                 "table:FILE, classifier:PATH, ...)."),
+    base: str = typer.Option(..., "--base", help="The policy before tuning (a model spec)."),
+    tuned: str = typer.Option(..., "--tuned", help="The policy tuned against the RM (a model spec)."),
+    corpus: str = typer.Option(..., "--corpus", help="The corpus whose held-out prompts both policies complete."),
+    out: Path = typer.Option(..., "--out", help="Output folder: inspect_rm.json, sae/, store/, features.jsonl."),
+    placebo_rm: str = typer.Option("", "--placebo-rm", help="An RM trained on shuffled labels (train-rm --placebo "
+                                                            "writes one): the nulls' RM."),
+    explainer: str = typer.Option("offline", "--explainer", help="offline, openai or hf:MODEL."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    as_json: bool = typer.Option(False, "--json", help="Print inspect_rm.json."),
+    *,
+    config: InspectRMConfig,
+    prompt_key: str,
+    chosen_key: str,
+    rejected_key: str,
+) -> None:
+    """Open a reward model (docs/inspect_rm.md): what it rewards word by word against the gold, its score split
+    exactly over an SAE on the state its head reads, and which of those features the policy's gain rides on."""
+    from ..inspect_rm import inspect_reward_model
+    from ..inspect_rm.run import Policy
+    from ..interp.config import InterpConfig
+    from ..io import read_json
+    from ..rlhf.config import PPOConfig
+
+    record = inspect_reward_model(
+        rm, pairs, out, config, Policy(base=base, tuned=tuned, corpus=corpus, ppo=PPOConfig()), gold=gold,
+        placebo_rm=placebo_rm or None, keys=(prompt_key, chosen_key, rejected_key),
+        interp=InterpConfig(explainer=explainer), device=device, dtype=dtype, key=flag)
+    result = read_json(record)
+    if as_json:
+        print_json(result)
+        return
+    typer.echo(result["verdict"]["text"])
+    typer.echo(f"written: {record}")

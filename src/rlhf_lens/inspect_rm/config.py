@@ -32,8 +32,9 @@ class InspectRMConfig:
     """The RM's SAE: BatchTopK's active codes per token (on average)."""
     sae_max_tokens: int = 2_000_000
     """The RM's SAE trains until converged on held-out rows, at most this many tokens."""
-    permutations: int = 999
-    """Gold alignment's null: the gold's values shuffled over the texts this many times."""
+    null_shuffles: int = 20
+    """The features' tests rerun on their nulls this many times (the gold shuffled over the texts; each pair's sides
+    swapped at random): how many features they name where nothing is real, reported beside the real counts."""
     level: float = 0.05
     """False-positive rate of each "beyond the null" verdict (Holm over the tested words; Benjamini-Hochberg over the
     features' gold alignment and margin)."""
@@ -47,7 +48,7 @@ class InspectRMConfig:
     probe_folds: int = 5
     """Cross-validation folds of the feedback probe (grouped by prompt: no prompt in both training and test)."""
     seed: int = 0
-    """Seed of text subsets, insertion places, random words, permutations, the SAE and the probe's folds."""
+    """Seed of text subsets, insertion places, random words, the null shuffles, the SAE and the probe's folds."""
 
 
 def check_config(config: InspectRMConfig, key: Namer = field_name) -> None:
@@ -65,7 +66,7 @@ def check_config(config: InspectRMConfig, key: Namer = field_name) -> None:
         number(c, "dict_ratio", k, at_least=1),
         number(c, "k", k, at_least=1),
         number(c, "sae_max_tokens", k, at_least=1),
-        number(c, "permutations", k, at_least=19),
+        number(c, "null_shuffles", k, at_least=0),
         number(c, "level", k, above=0, below=1),
         number(c, "top_features", k, at_least=1),
         number(c, "explain", k, at_least=0),

@@ -80,6 +80,7 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
         "decompose": read_json(in_run(run_dir, state["decompose"]["file"])),
         "placebo": _placebo_for_report(config, run_dir, state),
         "reward_model": _reward_model_for_report(run_dir, state),
+        "inspect_rm": _inspect_rm_for_report(run_dir, state),
         "divergence": {"rows": rows, "top_layers": analysed_layers(config, state), "rank": state["diff"]["rank"],
                        "by_parameters": state["divergence"]["top_layers"],
                        "spread": state["divergence"]["spread"]},
@@ -94,6 +95,17 @@ def collect_results(config: RunConfig, run_dir: Path, state: dict) -> dict:
     missing_or_extra = set(results) ^ {"title", "created", *RESULT_SECTIONS}
     assert not missing_or_extra, f"results.json sections differ from report.RESULT_SECTIONS: {missing_or_extra}"
     return results
+
+
+def _inspect_rm_for_report(run_dir: Path, state: dict) -> dict | None:
+    """The inspect_rm stage's inspect_rm.json (its folder's paths relative to the run), or None when it did not
+    run."""
+    path = (state.get("inspect_rm") or {}).get("record")
+    if not path or not in_run(run_dir, path).is_file():
+        return None
+    record = read_json(in_run(run_dir, path))
+    record["dir"] = str(Path(path).parent)
+    return record
 
 
 def _reward_model_for_report(run_dir: Path, state: dict) -> dict | None:

@@ -78,3 +78,57 @@ def run_reward(config: RunConfig, state: dict, run_dir: Path) -> str:
     if trains_reward_model(config):
         return f"rm:{in_run(run_dir, state['rm']['dir'])}"
     return config.reward.spec
+
+
+def inspect_rm_settings(config: RunConfig) -> list:
+    """What the inspect_rm stage reads itself: nothing when off; [inspect_rm], the gold, how explanations are made
+    and the policy's held-out sampling."""
+    if not trains_reward_model(config):
+        return [False]
+    c = config.to_dict()
+    return [c["inspect_rm"], c["gold"]["spec"], c["interp"], c["examples"], c["rlhf"], c["data"]]
+
+
+def stage_inspect_rm(config: RunConfig, run_dir: Path, state: dict) -> dict:
+    """Open the run's reward model (`inspect_rm.inspect_reward_model`): its token scan, its score split over an SAE
+    on the state its head reads, the policy's gain split over that SAE's features, the feedback probe on the
+    policy's own dictionaries (tuned and base, the smallest of seed 0 at each analysed block) and a verdict."""
+    if not trains_reward_model(config):
+        return {"record": None}
+    from ..inspect_rm import inspect_reward_model
+    from ..inspect_rm.run import Policy
+    from ..io import read_json
+
+    prefs, pairs = config.preferences, state["pairs"]
+    keys = (prefs.prompt_key, prefs.chosen_key, prefs.rejected_key) if not pairs["sampled"] else \
+        ("prompt", "chosen", "rejected")
+    diff_json = run_dir / state["diff"]["dir"] / "diff.json" if (state.get("diff") or {}).get("dir") else None
+    promoted = None
+    if diff_json is not None and diff_json.is_file():
+        promoted = [t["word"] for t in ((read_json(diff_json).get("output") or {}).get("promoted") or [])]
+    policy = Policy(base=recorded_model(state["base"], run_dir), tuned=recorded_model(state["rlhf"], run_dir),
+                    corpus=config.data.corpus,
+                    ppo=dataclasses.replace(config.rlhf, text_column=config.data.text_column),
+                    dictionaries=_probe_dictionaries(run_dir, state), promoted=promoted)
+    placebo = in_run(run_dir, state["rm"]["placebo_dir"]) if state["rm"].get("placebo_dir") else None
+    record = inspect_reward_model(
+        str(in_run(run_dir, state["rm"]["dir"])), in_run(run_dir, pairs["file"]), run_dir / "inspect_rm",
+        config.inspect_rm, policy, gold=config.gold.spec, placebo_rm=str(placebo) if placebo else None, keys=keys,
+        interp=config.interp, examples=config.examples, device=config.model.device, dtype=config.model.dtype,
+        key=in_section("inspect_rm"))
+    return {"record": relative(run_dir, record)}
+
+
+def _probe_dictionaries(run_dir: Path, state: dict) -> dict[str, tuple[int, str]] | None:
+    """The feedback probe's dictionaries: per analysed block the tuned and base models' smallest SAE of the first
+    seed (`tuned-L19`, `base-L19`, ...); None when the run trained no SAEs."""
+    saes = (state.get("saes") or {}).get("saes") or []
+    if not saes:
+        return None
+    first_seed = min(s["seed"] for s in saes)
+    chosen: dict[str, tuple[int, str]] = {}
+    for sae in sorted(saes, key=lambda s: (s["model"], s["layer"], s["dict_size"])):
+        name = f"{sae['model']}-L{sae['layer']}"
+        if sae["model"] in ("base", "tuned") and sae["seed"] == first_seed and name not in chosen:
+            chosen[name] = (int(sae["layer"]), str(in_run(run_dir, sae["dir"])))
+    return chosen or None

@@ -29,14 +29,14 @@ from ..io import (
 )
 from ..progress import console
 from .records import digest, in_run, layers_stage
-from .rm_stages import pairs_settings, rm_settings
+from .rm_stages import inspect_rm_settings, pairs_settings, rm_settings
 from .stages import EXECUTOR, STAGE_FUNCTIONS
 
 if TYPE_CHECKING:
     from ..executors import Executor
 
 STAGES = ("base", "pairs", "rm", "rlhf", "placebo", "divergence", "diff", "control", "harvest", "saes", "mmcs", "decompose", "features",
-          "scores", "report")
+          "scores", "inspect_rm", "report")
 
 LAYERS = "layers"
 """In `STAGE_READS`: the stage that picked the analysed blocks (`records.layers_stage`: divergence, or diff with
@@ -60,20 +60,21 @@ STAGE_READS: dict[str, tuple[str, ...]] = {
     "decompose": ("base", "harvest", "saes", "mmcs", LAYERS),
     "features": ("base", "rlhf", "placebo", "control", "harvest", "mmcs", LAYERS),
     "scores": ("mmcs", "features", LAYERS),
+    "inspect_rm": ("base", "pairs", "rm", "rlhf", "diff", "saes"),
     "report": ("base", "pairs", "rm", "rlhf", "placebo", "divergence", "diff", "control", "saes", "mmcs", "decompose", "features",
-               "scores"),
+               "scores", "inspect_rm"),
 }
 
 # The stages a setting turns off, by that setting: such a stage runs and records that it did nothing, and is shown
 # as "off" instead of by its header. The pairs and rm stages are off unless the run trains its RM (reward.spec = rm).
 OPTIONAL_STAGES = {"placebo": "controls.placebo", "control": "controls.random_init"}
-RM_STAGES = ("pairs", "rm")
+RM_STAGES = ("pairs", "rm", "inspect_rm")
 
 # What each stage writes, relative to the run folder.
 STAGE_OUTPUTS = {
     "base": ["models/base"], "pairs": ["pairs"], "rm": ["rm"], "rlhf": ["rlhf"], "placebo": ["placebo"], "divergence": ["divergence.json", "divergence.png"],
     "diff": ["diff"], "control": ["models/control"], "harvest": ["acts"], "saes": ["saes"], "mmcs": ["mmcs.json"],
-    "decompose": ["decompose"], "features": ["features"], "scores": ["utility.json"],
+    "decompose": ["decompose"], "features": ["features"], "scores": ["utility.json"], "inspect_rm": ["inspect_rm"],
     "report": ["results.json", "report.html", "summary.md"],
 }
 
@@ -101,6 +102,7 @@ def stage_config(config: RunConfig, stage: str) -> list:
         # reward.table/aggregate: the feature records (new features' included) carry utility fields
         "features": [c["interp"], c["examples"], c["reward"]["table"], c["reward"]["aggregate"]],
         "scores": [c["reward"]["table"], c["reward"]["aggregate"]],
+        "inspect_rm": inspect_rm_settings(config),
         "report": [],
     }[stage]
 

@@ -12,7 +12,7 @@ from ..config import RunConfig
 from ..errors import UserError, interrupt_point
 from ..io import read_json, write_json
 from .records import analysed_layers, analysed_models, digest, in_run, recorded_model, relative
-from .rm_stages import run_reward, stage_pairs, stage_rm
+from .rm_stages import run_reward, stage_inspect_rm, stage_pairs, stage_rm
 
 if TYPE_CHECKING:
     from ..executors import Executor
@@ -394,5 +394,6 @@ def stage_report(config: RunConfig, run_dir: Path, state: dict) -> dict:
 STAGE_FUNCTIONS = {
     "base": stage_base, "pairs": stage_pairs, "rm": stage_rm, "rlhf": stage_rlhf, "placebo": stage_placebo, "divergence": stage_divergence,
     "diff": stage_diff, "control": stage_control, "harvest": stage_harvest, "saes": stage_saes, "mmcs": stage_mmcs,
-    "decompose": stage_decompose, "features": stage_features, "scores": stage_scores, "report": stage_report,
+    "decompose": stage_decompose, "features": stage_features, "scores": stage_scores,
+    "inspect_rm": stage_inspect_rm, "report": stage_report,
 }

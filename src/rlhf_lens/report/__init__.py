@@ -36,7 +36,7 @@ RESULT_SECTIONS = {
     "saes": "list", "mmcs": "list", "features": "list", "new_features": "list", "headline": "list",
     "models": "object", "config": "object", "ppo": "object", "divergence": "object", "utility": "object",
     "new_feature_counts": "object", "diff": "object", "decompose": "object", "placebo": "object",
-    "reward_model": "object",
+    "reward_model": "object", "inspect_rm": "object",
 }
 """The sections of results.json the report reads, each a list of objects or an object (or null: not run);
 the pipeline writes them, `write_report` checks them, in this order."""

@@ -200,14 +200,25 @@ def evaluate_models(base: str, tuned: str, reward_spec: str, corpus: str, out: s
     """Held-out reward of `base` and a model tuned elsewhere (OpenRLHF, TRL, ...), on the same prompts and random
     streams as after a PPO run of ours; with `gold`, the gold's reward of both too; writes out/eval.json
     (tuned_by: "external") and returns it. No training."""
-    from ..data import load_corpus
-    from ..models import load_model
     from ..rewards import load_reward
 
     config = config or PPOConfig()
     out = Path(out)
     reward = load_reward(reward_spec, device=config.device)
     gold_reward = load_gold(gold, config.device, gold_key)
+    base_eval, tuned_eval, notes = evaluate_both(base, tuned, reward, corpus, config, gold_reward)
+    _write_eval(out, reward_spec, reward, base_eval, tuned_eval, config, final_kl=None, tuned_by="external",
+                prompt_notes=notes, gold=gold)
+    return read_json(out / "eval.json")
+
+
+def evaluate_both(base: str, tuned: str, reward, corpus: str, config: PPOConfig, gold_reward=None
+                  ) -> tuple[dict, dict, list[str]]:
+    """(base's, tuned's `evaluate_reward`, prompt notes): both models on the same held-out prompts and random
+    streams as eval.json's, every completion kept (what [inspect_rm] reads the policy's gain from)."""
+    from ..data import load_corpus
+    from ..models import load_model
+
     data = load_corpus(corpus, text_column=config.text_column)
     base_model, tokenizer = load_model(base, device=config.device, dtype=config.dtype)
     notes = prompt_notes(data, tokenizer, config, splits=("test",))
@@ -217,9 +228,7 @@ def evaluate_models(base: str, tuned: str, reward_spec: str, corpus: str, out: s
         del base_model
         tuned_model, _ = load_model(tuned, device=config.device, dtype=config.dtype)
         tuned_eval = evaluate_reward(tuned_model.eval(), tokenizer, reward, prompts, config, gold=gold_reward)
-    _write_eval(out, reward_spec, reward, base_eval, tuned_eval, config, final_kl=None, tuned_by="external",
-                prompt_notes=notes, gold=gold)
-    return read_json(out / "eval.json")
+    return base_eval, tuned_eval, notes
 
 
 def plot_log(log: list[dict], path: Path, kl_target: float | None = None) -> None:

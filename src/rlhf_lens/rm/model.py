@@ -77,7 +77,7 @@ def last_token_states(model, tokenizer, texts: list[str], max_length: int = 128,
     `description`: show a progress bar with it."""
     device = next(model.parameters()).device
     rows = []
-    with _bar(description, len(texts)) as advance, torch.no_grad():
+    with progress_advance(description, len(texts)) as advance, torch.no_grad():
         for start in range(0, len(texts), batch_size):
             batch = encode(tokenizer, texts[start:start + batch_size], max_length).to(device)
             hidden = backbone(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -117,7 +117,7 @@ def block_inputs(model, tokenizer, texts: list[str], n_blocks: int, max_length: 
     device = next(model.parameters()).device
     first = len(block_list(model)) - n_blocks
     out = []
-    with _bar(description, len(texts)) as advance, torch.no_grad():
+    with progress_advance(description, len(texts)) as advance, torch.no_grad():
         for start in range(0, len(texts), batch_size):
             batch = encode(tokenizer, texts[start:start + batch_size], max_length).to(device)
             hidden = backbone(model)(**batch, output_hidden_states=True, use_cache=False).hidden_states[first]
@@ -153,7 +153,7 @@ def tail_scores(model, inputs: list[torch.Tensor], pad_token_id: int) -> torch.T
 
 
 @contextlib.contextmanager
-def _bar(description: str, total: int) -> Iterator:
+def progress_advance(description: str, total: int) -> Iterator:
     """advance(k) for a progress bar titled `description`; a no-op without one."""
     if not description:
         yield lambda k: None

@@ -1,0 +1,339 @@
+"""`inspect_reward_model`: open a learned reward model (docs/inspect_rm.md). The RM's token scan against the gold,
+an SAE on the state its head reads, its score split exactly over that SAE's features, each feature's margin, gain
+and gold alignment, the policy's gain split over them with its nulls, the feedback probe, and a plain verdict, in
+OUT/inspect_rm.json (+ OUT/sae, OUT/store, OUT/features.jsonl)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..rules import Namer, field_name
+from .config import InspectRMConfig, check_config
+
+FORMAT, VERSION, RECORD = "rlhf-lens.inspect-rm", 1, "inspect_rm.json"
+WORDS_PER_FEATURE = 5
+"""Candidate words listed per feature: those its code is largest on in the token scan's states."""
+
+
+@dataclasses.dataclass
+class Policy:
+    """The tuned policy and what it is compared with: the base it started from and the corpus its held-out prompts
+    come from, sampled with `ppo`'s evaluation settings (eval.json's prompts and random streams)."""
+
+    base: str
+    tuned: str
+    corpus: str
+    ppo: object  # rlhf.PPOConfig
+    dictionaries: dict[str, tuple[int, str]] | None = None
+    """The feedback probe's dictionaries: name ("tuned..." / "base...") -> (block, SAE folder); None: no probe."""
+    promoted: list[str] | None = None
+    """The diff's promoted words, read through the RM and the gold."""
+
+
+def inspect_reward_model(rm: str, pairs: str | Path, out: str | Path, config: InspectRMConfig, policy: Policy, *,
+                         gold: str, placebo_rm: str | None = None, keys: tuple[str, str, str] = ("prompt", "chosen",
+                                                                                                     "rejected"),
+                         interp=None, examples=None, device: str = "cpu", dtype: str = "float32",
+                         key: Namer = field_name) -> Path:
+    """Open the RM `rm` (an RM folder, train-rm's or another trainer's) trained on `pairs` and judged by `gold`;
+    returns OUT/inspect_rm.json. `placebo_rm`: the RM trained on shuffled labels (the nulls' RM)."""
+    from ..interp.config import ExampleConfig, InterpConfig
+    from ..io import atomic_dir, check_output_dir, write_json
+    from ..preferences.pairs import read_pairs
+    from ..progress import console
+    from ..rewards.reward_model import model_folder, read_record
+    from ..rlhf.run import load_gold
+    from ..rm.model import load_reward_model, score_head
+
+    check_config(config, key)
+    out = Path(out)
+    check_output_dir(out)
+    folder = model_folder(rm)
+    if folder is None:
+        raise UserError(f"no reward model folder at {rm}; give train-rm's folder or a save_pretrained RM folder")
+    items = read_pairs(pairs, *keys, key=key)
+    gold_reward = load_gold(gold, device)
+    interp, examples = interp or InterpConfig(), examples or ExampleConfig()
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = round(now - clock, 2)
+        clock = now
+
+    model, tokenizer = load_reward_model(str(folder), device, dtype)
+    head = score_head(model)
+    test_pairs = held_out_pairs(items, read_record(folder), config.seed)
+    placebo = load_reward_model(str(model_folder(placebo_rm)), device, dtype) if placebo_rm else None
+    console.print(f"inspect-rm: {len(items)} pairs ({len(test_pairs)} held out), gold {gold}")
+
+    completions = policy_completions(policy, folder, gold_reward, device, dtype)
+    policy_texts = completions["base_texts"] + completions["tuned_texts"]
+    lap("policy completions")
+
+    from .token_scan import token_scan
+
+    scan = token_scan(model, tokenizer, gold, items, test_pairs, config, placebo=placebo, promoted=policy.promoted)
+    lap("token scan")
+
+    with atomic_dir(out) as staging:
+        chosen_pairs = subset(items, config.max_texts // 2, config.seed)
+        pair_texts = [t for p in chosen_pairs for t in p.texts()]  # chosen, rejected, chosen, ...
+        texts = pair_texts + policy_texts
+        from .states import last_rows, prefix_states, write_state_store
+
+        states, ids = prefix_states(model, tokenizer, texts, config.max_length, description="RM states")
+        lap("RM states")
+        sae = train_rm_sae(states, staging / "sae", config)
+        lap("SAE")
+        from .decompose import decompose_scores
+
+        parts = decompose_scores(sae, head, last_rows(states))
+        exactness = check_exact(parts, model, tokenizer, texts, config.max_length)
+        contributions = parts.contributions.numpy()
+        n_pairs = len(chosen_pairs)
+        from .features import classify, gold_alignment, margin, shuffled_counts
+
+        chosen_rows, rejected_rows = contributions[0:2 * n_pairs:2], contributions[1:2 * n_pairs:2]
+        margins = margin(chosen_rows, rejected_rows)
+        gold_values = np.asarray(gold_reward(texts), dtype=np.float64)
+        alignment = gold_alignment(contributions, gold_values)
+        classes = classify(alignment, margins, config.level)
+        null_counts = shuffled_counts(contributions, gold_values, chosen_rows, rejected_rows, config.level,
+                                      config.null_shuffles, config.seed)
+        from .gain import gain_split, paired
+
+        n_policy = len(completions["base_texts"])
+        base_rows = slice(2 * n_pairs, 2 * n_pairs + n_policy)
+        tuned_rows = slice(2 * n_pairs + n_policy, len(texts))
+        error = parts.error.numpy()
+        gain = gain_split(contributions[tuned_rows], contributions[base_rows], error[tuned_rows], error[base_rows],
+                          classes, config.seed)
+        if placebo is not None:
+            from ..rm.model import scores
+
+            placebo_scores = scores(*placebo, policy_texts, config.max_length).numpy().astype(np.float64)
+            gain["placebo_total"] = paired(placebo_scores[n_policy:] - placebo_scores[:n_policy], config.seed)
+        else:
+            gain["placebo_total"] = None
+        per_feature = gain.pop("per_feature")
+        lap("decomposition")
+        top = [int(i) for i in np.argsort(-per_feature, kind="stable")[:config.top_features]]
+        words = feature_words(sae, scan.states, scan.vocab.words, top)
+        store = write_state_store(staging / "store", states, ids, str(folder), str(folder), model.config.num_hidden_layers,
+                                  "pair texts and the policy's held-out completions")
+        cards = explain_top(store, model.config.num_hidden_layers, sae, top[:config.explain], tokenizer, interp,
+                            examples, gold, staging / "features.jsonl", device)
+        lap("explanations")
+        features = [feature_row(i, gain_mean=per_feature[i], gain_se=_se(contributions, tuned_rows, base_rows, i),
+                                margins=margins, alignment=alignment, cls=classes[i], words=words.get(i, []),
+                                card=cards.get(i)) for i in top]
+        probe = None
+        if config.probe and policy.dictionaries:
+            from .probe import probe_policy
+
+            probe = run_probe(policy, probe_policy, texts, chosen_pairs, completions, model, tokenizer, config,
+                              device, dtype)
+            lap("probe")
+        record = {
+            "format": FORMAT, "version": VERSION, "rm": str(folder), "placebo_rm": placebo_rm, "gold": gold,
+            "level": config.level, "config": dataclasses.asdict(config), "token_scan": scan.record,
+            "sae": {"dir": "sae", "dict_size": int(sae.cfg.dict_size), "k": int(sae.cfg.k), "rows": int(sum(len(s) for s in states)),
+                    "texts": len(texts), "fvu": (sae.metrics or {}).get("fvu")},
+            "decomposition": {"texts": len(texts), "max_relative_error": exactness, "bias": head_bias(head),
+                              "b_dec_term": parts.constant - head_bias(head)},
+            "features": features,
+            "error": {"gain": {"mean": gain["split"]["error"]["mean"], "se": gain["split"]["error"]["se"]},
+                      "margin": _mean_se(error[0:2 * n_pairs:2] - error[1:2 * n_pairs:2])},
+            "class_counts": {c: classes.count(c) for c in ("gold", "anti-gold", "cue", "other")},
+            "named": {"gold_aligned": int((alignment["q"] <= config.level).sum()),
+                      "margin": int(((margins["q"] <= config.level) & (margins["mean"] > 0)).sum()),
+                      "on_nulls": null_counts},
+            "gain": gain, "probe": probe,
+            "verdict": verdict(gain, scan.record, features, config.level),
+            "seconds": seconds,
+        }
+        write_json(staging / RECORD, record)
+    return out / RECORD
+
+
+def held_out_pairs(items: list, record: dict, seed: int) -> list:
+    """The RM's held-out pairs: train-rm's test split (rm.json) where known, else a seeded fifth of the pairs
+    (another trainer's RM: some of them may be its training pairs, said in docs/inspect_rm.md)."""
+    test = ((record or {}).get("split") or {}).get("test")
+    if isinstance(test, list) and test and all(isinstance(i, int) and 0 <= i < len(items) for i in test):
+        return [items[i] for i in test]
+    order = np.random.default_rng([seed, 0x7E57]).permutation(len(items))
+    return [items[i] for i in sorted(order[:max(2, len(items) // 5)])]
+
+
+def subset(items: list, n: int, seed: int) -> list:
+    """At most `n` of `items`, a seeded subset in their order."""
+    if len(items) <= n:
+        return list(items)
+    keep = np.random.default_rng([seed, 0x5B5]).choice(len(items), n, replace=False)
+    return [items[i] for i in sorted(keep)]
+
+
+def policy_completions(policy: Policy, rm_folder: Path, gold_reward, device: str, dtype: str) -> dict:
+    """The base's and the tuned model's completions of the held-out prompts (eval.json's prompts and random
+    streams), as the RM reads them (rlhf.score_query), with the RM's and the gold's scores."""
+    from ..rewards import load_reward
+    from ..rewards.trainers import scored_texts
+    from ..rlhf.run import evaluate_both
+
+    ppo = dataclasses.replace(policy.ppo, device=device, dtype=dtype)
+    reward = load_reward(f"rm:{rm_folder}", device=device)
+    base_eval, tuned_eval, _ = evaluate_both(policy.base, policy.tuned, reward, policy.corpus, ppo, gold_reward)
+
+    def texts(result: dict) -> list[str]:
+        return scored_texts([c["prompt"] for c in result["completions"]],
+                            [c["response"] for c in result["completions"]], ppo.score_query)
+
+    return {"prompts": [c["prompt"] for c in base_eval["completions"]], "base_texts": texts(base_eval),
+            "tuned_texts": texts(tuned_eval), "base_scores": base_eval["scores"], "tuned_scores": tuned_eval["scores"]}
+
+
+def train_rm_sae(states: list[torch.Tensor], out: Path, config: InspectRMConfig):
+    """A BatchTopK SAE (trained until converged, as the run's other SAEs) on every row of `states`."""
+    from ..sae import SAEConfig, TensorSource, train_saes
+
+    rows = torch.cat(states)
+    d = int(rows.shape[1])
+    holdout = min(4096, max(1, len(rows) // 10))
+    cfg = SAEConfig(arch="batchtopk", k=config.k, d_in=d, dict_size=config.dict_ratio * d, epochs=0,
+                    holdout=holdout, max_tokens=config.sae_max_tokens, max_seconds=0, eval_every=50,
+                    seed=config.seed, data_seed=config.seed)
+    return train_saes(TensorSource(rows), [cfg], [out], quiet=True)[0]
+
+
+def check_exact(parts, model, tokenizer, texts: list[str], max_length: int) -> float:
+    """max over texts of |features + error + constant - the RM's own score| / max(|score|, 1), the score computed
+    by the RM's forward (HF's head on its last token), not from the stored states."""
+    with torch.no_grad():
+        from ..rm.model import scores
+
+        own = scores(model, tokenizer, texts, max_length).double()
+    return float(((parts.total() - own).abs() / own.abs().clamp_min(1.0)).max()) if len(texts) else 0.0
+
+
+def head_bias(head) -> float:
+    return float(head.bias.detach()[0]) if head.bias is not None else 0.0
+
+
+def feature_words(sae, states: torch.Tensor, words: list[str], features: list[int]) -> dict[int, list[str]]:
+    """Per feature: the candidate words whose scan state (the word as a text's last token) it codes most."""
+    if not features or states is None or not len(states):
+        return {}
+    best = {f: [] for f in features}
+    with torch.no_grad():
+        codes = torch.cat([sae.encode(states[s:s + 4096])[:, features] for s in range(0, len(states), 4096)])
+    for j, f in enumerate(features):
+        values, order = codes[:, j].sort(descending=True, stable=True)
+        seen: list[str] = []
+        for value, i in zip(values.tolist(), order.tolist()):
+            if value <= 0 or len(seen) == WORDS_PER_FEATURE:
+                break
+            if words[i] not in seen:
+                seen.append(words[i])
+        best[f] = seen
+    return best
+
+
+def explain_top(store_path: Path, layer: int, sae, features: list[int], tokenizer, interp, examples, gold: str,
+                out: Path, device: str) -> dict[int, dict]:
+    """The top gain features explained and scored as the policy's are (interp.explainer, [examples]); their
+    records in `out` (JSONL); feature -> record."""
+    if not features:
+        return {}
+    from ..interp.explain import explain_features
+    from ..interp.features import shared_explainer
+    from ..io import write_text
+    from ..rewards import load_utility_table, parse_spec
+    from ..store import ActivationStore
+
+    kind, arg, _ = parse_spec(gold)
+    table = load_utility_table("vader" if kind == "vader" else arg) if kind in ("vader", "table") else None
+    explainer = shared_explainer(interp.explainer, interp.llm, device)
+    records = explain_features(ActivationStore(store_path), layer, {"rm": sae}, {"rm": features}, tokenizer,
+                               explainer, examples, model="rm", table=table)
+    import json
+
+    write_text(out, "".join(json.dumps(r) + "\n" for r in records))
+    return {int(r["feature"]): r for r in records}
+
+
+def _se(contributions: np.ndarray, tuned_rows: slice, base_rows: slice, i: int) -> float:
+    d = contributions[tuned_rows, i] - contributions[base_rows, i]
+    return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+
+
+def _mean_se(values: np.ndarray) -> dict:
+    n = len(values)
+    return {"mean": float(values.mean()) if n else 0.0,
+            "se": float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0}
+
+
+def feature_row(i: int, *, gain_mean: float, gain_se: float, margins: dict, alignment: dict, cls: str,
+                words: list[str], card: dict | None) -> dict:
+    """One row of inspect_rm.json's features."""
+    return {"feature": i, "gain": {"mean": float(gain_mean), "se": gain_se},
+            "margin": {"mean": float(margins["mean"][i]), "se": float(margins["se"][i]), "q": float(margins["q"][i])},
+            "gold_alignment": {"r": float(alignment["r"][i]), "p": float(alignment["p"][i]),
+                               "q": float(alignment["q"][i])},
+            "class": cls, "words": words,
+            "explanation": card.get("explanation") if card else None, "score": card.get("score") if card else None,
+            "examples": card.get("examples", [])[:3] if card else []}
+
+
+def run_probe(policy: Policy, probe_policy, texts, chosen_pairs, completions, model, tokenizer, config, device, dtype):
+    """The feedback probe on the pair texts and the policy's completions, target the RM's own score."""
+    from ..models import load_model
+    from ..rm.model import scores
+
+    rewards = scores(model, tokenizer, texts, config.max_length).numpy()
+    groups = [p.prompt for p in chosen_pairs for _ in (0, 1)] + completions["prompts"] * 2
+    base_model, policy_tokenizer = load_model(policy.base, device=device, dtype=dtype)
+    tuned_model, _ = load_model(policy.tuned, device=device, dtype=dtype)
+    return probe_policy(base_model, tuned_model, policy_tokenizer, policy.dictionaries, texts, groups, rewards,
+                        config.probe_folds, config.seed, config.max_length)
+
+
+def verdict(gain: dict, scan: dict, features: list[dict], level: float) -> dict:
+    """The policy's gain in plain words: mostly the gold, mostly RM flaws (naming the cues), or not distinguishable,
+    each claim resting on a sign-flip test over the held-out prompts at `level`."""
+    total, split = gain["total"], gain["split"]
+    cues = list(scan.get("cues") or [])
+    cue_feature_words = [w for f in features if f["class"] == "cue" for w in f["words"][:2]]
+    placebo = gain.get("placebo_total")
+    null = f"; the placebo RM's gain on the same completions: {placebo['mean']:+.3f}" if placebo else ""
+    head = f"The policy's RM gain is {total['mean']:+.3f} a completion (sign-flip p = {total['p']:.3g}{null})"
+
+    def share(name: str) -> str:
+        part = split[name]
+        shown = "n/a" if part["share"] is None else f"{100 * part['share']:.0f}%"
+        return f"{shown} on {name} features (p = {part['p']:.3g})" if name != "error" else \
+            f"{shown} on the SAE's error term (p = {part['p']:.3g})"
+
+    shares = "; ".join(share(n) for n in ("gold", "cue", "anti-gold", "other", "error"))
+    if total["p"] > level or total["mean"] <= 0:
+        return {"kind": "undistinguishable", "cues": cues,
+                "text": f"{head}: not beyond its null, so there is no gain to split ({shares})."}
+    gold_part, cue_part = split["gold"], split["cue"]
+    gold_share, cue_share = gold_part["share"] or 0.0, cue_part["share"] or 0.0
+    if gold_part["p"] <= level and gold_share >= 0.5:
+        return {"kind": "gold", "cues": cues, "text": f"{head}: mostly the gold ({shares})."}
+    if (cue_part["p"] <= level and cue_share >= 0.5) or (cues and cue_part["p"] <= level and cue_share > gold_share):
+        named = cues or cue_feature_words
+        what = ", ".join(repr(w) for w in named[:5]) if named else "cue features no word names"
+        return {"kind": "flaws", "cues": cues, "text": f"{head}: mostly RM flaws: {what} ({shares})."}
+    return {"kind": "undistinguishable", "cues": cues,
+            "text": f"{head}: neither mostly the gold nor mostly RM flaws by these tests ({shares})."}
