@@ -36,7 +36,7 @@ RUN_ARGS = ("run", "--preset", PRESET)
 MODELS = ("base", "tuned", "control")
 # controls.placebo is off in the tiny preset: its stage prints one "placebo: off (...)" line, never its header; so do
 # the pairs and rm stages of a run that does not train its reward model.
-OFF = {"placebo": "off", "pairs": "off", "rm": "off"}
+OFF = {"placebo": "off", "pairs": "off", "rm": "off", "inspect_rm": "off"}
 # Keys whose values are wall-clock measurements: they differ between two equal runs.
 TIMING_KEYS = {"tokens_per_s", "seconds", "train_seconds", "wall_seconds", "finished", "created"}
 
@@ -655,11 +655,11 @@ def test_every_stage_reads_only_stages_before_it_and_every_setting_reaches_a_key
     # reads) every stage, so its key must change with any setting.
     # A setting that only matters behind a switch is checked with the switch on (controls.placebo_seeds: a run
     # with the placebo off keeps its keys, so turning seeds over there reruns nothing).
-    # [preferences] and [rm] are read only by a run that trains its reward model (reward.spec = rm).
+    # [preferences], [rm] and [inspect_rm] are read only by a run that trains its reward model (reward.spec = rm).
     behind = {"controls.placebo_seeds": ["controls.placebo=true"]}
     trains_rm = ["reward.spec=rm", "gold.spec=vader"]
     for key, _, _ in config_keys():
-        switch = trains_rm if key.split(".")[0] in ("preferences", "rm") else behind.get(key, [])
+        switch = trains_rm if key.split(".")[0] in ("preferences", "rm", "inspect_rm") else behind.get(key, [])
         config = load_config(preset=PRESET, overrides=switch)
         report_key = stage_keys(config)["report"]
         *sections, name = key.split(".")  # nested sections too: decompose.diffsae.k
