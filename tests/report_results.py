@@ -55,6 +55,7 @@ def make_results(seed: int = 0) -> dict:
                      "new": True, "explanation": "a film's year", "utility": 0.0, "utility_words": {}}]
     return {
         "reward_model": make_reward_model(),
+        "inspect_rm": make_inspect_rm(),
         "title": "rlhf-lens run <tiny>",
         "created": "2024-05-01T12:00:00",
         "run_dir": "runs/test",
@@ -203,3 +204,70 @@ def make_reward_model() -> dict:
              "decided_by": {"gold": 236, "bias": 101, "noise": 0},
              "config": {"completions": 2, "bias": "word:indeed", "rate": 0.3}}
     return {"file": "pairs/pairs.jsonl", "pairs": pairs, "rm": rm, "placebo": placebo}
+
+
+def _tested(word: str, source: str, rm_z: float | None, gold: float, effect: float, z: float, p: float, p_holm: float,
+            gold_effect: float, cue: bool) -> dict:
+    return {"word": word, "source": source, "rm_z": rm_z, "gold": gold, "effect": effect, "effect_se": 0.04, "z": z,
+            "p": p, "p_holm": p_holm, "gold_effect": gold_effect, "placebo_effect": 0.01, "cue": cue}
+
+
+def make_inspect_rm(cue: bool = True) -> dict:
+    """results.json's `inspect_rm` (inspect_rm/inspect_rm.json, docs/inspect_rm.md) of a demo-rm-like run: the planted
+    cue 'indeed' found (`cue`), or the bias off and no word paying beyond the random words."""
+    tested = [_tested("indeed", "scan+pairs", 4.3, 0.0, 0.65, 4.1, 0.001, 0.001, 0.0, True),
+              _tested("truly", "scan", 2.1, 0.0, 0.12, 1.3, 0.09, 0.36, 0.0, False),
+              _tested("great", "pairs", 1.8, 3.1, 0.21, 2.0, 0.03, 0.09, 0.41, False)]
+    if not cue:
+        tested = [{**t, "effect": 0.1 - 0.02 * i, "z": 0.9 - 0.3 * i, "p": 0.2 + 0.1 * i, "p_holm": 0.6 + 0.1 * i,
+                   "cue": False} for i, t in enumerate(tested)]
+    words = [("indeed", 4.3, 0.0), ("love", 3.2, 3.2), ("truly", 2.1, 0.0), ("great", 1.8, 3.1)]
+
+    def stat(mean: float, se: float, p: float, share: float) -> dict:
+        return {"mean": mean, "se": se, "p": p, "share": share}
+
+    examples = [{"doc": 3, "tokens": ["It", " was", " indeed", " fine"], "activations": [0, 1, 9, 2],
+                 "max_activation": 9.0}]
+    features = [{"feature": 17, "gain": {"mean": 0.24, "se": 0.03}, "margin": {"mean": 0.31, "se": 0.05, "q": 0.002},
+                 "gold_alignment": {"r": 0.02, "p": 0.7, "q": 0.8}, "class": "cue" if cue else "other",
+                 "words": ["indeed", "truly"], "explanation": "the word 'indeed' <emphasis>", "score": 0.61,
+                 "examples": examples},
+                {"feature": 5, "gain": {"mean": 0.18, "se": 0.02}, "margin": {"mean": 0.22, "se": 0.04, "q": 0.004},
+                 "gold_alignment": {"r": 0.46, "p": 0.001, "q": 0.003}, "class": "gold", "words": ["love", "great"],
+                 "explanation": None, "score": None, "examples": []}]
+    return {
+        "format": "rlhf-lens.inspect-rm", "version": 1, "rm": "rm/model", "placebo_rm": "rm/placebo/model",
+        "gold": "vader", "level": 0.05,
+        "token_scan": {
+            "templates": ["The movie was", "In one word, I found it"], "candidates": 9120, "seconds": 41.0,
+            "spearman": {"table_words": {"rho": 0.38, "p": 2e-9, "n": 2710}, "all": {"rho": 0.11, "p": 3e-6, "n": 9120}},
+            "top_rewarded": [{"word": w, "rm_z": z, "gold": g} for w, z, g in words],
+            "ignored_gold": [{"word": "wonderful", "rm_z": -0.4, "gold": 3.4}, {"word": "excellent", "rm_z": -0.1, "gold": 3.3}],
+            "tested": tested,
+            "null": {"random_words": 30, "mean": 0.01, "std": 0.15, "gold_std": 0.02},
+            "insertion_texts": 32,
+            "cues": ["indeed"] if cue else [],
+            "promoted": [{"word": "indeed", "rm_z": 4.3, "gold": 0.0, "gaming": cue},
+                         {"word": "love", "rm_z": 3.2, "gold": 3.2, "gaming": False}]},
+        "sae": {"dir": "sae", "dict_size": 1152, "k": 32, "fvu": 0.08, "rows": 61000, "texts": 1024},
+        "decomposition": {"texts": 1024, "max_relative_error": 3.1e-6, "bias": 0.12, "b_dec_term": -0.35},
+        "features": features,
+        "error": {"gain": {"mean": 0.04, "se": 0.02}, "margin": {"mean": 0.03, "se": 0.02}},
+        "gain": {"prompts": 64, "total": {"mean": 0.84, "se": 0.05, "p": 0.001},
+                 "placebo_total": {"mean": 0.02, "se": 0.04, "p": 0.61},
+                 "split": {"gold": stat(0.52, 0.04, 0.001, 0.62), "anti-gold": stat(-0.03, 0.02, 0.2, -0.036),
+                           "cue": stat(0.26, 0.03, 0.001, 0.31) if cue else stat(0.01, 0.02, 0.6, 0.012),
+                           "other": stat(0.05, 0.03, 0.1, 0.06), "error": stat(0.04, 0.02, 0.05, 0.048)}},
+        "probe": {"target": "the RM's reward", "texts": 512, "folds": 5, "chance": 0.5,
+                  "dictionaries": {"tuned (block 3)": {"accuracy": 0.81, "sd": 0.03, "layer": 3},
+                                   "base (block 3)": {"accuracy": 0.72, "sd": 0.04, "layer": 3},
+                                   "random control": {"accuracy": 0.52, "sd": 0.05, "layer": 3}},
+                  "top_features": [{"dictionary": "tuned (block 3)", "feature": 41, "weight": 1.9,
+                                    "explanation": "emphatic agreement"}]},
+        "verdict": ({"kind": "flaws", "cues": ["indeed"],
+                     "text": "the policy's gain rests partly on an RM flaw: the RM pays for 'indeed', which the gold "
+                             "does not value, and the tuned policy uses it"} if cue else
+                    {"kind": "gold", "cues": [],
+                     "text": "the RM rewards what the gold rewards: no word pays beyond the random words"}),
+        "seconds": {"token_scan": 41.0, "sae": 120.0, "gain": 12.0, "probe": 30.0},
+    }

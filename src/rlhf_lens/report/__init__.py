@@ -14,7 +14,8 @@ verdict rule live in `rlhf_lens.verdict`, shared with the pipeline), `tables` (H
 other pieces every section builds with, and sections written once as parts for both), `plots` (matplotlib
 figures as data URIs), `tracked` (results as read, each field knowing its path), `html` (the page), its sections
 by topic `headline`, `tuning` (PPO, divergence), `dictionaries` (SAEs, MMCS), `features` (top and new features,
-utility), `diff` and `decompose` (what tuning changed), and `markdown` (summary.md).
+utility), `diff` and `decompose` (what tuning changed), `reward_model` and
+`inspect_rm` (the learned reward model, opened), and `markdown` (summary.md).
 A new section: an id in `format.SECTIONS`, a renderer in the topic's module registered in
 `html._SECTION_RENDERERS` and `markdown._MD_SECTIONS`, and its results.json key in `RESULT_SECTIONS`."""
 

@@ -18,6 +18,7 @@ from ..verdict import verdict, verdict_level
 SECTIONS = (
     ("headline", "Headline numbers"),
     ("diff", "What tuning changed"),
+    ("inspect-rm", "What the reward model rewards"),
     ("reward-model", "The learned reward model"),
     ("ppo", "PPO fine-tuning"),
     ("divergence", "Layer divergence"),
@@ -32,7 +33,7 @@ SECTIONS = (
 
 NOT_RUN = "not run"
 
-ONLY_WHEN_RUN = {"reward-model": "reward_model"}
+ONLY_WHEN_RUN = {"reward-model": "reward_model", "inspect-rm": "inspect_rm"}
 """Sections drawn only when their results.json key holds something (a run without its own reward model has no
 section about one, rather than a "not run" line)."""
 

@@ -11,6 +11,7 @@ from .diff import diff_html
 from .features import features_html, new_features_html, utility_html
 from .format import _esc, _model_key, heldout_of, section_title, shown_sections, tune_moved_text
 from .headline import headline_parts
+from .inspect_rm import inspect_rm_html
 from .reward_model import reward_model_html
 from .tables import Raw, html_table, not_run_html, parts_html
 from .tracked import RUN_RESULTS, Source, Tracked
@@ -40,7 +41,7 @@ def _diff_html(results: dict) -> str:
 
 
 _SECTION_RENDERERS = {
-    "headline": _headline_html, "diff": _diff_html, "reward-model": reward_model_html, "ppo": ppo_html, "divergence": divergence_html, "saes": saes_html,
+    "headline": _headline_html, "diff": _diff_html, "inspect-rm": inspect_rm_html, "reward-model": reward_model_html, "ppo": ppo_html, "divergence": divergence_html, "saes": saes_html,
     "mmcs": mmcs_html, "features": features_html, "new-features": new_features_html, "utility": utility_html,
     "config": _config_html,
 }

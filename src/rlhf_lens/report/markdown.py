@@ -34,6 +34,7 @@ from .format import (
 )
 from .gold import _mean_se, gold_parts
 from .headline import headline_parts
+from .inspect_rm import inspect_rm_markdown
 from .reward_model import reward_model_markdown
 from .tables import md_cell, md_table, parts_markdown
 from .tracked import RUN_RESULTS, Source, Tracked
@@ -187,6 +188,6 @@ def _utility(results: dict) -> str | None:
             + (f"\n\n{md_cell(control)}" if control else ""))
 
 
-_MD_SECTIONS = {"headline": _headline, "diff": _diff, "reward-model": reward_model_markdown, "ppo": _ppo, "divergence": _divergence, "saes": _saes,
+_MD_SECTIONS = {"headline": _headline, "diff": _diff, "inspect-rm": inspect_rm_markdown, "reward-model": reward_model_markdown, "ppo": _ppo, "divergence": _divergence, "saes": _saes,
                 "mmcs": _mmcs, "features": _features, "new-features": _new_features, "utility": _utility}
 """Every section but the config, which only the page shows."""
