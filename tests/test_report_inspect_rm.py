@@ -167,5 +167,5 @@ def test_a_malformed_field_is_one_line_naming_it(tmp_path, path, value, said):
 
 def test_an_inspect_rm_that_is_not_an_object_is_named(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(_results([make_inspect_rm()])))
-    with pytest.raises(UserError, match=re.escape("results.json: inspect_rm must be an object, not a list")):
+    with pytest.raises(UserError, match=re.escape("results.json: section 'inspect_rm' must be an object or null")):
         write_report(tmp_path)
