@@ -16,6 +16,7 @@ from rlhf_lens.inspect_rm.probe import (
     classes,
     feedback_probe,
     pooled_codes,
+    pooled_codes_at,
     probe_folds,
     probe_policy,
     random_dictionary,
@@ -120,6 +121,14 @@ def test_pooled_codes_equal_the_harvest_encoded_and_mean_pooled(tiny_model_dir, 
         assert pooled[name].shape == (len(texts), 40)
         np.testing.assert_allclose(pooled[name], expected.numpy(), rtol=1e-4, atol=1e-5)
         assert pooled[name].std(0).max() > 0  # the codes differ between texts
+    # several blocks in one pass: the same codes as one block at a time
+    other = {"deeper": SparseAutoencoder(SAEConfig(d_in=acts.shape[1], dict_size=12, arch="tied", seed=4))}
+    both = pooled_codes_at(model, tokenizer, {LAYER: saes, 2: other}, texts, max_length=24, batch_size=5)
+    alone = pooled_codes(model, tokenizer, 2, other, texts, max_length=24)
+    assert set(both) == {"tied", "topk", "deeper"}
+    for name in saes:
+        np.testing.assert_allclose(both[name], pooled[name], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(both["deeper"], alone["deeper"], rtol=1e-5, atol=1e-6)
 
 
 def test_random_dictionary_keeps_shape_and_architecture_with_random_unit_rows():
@@ -247,3 +256,5 @@ def test_bad_input_is_one_line(tiny):
     assert "text 1 has no tokens" in _one_line_error(
         lambda: pooled_codes(model, tokenizer, LAYER, {"f": fits}, ["a text", ""]))
     assert "out of range" in _one_line_error(lambda: pooled_codes(model, tokenizer, 9, {"f": fits}, ["a text"]))
+    assert "two blocks" in _one_line_error(
+        lambda: pooled_codes_at(model, tokenizer, {0: {"f": fits}, 1: {"f": fits}}, ["a text"]))

@@ -39,33 +39,43 @@ def pooled_codes(model, tokenizer, layer: int, saes: dict[str, SparseAutoencoder
                  max_length: int = 128, batch_size: int = 16) -> dict[str, np.ndarray]:
     """Per SAE name, [n_texts, m]: the mean over each text's tokens of the SAE's codes of block `layer`'s MLP
     output, harvested as `rlhf_lens.harvest` harvests it (same hook, texts cut on the right at `max_length`)."""
+    return pooled_codes_at(model, tokenizer, {layer: saes}, texts, max_length, batch_size)
+
+
+def pooled_codes_at(model, tokenizer, saes: dict[int, dict[str, SparseAutoencoder]], texts: list[str],
+                    max_length: int = 128, batch_size: int = 16) -> dict[str, np.ndarray]:
+    """`pooled_codes` at several blocks in one forward pass: `saes` maps a block to the SAEs read there."""
     from ..harvest.config import HarvestConfig
     from ..harvest.run import _Harvester
     from ..models import check_layers, mlp_width
 
     if not texts:
         raise UserError("no texts to read SAE codes of; give at least one")
-    if not saes:
+    named = {name: (layer, sae) for layer, at in saes.items() for name, sae in at.items()}
+    if not named:
         raise UserError("no SAEs to encode with; give at least one")
-    check_layers(model, [layer])
+    if len(named) != sum(len(at) for at in saes.values()):
+        raise UserError("an SAE name is given at two blocks; name each SAE once")
+    layers = check_layers(model, sorted(saes))
     d = mlp_width(model)
-    for name, sae in saes.items():
+    for name, (layer, sae) in named.items():
         if sae.cfg.d_in != d:
             raise UserError(f"SAE {name!r} reads width {sae.cfg.d_in} but block {layer}'s MLP output has width {d}; "
                             "give the SAEs trained on this model's activations")
     if tokenizer.pad_token_id is None:
         raise UserError("the tokenizer has neither a pad nor an EOS token; give it a pad token")
-    config = HarvestConfig(layers=[layer], corpus="<texts>", max_tokens=max_length, batch_size=batch_size,
+    config = HarvestConfig(layers=layers, corpus="<texts>", max_tokens=max_length, batch_size=batch_size,
                            dtype="float32")
-    harvester = _Harvester(model, tokenizer, texts, config, [layer])
-    pooled = {name: torch.zeros(len(texts), sae.cfg.dict_size, dtype=torch.float64) for name, sae in saes.items()}
+    harvester = _Harvester(model, tokenizer, texts, config, layers)
+    pooled = {name: torch.zeros(len(texts), sae.cfg.dict_size, dtype=torch.float64)
+              for name, (_, sae) in named.items()}
     counts = torch.zeros(len(texts), dtype=torch.float64)
     for start in range(0, len(texts), CHUNK_TEXTS):
         end = min(start + CHUNK_TEXTS, len(texts))
         acts, index = harvester.shard(Path("<texts>"), 0, start, end)
         doc = index["doc"]  # absolute text index of every token row
         counts.index_add_(0, doc, torch.ones(len(doc), dtype=torch.float64))
-        for name, sae in saes.items():
+        for name, (layer, sae) in named.items():
             device = next(sae.parameters()).device
             for row in range(0, len(doc), CHUNK_ROWS):
                 with torch.no_grad():
@@ -205,10 +215,11 @@ def probe_policy(base_model, tuned_model, tokenizer, dictionaries: dict[str, tup
     layers[CONTROL] = layers[tuned[0]]
     codes: dict[str, np.ndarray] = {}
     for model_name, model in (("tuned", tuned_model), ("base", base_model)):
-        names = [name for name in saes if (name.startswith(model_name) or name == CONTROL and model_name == "tuned")]
-        for layer in sorted({layers[name] for name in names}):
-            at = {name: saes[name] for name in names if layers[name] == layer}
-            codes.update(pooled_codes(model, tokenizer, layer, at, texts, max_length=max_length))
+        names = [name for name in saes if name.startswith(model_name) or name == CONTROL and model_name == "tuned"]
+        by_layer: dict[int, dict[str, SparseAutoencoder]] = {}
+        for name in names:
+            by_layer.setdefault(layers[name], {})[name] = saes[name]
+        codes.update(pooled_codes_at(model, tokenizer, by_layer, texts, max_length=max_length))  # one pass a model
     codes = {name: codes[name] for name in saes}  # the given order, the control last
     return feedback_probe(codes, np.asarray(rewards, dtype=np.float64), groups, folds, seed, layers=layers,
                           target_name="the RM's reward")
