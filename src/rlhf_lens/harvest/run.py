@@ -94,7 +94,7 @@ def harvest(
     for stale in out.glob(".shard-*.tmp"):
         stale.unlink()  # left by a killed run (atomic writes never rename a partial file into place)
 
-    harvester = _Harvester(model, tokenizer, texts, config, settings["layers"])
+    harvester = Harvester(model, tokenizer, texts, config, settings["layers"])
     from ..progress import progress_bar
 
     manifest = writer.manifest
@@ -153,7 +153,7 @@ class _StopForward(Exception):
     """Raised by the last hook: nothing after the deepest harvested MLP is needed."""
 
 
-class _Harvester:
+class Harvester:
     def __init__(self, model, tokenizer, texts: list[str], config: HarvestConfig, layers: list[int]):
         self.model, self.tokenizer, self.texts, self.config, self.layers = model, tokenizer, texts, config, layers
         self.store_dtype = STORE_DTYPES[config.dtype]

@@ -45,6 +45,8 @@ class InspectRMConfig:
     probe: bool = True
     """The feedback probe: the policy's SAE features (tuned and base dictionaries at the analysed blocks) predicting
     the RM's reward of a text, cross-validated by prompt."""
+    probe_texts: int = 128
+    """Texts the feedback probe reads (a seeded subset of the pair texts and the policy's completions)."""
     probe_folds: int = 5
     """Cross-validation folds of the feedback probe (grouped by prompt: no prompt in both training and test)."""
     seed: int = 0
@@ -70,6 +72,7 @@ def check_config(config: InspectRMConfig, key: Namer = field_name) -> None:
         number(c, "level", k, above=0, below=1),
         number(c, "top_features", k, at_least=1),
         number(c, "explain", k, at_least=0),
+        number(c, "probe_texts", k, at_least=8),
         number(c, "probe_folds", k, at_least=2),
         seed(c, "seed", k),
     ])

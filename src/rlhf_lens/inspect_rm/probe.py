@@ -46,7 +46,7 @@ def pooled_codes_at(model, tokenizer, saes: dict[int, dict[str, SparseAutoencode
                     max_length: int = 128, batch_size: int = 16) -> dict[str, np.ndarray]:
     """`pooled_codes` at several blocks in one forward pass: `saes` maps a block to the SAEs read there."""
     from ..harvest.config import HarvestConfig
-    from ..harvest.run import _Harvester
+    from ..harvest.run import Harvester
     from ..models import check_layers, mlp_width
 
     if not texts:
@@ -66,7 +66,7 @@ def pooled_codes_at(model, tokenizer, saes: dict[int, dict[str, SparseAutoencode
         raise UserError("the tokenizer has neither a pad nor an EOS token; give it a pad token")
     config = HarvestConfig(layers=layers, corpus="<texts>", max_tokens=max_length, batch_size=batch_size,
                            dtype="float32")
-    harvester = _Harvester(model, tokenizer, texts, config, layers)
+    harvester = Harvester(model, tokenizer, texts, config, layers)
     pooled = {name: torch.zeros(len(texts), sae.cfg.dict_size, dtype=torch.float64)
               for name, (_, sae) in named.items()}
     counts = torch.zeros(len(texts), dtype=torch.float64)

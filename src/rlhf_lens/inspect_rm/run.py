@@ -138,10 +138,8 @@ def inspect_reward_model(rm: str, pairs: str | Path, out: str | Path, config: In
                                 card=cards.get(i)) for i in top]
         probe = None
         if config.probe and policy.dictionaries:
-            from .probe import probe_policy
-
-            probe = run_probe(policy, probe_policy, texts, chosen_pairs, completions, model, tokenizer, config,
-                              device, dtype)
+            groups = [p.prompt for p in chosen_pairs for _ in (0, 1)] + completions["prompts"] * 2
+            probe = run_probe(policy, texts, groups, parts.scores.numpy(), config, device, dtype)
             lap("probe")
         record = {
             "format": FORMAT, "version": VERSION, "rm": str(folder), "placebo_rm": placebo_rm, "gold": gold,
@@ -294,17 +292,19 @@ def feature_row(i: int, *, gain_mean: float, gain_se: float, margins: dict, alig
             "examples": card.get("examples", [])[:3] if card else []}
 
 
-def run_probe(policy: Policy, probe_policy, texts, chosen_pairs, completions, model, tokenizer, config, device, dtype):
-    """The feedback probe on the pair texts and the policy's completions, target the RM's own score."""
+def run_probe(policy: Policy, texts: list[str], groups: list[str], rewards: np.ndarray, config: InspectRMConfig,
+              device: str, dtype: str) -> dict:
+    """The feedback probe (`probe.probe_policy`) on a seeded subset of `probe_texts` of the texts, target the
+    RM's own score of each."""
     from ..models import load_model
-    from ..rm.model import scores
+    from .probe import probe_policy
 
-    rewards = scores(model, tokenizer, texts, config.max_length).numpy()
-    groups = [p.prompt for p in chosen_pairs for _ in (0, 1)] + completions["prompts"] * 2
-    base_model, policy_tokenizer = load_model(policy.base, device=device, dtype=dtype)
+    keep = sorted(np.random.default_rng([config.seed, 0x9B0]).permutation(len(texts))[:config.probe_texts])
+    base_model, tokenizer = load_model(policy.base, device=device, dtype=dtype)
     tuned_model, _ = load_model(policy.tuned, device=device, dtype=dtype)
-    return probe_policy(base_model, tuned_model, policy_tokenizer, policy.dictionaries, texts, groups, rewards,
-                        config.probe_folds, config.seed, config.max_length)
+    return probe_policy(base_model, tuned_model, tokenizer, policy.dictionaries, [texts[i] for i in keep],
+                        [groups[i] for i in keep], np.asarray(rewards)[keep], config.probe_folds, config.seed,
+                        config.max_length)
 
 
 def verdict(gain: dict, scan: dict, features: list[dict], level: float) -> dict:
