@@ -99,7 +99,8 @@ def token_scan(model, tokenizer, gold_spec: str, pairs: list[Pair], test_pairs: 
     tested = list(dict.fromkeys(from_scan + from_pairs))
     source = {w: "scan+pairs" if w in from_scan and w in from_pairs else "scan" if w in from_scan else "pairs"
               for w in tested}
-    neutral = [w for w in unique if gold_of[w] == 0 and w not in source]
+    # drawn from the words in alphabetical order, not the scan's: the RM shapes the draw only by the words it excludes
+    neutral = sorted(w for w in unique if gold_of[w] == 0 and w not in source)
     if len(neutral) < 2:
         raise UserError(f"the insertion test's null needs at least 2 candidate words the gold values at 0 besides the "
                         f"tested ones; the tokenizer's vocabulary leaves {len(neutral)}")
