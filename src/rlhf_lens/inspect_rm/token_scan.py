@@ -37,8 +37,9 @@ GOLD_TEMPLATE = "It was {word}."
 """A gold without a utility table reads a word in this sentence (`diff.output.WordUtility`)."""
 TOP_REWARDED = 15
 IGNORED_GOLD = 10
-GAMING_QUANTILE = 0.9
-"""A promoted word is "gaming" when the scan puts it in its top decile and the gold values it at <= 0."""
+GAMING_QUANTILE = 0.99
+"""A promoted word is suspected of "gaming" when the scan puts it in its top 1% and the gold values it at <= 0 (the
+end-of-text scan ranks continuation words high: its top decile held most function words on the demo RM)."""
 SCAN_BATCH = 512
 """Candidates per forward pass of the scan (each a one-token continuation of the cached template)."""
 INSERT_BATCH = 32
