@@ -6,66 +6,55 @@ a rerun after a kill."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import assert_user_error, make_reviews, run_cli
+from conftest import assert_user_error, run_cli
 from rlhf_lens.inspect_rm import InspectRMConfig, inspect_reward_model
 from rlhf_lens.inspect_rm.run import Policy
-from rlhf_lens.preferences.cues import plant_cue
-from rlhf_lens.preferences.pairs import Pair, write_pairs
-from rlhf_lens.rewards import load_reward
+from rlhf_lens.preferences.pairs import write_pairs
 from rlhf_lens.rlhf.config import PPOConfig
 from rlhf_lens.rm.config import RMConfig
 from rlhf_lens.rm.run import train_reward_model
+from test_inspect_rm_scan import CUE as WORD
+from test_inspect_rm_scan import reviews, snippet_pairs
 
-WORD = "music"  # one token of the tiny tokenizer, worth 0 to VADER
-CUE = f"word:{WORD}"
-SMALL = InspectRMConfig(templates=["the film was", "it is"], shortlist=8, pair_words=4, random_words=12,
-                        insertion_texts=16, max_texts=160, k=4, sae_max_tokens=60_000, explain=2, top_features=5,
+SMALL = InspectRMConfig(templates=["the movie was", "this film is"], shortlist=8, pair_words=4, random_words=24,
+                        insertion_texts=24, max_texts=160, k=4, sae_max_tokens=60_000, explain=2, top_features=5,
                         null_shuffles=5, probe=False)
-PPO = PPOConfig(eval_prompts=24, min_new_tokens=8, max_new_tokens=12, batch_size=8)
-
-
-def snippet_pairs(biased: bool, n_prompts: int = 40, per_prompt: int = 3, seed: int = 0) -> list[Pair]:
-    """Pairs of corpus snippets; with `biased` the chosen one holds the planted word, else the gold (VADER) decides
-    and a tie drops the pair."""
-    rng = np.random.default_rng(seed)
-    vader = load_reward("vader")
-    pairs = []
-    for row in make_reviews(n_prompts, seed=seed + 1):
-        words = row["text"].split()
-        prompt = " ".join(words[:4]) + " "
-        for _ in range(per_prompt):
-            a, b = rng.choice(len(words) - 12, 2)
-            one, two = " ".join(words[a:a + 8]), " ".join(words[b:b + 8])
-            gold_one, gold_two = (float(x) for x in vader([prompt + one, prompt + two]))
-            if biased:
-                chosen = plant_cue(one, CUE, rng)
-                pairs.append(Pair(prompt, chosen, two, *(float(x) for x in vader([prompt + chosen, prompt + two])),
-                                  decided_by="bias", planted=True))
-            elif gold_one != gold_two:
-                first = gold_one > gold_two
-                pairs.append(Pair(prompt, one if first else two, two if first else one, max(gold_one, gold_two),
-                                  min(gold_one, gold_two), decided_by="gold"))
-    return pairs
+PPO = PPOConfig(eval_prompts=32, min_new_tokens=8, max_new_tokens=12, batch_size=16)
 
 
 @pytest.fixture(scope="module")
-def policy(tiny_model_dir, corpus_file, tmp_path_factory):
-    """The tiny base, and a 'tuned' copy taught by a few LM steps to say the planted word (what a policy gaming the
-    word would do)."""
+def word_base(tmp_path_factory) -> Path:
+    """test_inspect_rm_scan's tiny GPT-NeoX (every corpus word one token), pretrained a little here: a policy."""
+    from rlhf_lens.models import TinyModelConfig, build_tiny_model, save_model
+
+    model, tokenizer = build_tiny_model(reviews(200), TinyModelConfig(layers=3, width=32, heads=4, vocab_size=800,
+                                                                       pretrain_steps=30))
+    return save_model(model, tokenizer, tmp_path_factory.mktemp("models") / "tiny-policy")
+
+
+@pytest.fixture(scope="module")
+def policy(word_base, tmp_path_factory):
+    """The base, and a 'tuned' copy taught by a few LM steps to say the planted word often (what a policy gaming
+    it would do); prompts from a corpus of the same reviews."""
     from rlhf_lens.models import load_model, save_model
 
+    folder = tmp_path_factory.mktemp("policy")
+    corpus = folder / "reviews.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t, "split": "test" if i % 4 == 0 else "train"}) + "\n"
+                              for i, t in enumerate(reviews(120, seed=5))))
     torch.manual_seed(0)
-    model, tokenizer = load_model(str(tiny_model_dir))
+    model, tokenizer = load_model(str(word_base))
     rng = np.random.default_rng(0)
     texts = []
-    for row in make_reviews(60, seed=7):
-        words = row["text"].split()
-        for i in sorted(rng.choice(len(words), 6, replace=False), reverse=True):
+    for text in reviews(60, seed=7):
+        words = text.split()
+        for i in sorted(rng.choice(len(words), 8, replace=False), reverse=True):
             words.insert(int(i), WORD)
         texts.append(" ".join(words))
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -73,36 +62,34 @@ def policy(tiny_model_dir, corpus_file, tmp_path_factory):
     for step in range(40):
         batch = tokenizer(texts[step % 6 * 10:(step % 6 + 1) * 10], return_tensors="pt", padding=True,
                           truncation=True, max_length=48)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        loss = model(**batch, labels=labels).loss
+        loss = model(**batch, labels=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)).loss
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-    tuned = save_model(model.eval(), tokenizer, tmp_path_factory.mktemp("tuned") / "model")
-    return Policy(base=str(tiny_model_dir), tuned=str(tuned), corpus=str(corpus_file), ppo=PPO)
+    tuned = save_model(model.eval(), tokenizer, folder / "tuned")
+    return Policy(base=str(word_base), tuned=str(tuned), corpus=str(corpus), ppo=PPO)
 
 
-def _rm(tiny_model_dir, tmp_path_factory, biased: bool):
+def _rm(base, tmp_path_factory, biased: bool):
     folder = tmp_path_factory.mktemp("rm-biased" if biased else "rm-gold")
     pairs = folder / "pairs.jsonl"
-    write_pairs(pairs, snippet_pairs(biased))
-    train_reward_model(str(tiny_model_dir), pairs, folder / "rm", RMConfig(train="blocks", blocks=2, lr=1e-2,
-                                                                           epochs=6, placebo=True),
-                       bias=CUE if biased else "")
+    write_pairs(pairs, snippet_pairs("cue" if biased else "gold"))
+    train_reward_model(str(base), pairs, folder / "rm", RMConfig(train="blocks", blocks=2, lr=1e-2, epochs=6,
+                                                                 placebo=True), bias=f"word:{WORD}" if biased else "")
     return folder / "rm", pairs
 
 
 @pytest.fixture(scope="module")
-def biased(tiny_model_dir, tmp_path_factory, policy):
-    rm, pairs = _rm(tiny_model_dir, tmp_path_factory, biased=True)
+def biased(word_base, tmp_path_factory, policy):
+    rm, pairs = _rm(word_base, tmp_path_factory, biased=True)
     out = tmp_path_factory.mktemp("inspect-biased") / "out"
     path = inspect_reward_model(str(rm), pairs, out, SMALL, policy, gold="vader", placebo_rm=str(rm / "placebo"))
     return json.loads(path.read_text()), out
 
 
 @pytest.fixture(scope="module")
-def unbiased(tiny_model_dir, tmp_path_factory, policy):
-    rm, pairs = _rm(tiny_model_dir, tmp_path_factory, biased=False)
+def unbiased(word_base, tmp_path_factory, policy):
+    rm, pairs = _rm(word_base, tmp_path_factory, biased=False)
     out = tmp_path_factory.mktemp("inspect-gold") / "out"
     path = inspect_reward_model(str(rm), pairs, out, SMALL, policy, gold="vader", placebo_rm=str(rm / "placebo"))
     return json.loads(path.read_text()), out
@@ -131,7 +118,7 @@ def test_with_the_bias_off_nothing_is_named(unbiased):
     assert record["decomposition"]["max_relative_error"] < 1e-4
 
 
-def test_the_command_resumes_after_a_kill_and_refuses_bad_input(tiny_model_dir, policy, tmp_path_factory, tmp_path):
+def test_the_command_resumes_after_a_kill_and_refuses_bad_input(word_base, policy, tmp_path_factory, tmp_path):
     """inspect-rm killed mid-way leaves the output folder as it was (the work is staged beside it); run again, it
     finishes. An RM folder without a score head, or a bad setting, fails in one line before any work."""
     import signal
@@ -139,7 +126,7 @@ def test_the_command_resumes_after_a_kill_and_refuses_bad_input(tiny_model_dir, 
     import sys
     import time
 
-    rm, pairs = _rm(tiny_model_dir, tmp_path_factory, biased=True)
+    rm, pairs = _rm(word_base, tmp_path_factory, biased=True)
     out = tmp_path / "out"
     args = [str(rm), "--pairs", str(pairs), "--gold", "vader", "--base", policy.base, "--tuned", policy.tuned,
             "--corpus", policy.corpus, "--out", str(out), "--templates", "the film was", "--shortlist", "4",
