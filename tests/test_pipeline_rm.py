@@ -57,6 +57,12 @@ def test_a_run_trains_its_reward_model_and_tunes_against_it_with_the_gold_watchi
     summary_md = (rm_run / "summary.md").read_text()
     assert "## The learned reward model" in summary_md and "Proxy and gold along the tune" in summary_md
     assert "The learned reward model" in (rm_run / "report.html").read_text()
+    # the RM opened: its score split exactly over an SAE, the policy's gain split, a verdict in the report
+    inspect = results["inspect_rm"]
+    assert inspect["format"] == "rlhf-lens.inspect-rm" and inspect["decomposition"]["max_relative_error"] < 1e-4
+    assert inspect["verdict"]["kind"] in ("gold", "flaws", "undistinguishable") and inspect["probe"] is not None
+    assert abs(sum(p["mean"] for p in inspect["gain"]["split"].values()) - inspect["gain"]["total"]["mean"]) < 1e-6
+    assert "## What the reward model rewards" in summary_md and inspect["verdict"]["text"][:40] in summary_md
 
 
 def test_rerunning_the_rm_run_skips_every_stage(rm_run):
