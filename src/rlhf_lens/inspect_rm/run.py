@@ -75,6 +75,8 @@ def inspect_reward_model(rm: str, pairs: str | Path, out: str | Path, config: In
     placebo = load_reward_model(str(model_folder(placebo_rm)), device, dtype) if placebo_rm else None
     console.print(f"inspect-rm: {len(items)} pairs ({len(test_pairs)} held out), gold {gold}")
 
+    console.print(f"inspect-rm: the base's and the tuned model's completions of {policy.ppo.eval_prompts} held-out "
+                  "prompts")
     completions = policy_completions(policy, folder, gold_reward, device, dtype)
     policy_texts = completions["base_texts"] + completions["tuned_texts"]
     lap("policy completions")
@@ -92,6 +94,7 @@ def inspect_reward_model(rm: str, pairs: str | Path, out: str | Path, config: In
 
         states, ids = prefix_states(model, tokenizer, texts, config.max_length, description="RM states")
         lap("RM states")
+        console.print(f"inspect-rm: an SAE on {sum(len(x) for x in states)} RM states of {len(texts)} texts")
         sae = train_rm_sae(states, staging / "sae", config)
         lap("SAE")
         from .decompose import decompose_scores
@@ -138,6 +141,7 @@ def inspect_reward_model(rm: str, pairs: str | Path, out: str | Path, config: In
                                 card=cards.get(i)) for i in top]
         probe = None
         if config.probe and policy.dictionaries:
+            console.print(f"inspect-rm: the feedback probe on {len(policy.dictionaries)} dictionaries")
             groups = [p.prompt for p in chosen_pairs for _ in (0, 1)] + completions["prompts"] * 2
             probe = run_probe(policy, texts, groups, parts.scores.numpy(), config, device, dtype)
             lap("probe")

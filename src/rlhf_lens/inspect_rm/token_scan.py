@@ -110,7 +110,7 @@ def token_scan(model, tokenizer, gold_spec: str, pairs: list[Pair], test_pairs: 
                                                            replace=False))]
     texts = insertion_texts(test_pairs, config.insertion_texts, config.seed)
     effects = insertion_effects(model, tokenizer, gold_reward, texts, tested + random_words, config,
-                                placebo=placebo, progress=progress)
+                                placebo=placebo, progress=progress, placebo_words=tested)
     record["tested"], record["null"], record["cues"] = _test_words(
         tested, random_words, effects, source, {w: float(rm_z[best[w]]) if w in best else None for w in tested},
         dict(zip(tested, utility(tested))), config.level)
@@ -217,23 +217,26 @@ class Effects:
 
 
 def insertion_effects(model, tokenizer, gold_reward, texts: list[tuple[str, str]], word_list: list[str],
-                      config: InspectRMConfig, placebo=None, progress: bool = True) -> Effects:
-    """Each word inserted into every text (`insertion_variants`), scored by the RM, the gold and the placebo. All
-    texts are scored in one pass, sorted by length (little padding), each distinct text once."""
+                      config: InspectRMConfig, placebo=None, progress: bool = True,
+                      placebo_words: list[str] | None = None) -> Effects:
+    """Each word inserted into every text (`insertion_variants`), scored by the RM, the gold and the placebo (only
+    `placebo_words` when given: the placebo is read beside the tested words, not the null's). All texts are scored
+    in one pass, sorted by length (little padding), each distinct text once."""
     variants = {w: insertion_variants(texts, w, config.seed) for w in word_list}
-    distinct = list(dict.fromkeys(t for plus, minus in variants.values() for t in plus + minus))
 
-    def read(score: Callable[[list[str]], np.ndarray]) -> dict[str, np.ndarray]:
+    def read(score: Callable[[list[str]], np.ndarray], words: list[str]) -> dict[str, np.ndarray]:
+        distinct = list(dict.fromkeys(t for w in words for plus, minus in [variants[w]] for t in plus + minus))
         value = dict(zip(distinct, score(distinct)))
-        return {w: np.array([value[a] - value[b] for a, b in zip(*variants[w])]) for w in word_list}
+        return {w: np.array([value[a] - value[b] for a, b in zip(*variants[w])]) for w in words}
 
     def rm_scores(rm, rm_tokenizer, name: str) -> Callable[[list[str]], np.ndarray]:
         return lambda batch: _sorted_scores(rm, rm_tokenizer, batch, config.max_length,
                                             f"token scan: {name} on insertions" if progress else "")
 
-    return Effects(read(rm_scores(model, tokenizer, "rm")),
-                   read(lambda batch: np.asarray(gold_reward(batch), dtype=np.float64)),
-                   read(rm_scores(*placebo, "placebo rm")) if placebo is not None else None)
+    placebo_read = placebo_words if placebo_words is not None else word_list
+    return Effects(read(rm_scores(model, tokenizer, "rm"), word_list),
+                   read(lambda batch: np.asarray(gold_reward(batch), dtype=np.float64), word_list),
+                   read(rm_scores(*placebo, "placebo rm"), placebo_read) if placebo is not None else None)
 
 
 def _sorted_scores(model, tokenizer, texts: list[str], max_length: int, description: str) -> np.ndarray:
