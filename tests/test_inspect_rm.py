@@ -98,8 +98,12 @@ def test_gain_split_sums_to_the_total_and_tests_each_part():
     assert abs(sum(p["share"] for p in parts.values()) - 1.0) < 1e-9
     assert parts["cue"]["p"] <= 0.01 and parts["cue"]["share"] > 0.5
     assert int(np.argmax(split["per_feature"])) == 2
-    result = verdict(split, {"cues": ["indeed"]}, [{"class": "cue", "words": ["indeed"]}], 0.05)
-    assert result["kind"] == "flaws" and "'indeed'" in result["text"]
+    features = [{"feature": 2, "class": "cue", "words": ["indeed"]}]
+    result = verdict(split, {"cues": ["indeed"]}, features, 0.05)
+    assert result["kind"] == "flaws" and "'indeed'" in result["text"] and "#2" in result["text"]
+    # the same gain with no cue named by the insertion test: no flaw claim, but where the gain sits is said
+    unnamed = verdict(split, {"cues": []}, features, 0.05)
+    assert unnamed["kind"] == "undistinguishable" and "no cue" in unnamed["text"] and "#2" in unnamed["text"]
     # no gain: nothing to split, whatever the parts
     flat = gain_split(base, base, base_error, base_error, classes)
     assert verdict(flat, {"cues": []}, [], 0.05)["kind"] == "undistinguishable"

@@ -23,7 +23,8 @@ def paired(differences: np.ndarray, seed: int = 0) -> dict:
 def gain_split(tuned: np.ndarray, base: np.ndarray, tuned_error: np.ndarray, base_error: np.ndarray,
                classes: list[str], seed: int = 0) -> dict:
     """`tuned`/`base`: contributions [n_prompts, m] of the two completions of each prompt; the errors [n_prompts].
-    Returns {prompts, total, split: {class or "error": {mean, se, p, share}}, per_feature: [m] mean gain}."""
+    Returns {prompts, total, split: {class or "error": {mean, se, p, share}}, not_gold: the cue and other classes
+    together, per_feature: [m] mean gain}."""
     delta = np.asarray(tuned, dtype=np.float64) - np.asarray(base, dtype=np.float64)
     error = np.asarray(tuned_error, dtype=np.float64) - np.asarray(base_error, dtype=np.float64)
     labels = np.asarray(classes)
@@ -36,5 +37,7 @@ def gain_split(tuned: np.ndarray, base: np.ndarray, tuned_error: np.ndarray, bas
         stats = paired(values, seed)
         stats["share"] = stats["mean"] / total_mean if abs(total_mean) > 1e-12 else None
         split[name] = stats
-    return {"prompts": len(total), "total": paired(total, seed), "split": split,
+    not_gold = paired(parts["cue"] + parts["other"], seed)  # the features with no gold alignment beyond its null
+    not_gold["share"] = not_gold["mean"] / total_mean if abs(total_mean) > 1e-12 else None
+    return {"prompts": len(total), "total": paired(total, seed), "split": split, "not_gold": not_gold,
             "per_feature": delta.mean(0) if len(delta) else np.zeros(delta.shape[1])}

@@ -17,6 +17,8 @@ from ..rules import Namer, field_name
 from .config import InspectRMConfig, check_config
 
 FORMAT, VERSION, RECORD = "rlhf-lens.inspect-rm", 1, "inspect_rm.json"
+EXACT_TEXTS = 128
+"""Texts whose split is checked against the RM's own forward pass (every text is checked against its head)."""
 WORDS_PER_FEATURE = 5
 """Candidate words listed per feature: those its code is largest on in the token scan's states."""
 
@@ -100,7 +102,10 @@ def inspect_reward_model(rm: str, pairs: str | Path, out: str | Path, config: In
         from .decompose import decompose_scores
 
         parts = decompose_scores(sae, head, last_rows(states))
-        exactness = check_exact(parts, model, tokenizer, texts, config.max_length)
+        # every text against the head on its state (float64), a seeded subset against the RM's own forward pass
+        forward_rows = sorted(np.random.default_rng([config.seed, 0xE8]).permutation(len(texts))[:EXACT_TEXTS])
+        exactness = check_exact(parts, model, tokenizer, texts, config.max_length, [int(i) for i in forward_rows])
+        head_exactness = parts.max_relative_error()
         contributions = parts.contributions.numpy()
         n_pairs = len(chosen_pairs)
         from .features import classify, gold_alignment, margin, shuffled_counts
@@ -150,7 +155,8 @@ def inspect_reward_model(rm: str, pairs: str | Path, out: str | Path, config: In
             "level": config.level, "config": dataclasses.asdict(config), "token_scan": scan.record,
             "sae": {"dir": "sae", "dict_size": int(sae.cfg.dict_size), "k": int(sae.cfg.k), "rows": int(sum(len(s) for s in states)),
                     "texts": len(texts), "fvu": (sae.metrics or {}).get("fvu")},
-            "decomposition": {"texts": len(texts), "max_relative_error": exactness, "bias": head_bias(head),
+            "decomposition": {"texts": len(texts), "max_relative_error": max(exactness, head_exactness),
+                              "forward_checked": len(forward_rows), "bias": head_bias(head),
                               "b_dec_term": parts.constant - head_bias(head)},
             "features": features,
             "error": {"gain": {"mean": gain["split"]["error"]["mean"], "se": gain["split"]["error"]["se"]},
@@ -217,14 +223,18 @@ def train_rm_sae(states: list[torch.Tensor], out: Path, config: InspectRMConfig)
     return train_saes(TensorSource(rows), [cfg], [out], quiet=True)[0]
 
 
-def check_exact(parts, model, tokenizer, texts: list[str], max_length: int) -> float:
-    """max over texts of |features + error + constant - the RM's own score| / max(|score|, 1), the score computed
-    by the RM's forward (HF's head on its last token), not from the stored states."""
+def check_exact(parts, model, tokenizer, texts: list[str], max_length: int, rows: list[int] | None = None) -> float:
+    """max over texts (`rows` of them, default all) of |features + error + constant - the RM's own score| /
+    max(|score|, 1), the score computed by the RM's forward pass (HF's head on its last token), not from the states
+    the split was made of."""
+    rows = list(range(len(texts))) if rows is None else rows
+    if not rows:
+        return 0.0
     with torch.no_grad():
         from ..rm.model import scores
 
-        own = scores(model, tokenizer, texts, max_length).double()
-    return float(((parts.total() - own).abs() / own.abs().clamp_min(1.0)).max()) if len(texts) else 0.0
+        own = scores(model, tokenizer, [texts[i] for i in rows], max_length).double()
+    return float(((parts.total()[rows] - own).abs() / own.abs().clamp_min(1.0)).max())
 
 
 def head_bias(head) -> float:
@@ -312,32 +322,38 @@ def run_probe(policy: Policy, texts: list[str], groups: list[str], rewards: np.n
 
 
 def verdict(gain: dict, scan: dict, features: list[dict], level: float) -> dict:
-    """The policy's gain in plain words: mostly the gold, mostly RM flaws (naming the cues), or not distinguishable,
-    each claim resting on a sign-flip test over the held-out prompts at `level`."""
+    """The policy's gain in plain words, each claim resting on a sign-flip test over the held-out prompts at
+    `level`: "gold" (the gold-aligned features carry at least half of it, beyond their null), "flaws" (the insertion
+    test named cues, and the features with no gold alignment carry at least half, beyond their null), else
+    "undistinguishable", saying where the gain sits. Features with no gold alignment beyond its null are not shown
+    to be flaws (a sparse feature's test has little power): without a named cue they make no flaw claim."""
     total, split = gain["total"], gain["split"]
     cues = list(scan.get("cues") or [])
-    cue_feature_words = [w for f in features if f["class"] == "cue" for w in f["words"][:2]]
     placebo = gain.get("placebo_total")
     null = f"; the placebo RM's gain on the same completions: {placebo['mean']:+.3f}" if placebo else ""
     head = f"The policy's RM gain is {total['mean']:+.3f} a completion (sign-flip p = {total['p']:.3g}{null})"
 
-    def share(name: str) -> str:
-        part = split[name]
-        shown = "n/a" if part["share"] is None else f"{100 * part['share']:.0f}%"
-        return f"{shown} on {name} features (p = {part['p']:.3g})" if name != "error" else \
-            f"{shown} on the SAE's error term (p = {part['p']:.3g})"
+    def share(name: str, part: dict) -> str:
+        shown = "n/a" if part.get("share") is None else f"{100 * part['share']:.0f}%"
+        return f"{shown} on {name} (p = {part['p']:.3g})"
 
-    shares = "; ".join(share(n) for n in ("gold", "cue", "anti-gold", "other", "error"))
+    not_gold = gain.get("not_gold") or {"mean": 0.0, "p": 1.0, "share": None}
+    shares = "; ".join([share("gold-aligned features", split["gold"]),
+                        share("features with no gold alignment beyond its null", not_gold),
+                        share("anti-gold features", split["anti-gold"]), share("the SAE's error term", split["error"])])
+    top = [f for f in features if f["class"] in ("cue", "other")][:3]
+    where = ", ".join(f"#{f['feature']} ({', '.join(repr(w) for w in f['words'][:3]) or 'no word'})" for f in top)
     if total["p"] > level or total["mean"] <= 0:
         return {"kind": "undistinguishable", "cues": cues,
                 "text": f"{head}: not beyond its null, so there is no gain to split ({shares})."}
-    gold_part, cue_part = split["gold"], split["cue"]
-    gold_share, cue_share = gold_part["share"] or 0.0, cue_part["share"] or 0.0
-    if gold_part["p"] <= level and gold_share >= 0.5:
+    gold_part = split["gold"]
+    if gold_part["p"] <= level and (gold_part["share"] or 0.0) >= 0.5:
         return {"kind": "gold", "cues": cues, "text": f"{head}: mostly the gold ({shares})."}
-    if (cue_part["p"] <= level and cue_share >= 0.5) or (cues and cue_part["p"] <= level and cue_share > gold_share):
-        named = cues or cue_feature_words
-        what = ", ".join(repr(w) for w in named[:5]) if named else "cue features no word names"
-        return {"kind": "flaws", "cues": cues, "text": f"{head}: mostly RM flaws: {what} ({shares})."}
+    if cues and not_gold["p"] <= level and (not_gold["share"] or 0.0) >= 0.5:
+        named = ", ".join(repr(w) for w in cues[:5])
+        return {"kind": "flaws", "cues": cues, "text": f"{head}: mostly RM flaws: the RM pays for {named}, which the "
+                f"gold does not ({shares}; the largest such features: {where})."}
+    no_cue = "; the insertion test named no cue" if not cues else ""
     return {"kind": "undistinguishable", "cues": cues,
-            "text": f"{head}: neither mostly the gold nor mostly RM flaws by these tests ({shares})."}
+            "text": f"{head}: neither shown to be mostly the gold nor mostly RM flaws ({shares}"
+                    f"{'; the largest features without gold alignment: ' + where if where else ''}{no_cue})."}
