@@ -130,7 +130,9 @@ def _cue_parts(section: dict) -> list[Part]:
 def _spearman_text(name: str, value: dict | None) -> str:
     if not value:
         return f"{name}: none (the gold has no word table)"
-    return (f"{name}: \u03c1 = {_num(_float(value.get('rho')))} (p = {_num(_float(value.get('p')))}, "
+    p = _float(value.get("p"))
+    shown_p = "p < 1e-10" if p is not None and p < 1e-10 else f"p = {_num(p)}"
+    return (f"{name}: \u03c1 = {_num(_float(value.get('rho')))} ({shown_p}, "
             f"{_num(value.get('n'))} words)")
 
 
