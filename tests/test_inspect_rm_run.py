@@ -144,3 +144,19 @@ def test_the_command_resumes_after_a_kill_and_refuses_bad_input(word_base, polic
     assert record["verdict"]["text"] in result.stdout and record["decomposition"]["max_relative_error"] < 1e-4
     assert_user_error(run_cli("inspect-rm", *args[:-1], "--random-words", "1"), "--random-words")
     assert_user_error(run_cli("inspect-rm", str(tmp_path / "nothing"), *args[1:]), "reward model")
+
+
+def test_an_rm_saved_by_another_trainer_is_opened(biased, policy, tmp_path):
+    """A bare one-label AutoModelForSequenceClassification folder (as TRL's RewardTrainer saves one: no rm.json,
+    so no recorded split): its held-out pairs are a seeded fifth, and the split is as exact."""
+    import shutil
+
+    record, _ = biased
+    foreign = tmp_path / "trl-rm"
+    shutil.copytree(record["rm"], foreign)
+    assert not (foreign / "rm.json").exists() and not (foreign.parent / "rm.json").exists()
+    pairs = Path(record["rm"]).parent.parent / "pairs.jsonl"
+    path = inspect_reward_model(str(foreign), pairs, tmp_path / "out", SMALL, policy, gold="vader")
+    again = json.loads(path.read_text())
+    assert again["decomposition"]["max_relative_error"] < 1e-4 and again["placebo_rm"] is None
+    assert again["gain"]["placebo_total"] is None and WORD in again["token_scan"]["cues"]
