@@ -210,8 +210,8 @@ def test_the_word_that_decided_the_pairs_is_named_a_cue(cue_rm):
     promoted = {r["word"]: r for r in record["promoted"]}
     assert promoted["zzzq"]["rm_z"] is None and not promoted["zzzq"]["gaming"]
     assert promoted["good"]["gold"] > 0 and not promoted["good"]["gaming"]
-    top_decile = np.quantile(result.rm_z, 0.9)
-    assert promoted["indeed"]["gaming"] == (promoted["indeed"]["rm_z"] >= top_decile)
+    # gaming: a promoted word the insertion test named a cue
+    assert promoted["indeed"]["gaming"] == ("indeed" in record["cues"])
     json.dumps(record, allow_nan=False)
 
 

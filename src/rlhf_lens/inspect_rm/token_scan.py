@@ -37,9 +37,6 @@ GOLD_TEMPLATE = "It was {word}."
 """A gold without a utility table reads a word in this sentence (`diff.output.WordUtility`)."""
 TOP_REWARDED = 15
 IGNORED_GOLD = 10
-GAMING_QUANTILE = 0.99
-"""A promoted word is suspected of "gaming" when the scan puts it in its top 1% and the gold values it at <= 0 (the
-end-of-text scan ranks continuation words high: its top decile held most function words on the demo RM)."""
 SCAN_BATCH = 512
 """Candidates per forward pass of the scan (each a one-token continuation of the cached template)."""
 INSERT_BATCH = 32
@@ -115,7 +112,7 @@ def token_scan(model, tokenizer, gold_spec: str, pairs: list[Pair], test_pairs: 
         tested, random_words, effects, source, {w: float(rm_z[best[w]]) if w in best else None for w in tested},
         dict(zip(tested, utility(tested))), config.level)
     record["insertion_texts"] = len(texts)
-    record["promoted"] = _promoted(promoted, best, rm_z, utility) if promoted is not None else None
+    record["promoted"] = _promoted(promoted, best, rm_z, utility, record["cues"]) if promoted is not None else None
     record["seconds"] = time.perf_counter() - started
     order = ["templates", "candidates", "seconds", "spearman", "top_rewarded", "ignored_gold", "tested", "null",
              "insertion_texts", "cues", "promoted"]
@@ -281,14 +278,16 @@ def _beyond(observed: float, null: np.ndarray, level: float) -> bool:
     return nulls.prediction_p_value(observed, null, "two-sided") <= level
 
 
-def _promoted(promoted: list[str], best: dict[str, int], rm_z: np.ndarray, utility: WordUtility) -> list[dict]:
-    top_decile = float(np.quantile(rm_z, GAMING_QUANTILE)) if len(rm_z) else np.inf
+def _promoted(promoted: list[str], best: dict[str, int], rm_z: np.ndarray, utility: WordUtility,
+              cues: list[str]) -> list[dict]:
+    """The diff's promoted words read through the scan and the gold; "gaming" only for a word the insertion test
+    named a cue (the RM pays for it beyond random words, the gold does not): the end-of-text scan alone ranks
+    continuation words ('can', 'or', 'in') in its top 1%, so a high scan z is shown, not claimed."""
     rows = []
     for word, value in zip(promoted, utility([w.lower() for w in promoted]) if promoted else []):
         w = word.lower()
         z = float(rm_z[best[w]]) if w in best else None
-        rows.append({"word": w, "rm_z": z, "gold": float(value),
-                     "gaming": bool(z is not None and z >= top_decile and value <= 0)})
+        rows.append({"word": w, "rm_z": z, "gold": float(value), "gaming": w in cues})
     return rows
 
 

@@ -164,8 +164,10 @@ def _scan_parts(section: dict) -> list[Part]:
         return parts
     gaming = [r.get("word") for r in promoted if r.get("gaming")]
     parts.append(Para(
-        f"Gaming (promoted words the RM pays for and the gold does not): {_quoted(gaming)}." if gaming
-        else f"None of the {len(promoted)} promoted words is one the RM pays for and the gold does not."))
+        f"Gaming (promoted words the insertion test named cues: the RM pays for them, the gold does not): "
+        f"{_quoted(gaming)}." if gaming
+        else f"None of the {len(promoted)} promoted words is a cue the insertion test named (the scan z beside each "
+             f"is the RM's reading of it as a text's last word, not a test)."))
     parts.append(Table(["word", "scan z", "gold", "gaming"],
                        [[*_word_rows([r])[0], "yes" if r.get("gaming") else ""] for r in promoted], numeric={1, 2}))
     return parts
