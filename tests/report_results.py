@@ -253,6 +253,8 @@ def make_inspect_rm(cue: bool = True) -> dict:
         "decomposition": {"texts": 1024, "max_relative_error": 3.1e-6, "bias": 0.12, "b_dec_term": -0.35},
         "features": features,
         "error": {"gain": {"mean": 0.04, "se": 0.02}, "margin": {"mean": 0.03, "se": 0.02}},
+        "named": {"gold_aligned": 9, "margin": 8, "on_nulls": {"shuffles": 20, "gold_aligned": {"mean": 0.75, "max": 4},
+                                                               "margin": {"mean": 0.0, "max": 0}}},
         "gain": {"prompts": 64, "total": {"mean": 0.84, "se": 0.05, "p": 0.001},
                  "placebo_total": {"mean": 0.02, "se": 0.04, "p": 0.61},
                  "split": {"gold": stat(0.52, 0.04, 0.001, 0.62), "anti-gold": stat(-0.03, 0.02, 0.2, -0.036),

@@ -64,6 +64,7 @@ def test_the_section_follows_what_tuning_changed_and_names_the_cue(tmp_path):
     assert "ρ = 0.38 (p = 2.00e-09, 2,710 words)" in body and "ρ = 0.11 (p = 3.00e-06, 9,120 words)" in body
     assert "| wonderful | -0.4 | 3.4 |" in body
     assert "the RM pays for them, the gold does not): 'indeed'." in body
+    assert "named 9 features gold-aligned" in body and "named 0.75 and 0 on average" in body
     # the features with the SAE's error term as its own row, a card for the explained one only, the probe, exactness
     assert "| 17 | cue | +0.24 ± 0.03 | +0.31 ± 0.05 (q = 0.002) | 0.02 | 0.8 | indeed, truly |" in body
     assert "| SAE error | error | +0.04 ± 0.02 | +0.03 ± 0.02 |" in body

@@ -253,6 +253,22 @@ def _feature_rows(features: list[dict], error: dict | None) -> list[list[Any]]:
     return rows
 
 
+def _named_text(section: dict) -> str:
+    """How many features the two tests named, and how many they named on their nulls (the level, measured)."""
+    named = section.get("named")
+    if not isinstance(named, dict):
+        return ""
+    nulls = named.get("on_nulls") or {}
+    text = (f" The tests named {_num(named.get('gold_aligned'))} features gold-aligned and "
+            f"{_num(named.get('margin'))} paid on the margin")
+    if nulls.get("shuffles"):
+        text += (f"; on {_num(nulls['shuffles'])} runs with the gold shuffled over the texts and the pairs' sides "
+                 f"swapped at random they named {_num((nulls.get('gold_aligned') or {}).get('mean'))} and "
+                 f"{_num((nulls.get('margin') or {}).get('mean'))} on average (at most "
+                 f"{_num((nulls.get('gold_aligned') or {}).get('max'))} and {_num((nulls.get('margin') or {}).get('max'))})")
+    return text + "."
+
+
 def _feature_parts(section: dict) -> list[Part]:
     features = list(section.get("features") or [])
     error = section.get("error")
@@ -262,9 +278,11 @@ def _feature_parts(section: dict) -> list[Part]:
     parts += [Table(["feature", "class", "gain \u00b1 se", "margin \u00b1 se (q)", "gold alignment r", "q",
                      "fires on (scan words)"], _feature_rows(features, error), numeric={0, 2, 3, 4, 5}),
               Para("Top features by their contribution to the policy's gain (f_i \u00b7 w\u00b7d_i, tuned minus base "
-                   "completions); margin: their contribution to the chosen-minus-rejected score of the pairs (q: "
-                   "Benjamini-Hochberg); gold alignment: the correlation over texts of a feature's contribution with "
-                   "the gold, q against the shuffled gold.", note=True)]
+                   "completions); margin: their contribution to the chosen-minus-rejected score of the pairs (a t "
+                   "test, q: Benjamini-Hochberg over the features); gold alignment: the correlation over texts of a "
+                   "feature's contribution with the gold (Pearson's t test, q: Benjamini-Hochberg). Class: gold / "
+                   "anti-gold (aligned), cue (paid on the margin, not aligned), other." + _named_text(section),
+                   note=True)]
     explained = [f for f in features if f.get("explanation")]
     if explained:
         parts += [Heading("Feature cards", 4),
