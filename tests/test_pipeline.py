@@ -132,7 +132,8 @@ def _copy_run(src: Path, dst: Path, before: str | None = None) -> Path:
     """
     later = set(STAGES[STAGES.index(before):]) if before else set()
     outputs = {"saes": {"saes"}, "mmcs": {"mmcs.json"}, "decompose": {"decompose"}, "features": {"features"},
-               "scores": {"utility.json"}, "report": {"results.json", "report.html", "summary.md"}}
+               "scores": {"utility.json"}, "inspect_rm": {"inspect_rm"},
+               "report": {"results.json", "report.html", "summary.md"}}
     assert later <= set(outputs), "only stages from saes on can be dropped"
 
     def ignore(folder: str, names: list[str]) -> set[str]:

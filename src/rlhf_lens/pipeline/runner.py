@@ -108,7 +108,11 @@ def stage_config(config: RunConfig, stage: str) -> list:
 
 
 def stage_reads(config: RunConfig, stage: str) -> list[str]:
-    """The stages `stage` reads from under `config` (`STAGE_READS` with LAYERS resolved)."""
+    """The stages `stage` reads from under `config` (`STAGE_READS` with LAYERS resolved). inspect_rm reads none when
+    it is off, so a change it would read (diff.alphas) does not rerun it to record that it did nothing (pairs and
+    rm keep their reads: their keys were recorded so)."""
+    if stage == "inspect_rm" and stage_off(config, stage):
+        return []
     return [layers_stage(config) if read == LAYERS else read for read in STAGE_READS[stage]]
 
 
