@@ -628,7 +628,8 @@ def _changed_keys(*overrides: str, base: tuple[str, ...] = ()) -> set[str]:
 
 
 def test_a_stage_key_follows_the_stages_it_reads_not_every_stage_before_it():
-    after = lambda stage: set(STAGES[STAGES.index(stage):])  # noqa: E731
+    # inspect_rm is off in the tiny preset (no RM) and then reads nothing: no change reaches its key
+    after = lambda stage: set(STAGES[STAGES.index(stage):]) - {"inspect_rm"}  # noqa: E731
     assert _changed_keys("diff.alphas=[0.0, 1.0]") == {"diff", "report"}
     assert _changed_keys("sae.lr=0.002") == after("saes")  # the diff (before it) is kept
     assert _changed_keys("harvest.max_docs=60") == after("harvest")
