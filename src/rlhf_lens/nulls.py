@@ -27,6 +27,13 @@ MAX_EXACT_UNITS = 16
 """Up to this many units every sign pattern is enumerated (2^16 = 65,536); above it, seeded Monte Carlo."""
 
 
+def mean_se(values: Sequence[float] | np.ndarray) -> dict:
+    """Mean and standard error (sample std, ddof 1, / sqrt(n)) of per-unit values; se 0 for one value."""
+    array = np.asarray(values, dtype=float)
+    se = float(array.std(ddof=1) / np.sqrt(len(array))) if len(array) > 1 else 0.0
+    return {"mean": float(array.mean()), "se": se}
+
+
 def p_floor(n_null: int) -> float:
     """The smallest rank p-value n null draws can give."""
     return 1.0 / (n_null + 1)

@@ -3,9 +3,11 @@ line every few seconds otherwise (output to a log file), so no step that takes m
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -39,6 +41,17 @@ def progress_bar() -> Progress:
         TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=quiet, transient=False,
     )
+
+
+@contextlib.contextmanager
+def progress_advance(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """advance(k) for a progress bar titled `description` over `total` items; a no-op when `description` is empty."""
+    if not description:
+        yield lambda k: None
+        return
+    with progress_bar() as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda k: bar.update(task, advance=k)
 
 
 def line_interval() -> float:

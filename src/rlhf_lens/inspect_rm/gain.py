@@ -14,10 +14,8 @@ from .features import CLASSES
 def paired(differences: np.ndarray, seed: int = 0) -> dict:
     """{mean, se, p}: a per-prompt difference's mean, standard error and two-sided sign-flip p."""
     d = np.asarray(differences, dtype=np.float64)
-    n = len(d)
-    return {"mean": float(d.mean()) if n else 0.0,
-            "se": float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0,
-            "p": nulls.paired_p_value(d, side="two-sided", seed=seed)}
+    stats = nulls.mean_se(d) if len(d) else {"mean": 0.0, "se": 0.0}
+    return {**stats, "p": nulls.paired_p_value(d, side="two-sided", seed=seed)}
 
 
 def gain_split(tuned: np.ndarray, base: np.ndarray, tuned_error: np.ndarray, base_error: np.ndarray,

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..nulls import mean_se
 from ..rules import Namer, field_name
 from .config import InspectRMConfig, check_config
 
@@ -141,7 +142,7 @@ def inspect_reward_model(rm: str, pairs: str | Path, out: str | Path, config: In
         cards = explain_top(store, model.config.num_hidden_layers, sae, top[:config.explain], tokenizer, interp,
                             examples, gold, staging / "features.jsonl", device)
         lap("explanations")
-        features = [feature_row(i, gain_mean=per_feature[i], gain_se=_se(contributions, tuned_rows, base_rows, i),
+        features = [feature_row(i, gain=mean_se(contributions[tuned_rows, i] - contributions[base_rows, i]),
                                 margins=margins, alignment=alignment, cls=classes[i], words=words.get(i, []),
                                 card=cards.get(i)) for i in top]
         probe = None
@@ -160,7 +161,7 @@ def inspect_reward_model(rm: str, pairs: str | Path, out: str | Path, config: In
                               "b_dec_term": parts.constant - head_bias(head)},
             "features": features,
             "error": {"gain": {"mean": gain["split"]["error"]["mean"], "se": gain["split"]["error"]["se"]},
-                      "margin": _mean_se(error[0:2 * n_pairs:2] - error[1:2 * n_pairs:2])},
+                      "margin": mean_se(error[0:2 * n_pairs:2] - error[1:2 * n_pairs:2])},
             "class_counts": {c: classes.count(c) for c in ("gold", "anti-gold", "cue", "other")},
             "named": {"gold_aligned": int((alignment["q"] <= config.level).sum()),
                       "margin": int(((margins["q"] <= config.level) & (margins["mean"] > 0)).sum()),
@@ -283,21 +284,10 @@ def explain_top(store_path: Path, layer: int, sae, features: list[int], tokenize
     return {int(r["feature"]): r for r in records}
 
 
-def _se(contributions: np.ndarray, tuned_rows: slice, base_rows: slice, i: int) -> float:
-    d = contributions[tuned_rows, i] - contributions[base_rows, i]
-    return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
-
-
-def _mean_se(values: np.ndarray) -> dict:
-    n = len(values)
-    return {"mean": float(values.mean()) if n else 0.0,
-            "se": float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0}
-
-
-def feature_row(i: int, *, gain_mean: float, gain_se: float, margins: dict, alignment: dict, cls: str,
+def feature_row(i: int, *, gain: dict, margins: dict, alignment: dict, cls: str,
                 words: list[str], card: dict | None) -> dict:
     """One row of inspect_rm.json's features."""
-    return {"feature": i, "gain": {"mean": float(gain_mean), "se": gain_se},
+    return {"feature": i, "gain": gain,
             "margin": {"mean": float(margins["mean"][i]), "se": float(margins["se"][i]), "q": float(margins["q"][i])},
             "gold_alignment": {"r": float(alignment["r"][i]), "p": float(alignment["p"][i]),
                                "q": float(alignment["q"][i])},

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from ..rm.model import backbone, encode, last_token_index, progress_advance
+from ..progress import progress_advance
+from ..rm.model import backbone, encode, last_token_index
 
 FINAL = "final"
 """What the stored rows are: the RM's final states (the store's one layer is the model's depth)."""

@@ -16,8 +16,7 @@ from __future__ import annotations
 import copy
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,8 +26,10 @@ from .. import nulls
 from ..diff.output import Vocabulary, WordUtility, vocabulary
 from ..errors import UserError
 from ..models import kwarg_names
+from ..nulls import mean_se
 from ..preferences.cues import cue_variants
 from ..preferences.pairs import Pair
+from ..progress import progress_advance
 from ..rewards import load_reward, words
 from ..rm.model import backbone, score_head, scores
 from .config import InspectRMConfig, check_config
@@ -68,7 +69,7 @@ def token_scan(model, tokenizer, gold_spec: str, pairs: list[Pair], test_pairs: 
     vocab = vocabulary(tokenizer, model.config.vocab_size, whole_words=True)
 
     per_template, states = [], None
-    with _bar(progress, "token scan: candidates", len(template_ids) * len(vocab.ids)) as advance:
+    with progress_advance("token scan: candidates" if progress else "", len(template_ids) * len(vocab.ids)) as advance:
         for ids in template_ids:
             values, hidden = scan_scores(model, ids, vocab.ids, advance=advance)
             per_template.append(_z(values))
@@ -256,12 +257,12 @@ def _test_words(tested: list[str], random_words: list[str], effects: Effects, so
     rows = []
     for w, p_w, q_w in zip(tested, p, p_holm):
         change = effects.rm[w]
+        effect = mean_se(change)
         gold_effect = float(effects.gold[w].mean())
         gold_beyond = _beyond(gold_effect, gold_null, level)
         rows.append({"word": w, "source": source[w], "rm_z": rm_z[w], "gold": float(gold[w]),
-                     "effect": float(change.mean()),
-                     "effect_se": float(change.std(ddof=1) / np.sqrt(len(change))) if len(change) > 1 else 0.0,
-                     "z": (float(change.mean()) - mean) / std if std > 0 else 0.0,
+                     "effect": effect["mean"], "effect_se": effect["se"],
+                     "z": (effect["mean"] - mean) / std if std > 0 else 0.0,
                      "p": float(p_w), "p_holm": float(q_w), "gold_effect": gold_effect,
                      "placebo_effect": float(effects.placebo[w].mean()) if effects.placebo is not None else None,
                      "cue": bool(q_w <= level and not gold_beyond)})
@@ -313,13 +314,3 @@ def _word_row(word: str, z: float, gold: float) -> dict:
     return {"word": word, "rm_z": z, "gold": gold}
 
 
-@contextmanager
-def _bar(show: bool, description: str, total: int) -> Iterator[Callable[[int], None]]:
-    if not show:
-        yield lambda k: None
-        return
-    from ..progress import progress_bar
-
-    with progress_bar() as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda k: bar.update(task, advance=k)

@@ -169,6 +169,22 @@ _COLORS = {"base": "#1f77b4", "tuned": "#d62728", "control": "#7f7f7f", "tuned-v
 _EXTRA_COLORS = ("#2ca02c", "#8c564b", "#e377c2", "#17becf", "#ff7f0e")
 
 
+def _signed(x: Any) -> str:
+    """A number with its sign ("+0.65", "-0.1"; "-" when missing)."""
+    value = _float(x)
+    if value is None:
+        return "-"
+    return ("+" if value >= 0 else "") + _num(value)
+
+
+def _mean_se(value: dict | None, signed: bool = False) -> str:
+    """`mean ± se` of a {mean, se} object (`signed`: the mean with its sign; "-" for none)."""
+    if not value:
+        return "-"
+    mean = _signed(value.get("mean")) if signed else _num(_float(value.get("mean")))
+    return f"{mean} \u00b1 {_num(_float(value.get('se')))}"
+
+
 def _pct(x: Any) -> str:
     value = _float(x)
     return "-" if value is None else f"{100 * value:.1f}%"

@@ -4,16 +4,9 @@ along the tune against sqrt(KL), Gao et al.'s fit, the overoptimisation point an
 
 from __future__ import annotations
 
-from .format import _float, _num, _pct
+from .format import _float, _mean_se, _pct
 from .plots import _img, _png_uri
 from .tables import Figure, Heading, Para, Part, Table
-
-
-def _mean_se(value) -> str:
-    """`mean ± se` of a {mean, se} object ("-" for none)."""
-    if not value:
-        return "-"
-    return f"{_num(_float(value.get('mean')))} \u00b1 {_num(_float(value.get('se')))}"
 
 
 def gold_parts(results: dict) -> list[Part]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .format import _esc, _float, _num, _pct
+from .format import _esc, _float, _mean_se, _num, _pct, _signed
 from .tables import Figure, Heading, Para, Part, Table, explanation_cell, not_run_html, parts_html, parts_markdown
 
 CLASSES = ("gold", "anti-gold", "cue", "other", "error")
@@ -22,22 +22,6 @@ VERDICT_KINDS = {"gold": "the RM rewards what the gold rewards",
 
 _BAR_WIDTH = 760  # px of the gain bar's full span
 _BAR_HEIGHT = 30
-
-
-def _signed(x: Any) -> str:
-    """A number with its sign ("+0.65", "-0.1"; "-" when missing)."""
-    value = _float(x)
-    if value is None:
-        return "-"
-    return ("+" if value >= 0 else "") + _num(value)
-
-
-def _mean_se(value: dict | None, signed: bool = True) -> str:
-    """`+mean ± se` of a {mean, se} object ("-" for none)."""
-    if not value:
-        return "-"
-    mean = _signed(value.get("mean")) if signed else _num(_float(value.get("mean")))
-    return f"{mean} \u00b1 {_num(_float(value.get('se')))}"
 
 
 def _quoted(words: list[Any]) -> str:
@@ -228,11 +212,11 @@ def _gain_parts(section: dict) -> list[Part]:
     shares = "; ".join(f"{name} {_pct(part.get('share'))} ({_signed(part.get('mean'))}, p = {_num(_float(part.get('p')))})"
                        for name, part in _split_parts(split))
     placebo = gain.get("placebo_total")
-    placebo_text = (f"The placebo RM's gain on the same completions: {_mean_se(placebo)} (p = "
+    placebo_text = (f"The placebo RM's gain on the same completions: {_mean_se(placebo, signed=True)} (p = "
                     f"{_num(_float(placebo.get('p')))})." if placebo
                     else "The placebo RM's gain: not run (no placebo RM: rm.placebo was off).")
     parts += [Para(f"The tuned policy's RM gain over the base on {_num(gain.get('prompts'))} held-out prompts: "
-                   f"{_mean_se(total)} (p = {_num(_float(total.get('p')))}). Its shares: {shares}. {placebo_text}"),
+                   f"{_mean_se(total, signed=True)} (p = {_num(_float(total.get('p')))}). Its shares: {shares}. {placebo_text}"),
               Figure(_bar_html(split)),
               Para("Each part: the summed contributions of the features of that class (the SAE's error term apart) to "
                    "the tuned-minus-base score, as a share of the total; p of each part against no change over the "
@@ -244,11 +228,11 @@ def _feature_rows(features: list[dict], error: dict | None) -> list[list[Any]]:
     rows = []
     for f in features:
         margin, align = f.get("margin") or {}, f.get("gold_alignment") or {}
-        rows.append([f.get("feature"), f.get("class"), _mean_se(f.get("gain")),
-                     f"{_mean_se(margin)} (q = {_num(_float(margin.get('q')))})",
+        rows.append([f.get("feature"), f.get("class"), _mean_se(f.get("gain"), signed=True),
+                     f"{_mean_se(margin, signed=True)} (q = {_num(_float(margin.get('q')))})",
                      _float(align.get("r")), _float(align.get("q")), ", ".join(map(str, f.get("words") or [])) or "-"])
     if error:
-        rows.append(["SAE error", "error", _mean_se(error.get("gain")), _mean_se(error.get("margin")), None, None,
+        rows.append(["SAE error", "error", _mean_se(error.get("gain"), signed=True), _mean_se(error.get("margin"), signed=True), None, None,
                      "(what the SAE does not reconstruct)"])
     return rows
 

@@ -13,6 +13,7 @@ from .format import (
     NOT_RUN,
     _float,
     _layer,
+    _mean_se,
     _mean_std,
     _metric_text,
     _model_key,
@@ -32,7 +33,7 @@ from .format import (
     tuned_elsewhere,
     utility_control_highest,
 )
-from .gold import _mean_se, gold_parts
+from .gold import gold_parts
 from .headline import headline_parts
 from .inspect_rm import inspect_rm_markdown
 from .reward_model import reward_model_markdown

@@ -17,17 +17,11 @@ import numpy as np
 import torch
 
 from ..io import write_text
+from ..nulls import mean_se
 from .config import PPOConfig
 from .rollouts import _generator, _score, _seed, decode_rollouts, response_forward, sample, token_logprobs
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-
-
-def mean_se(values: list[float]) -> dict:
-    """Mean and standard error (sample std, ddof 1, / sqrt(n)) of per-prompt values."""
-    array = np.asarray(values, dtype=float)
-    se = float(array.std(ddof=1) / np.sqrt(len(array))) if len(array) > 1 else 0.0
-    return {"mean": float(array.mean()), "se": se}
 
 
 def evaluate_reward(model, tokenizer, reward, prompts: list[list[int]], config: PPOConfig, gold=None,

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import UserError, first_line
 from ..models import SMOLLM2, quiet_transformers, resolve_device, smollm2_path, torch_dtype
+from ..progress import progress_advance
 
 
 def load_reward_model(spec: str, device: str = "cpu", dtype: str = "float32"):
@@ -150,16 +151,3 @@ def tail_scores(model, inputs: list[torch.Tensor], pad_token_id: int) -> torch.T
     hidden = backbone(model)(inputs_embeds=states, attention_mask=mask, use_cache=False).last_hidden_state
     last = hidden[torch.arange(len(inputs), device=device), (lengths - 1).to(device)]
     return score_head(model)(last)[:, 0].float()
-
-
-@contextlib.contextmanager
-def progress_advance(description: str, total: int) -> Iterator:
-    """advance(k) for a progress bar titled `description`; a no-op without one."""
-    if not description:
-        yield lambda k: None
-        return
-    from ..progress import progress_bar
-
-    with progress_bar() as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda k: bar.update(task, advance=k)
