@@ -75,20 +75,25 @@ def tiny_model_dir(tmp_path_factory, corpus_file) -> Path:
     return save_model(model, tok, tmp_path_factory.mktemp("models") / "tiny-neox")
 
 
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory, tiny_model_dir) -> Path:
-    """A 3-block Llama-family model from a config, with the tiny tokenizer."""
+def llama_like(tokenizer_dir: Path, out: Path) -> Path:
+    """A 3-block Llama-family model from a config (seeded), with the tokenizer saved in `tokenizer_dir`."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    from rlhf_lens.models import save_model
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(1)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
-    from rlhf_lens.models import save_model
+    return save_model(LlamaForCausalLM(config).eval(), tok, out)
 
-    return save_model(LlamaForCausalLM(config).eval(), tok, tmp_path_factory.mktemp("models") / "tiny-llama")
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """A 3-block Llama-family model from a config, with the tiny tokenizer."""
+    return llama_like(tiny_model_dir, tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:

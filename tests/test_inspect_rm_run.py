@@ -79,20 +79,22 @@ def _rm(base, tmp_path_factory, biased: bool):
     return folder / "rm", pairs
 
 
-@pytest.fixture(scope="module")
-def biased(word_base, tmp_path_factory, policy):
-    rm, pairs = _rm(word_base, tmp_path_factory, biased=True)
-    out = tmp_path_factory.mktemp("inspect-biased") / "out"
+def _inspected(word_base, tmp_path_factory, policy, biased: bool) -> tuple[dict, Path]:
+    """(inspect_rm.json, its folder) of the RM trained on pairs decided by the planted word (`biased`) or the gold."""
+    rm, pairs = _rm(word_base, tmp_path_factory, biased=biased)
+    out = tmp_path_factory.mktemp("inspect-biased" if biased else "inspect-gold") / "out"
     path = inspect_reward_model(str(rm), pairs, out, SMALL, policy, gold="vader", placebo_rm=str(rm / "placebo"))
     return json.loads(path.read_text()), out
+
+
+@pytest.fixture(scope="module")
+def biased(word_base, tmp_path_factory, policy):
+    return _inspected(word_base, tmp_path_factory, policy, biased=True)
 
 
 @pytest.fixture(scope="module")
 def unbiased(word_base, tmp_path_factory, policy):
-    rm, pairs = _rm(word_base, tmp_path_factory, biased=False)
-    out = tmp_path_factory.mktemp("inspect-gold") / "out"
-    path = inspect_reward_model(str(rm), pairs, out, SMALL, policy, gold="vader", placebo_rm=str(rm / "placebo"))
-    return json.loads(path.read_text()), out
+    return _inspected(word_base, tmp_path_factory, policy, biased=False)
 
 
 def test_the_planted_word_is_named_and_the_gain_rides_on_it(biased):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import WORDS_NEG, WORDS_NEUTRAL, WORDS_POS
+from conftest import WORDS_NEG, WORDS_NEUTRAL, WORDS_POS, llama_like
 from rlhf_lens.errors import UserError
 from rlhf_lens.inspect_rm import InspectRMConfig
 from rlhf_lens.inspect_rm.token_scan import (
@@ -116,17 +116,7 @@ def gold_rm(word_base, tmp_path_factory):
 @pytest.fixture(scope="module")
 def word_llama(word_base, tmp_path_factory) -> Path:
     """A 3-block Llama-family model from a config, with `word_base`'s tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from rlhf_lens.models import save_model
-
-    tokenizer = AutoTokenizer.from_pretrained(word_base)
-    torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=tokenizer.eos_token_id)
-    return save_model(LlamaForCausalLM(config).eval(), tokenizer, tmp_path_factory.mktemp("models") / "tiny-llama")
+    return llama_like(word_base, tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 @pytest.mark.parametrize("family", ["neox", "llama"])
