@@ -145,6 +145,13 @@ def test_the_command_resumes_after_a_kill_and_refuses_bad_input(word_base, polic
     record = json.loads((out / "inspect_rm.json").read_text())
     assert record["verdict"]["text"] in result.stdout and record["decomposition"]["max_relative_error"] < 1e-4
     assert_user_error(run_cli("inspect-rm", *args[:-1], "--random-words", "1"), "--random-words")
+    # a folder the tool did not write is refused before any work, its file untouched
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    at = args.index("--out") + 1
+    assert_user_error(run_cli("inspect-rm", *args[:at], str(mine), *args[at + 1:]), str(mine))
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep"
     assert_user_error(run_cli("inspect-rm", str(tmp_path / "nothing"), *args[1:]), "reward model")
 
 

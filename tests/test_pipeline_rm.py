@@ -96,6 +96,8 @@ def test_the_rm_stages_are_off_unless_the_run_trains_its_rm_and_their_settings_r
     (["reward.spec=rm", "gold.spec=vader", "rm.train=lora"], ("rm.train",)),
     (["preferences.bias=word:indeed", "preferences.rate=0.3"], ("preferences.bias", "reward.spec = rm")),
     (["gold.spec=rm"], ("gold.spec",)),
+    (["reward.spec=rm", "gold.spec=vader", "inspect_rm.random_words=1"], ("inspect_rm.random_words",)),
+    (["inspect_rm.k=4"], ("inspect_rm.k", "reward.spec = rm")),
     (["reward.spec=rm:/no/such/rm"], ("/no/such/rm",)),
 ])
 def test_bad_rm_settings_fail_before_any_work(tmp_path, sets, fragments):
