@@ -17,6 +17,17 @@ def check_explainer(spec: str, key: Namer = field_name) -> None:
               f"unknown {key('explainer')} {spec!r}; use offline, openai, or hf:MODEL (e.g. hf:smollm2)")])
 
 
+SCORERS = ("simulation", "detection", "fuzzing")
+"""How an explanation is scored (docs/interp.md): simulation (Pearson of simulated vs true activations, Bills et al.),
+detection and fuzzing (AUROC of a scorer model's P(yes), Paulo et al.)."""
+
+
+def check_scorer_model(spec: str, key: Namer = field_name) -> None:
+    require([(spec == "" or spec == "openai" or (spec.startswith("hf:") and spec[3:].strip() != ""),
+              f"unknown {key('scorer_model')} {spec!r}; use hf:MODEL (a local LM, e.g. hf:smollm2), openai "
+              "(interp.llm's server, which must return logprobs), or leave it empty for the default")])
+
+
 def check_aggregate(aggregate: str, key: Namer = field_name) -> None:
     require([(aggregate in AGGREGATES, f"unknown {key('aggregate')} {aggregate!r}; use {' or '.join(AGGREGATES)}")])
 
@@ -84,18 +95,62 @@ class InterpConfig:
     """Auto threshold (new_feature_threshold = 0): this quantile of the base seed-vs-seed max cosines, i.e.
     about this share of base features would count as new against the other base seeds."""
 
+    scorer: list[str] = field(default_factory=lambda: ["simulation"])
+    """How explanations are scored, one or several of: simulation (the explainer's simulator; Pearson of simulated vs
+    true activations, as the paper), detection (does a text contain what the explanation describes?) and fuzzing
+    (are the marked tokens the ones it describes?). Detection and fuzzing read the scorer model's P(yes) from its
+    log-probabilities and give an AUROC (0.5: chance). Every score comes with its null: the same examples scored
+    with another feature's explanation."""
+    scorer_model: str = ""
+    """The model detection and fuzzing ask: hf:MODEL (a local LM; P(yes) from its logits) or openai (interp.llm's
+    OpenAI-compatible server; P(yes) from its logprobs, which llama.cpp's and vLLM's servers return). Empty: the
+    explainer's own model when it is an LLM, else hf:smollm2 (SmolLM2-135M-Instruct, installed offline)."""
+    score_features: int = 0
+    """Detection and fuzzing score this many features per model, block and decomposition (the first ones explained,
+    i.e. by max cosine; the first SAE seed only in a run); 0: every explained feature. A 135M scorer on 2 CPU cores
+    takes about 0.1 s a prompt, and each feature costs 2 x (1 + null_explanations) x (examples) prompts."""
+    null_explanations: int = 1
+    """Other features' explanations each feature's examples are also scored with (the shuffled-explanation null)."""
+    reward_effect: bool = True
+    """Read each explained feature through the reward's utility table by what it does to the output: VocabProj
+    (its decoder row through the final norm and unembedding: the direct path) and TokenChange (the model steered
+    by its decoder row at the diff's coherent strength, the tokens it promotes), each against frequency-matched
+    random token sets (docs/interp.md)."""
+    output_top: int = 20
+    """Tokens listed per feature by VocabProj and TokenChange (and the size of each random set of their null)."""
+
     def check(self, key: Namer = field_name) -> None:
         require([number(self, "top_k", key, at_least=1)])
         check_explainer(self.explainer, key)
-        self.llm.check(nested(key, "llm"), api=self.explainer == "openai")
+        bad = [s for s in self.scorer if s not in SCORERS]
+        require([
+            (bool(self.scorer), f"{key('scorer')} is empty; name one or more of {', '.join(SCORERS)}"),
+            (not bad, f"unknown {key('scorer')} {bad[0] if bad else ''!r}; use one or more of {', '.join(SCORERS)}"),
+            (len(set(self.scorer)) == len(self.scorer), f"{key('scorer')} names a scorer twice"),
+            number(self, "score_features", key, at_least=0, note="0: all"),
+            number(self, "null_explanations", key, at_least=0),
+            number(self, "output_top", key, at_least=1),
+        ])
+        check_scorer_model(self.scorer_model, key)
+        asks_server = self.explainer == "openai" or (self.resolved_scorer_model() == "openai" and any(
+            s in self.scorer for s in ("detection", "fuzzing")))
+        self.llm.check(nested(key, "llm"), api=asks_server)
         require([
             number(self, "new_feature_threshold", key, at_least=0, at_most=1, note="0: auto"),
             number(self, "new_feature_quantile", key, above=0, below=1),
         ])
 
+    def resolved_scorer_model(self) -> str:
+        """interp.scorer_model, or its default: the explainer's model when it is an LLM, else hf:smollm2."""
+        if self.scorer_model:
+            return self.scorer_model
+        return self.explainer if self.explainer != "offline" else "hf:smollm2"
+
 
 @dataclass
 class ExampleConfig:
+    """The documents shown to an explainer and those its explanation is scored on (the run's [examples])."""
+
     n_top: int = 5
     """Top-activating documents shown to the explainer (paper: 5)."""
     n_holdout: int = 5
@@ -108,6 +163,13 @@ class ExampleConfig:
     """Seed for the random documents."""
     batch_size: int = 4096
     """Rows encoded by an SAE at once."""
+    n_activating: int = 5
+    """Activating documents per feature for detection and fuzzing, not among those shown to the explainer, sampled
+    across the feature's activation deciles (a seeded sample of every document it fires on)."""
+    n_silent: int = 5
+    """Documents where the feature is silent (its maximum is 0), for detection's negatives."""
+    context_tokens: int = 32
+    """Tokens of a document shown to detection and fuzzing: a window ending a few tokens after its peak."""
 
     def check(self, key: Namer = field_name) -> None:
         require([
@@ -117,6 +179,9 @@ class ExampleConfig:
             number(self, "max_tokens", key, at_least=1),
             seed(self, "seed", key),
             number(self, "batch_size", key, at_least=1),
+            number(self, "n_activating", key, at_least=1),
+            number(self, "n_silent", key, at_least=1),
+            number(self, "context_tokens", key, at_least=4),
             (self.n_holdout + self.n_random >= 1,
              f"{key('n_holdout')} + {key('n_random')} must be >= 1 (the simulation score needs held-out texts)"),
         ])
