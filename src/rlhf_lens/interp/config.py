@@ -163,10 +163,11 @@ class ExampleConfig:
     """Seed for the random documents."""
     batch_size: int = 4096
     """Rows encoded by an SAE at once."""
-    n_activating: int = 5
-    """Activating documents per feature for detection and fuzzing, not among those shown to the explainer, sampled
-    across the feature's activation deciles (a seeded sample of every document it fires on)."""
-    n_silent: int = 5
+    n_activating: int = 10
+    """Activating documents per feature for detection and fuzzing, none of them shown to the explainer: one from
+    each of this many equal-count bins of a seeded sample of the documents it fires on, ranked by their maximum
+    activation (10: one per decile)."""
+    n_silent: int = 10
     """Documents where the feature is silent (its maximum is 0), for detection's negatives."""
     context_tokens: int = 32
     """Tokens of a document shown to detection and fuzzing: a window ending a few tokens after its peak."""
