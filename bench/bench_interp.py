@@ -8,8 +8,12 @@
 2. The offline explainer: explain + simulate + score, per feature.
 3. With --smollm2: the hf explainer on SmolLM2-135M (CPU): seconds per explanation and per
    simulated record, and whether its simulation answers parse.
+4. With --yes-no (alone): P(yes) readings (interp/answers.py) of SmolLM2-135M on detection-like prompts of about
+   --prompt-tokens tokens (chat template included), uncached, at each of --batch-sizes: the load time, prompts/s
+   and tokens/s (the choice of answers.HF_BATCH).
 
 Usage: python bench/bench_interp.py [--small] [--smollm2] [--json]
+       python bench/bench_interp.py --yes-no [--batch-sizes 1,4,8,16,32] [--prompts 64] [--prompt-tokens 100]
 Timings on a shared machine are noisy.
 """
 
@@ -64,12 +68,55 @@ def bare_pass(store, saes: dict) -> float:
     return time.perf_counter() - start
 
 
+def yes_no_throughput(batch_sizes: list[int], n_prompts: int, prompt_tokens: int) -> dict:
+    """Load time, then prompts/s and tokens/s of uncached P(yes) readings of SmolLM2 per batch size."""
+    import random
+
+    from rlhf_lens.interp.answers import LocalYesNo
+
+    words = ("the movie film plot actor was is a and story scene it this director of with to in ending music "
+             "good great love wonderful excellent fun happy best bad terrible boring awful hate worst").split()
+    reader = LocalYesNo("smollm2", cache=False)
+    start = time.perf_counter()
+    reader.local.load()
+    figures: dict = {"load_s": round(time.perf_counter() - start, 1), "prompts": n_prompts}
+    template = len(reader.local.prompt_ids([{"role": "user", "content": ""}], 1))
+    rng = random.Random(0)
+    prompts = []
+    for _ in range(n_prompts):
+        # lengths vary by +-20% around the target, as real examples do
+        n_words = max(1, int((prompt_tokens - template - 12) * rng.uniform(0.8, 1.2)))
+        text = " ".join(rng.choice(words) for _ in range(n_words))
+        prompts.append([{"role": "user", "content": f"Does this text contain positive words? Text: {text}\n"
+                                                    "Answer yes or no."}])
+    tokens = sum(len(reader.local.prompt_ids(m, 1)) for m in prompts)
+    figures["mean_prompt_tokens"] = round(tokens / n_prompts, 1)
+    reader.batch_size = 4
+    reader.read(prompts[:8], lambda i, v: None)  # warm-up
+    for size in batch_sizes:
+        reader.batch_size = size
+        start = time.perf_counter()
+        reader.read(prompts, lambda i, v: None)
+        seconds = time.perf_counter() - start
+        figures[f"batch_{size}"] = {"prompts_per_s": round(n_prompts / seconds, 2),
+                                    "tokens_per_s": round(tokens / seconds), "seconds": round(seconds, 2)}
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="A quick run (fewer documents).")
     parser.add_argument("--smollm2", action="store_true", help="Also time the hf explainer on SmolLM2-135M.")
     parser.add_argument("--json", action="store_true", help="Print the figures as JSON.")
+    parser.add_argument("--yes-no", action="store_true", help="Only time P(yes) readings of SmolLM2-135M.")
+    parser.add_argument("--batch-sizes", default="1,4,8,16,32", help="--yes-no: prompts per forward pass, tried.")
+    parser.add_argument("--prompts", type=int, default=64, help="--yes-no: prompts read per batch size.")
+    parser.add_argument("--prompt-tokens", type=int, default=100, help="--yes-no: about this many tokens a prompt.")
     args = parser.parse_args()
+    if args.yes_no:
+        figures = yes_no_throughput([int(b) for b in args.batch_sizes.split(",")], args.prompts, args.prompt_tokens)
+        print(json.dumps(figures, indent=2))
+        return
 
     from rlhf_lens.interp import ExampleConfig, collect_examples, get_explainer, simulation_score
     from rlhf_lens.models import train_tokenizer

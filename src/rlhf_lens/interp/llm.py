@@ -186,12 +186,20 @@ def is_local_host(host: str | None) -> bool:
 
 
 def openai_client(config: LLMConfig) -> ChatClient:
-    """A client for BASE_URL/chat/completions with retries and backoff.
+    """A client for BASE_URL/chat/completions with retries and backoff (`openai_post`), answering the text."""
+    post, url = openai_post(config), config.base_url.rstrip("/") + "/chat/completions"
+    params = {"temperature": config.temperature, "max_tokens": config.max_tokens}
+    return ChatClient(f"openai:{config.model}", lambda messages, p: _content(post(messages, p), url), params,
+                      config.concurrency, AnswerCache() if config.cache else None)
+
+
+def openai_post(config: LLMConfig, what: str = "explainer API") -> Callable[[Messages, dict], dict]:
+    """`post(messages, params)`: the parsed JSON answer of BASE_URL/chat/completions, with retries and backoff.
 
     Connecting and answering have separate timeouts: a server that does not accept the
     connection within `connect_timeout` fails at once (no retries), so an unreachable
     --base-url is an error within seconds; a slow answer is retried after `timeout`.
-    An API key is sent only over https, or over http to this machine.
+    An API key is sent only over https, or over http to this machine. `what` names the server in errors.
     """
     config.check()
     url = config.base_url.rstrip("/") + "/chat/completions"
@@ -209,7 +217,7 @@ def openai_client(config: LLMConfig) -> ChatClient:
     opener = urllib.request.build_opener(_HTTPHandler(config.connect_timeout), _HTTPSHandler(config.connect_timeout))
     where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
-    def send(messages: Messages, params: dict) -> str:
+    def post(messages: Messages, params: dict) -> dict:
         body = json.dumps({"model": config.model, "messages": messages, **params}).encode("utf-8")
         headers = {"Content-Type": "application/json"}
         if key:
@@ -222,11 +230,11 @@ def openai_client(config: LLMConfig) -> ChatClient:
             request = urllib.request.Request(url, data=body, headers=headers, method="POST")
             try:
                 with opener.open(request, timeout=config.timeout) as response:
-                    return _content(response.read(), url)
+                    return _json_body(response.read(), url)
             except urllib.error.HTTPError as e:
                 detail = _error_detail(e)
                 if e.code not in RETRY_STATUS:
-                    raise UserError(f"the explainer API at {url} answered HTTP {e.code} ({detail}); check "
+                    raise UserError(f"the {what} at {url} answered HTTP {e.code} ({detail}); check "
                                     f"{OPTIONS_HINT} and ${config.api_key_env}") from None
                 last = f"HTTP {e.code}"
                 retry_after = e.headers.get("Retry-After") if e.headers else None
@@ -236,7 +244,7 @@ def openai_client(config: LLMConfig) -> ChatClient:
                 last = f"no answer within {config.timeout:g} s"
             except urllib.error.URLError as e:
                 if isinstance(e.reason, _ConnectFailed):
-                    raise UserError(f"cannot connect to the explainer API at {where} ({e.reason}); check "
+                    raise UserError(f"cannot connect to the {what} at {where} ({e.reason}); check "
                                     f"--base-url (interp.llm.base_url in a run config) and that the server is "
                                     f"up{kept}") from None
                 last = f"{e.reason}" if not isinstance(e.reason, TimeoutError) else "timed out"
@@ -245,9 +253,7 @@ def openai_client(config: LLMConfig) -> ChatClient:
         raise UserError(f"could not get an answer from {url} after {config.retries + 1} tries ({last}); check "
                         f"--base-url (interp.llm.base_url in a run config) and that the server is up{kept}")
 
-    params = {"temperature": config.temperature, "max_tokens": config.max_tokens}
-    return ChatClient(f"openai:{config.model}", send, params, config.concurrency,
-                      AnswerCache(folder) if folder else None)
+    return post
 
 
 def _delay(backoff: float, attempt: int, last: str) -> float:
@@ -256,10 +262,18 @@ def _delay(backoff: float, attempt: int, last: str) -> float:
     return backoff * 2 ** (attempt - 1)
 
 
-def _content(raw: bytes, url: str) -> str:
+def _json_body(raw: bytes, url: str) -> dict:
     try:
-        content = json.loads(raw.decode("utf-8"))["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
+        return dict(json.loads(raw.decode("utf-8")))
+    except (ValueError, TypeError):
+        raise UserError(f"{url} did not answer with a JSON object like an OpenAI chat completion; check "
+                        f"{OPTIONS_HINT}") from None
+
+
+def _content(body: dict, url: str) -> str:
+    try:
+        content = body["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
         raise UserError(f"{url} did not answer like an OpenAI chat completion (no choices[0].message.content); "
                         f"check {OPTIONS_HINT}") from None
     if not isinstance(content, str):
