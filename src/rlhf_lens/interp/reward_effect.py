@@ -121,11 +121,13 @@ def token_change(model: nn.Module, prompts: list[list[int]], layer: int, directi
     share, norms, kls = torch.zeros(len(units), vocab_size), torch.zeros(len(units)), torch.zeros(len(units))
     live = (lengths > 0).nonzero()[:, 0]
     per_call = max(1, steering.MAX_ROWS // max(len(prompts), 1))
+    begin = start_norm or 1.0
     for start in range(0, len(live), per_call):  # chunks of one forward call each: early stops, progress
         idx = live[start:start + per_call]
         if target_kl > 0:
-            norm, _, _ = steering.match_norms(model, prompts, layer, units[idx], target_kl, start_norm or 1.0, steps,
-                                              tolerance)
+            norm, _, _ = steering.match_norms(model, prompts, layer, units[idx], target_kl, begin, steps, tolerance)
+            # the next chunk starts where this one ended: directions of a block need norms of one scale
+            begin = float(norm.median())
             vectors = units[idx] * norm[:, None].float()
             share[idx], kls[idx] = kl_shares(model, prompts, layer, vectors)
             norms[idx] = norm.float()
@@ -155,8 +157,8 @@ def _verdict(effect: float | None, q: float, claim: str | None, floor: float, le
         return f"pushes the output toward words the reward favours ({said})"
     if claim == "lowers":
         return f"pushes the output toward words the reward penalises ({said})"
-    if floor * n > level:
-        return (f"cannot be judged: {n} directions and a p floor of {floor:.2g} give q > level {level:g}; "
+    if floor > level:
+        return (f"cannot be judged: the p floor {floor:.2g} of the null sets is above level {level:g}; "
                 "raise diff.null_sets")
     return f"no reward effect beyond random token sets ({said})"
 
