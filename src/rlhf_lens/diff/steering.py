@@ -282,13 +282,13 @@ def kl_matched(model: nn.Module, prompts: list[list[int]], layer: int, target_kl
     units = draw(n)
     if n == 0 or target_kl <= 0:
         return units * 0.0, torch.zeros(n)
-    norm, kl, err = _match_norms(model, prompts, layer, units, target_kl, start_norm or 1.0, steps, tolerance)
+    norm, kl, err = match_norms(model, prompts, layer, units, target_kl, start_norm or 1.0, steps, tolerance)
     for _ in range(redraws):
         short = err > np.log1p(tolerance)
         if not bool(short.any()):
             break
         fresh = draw(int(short.sum()))
-        f_norm, f_kl, f_err = _match_norms(model, prompts, layer, fresh, target_kl, start_norm or 1.0, steps,
+        f_norm, f_kl, f_err = match_norms(model, prompts, layer, fresh, target_kl, start_norm or 1.0, steps,
                                            tolerance)
         closer = f_err < err[short]
         idx = short.nonzero()[:, 0][closer]
@@ -296,7 +296,7 @@ def kl_matched(model: nn.Module, prompts: list[list[int]], layer: int, target_kl
     return units * norm[:, None].float(), kl
 
 
-def _match_norms(model: nn.Module, prompts: list[list[int]], layer: int, units: torch.Tensor, target_kl: float,
+def match_norms(model: nn.Module, prompts: list[list[int]], layer: int, units: torch.Tensor, target_kl: float,
                  start_norm: float, steps: int, tolerance: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per unit direction: the norm found closest to the target KL, the KL there, and |log(KL / target)|."""
     n = len(units)
