@@ -243,6 +243,7 @@ def test_score_features_and_the_records_of_simulation_only(planted, tokenizer):
     records = run(planted, tokenizer, RIGHT, score_features=1)
     assert "detection" in records[0] and "fuzzing" in records[0]
     assert all("detection" not in r and "fuzzing" not in r for r in records[1:])
+    assert all("detection" not in r for r in run(planted, tokenizer, RIGHT, scored_saes=["other"]))
     plain = run(planted, tokenizer, RIGHT, scorers=("simulation",), null_explanations=0)
     assert all("simulation_null" not in r and "detection" not in r for r in plain)
     assert [r["score"] for r in plain] == [r["score"] for r in records]

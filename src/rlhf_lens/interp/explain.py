@@ -26,14 +26,16 @@ def explain_features(store, layer: int, saes: dict, features: dict[str, list[int
                      max_cosine: dict[str, dict[int, float]] | None = None,
                      table: dict[str, float] | None = None, aggregate: str = "mean",
                      scorers: Sequence[str] = ("simulation",), yes_no: YesNoModel | None = None,
-                     null_explanations: int = 1, score_features: int = 0) -> list[dict]:
+                     null_explanations: int = 1, score_features: int = 0,
+                     scored_saes: Sequence[str] | None = None) -> list[dict]:
     """Feature records (docs/interp.md) for every requested feature of every SAE at `layer` of `store`.
 
     `saes` maps a name (recorded as "sae") to a SparseAutoencoder, `features` the same names to
     feature indices, `max_cosine` optionally name -> feature -> MMCS max cosine. With `table`,
     the utility and reward-alignment fields are filled too. `scorers`: simulation (the explainer's
     simulator; "score"), detection and fuzzing (`yes_no`'s P(yes), for the first `score_features`
-    features of each SAE, 0: all); each also scored with `null_explanations` other features' explanations.
+    features of each SAE, 0: all; of the SAEs named in `scored_saes` only, when given); each also scored with
+    `null_explanations` other features' explanations (of any SAE of the call).
     """
     asked = check_scorers(scorers, yes_no, null_explanations, score_features)
     examples = collect_examples(store, layer, saes, features, tokenizer, config,
@@ -47,7 +49,7 @@ def explain_features(store, layer: int, saes: dict, features: dict[str, list[int
     simulated = explainer.simulate_many(
         [(text, [r.tokens for r in item.scoring()]) for text, item in zip(explanations, items)]) if simulate else None
     sim_null = simulation_null(explainer, items, explanations, nulls) if simulate and null_explanations else None
-    scored = _scored(items, features, score_features)
+    scored = _scored(items, features, score_features, scored_saes)
     labels = [{"sae": item.sae, "feature": item.feature} for item in items]
     by_scorer = score_explanations(asked, [items[i] for i in scored], explanations, [nulls[i] for i in scored],
                                    labels, yes_no, config.seed) if asked and scored else {}
@@ -95,13 +97,12 @@ def check_scorers(scorers: Sequence[str], yes_no: YesNoModel | None, null_explan
     return asked
 
 
-def _scored(items, features: dict[str, list[int]], score_features: int) -> list[int]:
+def _scored(items, features: dict[str, list[int]], score_features: int,
+            scored_saes: Sequence[str] | None = None) -> list[int]:
     """Positions in `items` of the features detection and fuzzing score: the first `score_features` requested
-    features of each SAE (0: all), in the order requested."""
-    if score_features <= 0:
-        return list(range(len(items)))
-    first = {name: set(list(dict.fromkeys(int(f) for f in feats))[:score_features])
-             for name, feats in features.items()}
+    features (0: all) of each SAE in `scored_saes` (None: every SAE)."""
+    first = {name: set(list(dict.fromkeys(int(f) for f in feats))[:score_features or None])
+             for name, feats in features.items() if scored_saes is None or name in scored_saes}
     return [i for i, item in enumerate(items) if item.feature in first.get(item.sae, set())]
 
 
