@@ -185,6 +185,18 @@ def test_the_null_is_other_features_explanations_never_the_own(planted, tokenize
         assert labels == record["fuzzing"]["null_explanations"]
 
 
+def test_a_feature_riding_along_leaves_the_others_records_as_they_were(planted, tokenizer):
+    """The features stage explains the tuned model's most novel features in the same pass as its top-k; with
+    null_from = the top-k, the top-k records (their nulls included) equal those of explaining them alone."""
+    store, _ = planted
+    alone = explain_features(store, 1, {"id": identity_sae(3)}, {"id": [0, 1]}, tokenizer, Given(RIGHT), CONFIG,
+                             scorers=("simulation", "detection"), yes_no=KnownAnswers())
+    along = explain_features(store, 1, {"id": identity_sae(3)}, {"id": [0, 1, 2]}, tokenizer, Given(RIGHT), CONFIG,
+                             scorers=("simulation", "detection"), yes_no=KnownAnswers(), null_from={"id": [0, 1]})
+    assert along[:2] == alone
+    assert along[2]["detection"]["null_explanations"][0]["feature"] in (0, 1)
+
+
 def test_the_activating_sample_spans_the_bins_and_skips_the_top_documents(planted, tokenizer):
     store, docs = planted
     item = collect_examples(store, 1, {"id": identity_sae(3)}, {"id": [0]}, tokenizer, CONFIG).features[("id", 0)]

@@ -27,7 +27,8 @@ def explain_features(store, layer: int, saes: dict, features: dict[str, list[int
                      table: dict[str, float] | None = None, aggregate: str = "mean",
                      scorers: Sequence[str] = ("simulation",), yes_no: YesNoModel | None = None,
                      null_explanations: int = 1, score_features: int = 0,
-                     scored_saes: Sequence[str] | None = None) -> list[dict]:
+                     scored_saes: Sequence[str] | None = None,
+                     null_from: dict[str, list[int]] | None = None) -> list[dict]:
     """Feature records (docs/interp.md) for every requested feature of every SAE at `layer` of `store`.
 
     `saes` maps a name (recorded as "sae") to a SparseAutoencoder, `features` the same names to
@@ -35,7 +36,8 @@ def explain_features(store, layer: int, saes: dict, features: dict[str, list[int
     the utility and reward-alignment fields are filled too. `scorers`: simulation (the explainer's
     simulator; "score"), detection and fuzzing (`yes_no`'s P(yes), for the first `score_features`
     features of each SAE, 0: all; of the SAEs named in `scored_saes` only, when given); each also scored with
-    `null_explanations` other features' explanations (of any SAE of the call).
+    `null_explanations` other features' explanations (of any SAE of the call, or of `null_from`'s features: those
+    whose records must not depend on the others asked for alongside).
     """
     asked = check_scorers(scorers, yes_no, null_explanations, score_features)
     examples = collect_examples(store, layer, saes, features, tokenizer, config,
@@ -44,7 +46,9 @@ def explain_features(store, layer: int, saes: dict, features: dict[str, list[int
     shown = [item.shown() for item in items]
     explanations = explainer.explain_many(
         [(str(item.feature), tokens, acts) for item, (tokens, acts) in zip(items, shown)], examples.corpus)
-    nulls = choose_null_explanations(explanations, null_explanations, config.seed)
+    nulls = choose_null_explanations(
+        explanations, null_explanations, config.seed, [(item.sae, item.feature) for item in items],
+        None if null_from is None else [item.feature in null_from.get(item.sae, ()) for item in items])
     simulate = "simulation" in scorers
     simulated = explainer.simulate_many(
         [(text, [r.tokens for r in item.scoring()]) for text, item in zip(explanations, items)]) if simulate else None

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -63,17 +64,24 @@ def auroc(positive: Sequence[float | None], negative: Sequence[float | None]) ->
     return float(u / (len(pos) * len(neg)))
 
 
-def choose_null_explanations(explanations: Sequence[str], count: int, seed: int = 0) -> list[list[int]]:
-    """Per feature, `count` indices of other features whose explanation text differs from its own (fewer when
-    there are not enough), drawn without replacement by a generator seeded per feature position."""
+def choose_null_explanations(explanations: Sequence[str], count: int, seed: int = 0,
+                             keys: Sequence[tuple[str, int]] | None = None,
+                             eligible: Sequence[bool] | None = None) -> list[list[int]]:
+    """Per feature, `count` indices of other features (among the `eligible` ones, default all) whose explanation
+    text differs from its own (fewer when there are not enough), drawn without replacement by a generator seeded
+    by `seed` and the feature's key (sae, feature) (default: its position), so a feature's null does not move
+    when features outside the eligible ones ride along in the same call."""
+    keys = list(keys) if keys is not None else [("", i) for i in range(len(explanations))]
+    eligible = list(eligible) if eligible is not None else [True] * len(explanations)
     out = []
     for i, own in enumerate(explanations):
-        others = [k for k, text in enumerate(explanations) if k != i and text != own]
+        others = [k for k, text in enumerate(explanations) if k != i and eligible[k] and text != own]
         if not others or count <= 0:
             out.append([])
             continue
-        picked = np.random.default_rng([seed, 0x5C0, i]).choice(len(others), size=min(count, len(others)),
-                                                                 replace=False)
+        sae, feature = keys[i]
+        rng = np.random.default_rng([seed, 0x5C0, zlib.crc32(str(sae).encode()), int(feature)])
+        picked = rng.choice(len(others), size=min(count, len(others)), replace=False)
         out.append([others[int(k)] for k in picked])
     return out
 
