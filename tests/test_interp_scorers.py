@@ -273,6 +273,7 @@ def test_auroc_is_mann_whitney_with_ties_half():
 def test_mark_wraps_the_marked_tokens_outside_their_spaces():
     assert mark([" the", " wonder", "ful", " film"], {1, 2}) == " the <<wonderful>> film"
     assert mark([" a", " b"], {0, 1}) == " <<a>> <<b>>"
+    assert mark([" a", "\n"], {1}) == " a<<\n>>"  # a whitespace-only token is marked whole
 
 
 def test_a_scorer_that_ignores_the_explanation_gives_no_claim(planted, tokenizer):

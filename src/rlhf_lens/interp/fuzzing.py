@@ -36,7 +36,7 @@ def mark(tokens: list[str], marked: set[int]) -> str:
     for i, piece in enumerate(tokens):
         if i in marked:
             lead, core, trail = _EDGES.match(piece).groups()
-            out.append(f"{lead}<<{core or piece}>>{trail}")
+            out.append(f"{lead}<<{core}>>{trail}" if core else f"<<{piece}>>")
         else:
             out.append(piece)
     return "".join(out).replace(">><<", "")
