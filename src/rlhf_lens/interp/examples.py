@@ -10,7 +10,9 @@ forward pass over the document cut to `max_tokens` tokens (the paper's "first 50
 
 Per feature: `top` (ranks 1..n_top, shown to the explainer), `holdout` (the next n_holdout,
 for scoring) and `random` documents (for scoring; drawn once from a seeded permutation of
-all documents, skipping the feature's top and holdout documents).
+all documents, skipping the feature's top and holdout documents). For detection and fuzzing
+(detection.py, fuzzing.py), in the same pass: `activating` windows (a seeded sample of the
+documents it fires on, one per activation bin, none of them shown) and `silent` ones (samples.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from ..errors import UserError
 from ..progress import progress_bar
 from .config import ExampleConfig
+from .samples import Sampler
 from .text import TokenDecoder, unit_counts
 
 
@@ -37,9 +40,11 @@ class Record:
     values: list[float]
     """Raw (unnormalised) activations of the feature, one per token."""
     kind: str
-    """"top", "holdout" or "random"."""
+    """"top", "holdout", "random", "activating" or "silent"."""
     tokens: list[str] = field(default_factory=list)
     """Decoded pieces (see text.py), filled after the pass."""
+    start: int = 0
+    """Position of the first token in the document (a window of an activating or silent document)."""
 
     @property
     def max_activation(self) -> float:
@@ -53,6 +58,12 @@ class FeatureExamples:
     top: list[Record]
     holdout: list[Record]
     random: list[Record]
+    activating: list[Record] = field(default_factory=list)
+    """Windows of documents it fires on, none shown to the explainer, one per activation bin (detection, fuzzing)."""
+    silent: list[Record] = field(default_factory=list)
+    """Windows of documents where it is silent (max <= 0): n_silent, or fewer for a dense feature."""
+    n_firing: int = 0
+    """Documents of the store where it fires (max > 0 over the first max_tokens tokens)."""
 
     def shown(self) -> tuple[list[list[str]], list[list[int]]]:
         """The top records as the explainer sees them: tokens and activations normalised to 0..10."""
@@ -132,7 +143,9 @@ def collect_examples(store, layer: int, saes: dict, features: dict[str, list[int
     features = check_features(saes, features, store.d, layer)
     keep = config.n_top + config.n_holdout
     # The random documents: a seeded permutation of all documents, long enough to skip any feature's top ones.
-    order = np.random.default_rng(config.seed).permutation(store.n_docs)[: config.n_random + keep]
+    permutation = np.random.default_rng(config.seed).permutation(store.n_docs)
+    order = permutation[: config.n_random + keep]
+    sampler = Sampler(features, config, permutation)
     random_pool = {int(d) for d in order}
     decoder = TokenDecoder(tokenizer)
     counts: Counter = Counter()
@@ -173,6 +186,7 @@ def collect_examples(store, layer: int, saes: dict, features: dict[str, list[int
                 doc_max_np = doc_max.numpy()
                 doc_ids_np = doc_ids.numpy()
                 # only features whose best document here can enter their running list need a look
+                sampler.update(name, doc_ids_np, doc_max_np, ids, codes, starts, lengths)
                 floors = floor_values[name]
                 for j in np.nonzero(doc_max_np.max(axis=0) >= floors)[0].tolist():
                     running = best[name][j]
@@ -212,9 +226,13 @@ def collect_examples(store, layer: int, saes: dict, features: dict[str, list[int
                     continue
                 tok, codes = random_rows[name][doc]
                 rand.append(Record(doc, tok, codes[:, j].tolist(), "random"))
-            for record in top + holdout + rand:
+            activating, silent = ([Record(doc, tok, vals, kind, start=start) for doc, start, tok, vals in windows]
+                                  for kind, windows in zip(("activating", "silent"),
+                                                           sampler.windows(name, j, feature, {r.doc for r in top})))
+            for record in top + holdout + rand + activating + silent:
                 record.tokens = decoder.pieces(record.token_ids)
-            result[(name, feature)] = FeatureExamples(name, feature, top, holdout, rand)
+            result[(name, feature)] = FeatureExamples(name, feature, top, holdout, rand, activating, silent,
+                                                      sampler.n_firing[name][j])
     stats = cached_stats
     if count_units:
         stats = CorpusStats(counts, sum(counts.values()))

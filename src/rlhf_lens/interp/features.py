@@ -74,9 +74,10 @@ def explain_model_features(job: FeaturesJob) -> list[dict]:
         # batch); each feature's examples and explanation do not depend on the others asked for, and
         # the top-k records are split off unchanged, so the headline is computed exactly as before.
         wanted = {**features, first: list(dict.fromkeys(features[first] + [r["feature"] for r in novel]))}
+        # null_from: the top-k records' shuffled-explanation nulls come from the top-k only (not the novel ones)
         explained = explain_features(store, layer, saes, wanted, tokenizer, explainer,
                                      job.examples, model=job.model, max_cosine=cosines,
-                                     table=table, aggregate=job.aggregate)
+                                     table=table, aggregate=job.aggregate, null_from=features)
         records += [r for r in explained if r["feature"] in features[r["sae"]]]
         by_feature = {r["feature"]: r for r in explained if r["sae"] == first}
         new_records += [{**by_feature[row["feature"]], "new": True, "max_cosine_to_base": row["max_cosine_to_base"],
