@@ -25,7 +25,8 @@ RUN_ONLY: dict[type, tuple[str, ...]] = {
     SAESection: ("dict_ratios", "seeds"),  # the run's grid of SAEs (train-sae takes sizes and seeds as lists)
     InterpConfig: ("new_feature_threshold", "new_feature_quantile",  # new features: tuned SAEs against base seeds
                    # issue 27 in progress: `explain` takes these once the scorers land
-                   "scorer", "scorer_model", "score_features", "null_explanations", "reward_effect", "output_top"),
+                   "scorer", "scorer_model", "score_features", "null_explanations", "reward_effect", "effect_match_kl",
+                   "output_top"),
     ControlSection: _every_field(ControlSection),
 }
 """Settings only a run config takes (class -> field names); every other field of a stage config is an option

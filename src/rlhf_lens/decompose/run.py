@@ -25,7 +25,8 @@ def decompose_models(base_model: str, base_store: str | os.PathLike, tuned_store
                      prompts: int = DiffConfig.prompts, new_tokens: int = DiffConfig.new_tokens, split: str = "test",
                      text_column: str = "text", sae_seed: int = 0, top_features: dict[int, list[int]] | None = None,
                      placebo_store: str | os.PathLike | None = None, root: str | os.PathLike | None = None,
-                     device: str = "cpu", dtype: str = "float32", prompt_min_chars: int | None = None) -> dict:
+                     device: str = "cpu", dtype: str = "float32", prompt_min_chars: int | None = None,
+                     diff_dir: str | os.PathLike | None = None, diff_table: str | None = None) -> dict:
     """Decompose the change from the base model to the tuned one at each of `layers`; write out_dir/decompose.json.
 
     The tuned model is read through its activation store alone: `base_store` and `tuned_store` hold the MLP
@@ -39,6 +40,9 @@ def decompose_models(base_model: str, base_store: str | os.PathLike, tuned_store
     - `top_features`: block -> the base SAE's features the interpretation stage explained (a run's top-k by
       MMCS); the shift then counts how many of its shifted latents are among them (`among_top_mmcs`).
     - `placebo_store`: a placebo tune's store, decomposed the same way into out_dir/placebo.
+    - `diff_dir`: a diff folder of these models; with it (and interp.reward_effect) every explained latent also gets
+      its reward effect (`interp.reward_effect`: its decoder row steering the base model at the diff's coherent
+      strength, the promoted words read through the diff's utility, `diff_table`, against its frequency-matched null).
 
     Returns what decompose.json holds: {"site", "blocks", "utility_of_change", "placebo"} (placebo: the same, or
     None); a block's "shift" is None where no base SAE is given for it (decompose.site = residual in a run).
@@ -72,8 +76,14 @@ def decompose_models(base_model: str, base_store: str | os.PathLike, tuned_store
     steering_prompts = heldout_prompts(documents, tokenizer, prompts, split, store_texts(documents, stores["base"], split),
                                        dc.seed, prompt_min_chars)
     out = Path(out_dir)
+    reading = None
+    if diff_dir is not None and interp.reward_effect:
+        from ..interp.reward_effect import output_reading
+
+        reading = output_reading(diff_dir, base, tokenizer, reward_spec, diff_table, reward=reward,
+                                 prompt_min_chars=prompt_min_chars, match_kl=interp.effect_match_kl)
     loaded = _Loaded(dc, examples, explainer, utility_table, aggregate, reward, base, tokenizer, steering_prompts,
-                     new_tokens)
+                     new_tokens, reading, interp.output_top)
     results = {}
     for name in [m for m in ("tuned", "placebo") if m in stores]:
         results[name] = _decompose_model(loaded, stores["base"], stores[name], name, base_saes, sae_seed, layers,
@@ -114,6 +124,23 @@ class _Loaded:
     tokenizer: object
     prompts: list[list[int]]
     new_tokens: int
+    reading: object = None
+    """The reward effect's reading of the diff (`interp.reward_effect.OutputReading`), or None: not measured."""
+    output_top: int = 20
+
+    def add_reward_effects(self, records: list[dict], saes: dict, layer: int) -> None:
+        """Each latent record's vocab_proj, token_change and reward_effect: its decoder row steering the base
+        model (Benjamini-Hochberg over these records)."""
+        if self.reading is None or not records:
+            return
+        import torch
+
+        from ..interp.reward_effect import reward_effects
+
+        directions = torch.stack([saes[r["sae"]].dictionary[int(r["feature"])].detach().float() for r in records])
+        for record, effect in zip(records, reward_effects(self.base, self.reading, layer, directions,
+                                                          self.output_top)):
+            record.update(effect)
 
 
 def _decompose_model(loaded: _Loaded, base_store, tuned_store, name: str, base_saes: dict, sae_seed: int,
@@ -139,9 +166,10 @@ def _decompose_model(loaded: _Loaded, base_store, tuned_store, name: str, base_s
         # A seed whose latents never fire (Δ constant: the decoder bias takes all of it) has nothing to explain.
         wanted = {f"s{s.cfg.seed}": [t["latent"] for t in entry["top"][:dc.explain_top]]
                   for s, entry in zip(saes, result["saes"]) if entry["top"]}
-        records = explain_features(delta, layer, {f"s{s.cfg.seed}": s for s in saes if f"s{s.cfg.seed}" in wanted},
-                                   wanted, tokenizer, explainer, examples, model="diff-sae", table=table,
-                                   aggregate=aggregate) if wanted else []
+        named = {f"s{s.cfg.seed}": s for s in saes if f"s{s.cfg.seed}" in wanted}
+        records = explain_features(delta, layer, named, wanted, tokenizer, explainer, examples, model="diff-sae",
+                                   table=table, aggregate=aggregate) if wanted else []
+        loaded.add_reward_effects(records, named, layer)
         result["features"] = [without_scoring_examples(r) for r in records]
         block = {"layer": layer, "diff_sae": result, "shift": _shift(loaded, base_store, tuned_store, name, layer,
                                                                       base_saes.get(layer), sae_seed, top_features,
@@ -171,9 +199,10 @@ def _shift(loaded: _Loaded, base_store, tuned_store, name: str, layer: int, sae_
     if top_features is not None:
         shift["among_top_mmcs"] = count_among(shift, top_features.get(layer, []))
     shifted = [row["latent"] for row in shift["top"][:dc.explain_top]]
-    shift["features"] = [without_scoring_examples(r) for r in explain_features(
-        tuned_store, layer, {f"s{seed}": sae}, {f"s{seed}": shifted}, tokenizer, explainer, examples,
-        model=f"base-sae on {name}", table=table, aggregate=aggregate)] if shifted else []
+    records = explain_features(tuned_store, layer, {f"s{seed}": sae}, {f"s{seed}": shifted}, tokenizer, explainer,
+                               examples, model=f"base-sae on {name}", table=table, aggregate=aggregate) if shifted else []
+    loaded.add_reward_effects(records, {f"s{seed}": sae}, layer)
+    shift["features"] = [without_scoring_examples(r) for r in records]
     shift["sae"] = str(sae_dir)
     return shift
 

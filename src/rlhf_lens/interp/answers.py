@@ -96,6 +96,11 @@ class YesNo:
         self.failures += sum(v is None for v in out)
         return out
 
+    def counts(self) -> dict:
+        """{"requests", "cached", "failures", "seconds"} so far (a run records what its scorers cost)."""
+        return {"requests": self.requests, "cached": self.cached, "failures": self.failures,
+                "seconds": round(self.seconds, 3)}
+
     def read(self, prompts: list[Messages], answered: Answer) -> None:
         """The back-end: calls `answered(i, p_yes or None)` once per prompt, as each arrives."""
         raise NotImplementedError

@@ -116,6 +116,10 @@ class InterpConfig:
     (its decoder row through the final norm and unembedding: the direct path) and TokenChange (the model steered
     by its decoder row at the diff's coherent strength, the tokens it promotes), each against frequency-matched
     random token sets (docs/interp.md)."""
+    effect_match_kl: bool = False
+    """TokenChange's strength. False: every decoder row steers at the norm of the diff's coherent α·Δ_L at its block
+    (one forward pass per block; the KL each row causes is recorded). True: each row's norm is searched so it causes
+    the KL that α·Δ_L causes (about 5 passes: fairer between rows, 5x the cost)."""
     output_top: int = 20
     """Tokens listed per feature by VocabProj and TokenChange (and the size of each random set of their null)."""
 

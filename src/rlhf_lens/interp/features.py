@@ -41,13 +41,24 @@ class FeaturesJob:
     first_seed: int
     """The first SAE seed: mmcs.json's `new` compares its tuned dictionary with the base."""
     device: str = "cpu"
+    dtype: str = "float32"
+    diff_dir: str = ""
+    """The run's diff folder: the reward effect reads its vocabulary, frequency-matched null, held-out prompts and
+    coherent strength per block there ("": no reward effect)."""
+    reward_spec: str = ""
+    """The run's reward (reward.spec, or rm:PATH): U(word) for a reward without a utility table."""
+    diff_table: str | None = None
+    """diff.table: the utility table the diff reads words with (None: the reward's own)."""
+    prompt_min_chars: int | None = None
+    """rlhf.prompt_min_chars: the diff's held-out prompts are drawn again as it drew them."""
     units_before: int = 0
     """Blocks of the stage done by the jobs before this one (for the RLHF_LENS_INTERRUPT_AFTER test hook)."""
 
 
-def explain_model_features(job: FeaturesJob) -> list[dict]:
-    """One model's feature records, every block and seed, written to `job.out`; returns the records of the model's
-    most novel features (the tuned model only; [] for the others)."""
+def explain_model_features(job: FeaturesJob) -> dict:
+    """One model's feature records, every block and seed, written to `job.out`. Returns {"new": the records of the
+    model's most novel features (the tuned model only; [] for the others), "cost": what the scorer model was asked
+    (`YesNo.counts`, None without detection or fuzzing)}."""
     from ..models import load_tokenizer
     from ..rewards import load_utility_table
     from ..sae import SparseAutoencoder
@@ -57,6 +68,9 @@ def explain_model_features(job: FeaturesJob) -> list[dict]:
     root = Path(job.root)
     mmcs_result = read_json(Path(job.mmcs))
     explainer = shared_explainer(job.interp.explainer, job.interp.llm, job.device)
+    yes_no = shared_yes_no(job.interp, job.device)
+    before = yes_no.counts() if yes_no is not None else None
+    effects = EffectReader(job) if job.interp.reward_effect and job.diff_dir else None
     table = load_utility_table(job.table)
     first = f"s{job.first_seed}"  # mmcs.json's `new`: the first seed's tuned dictionary against the base
     new_records = []
@@ -77,7 +91,12 @@ def explain_model_features(job: FeaturesJob) -> list[dict]:
         # null_from: the top-k records' shuffled-explanation nulls come from the top-k only (not the novel ones)
         explained = explain_features(store, layer, saes, wanted, tokenizer, explainer,
                                      job.examples, model=job.model, max_cosine=cosines,
-                                     table=table, aggregate=job.aggregate, null_from=features)
+                                     table=table, aggregate=job.aggregate, scorers=job.interp.scorer, yes_no=yes_no,
+                                     null_explanations=job.interp.null_explanations,
+                                     score_features=job.interp.score_features, scored_saes=[first],
+                                     null_from=features)
+        if effects is not None:  # the first seed's features (the ones the report shows) and the new ones
+            effects.add([r for r in explained if r["sae"] == first], saes, layer, job.interp.output_top)
         records += [r for r in explained if r["feature"] in features[r["sae"]]]
         by_feature = {r["feature"]: r for r in explained if r["sae"] == first}
         new_records += [{**by_feature[row["feature"]], "new": True, "max_cosine_to_base": row["max_cosine_to_base"],
@@ -85,7 +104,35 @@ def explain_model_features(job: FeaturesJob) -> list[dict]:
         units += 1
         interrupt_point("features", units)
     write_json(Path(job.out), records)
-    return new_records
+    cost = None if yes_no is None else {**{k: v - before[k] for k, v in yes_no.counts().items()},
+                                        "model": yes_no.model_id}
+    return {"new": new_records, "cost": cost}
+
+
+class EffectReader:
+    """A features job's reward-effect reading (`reward_effect.reward_effects`): its model, loaded once, and the
+    diff's reading; each SAE feature's decoder row is a direction added at its block."""
+
+    def __init__(self, job: FeaturesJob):
+        from ..models import load_model
+        from .reward_effect import output_reading
+
+        self.model, tokenizer = load_model(job.model_spec, device=job.device, dtype=job.dtype)
+        self.reading = output_reading(job.diff_dir, self.model, tokenizer, job.reward_spec, job.diff_table,
+                                      prompt_min_chars=job.prompt_min_chars, match_kl=job.interp.effect_match_kl)
+
+    def add(self, records: list[dict], saes: dict, layer: int, output_top: int) -> None:
+        """Fill each record's vocab_proj, token_change and reward_effect (Benjamini-Hochberg over the block's
+        features of this model, every seed's and the new ones)."""
+        import torch
+
+        from .reward_effect import reward_effects
+
+        if not records:
+            return
+        directions = torch.stack([saes[r["sae"]].dictionary[int(r["feature"])].detach().float() for r in records])
+        for record, effect in zip(records, reward_effects(self.model, self.reading, layer, directions, output_top)):
+            record.update(effect)
 
 
 def most_novel(new: list[dict], layer: int, k: int) -> list[dict]:
@@ -101,6 +148,25 @@ def without_scoring_examples(record: dict) -> dict:
 _EXPLAINERS: dict[tuple, object] = {}
 
 
+def wants_yes_no(interp: InterpConfig) -> bool:
+    """Whether interp.scorer asks a scorer model (detection or fuzzing)."""
+    return any(s in ("detection", "fuzzing") for s in interp.scorer)
+
+
+def shared_yes_no(interp: InterpConfig, device: str):
+    """The scorer model detection and fuzzing ask (interp.scorer_model resolved), made once per process and shared by
+    its jobs (a local LM is costly to load); None when interp.scorer names neither."""
+    if not wants_yes_no(interp):
+        return None
+    from .answers import yes_no_model
+
+    spec = interp.resolved_scorer_model()
+    key = ("yes_no", spec, dataclasses.astuple(interp.llm), device)
+    if key not in _EXPLAINERS:
+        _EXPLAINERS[key] = yes_no_model(spec, interp.llm, device)
+    return _EXPLAINERS[key]
+
+
 def shared_explainer(spec: str, llm: LLMConfig, device: str):
     """The run's explainer (interp.explainer, interp.llm); an `hf:` one (a local LM, costly to load) is made once per
     process and shared by its jobs."""
@@ -112,3 +178,24 @@ def shared_explainer(spec: str, llm: LLMConfig, device: str):
     if key not in _EXPLAINERS:
         _EXPLAINERS[key] = get_explainer(spec, llm=llm, device=device)
     return _EXPLAINERS[key]
+
+
+def scoring_summary(records: dict[str, list[dict]], scorers: list[str], level: float = 0.05,
+                    cost: dict | None = None) -> dict:
+    """results.json `scoring`: per model, each scorer pooled over its feature records against the shuffled-explanation
+    null (`scorers.scorer_summary`), and the reward effect's counts: features measured, how many raise / lower the
+    reward's words (their claims, Benjamini-Hochberg within a model's block), the mean effect; `cost`: what the
+    scorer model was asked (the features stage's)."""
+    from .scorers import scorer_summary
+
+    models: dict[str, dict] = {}
+    effects: dict[str, dict] = {}
+    for model, rows in records.items():
+        models[model] = {s: scorer_summary(rows, s, level) for s in scorers}
+        measured = [r["reward_effect"] for r in rows if isinstance(r.get("reward_effect"), dict)
+                    and r["reward_effect"].get("effect") is not None]
+        if measured:
+            effects[model] = {"n": len(measured), "raises": sum(e.get("claim") == "raises" for e in measured),
+                              "lowers": sum(e.get("claim") == "lowers" for e in measured),
+                              "mean": sum(float(e["effect"]) for e in measured) / len(measured)}
+    return {"scorers": list(scorers), "level": level, "models": models, "reward_effect": effects, "cost": cost}

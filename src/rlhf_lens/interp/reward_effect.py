@@ -58,6 +58,9 @@ class OutputReading:
     """The target KL at any other block (`FALLBACK_KL`)."""
     start_norm: dict[int, float] = field(default_factory=dict)
     """Per steered block, α·|Δ_L|: where the norm search starts (an aimed direction of that KL)."""
+    match_kl: bool = True
+    """TokenChange's strength: each direction's norm searched so it causes the block's target KL; False: every
+    direction at the block's α·|Δ_L| (one pass; matched on KL only at a block the diff did not steer)."""
     null_sets: int = 2000
     """Random token sets per list's null."""
     seed: int = 0
@@ -103,11 +106,14 @@ def kl_shares(model: nn.Module, prompts: list[list[int]], layer: int, vectors: t
 
 def token_change(model: nn.Module, prompts: list[list[int]], layer: int, directions: torch.Tensor, target_kl: float,
                  start_norm: float | None = None, steps: int = 8, tolerance: float = 0.05,
-                 advance: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 advance: Callable[[int], None] | None = None,
+                 fixed_norm: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(share [n, V], norms [n], kls [n]): each unit direction scaled so that steering at block `layer` causes
     `target_kl` (teacher-forced on `prompts`, within `tolerance`: `steering.match_norms`, batched; a direction whose
     KL saturates below the target keeps the closest norm, its KL says how close), then each token's share of the KL
-    it causes (`kl_shares`). A zero direction gets norm 0, zero shares and KL 0. `advance(k)` after each k done."""
+    it causes (`kl_shares`). With `fixed_norm`, every unit direction is scaled to that norm instead (one pass, no
+    search; its KL is still measured). A zero direction gets norm 0, zero shares and KL 0. `advance(k)` after each
+    k done."""
     from ..models import check_layers
 
     check_layers(model, [layer])
@@ -124,7 +130,11 @@ def token_change(model: nn.Module, prompts: list[list[int]], layer: int, directi
     begin = start_norm or 1.0
     for start in range(0, len(live), per_call):  # chunks of one forward call each: early stops, progress
         idx = live[start:start + per_call]
-        if target_kl > 0:
+        if fixed_norm is not None and fixed_norm > 0:
+            norm = torch.full((len(idx),), float(fixed_norm))
+            share[idx], kls[idx] = kl_shares(model, prompts, layer, units[idx] * norm[:, None])
+            norms[idx] = norm
+        elif target_kl > 0:
             norm, _, _ = steering.match_norms(model, prompts, layer, units[idx], target_kl, begin, steps, tolerance)
             # the next chunk starts where this one ended: directions of a block need norms of one scale
             begin = float(norm.median())
@@ -180,8 +190,9 @@ def reward_effects(model: nn.Module, reading: OutputReading, layer: int, directi
     target = reading.kl_at(layer)
     with progress_advance("" if advance is not None else
                           f"reward effect: {len(directions)} direction(s) of block {layer}", len(directions)) as bar:
-        shares, norms, kls = token_change(model, reading.prompts, layer, directions, target,
-                                          reading.start_norm.get(int(layer)), advance=advance or bar)
+        start = reading.start_norm.get(int(layer))
+        shares, norms, kls = token_change(model, reading.prompts, layer, directions, target, start,
+                                          advance=advance or bar, fixed_norm=None if reading.match_kl else start)
     logits = vocab_proj(model, directions) if len(directions) else None
     records = []
     for i in range(len(directions)):
@@ -202,7 +213,7 @@ def reward_effects(model: nn.Module, reading: OutputReading, layer: int, directi
 
 
 def output_reading(diff_dir: str | os.PathLike, model: nn.Module, tokenizer, reward_spec: str, table: str | None,
-                   reward=None, prompt_min_chars: int | None = None) -> OutputReading:
+                   reward=None, prompt_min_chars: int | None = None, match_kl: bool = True) -> OutputReading:
     """The reading of a diff folder (diff.json + deltas.safetensors): its candidate vocabulary and U(word) (its
     whole_words, word_template, word_pool), the frequency-matched pool (its base_prob), its held-out steering prompts
     (drawn again as `diff.run.diff_models` drew them: its corpus, split, max_docs, prompts and seed, and the run's
@@ -246,5 +257,5 @@ def output_reading(diff_dir: str | os.PathLike, model: nn.Module, tokenizer, rew
             start[int(curve["layer"])] = float(curve["alpha"]) * float(curve["delta_norm"])
     default = float(np.median(list(target.values()))) if target else float(config["coherence_kl"]) / 2
     return OutputReading(vocab=vocab, utility=utility, pool=pool, prompts=prompts, target_kl=target,
-                         default_kl=default, start_norm=start, null_sets=int(config["null_sets"]),
+                         default_kl=default, start_norm=start, match_kl=match_kl, null_sets=int(config["null_sets"]),
                          seed=int(config["seed"]), level=float(config["level"]), source=str(folder))

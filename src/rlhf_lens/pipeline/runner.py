@@ -28,9 +28,10 @@ from ..io import (
     write_text,
 )
 from ..progress import console
+from .jobs import EXECUTOR
 from .records import digest, in_run, layers_stage
 from .rm_stages import inspect_rm_settings, pairs_settings, rm_settings
-from .stages import EXECUTOR, STAGE_FUNCTIONS
+from .stages import STAGE_FUNCTIONS
 
 if TYPE_CHECKING:
     from ..executors import Executor
@@ -57,8 +58,8 @@ STAGE_READS: dict[str, tuple[str, ...]] = {
     "harvest": ("base", "rlhf", "placebo", "control", LAYERS),
     "saes": ("harvest", LAYERS),
     "mmcs": ("harvest", "saes", LAYERS),
-    "decompose": ("base", "harvest", "saes", "mmcs", LAYERS),
-    "features": ("base", "rlhf", "placebo", "control", "harvest", "mmcs", LAYERS),
+    "decompose": ("base", "diff", "harvest", "saes", "mmcs", LAYERS),
+    "features": ("base", "rlhf", "placebo", "control", "diff", "harvest", "mmcs", LAYERS),
     "scores": ("mmcs", "features", LAYERS),
     "inspect_rm": ("base", "pairs", "rm", "rlhf", "diff", "saes"),
     "report": ("base", "pairs", "rm", "rlhf", "placebo", "divergence", "diff", "control", "saes", "mmcs", "decompose", "features",

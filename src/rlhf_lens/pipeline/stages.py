@@ -6,30 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..config import RunConfig
 from ..errors import UserError, interrupt_point
 from ..io import read_json, write_json
+from .feature_stages import stage_features, stage_scores
+from .jobs import executor_of, job_resources
 from .records import analysed_layers, analysed_models, digest, in_run, recorded_model, relative
 from .rm_stages import run_reward, stage_inspect_rm, stage_pairs, stage_rm
-
-if TYPE_CHECKING:
-    from ..executors import Executor
-
-EXECUTOR = "_executor"  # state[EXECUTOR]: the run's executor (not a stage; stages read it with `_executor`)
-
-
-def _executor(state: dict) -> Executor:
-    """The run's executor (`run(executor=...)`); a stage called on its own runs its jobs in this process."""
-    from ..executors import LocalExecutor
-
-    return state.get(EXECUTOR) or LocalExecutor()
-
-
-def _resources(config: RunConfig, gpu: bool) -> dict:
-    """What one job declares to the executor: a CPU, and a GPU when it runs a model on cuda."""
-    return {"num_cpus": 1, "num_gpus": 1 if gpu and config.model.device.startswith("cuda") else 0}
 
 
 def _ppo_settings(config: RunConfig):
@@ -185,7 +169,7 @@ def stage_harvest(config: RunConfig, run_dir: Path, state: dict) -> dict:
             remove_output(out)
         jobs.append((spec, hc, str(out.absolute())))
         (placebo_stores if name in extra else stores)[name] = relative(run_dir, out)
-    _executor(state).map(_harvest_job, jobs, resources=_resources(config, gpu=True))
+    executor_of(state).map(_harvest_job, jobs, resources=job_resources(config, gpu=True))
     seeds = [r["seed"] for r in state["placebo"].get("seeds") or []]
     if not seeds:
         return {"stores": stores}
@@ -238,7 +222,7 @@ def stage_saes(config: RunConfig, run_dir: Path, state: dict) -> dict:
             # One job per (model, block): its SAEs share every pass over that block's activations.
             jobs.append((str(in_run(run_dir, store_dir).absolute()), layer, configs, [str(d.absolute()) for d in dirs],
                          len(jobs) + 1))
-    _executor(state).map(_sae_job, jobs, resources=_resources(config, gpu=True))
+    executor_of(state).map(_sae_job, jobs, resources=job_resources(config, gpu=True))
     return {"saes": saes}
 
 
@@ -294,7 +278,8 @@ def stage_decompose(config: RunConfig, run_dir: Path, state: dict) -> dict:
             table=config.reward.table, aggregate=config.reward.aggregate, prompts=config.diff.prompts,
             new_tokens=config.diff.new_tokens, split=config.data.test_split, text_column=config.data.text_column,
             sae_seed=seed, top_features=top_features, root=run_dir, device=config.model.device,
-            dtype=config.model.dtype, prompt_min_chars=config.rlhf.prompt_min_chars)
+            dtype=config.model.dtype, prompt_min_chars=config.rlhf.prompt_min_chars,
+            diff_dir=in_run(run_dir, state["diff"]["dir"]), diff_table=config.diff.table)
 
     result = decompose(stores["tuned"], run_dir / "decompose")
     add_signed_utility(result, config.reward.table, config.reward.aggregate)
@@ -341,44 +326,6 @@ def _residual_stores(run_dir: Path, state: dict, layers: list[int]) -> dict[str,
                         f"{', '.join(map(str, missing))} the run analyses; set divergence.rank = parameters (the diff "
                         "saves the blocks it analyses) or decompose.site = mlp")
     return stores
-
-
-def stage_features(config: RunConfig, run_dir: Path, state: dict) -> dict:
-    """Explain the top-k features of every seed's small SAE, and the tuned model's most novel features; one job per
-    model (`interp.features.explain_model_features`)."""
-    from ..interp.features import FeaturesJob, explain_model_features
-
-    models = analysed_models(state, run_dir.absolute())
-    layers = analysed_layers(config, state)
-    stores = state["harvest"]["stores"]
-    files = {name: relative(run_dir, run_dir / "features" / f"{name}.json") for name in stores}
-    # Jobs get absolute paths: a Ray worker on another node does not share the driver's working directory.
-    jobs = [FeaturesJob(model=name, model_spec=models[name], store=str(in_run(run_dir, store_dir).absolute()),
-                        layers=layers, mmcs=str(in_run(run_dir, state["mmcs"]["file"]).absolute()),
-                        root=str(run_dir.absolute()), out=str(in_run(run_dir, files[name]).absolute()),
-                        interp=config.interp, examples=config.examples, table=config.reward.table,
-                        aggregate=config.reward.aggregate, first_seed=config.sae.seeds[0], device=config.model.device,
-                        units_before=i * len(layers))
-            for i, (name, store_dir) in enumerate(stores.items())]
-    explainer_gpu = config.interp.explainer.startswith("hf:")
-    new_records = []
-    for new in _executor(state).map(explain_model_features, jobs, resources=_resources(config, gpu=explainer_gpu)):
-        new_records += new
-    write_json(run_dir / "features" / "tuned-new.json", new_records)
-    return {"files": files, "new": relative(run_dir, run_dir / "features" / "tuned-new.json")}
-
-
-def stage_scores(config: RunConfig, run_dir: Path, state: dict) -> dict:
-    """Utility score (Table 3), reward alignment, simulation and MMCS per model, as mean +- spread over seeds
-    (`interp.utility.seed_scores`)."""
-    from ..interp.utility import seed_scores
-
-    records = {name: read_json(in_run(run_dir, path)) for name, path in state["features"]["files"].items()}
-    within = read_json(in_run(run_dir, state["mmcs"]["file"]))["within"]
-    headline, utility = seed_scores(records, within, config.sae.seeds, analysed_layers(config, state),
-                                    config.reward.table, config.reward.aggregate)
-    write_json(run_dir / "utility.json", utility)
-    return {"headline": headline, "utility": relative(run_dir, run_dir / "utility.json")}
 
 
 def stage_report(config: RunConfig, run_dir: Path, state: dict) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from .format import _float, _num
+from .scoring import promoted_words, reward_effect_cell
 from .tables import Figure, Heading, Para, Part, Rich, Table, explanation_cell
 
 _NOTE = ("diff-SAE: an SAE trained on h{t} \u2212 h{b} ({site}, same tokens) until converged; its latents ranked by "
@@ -79,8 +80,19 @@ def _steer_text(row: dict | None) -> str:
 
 
 def _latent_rows(features: list[dict], extra: dict[int, list[Any]]) -> list[list[Any]]:
+    """A latent per row: its measures, explanation, simulation score, utility, and (where measured) its reward effect
+    and the words it pushes the output toward (`_EFFECT_HEADERS`)."""
+    effect = any(isinstance(f.get("reward_effect"), dict) for f in features)
     return [[f.get("feature"), *extra.get(int(f.get("feature", -1)), []), explanation_cell(f), _float(f.get("score")),
-             _float(f.get("utility"))] for f in features]
+             _float(f.get("utility")), *([reward_effect_cell(f), promoted_words(f)] if effect else [])]
+            for f in features]
+
+
+_EFFECT_HEADERS = ["reward effect", "pushes the output toward"]
+
+
+def _effect_headers(features: list[dict]) -> list[str]:
+    return _EFFECT_HEADERS if any(isinstance(f.get("reward_effect"), dict) for f in features) else []
 
 
 def _first_seed(ds: dict) -> list[dict]:
@@ -143,7 +155,8 @@ def _shift_parts(layer: Any, shift: dict, site: str) -> list[Part]:
             Para(f"{found}; test: {test}. Of the top {_num(among.get('of'))} shifted, {_num(among.get('count'))} are "
                  "among the paper\u2019s top-MMCS features.", note=True),
             Table(["latent", "mean change", "z", "q", "firing-rate change", "explanation and top examples",
-                   "sim. score", "utility"], _latent_rows(shift.get("features") or [], shifted),
+                   "sim. score", "utility", *_effect_headers(shift.get("features") or [])],
+                  _latent_rows(shift.get("features") or [], shifted),
                   numeric={0, 1, 2, 3, 4, 6, 7}, cls="features")]
 
 
@@ -175,7 +188,7 @@ def decompose_parts(decompose: dict, placebo_results: dict | None = None) -> lis
                        f"top-{len(top)} seed agreement: mean {_num(_float(agreement.get('mean')))}, "
                        f"{agreement.get('above_0.9', '-')} above 0.9.", note=True),
                   Table(["latent", "share of |\u0394|\u00b2", "seed agreement", "steering gain",
-                         "explanation and top examples", "sim. score", "utility"],
+                         "explanation and top examples", "sim. score", "utility", *_effect_headers(_first_seed(ds))],
                         _latent_rows(_first_seed(ds), extra), numeric={0, 1, 2, 5, 6}, cls="features")]
         parts += _shift_parts(layer, shift, site)
         if block.get("crosscoder"):

@@ -17,7 +17,37 @@ from .format import (
     utility_control_highest,
 )
 from .plots import _figure, _grouped_bars, _img, _png_uri
+from .scoring import (
+    EFFECT_HEADERS,
+    SUMMARY_HEADERS,
+    cost_text,
+    effect_rows,
+    scored_columns,
+    simulation_cell,
+    summary_rows,
+)
 from .tables import Raw, explanation_cell, html_table, not_run_html
+
+
+def scoring_summary_html(scoring: dict) -> str:
+    """How well the explanations score against other features' explanations (per model and scorer, pooled), what the
+    features push the output toward (the reward effect's counts), and what the scorer model cost."""
+    parts = []
+    rows = summary_rows(scoring)
+    if rows:
+        parts.append('<p class="note">Each score beside its null: the same examples scored with another feature\u2019s '
+                     "explanation (the shuffled-explanation null); pooled over a model\u2019s features, real minus null "
+                     "tested by sign flips (one-sided).</p>" + html_table(SUMMARY_HEADERS, rows, numeric={2, 3, 4, 5}))
+    effects = effect_rows(scoring)
+    if effects:
+        parts.append('<p class="note">Reward effect (no LLM): each feature\u2019s decoder row steers its model at the '
+                     "diff\u2019s coherent strength; the mean utility of the tokens it promotes (TokenChange) minus that "
+                     "of frequency-matched random token sets, claimed where its Benjamini-Hochberg q is at or below "
+                     "the level.</p>" + html_table(EFFECT_HEADERS, effects, numeric={1, 2, 3, 4}))
+    cost = cost_text(scoring)
+    if cost:
+        parts.append(f'<p class="note">{_esc(cost)}</p>')
+    return "".join(parts)
 
 
 def features_html(results: dict) -> str:
@@ -34,18 +64,23 @@ def features_html(results: dict) -> str:
     if failed:
         parts.append(f'<p class="note">{failed} simulation{"s" if failed > 1 else ""} could not be parsed (twice) and '
                      "scored as a constant prediction (correlation 0); column “sim. failed”.</p>")
+    scoring = (results.get("utility") or {}).get("scoring") or {}
+    parts.append(scoring_summary_html(scoring))
     for model in models:
         rows = sorted((f for f in features if str(f.get("model", "?")) == model), key=_layer)
         explainers = sorted({str(f.get("explainer")) for f in rows if f.get("explainer")})
         parts.append(f'<h3 id="features-{_esc(model)}">{_esc(model)} '
                      f'<span class="note">({len(rows)} features; explainer: {_esc(", ".join(explainers) or "-")})</span></h3>')
-        parts.append(html_table(["block", "feature", "max cos", "explanation and top examples", "sim. score", "utility",
-                                 "reward corr", "sign share", *(["sim. failed"] if failed else [])],
+        extra = scored_columns(rows)
+        headers = ["block", "feature", "max cos", "explanation and top examples", "sim. score (null)", "utility",
+                   "reward corr", "sign share", *[h for h, _ in extra], *(["sim. failed"] if failed else [])]
+        parts.append(html_table(headers,
                                 [[f.get("layer"), f.get("feature"), _float(f.get("max_cosine")), explanation_cell(f),
-                                  _float(f.get("score")), _float(f.get("utility")), _float(f.get("reward_corr")),
-                                  _float(f.get("sign_share")), *([f.get("simulation_failures")] if failed else [])]
+                                  simulation_cell(f), _float(f.get("utility")), _float(f.get("reward_corr")),
+                                  _float(f.get("sign_share")), *[cell(f) for _, cell in extra],
+                                  *([f.get("simulation_failures")] if failed else [])]
                                  for f in rows],
-                                numeric={0, 1, 2, 4, 5, 6, 7, 8}, cls="features"))
+                                numeric={0, 1, 2, 5, 6, 7}, cls="features"))
     return "".join(parts)
 
 
@@ -108,5 +143,9 @@ def utility_html(results: dict) -> str:
             ax.set_xlabel("block")
         plot = _img(_png_uri(fig), "utility score and reward alignment per block")
     control = control_highest_text(utility_control_highest(rows))
+    effects = effect_rows(utility.get("scoring") or {})
+    beside = ("<p>Beside the utility score of the explanations, a causal measure of the same thing: what each "
+              "feature does to the output, read through the reward (the reward effect, TokenChange; first SAE seed)."
+              "</p>" + html_table(EFFECT_HEADERS, effects, numeric={1, 2, 3, 4})) if effects else ""
     return (intro + html_table(headers, table_rows, numeric=numeric, cls="utility")
-            + (f"<p>{_esc(control)}</p>" if control else "") + plot)
+            + (f"<p>{_esc(control)}</p>" if control else "") + beside + plot)

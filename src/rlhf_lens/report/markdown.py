@@ -37,6 +37,15 @@ from .gold import gold_parts
 from .headline import headline_parts
 from .inspect_rm import inspect_rm_markdown
 from .reward_model import reward_model_markdown
+from .scoring import (
+    EFFECT_HEADERS,
+    SUMMARY_HEADERS,
+    cost_text,
+    effect_rows,
+    scored_columns,
+    simulation_cell,
+    summary_rows,
+)
 from .tables import md_cell, md_table, parts_markdown
 from .tracked import RUN_RESULTS, Source, Tracked
 
@@ -149,12 +158,25 @@ def _features(results: dict) -> str | None:
     if not features:
         return None
     parts = []
+    scoring = (results.get("utility") or {}).get("scoring") or {}
+    if summary_rows(scoring):
+        parts.append("Each score beside its null (the same examples scored with another feature's explanation), pooled "
+                     "per model by a one-sided sign-flip test:\n\n" + md_table(SUMMARY_HEADERS, summary_rows(scoring)))
+    if effect_rows(scoring):
+        parts.append("Reward effect (TokenChange: the feature's decoder row steers its model at the diff's coherent "
+                     "strength; promoted words' utility minus frequency-matched random sets; BH q at the level):\n\n"
+                     + md_table(EFFECT_HEADERS, effect_rows(scoring)))
+    if cost_text(scoring):
+        parts.append(md_cell(cost_text(scoring)))
     for model in sorted({str(f.get("model", "?")) for f in features}, key=_model_key):
         rows = sorted((f for f in features if str(f.get("model", "?")) == model), key=_layer)
+        extra = scored_columns(rows)
         parts.append(f"### {md_cell(model)}\n\n" + md_table(
-            ["block", "feature", "max cos", "explanation", "sim. score", "utility", "reward corr"],
+            ["block", "feature", "max cos", "explanation", "sim. score (null)", "utility", "reward corr",
+             *[h for h, _ in extra]],
             [[f.get("layer"), f.get("feature"), _float(f.get("max_cosine")), f.get("explanation"),
-              _float(f.get("score")), _float(f.get("utility")), _float(f.get("reward_corr"))] for f in rows]))
+              simulation_cell(f), _float(f.get("utility")), _float(f.get("reward_corr")),
+              *[cell(f) for _, cell in extra]] for f in rows]))
     return "\n\n".join(parts)
 
 
@@ -186,7 +208,10 @@ def _utility(results: dict) -> str | None:
             "with U < 0).\n\n"
             + md_table(["block"] + [f"utility: {m}" for m in models] + [f"reward alignment: {m}" for m in models],
                        [[layer] + [u[m] for m in models] + [a[m] for m in models] for layer, u, a in rows])
-            + (f"\n\n{md_cell(control)}" if control else ""))
+            + (f"\n\n{md_cell(control)}" if control else "")
+            + (("\n\nBeside it, the features' reward effect (TokenChange, first SAE seed):\n\n"
+                + md_table(EFFECT_HEADERS, effect_rows(utility.get("scoring") or {})))
+               if effect_rows(utility.get("scoring") or {}) else ""))
 
 
 _MD_SECTIONS = {"headline": _headline, "diff": _diff, "inspect-rm": inspect_rm_markdown, "reward-model": reward_model_markdown, "ppo": _ppo, "divergence": _divergence, "saes": _saes,
