@@ -23,10 +23,7 @@ RUN_ONLY: dict[type, tuple[str, ...]] = {
     DataSection: _every_field(DataSection),  # ... and their corpus
     DivergenceSection: ("rank",),  # a choice between two stages of a run
     SAESection: ("dict_ratios", "seeds"),  # the run's grid of SAEs (train-sae takes sizes and seeds as lists)
-    InterpConfig: ("new_feature_threshold", "new_feature_quantile",  # new features: tuned SAEs against base seeds
-                   # issue 27 in progress: `explain` takes these once the scorers land
-                   "scorer", "scorer_model", "score_features", "null_explanations", "reward_effect", "effect_match_kl",
-                   "output_top"),
+    InterpConfig: ("new_feature_threshold", "new_feature_quantile"),  # new features: tuned SAEs against base seeds
     ControlSection: _every_field(ControlSection),
 }
 """Settings only a run config takes (class -> field names); every other field of a stage config is an option

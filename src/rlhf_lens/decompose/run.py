@@ -130,17 +130,11 @@ class _Loaded:
 
     def add_reward_effects(self, records: list[dict], saes: dict, layer: int) -> None:
         """Each latent record's vocab_proj, token_change and reward_effect: its decoder row steering the base
-        model (Benjamini-Hochberg over these records)."""
-        if self.reading is None or not records:
-            return
-        import torch
+        model (Benjamini-Hochberg over these records); nothing without a reading."""
+        if self.reading is not None:
+            from ..interp.reward_effect import add_reward_effects
 
-        from ..interp.reward_effect import reward_effects
-
-        directions = torch.stack([saes[r["sae"]].dictionary[int(r["feature"])].detach().float() for r in records])
-        for record, effect in zip(records, reward_effects(self.base, self.reading, layer, directions,
-                                                          self.output_top)):
-            record.update(effect)
+            add_reward_effects(records, saes, self.base, self.reading, layer, self.output_top)
 
 
 def _decompose_model(loaded: _Loaded, base_store, tuned_store, name: str, base_saes: dict, sae_seed: int,

@@ -106,9 +106,10 @@ class InterpConfig:
     OpenAI-compatible server; P(yes) from its logprobs, which llama.cpp's and vLLM's servers return). Empty: the
     explainer's own model when it is an LLM, else hf:smollm2 (SmolLM2-135M-Instruct, installed offline)."""
     score_features: int = 0
-    """Detection and fuzzing score this many features per model, block and decomposition (the first ones explained,
-    i.e. by max cosine; the first SAE seed only in a run); 0: every explained feature. A 135M scorer on 2 CPU cores
-    takes about 0.1 s a prompt, and each feature costs 2 x (1 + null_explanations) x (examples) prompts."""
+    """Detection and fuzzing score this many features per model and block (the first ones explained, i.e. by max
+    cosine; the first SAE seed only in a run); 0: every explained feature. Each feature costs about
+    2 x (1 + null_explanations) x (n_activating + n_silent) prompts of ~90 tokens; SmolLM2-135M on 2 CPU cores
+    answers a few a second (docs/interp.md has the measured cost)."""
     null_explanations: int = 1
     """Other features' explanations each feature's examples are also scored with (the shuffled-explanation null)."""
     reward_effect: bool = True

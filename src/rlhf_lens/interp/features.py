@@ -123,16 +123,10 @@ class EffectReader:
 
     def add(self, records: list[dict], saes: dict, layer: int, output_top: int) -> None:
         """Fill each record's vocab_proj, token_change and reward_effect (Benjamini-Hochberg over the block's
-        features of this model, every seed's and the new ones)."""
-        import torch
+        features of this model: the first seed's and the new ones)."""
+        from .reward_effect import add_reward_effects
 
-        from .reward_effect import reward_effects
-
-        if not records:
-            return
-        directions = torch.stack([saes[r["sae"]].dictionary[int(r["feature"])].detach().float() for r in records])
-        for record, effect in zip(records, reward_effects(self.model, self.reading, layer, directions, output_top)):
-            record.update(effect)
+        add_reward_effects(records, saes, self.model, self.reading, layer, output_top)
 
 
 def most_novel(new: list[dict], layer: int, k: int) -> list[dict]:
@@ -198,4 +192,7 @@ def scoring_summary(records: dict[str, list[dict]], scorers: list[str], level: f
             effects[model] = {"n": len(measured), "raises": sum(e.get("claim") == "raises" for e in measured),
                               "lowers": sum(e.get("claim") == "lowers" for e in measured),
                               "mean": sum(float(e["effect"]) for e in measured) / len(measured)}
+    if len(records) > 1:  # every model's features pooled: whether the explainer's explanations beat the null at all
+        pooled = [r for rows in records.values() for r in rows]
+        models["all models"] = {s: scorer_summary(pooled, s, level) for s in scorers}
     return {"scorers": list(scorers), "level": level, "models": models, "reward_effect": effects, "cost": cost}

@@ -212,6 +212,18 @@ def reward_effects(model: nn.Module, reading: OutputReading, layer: int, directi
     return records
 
 
+def add_reward_effects(records: list[dict], saes: dict, model: nn.Module, reading: OutputReading, layer: int,
+                       output_top: int = 20) -> None:
+    """Fill feature records' "vocab_proj", "token_change" and "reward_effect" (in place): each record's SAE feature
+    (record["sae"] names its SAE in `saes`) read as its decoder row added at block `layer` of `model`;
+    Benjamini-Hochberg over these records."""
+    if not records:
+        return
+    directions = torch.stack([saes[r["sae"]].dictionary[int(r["feature"])].detach().float() for r in records])
+    for record, effect in zip(records, reward_effects(model, reading, layer, directions, output_top)):
+        record.update(effect)
+
+
 def output_reading(diff_dir: str | os.PathLike, model: nn.Module, tokenizer, reward_spec: str, table: str | None,
                    reward=None, prompt_min_chars: int | None = None, match_kl: bool = True) -> OutputReading:
     """The reading of a diff folder (diff.json + deltas.safetensors): its candidate vocabulary and U(word) (its
