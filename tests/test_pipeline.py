@@ -340,6 +340,26 @@ def test_features_are_explained_and_scored(tiny_run):
     utility = json.loads((out / "utility.json").read_text())
     assert set(utility["total"]) == set(MODELS)
     assert {b["layer"] for b in utility["per_block"]} == set(_top_layers(out))
+    # every score beside its null: the simulation score against other features' explanations, pooled per model
+    first = f"s{seeds[0]}"
+    for model in MODELS:
+        summary = utility["scoring"]["models"][model]["simulation"]
+        assert summary["n_features"] == top_k * len(_top_layers(out)) and summary["verdict"]
+    # the reward effect of each shown feature (the first seed's): TokenChange's words read through the reward
+    for model in MODELS:
+        for r in json.loads((out / "features" / f"{model}.json").read_text()):
+            if r["sae"] != first:
+                assert "reward_effect" not in r
+                continue
+            effect, change = r["reward_effect"], r["token_change"]
+            assert 0 <= effect["q"] <= 1 and effect["claim"] in (None, "raises", "lowers")
+            assert change["norm"] > 0 and change["kl"] >= 0 and len(change["tokens"]) <= config["interp"]["output_top"]
+            assert all(isinstance(t["utility"], float) for t in change["tokens"] + r["vocab_proj"]["tokens"])
+    # and of the decomposition's explained latents (diff-SAE, shifted base-SAE latents), on the base model
+    decompose = json.loads((out / "decompose" / "decompose.json").read_text())
+    latents = [f for b in decompose["blocks"] for f in (b["diff_sae"].get("features") or [])
+               + ((b.get("shift") or {}).get("features") or [])]
+    assert latents and all("q" in f["reward_effect"] for f in latents)
 
 
 def test_new_tuned_features_are_explained_apart_from_the_top_k(tiny_run):
@@ -381,7 +401,11 @@ def test_new_tuned_features_are_explained_apart_from_the_top_k(tiny_run):
         get_explainer("offline"), ExampleConfig(seed=config["model"]["seed"]), model="tuned",
         max_cosine={f"s{t['seed']}": {f["feature"]: f["max_cosine"] for f in t["features"]} for t in tops},
         table=load_utility_table(config["reward"]["table"]), aggregate=config["reward"]["aggregate"])
-    assert [r for r in tuned if r["layer"] == layer] == json.loads(json.dumps(alone))
+    # (the reward effect is read in the stage, after explaining: the first seed's top-k apart from the new ones)
+    effect_keys = ("vocab_proj", "token_change", "reward_effect")
+    assert all(all(k in r for k in effect_keys) for r in tuned if r["sae"] == first)
+    assert [{k: v for k, v in r.items() if k not in effect_keys} for r in tuned if r["layer"] == layer] == \
+        json.loads(json.dumps(alone))
 
     # results.json, the report and summary.md show them with their explanations and scores.
     results = json.loads((out / "results.json").read_text())

@@ -95,8 +95,11 @@ def explain_model_features(job: FeaturesJob) -> dict:
                                      null_explanations=job.interp.null_explanations,
                                      score_features=job.interp.score_features, scored_saes=[first],
                                      null_from=features)
-        if effects is not None:  # the first seed's features (the ones the report shows) and the new ones
-            effects.add([r for r in explained if r["sae"] == first], saes, layer, job.interp.output_top)
+        if effects is not None:  # the first seed's top-k (the ones the report shows), then the new ones apart
+            shown = [r for r in explained if r["sae"] == first and r["feature"] in features[first]]
+            effects.add(shown, saes, layer, job.interp.output_top)
+            effects.add([r for r in explained if r["sae"] == first and r["feature"] not in features[first]], saes,
+                        layer, job.interp.output_top)
         records += [r for r in explained if r["feature"] in features[r["sae"]]]
         by_feature = {r["feature"]: r for r in explained if r["sae"] == first}
         new_records += [{**by_feature[row["feature"]], "new": True, "max_cosine_to_base": row["max_cosine_to_base"],
@@ -122,8 +125,7 @@ class EffectReader:
                                       prompt_min_chars=job.prompt_min_chars, match_kl=job.interp.effect_match_kl)
 
     def add(self, records: list[dict], saes: dict, layer: int, output_top: int) -> None:
-        """Fill each record's vocab_proj, token_change and reward_effect (Benjamini-Hochberg over the block's
-        features of this model: the first seed's and the new ones)."""
+        """Fill each record's vocab_proj, token_change and reward_effect (Benjamini-Hochberg over these records)."""
         from .reward_effect import add_reward_effects
 
         add_reward_effects(records, saes, self.model, self.reading, layer, output_top)
