@@ -6,7 +6,7 @@ models, optionally a crosscoder; and the utility of the change. Writes out_dir/d
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..diff.config import DiffConfig
@@ -49,7 +49,7 @@ def decompose_models(base_model: str, base_store: str | os.PathLike, tuned_store
     """
     from ..data import load_corpus
     from ..diff.steering import heldout_prompts
-    from ..interp.features import shared_explainer
+    from ..interp.features import latent_scoring, shared_explainer
     from ..models import load_model
     from ..rewards import load_reward, load_utility_table
     from ..store import ActivationStore
@@ -83,7 +83,7 @@ def decompose_models(base_model: str, base_store: str | os.PathLike, tuned_store
         reading = output_reading(diff_dir, base, tokenizer, reward_spec, diff_table, reward=reward,
                                  prompt_min_chars=prompt_min_chars, match_kl=interp.effect_match_kl)
     loaded = _Loaded(dc, examples, explainer, utility_table, aggregate, reward, base, tokenizer, steering_prompts,
-                     new_tokens, reading, interp.output_top)
+                     new_tokens, latent_scoring(interp), reading, interp.output_top)
     results = {}
     for name in [m for m in ("tuned", "placebo") if m in stores]:
         results[name] = _decompose_model(loaded, stores["base"], stores[name], name, base_saes, sae_seed, layers,
@@ -124,6 +124,8 @@ class _Loaded:
     tokenizer: object
     prompts: list[list[int]]
     new_tokens: int
+    scoring: dict = field(default_factory=dict)
+    """How its latents' explanations are scored (`interp.features.latent_scoring`)."""
     reading: object = None
     """The reward effect's reading of the diff (`interp.reward_effect.OutputReading`), or None: not measured."""
     output_top: int = 20
@@ -162,7 +164,7 @@ def _decompose_model(loaded: _Loaded, base_store, tuned_store, name: str, base_s
                   for s, entry in zip(saes, result["saes"]) if entry["top"]}
         named = {f"s{s.cfg.seed}": s for s in saes if f"s{s.cfg.seed}" in wanted}
         records = explain_features(delta, layer, named, wanted, tokenizer, explainer, examples, model="diff-sae",
-                                   table=table, aggregate=aggregate) if wanted else []
+                                   table=table, aggregate=aggregate, **loaded.scoring) if wanted else []
         loaded.add_reward_effects(records, named, layer)
         result["features"] = [without_scoring_examples(r) for r in records]
         block = {"layer": layer, "diff_sae": result, "shift": _shift(loaded, base_store, tuned_store, name, layer,
@@ -194,7 +196,8 @@ def _shift(loaded: _Loaded, base_store, tuned_store, name: str, layer: int, sae_
         shift["among_top_mmcs"] = count_among(shift, top_features.get(layer, []))
     shifted = [row["latent"] for row in shift["top"][:dc.explain_top]]
     records = explain_features(tuned_store, layer, {f"s{seed}": sae}, {f"s{seed}": shifted}, tokenizer, explainer,
-                               examples, model=f"base-sae on {name}", table=table, aggregate=aggregate) if shifted else []
+                               examples, model=f"base-sae on {name}", table=table, aggregate=aggregate,
+                               **loaded.scoring) if shifted else []
     loaded.add_reward_effects(records, {f"s{seed}": sae}, layer)
     shift["features"] = [without_scoring_examples(r) for r in records]
     shift["sae"] = str(sae_dir)

@@ -268,7 +268,7 @@ def explain_top(store_path: Path, layer: int, sae, features: list[int], tokenize
     if not features:
         return {}
     from ..interp.explain import explain_features
-    from ..interp.features import shared_explainer
+    from ..interp.features import latent_scoring, shared_explainer
     from ..io import write_text
     from ..rewards import load_utility_table, parse_spec
     from ..store import ActivationStore
@@ -277,7 +277,7 @@ def explain_top(store_path: Path, layer: int, sae, features: list[int], tokenize
     table = load_utility_table("vader" if kind == "vader" else arg) if kind in ("vader", "table") else None
     explainer = shared_explainer(interp.explainer, interp.llm, device)
     records = explain_features(ActivationStore(store_path), layer, {"rm": sae}, {"rm": features}, tokenizer,
-                               explainer, examples, model="rm", table=table)
+                               explainer, examples, model="rm", table=table, **latent_scoring(interp))
     import json
 
     write_text(out, "".join(json.dumps(r) + "\n" for r in records))

@@ -91,8 +91,8 @@ def check_scorers(scorers: Sequence[str], yes_no: YesNoModel | None, null_explan
     from ..errors import UserError
 
     unknown = [s for s in scorers if s not in SCORERS]
-    if unknown or not scorers:
-        raise UserError(f"unknown scorer {unknown[0] if unknown else ''!r}; use one or more of {', '.join(SCORERS)}")
+    if unknown:  # none at all is allowed: explanations only (a decomposition's latents in a run without simulation)
+        raise UserError(f"unknown scorer {unknown[0]!r}; use one or more of {', '.join(SCORERS)}")
     asked = [s for s in SCORERS if s in scorers and s != "simulation"]
     if asked and yes_no is None:
         raise UserError(f"{' and '.join(asked)} need a scorer model (interp.scorer_model): hf:MODEL or openai")

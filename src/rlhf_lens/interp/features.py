@@ -144,6 +144,13 @@ def without_scoring_examples(record: dict) -> dict:
 _EXPLAINERS: dict[tuple, object] = {}
 
 
+def latent_scoring(interp: InterpConfig) -> dict:
+    """How the latents of a decomposition or an RM's SAE are scored (`explain_features` keywords): by simulation when
+    interp.scorer names it, with the run's shuffled-explanation null. Detection and fuzzing score the features stage's
+    features only: their scorer model's prompts are a run's costliest part."""
+    return {"scorers": [s for s in interp.scorer if s == "simulation"], "null_explanations": interp.null_explanations}
+
+
 def wants_yes_no(interp: InterpConfig) -> bool:
     """Whether interp.scorer asks a scorer model (detection or fuzzing)."""
     return any(s in ("detection", "fuzzing") for s in interp.scorer)
