@@ -99,7 +99,7 @@ def test_bad_input(setup, tmp_path):
     assert_user_error(run_cli("explain", setup["narrow"], *common, "--features", "0"),
                       "expects activations of width 16 but layer 1 has width 32")
     assert_user_error(run_cli("explain", setup["small"], *common, "--features", "0", "--explainer", "gpt5"),
-                      "unknown explainer 'gpt5'")
+                      "unknown --explainer 'gpt5'")
     assert_user_error(run_cli("explain", setup["small"], *common, "--features", "3,32"),
                       "feature index 32 out of range", "0..31")
     assert_user_error(run_cli("explain", setup["small"], *common, "--top-k", "3"), "--mmcs-with")

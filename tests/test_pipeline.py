@@ -621,20 +621,21 @@ def test_changing_a_middle_setting_reruns_that_stage_over_its_old_outputs(tiny_r
 
 
 def test_changing_a_diff_setting_reruns_the_diff_not_the_harvest_or_the_saes(tiny_run, tmp_path):
-    """diff.alphas: with divergence.rank = "parameters" the diff picks no block, so only the diff and the report
-    (which shows it) run again; the activations, SAEs and everything computed from them stay as they were."""
+    """diff.alphas: with divergence.rank = "parameters" the diff picks no block, so the diff, what reads it (the
+    reward effect of the decompose and features stages, at the diff's coherent strength; the scores of the features)
+    and the report run again; the activations, SAEs and MMCS stay as they were."""
     out = _copy_run(tiny_run.out, tmp_path / "run")
-    kept = tuple(s for s in STAGES if s not in ("diff", "report"))
+    rerun = ("diff", "decompose", "features", "scores", "report")
+    kept = tuple(s for s in STAGES if s not in rerun)
     kept_records = {s: (out / "stages" / f"{s}.json").read_bytes() for s in kept}
-    kept_files = _hashes(out, ("models", "rlhf", "acts", "saes", "mmcs.json", "decompose", "features", "utility.json"))
+    kept_files = _hashes(out, ("models", "rlhf", "acts", "saes", "mmcs.json"))
     diff_before = json.loads((out / "diff" / "diff.json").read_text())
     assert _config(out)["divergence"]["rank"] == "parameters"
     result = _ok(_run(out, "--set", "diff.alphas=[0.0, 1.0, 3.0]"), "the run with diff.alphas=[0.0, 1.0, 3.0]")
     lines = _stage_lines(result.stderr)
-    assert lines == {s: "ran" if s in ("diff", "report") else "skipped" for s in STAGES} | OFF, lines
+    assert lines == {s: "ran" if s in rerun else "skipped" for s in STAGES} | OFF, lines
     assert {s: (out / "stages" / f"{s}.json").read_bytes() for s in kept} == kept_records
-    assert _hashes(out, ("models", "rlhf", "acts", "saes", "mmcs.json", "decompose", "features",
-                         "utility.json")) == kept_files
+    assert _hashes(out, ("models", "rlhf", "acts", "saes", "mmcs.json")) == kept_files
     diff_after = json.loads((out / "diff" / "diff.json").read_text())
     assert diff_before["config"]["alphas"] != diff_after["config"]["alphas"] == [0.0, 1.0, 3.0]
     results = json.loads((out / "results.json").read_text())
@@ -654,7 +655,9 @@ def _changed_keys(*overrides: str, base: tuple[str, ...] = ()) -> set[str]:
 def test_a_stage_key_follows_the_stages_it_reads_not_every_stage_before_it():
     # inspect_rm is off in the tiny preset (no RM) and then reads nothing: no change reaches its key
     after = lambda stage: set(STAGES[STAGES.index(stage):]) - {"inspect_rm"}  # noqa: E731
-    assert _changed_keys("diff.alphas=[0.0, 1.0]") == {"diff", "report"}
+    # the reward effect reads the diff (its coherent strength, null and prompts); without it only the report does
+    assert _changed_keys("diff.alphas=[0.0, 1.0]") == {"diff", "decompose", "features", "scores", "report"}
+    assert _changed_keys("diff.alphas=[0.0, 1.0]", base=("interp.reward_effect=false",)) == {"diff", "report"}
     assert _changed_keys("sae.lr=0.002") == after("saes")  # the diff (before it) is kept
     assert _changed_keys("harvest.max_docs=60") == after("harvest")
     assert _changed_keys("interp.top_k=3") == after("mmcs")

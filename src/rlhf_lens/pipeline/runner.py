@@ -111,10 +111,14 @@ def stage_config(config: RunConfig, stage: str) -> list:
 def stage_reads(config: RunConfig, stage: str) -> list[str]:
     """The stages `stage` reads from under `config` (`STAGE_READS` with LAYERS resolved). inspect_rm reads none when
     it is off, so a change it would read (diff.alphas) does not rerun it to record that it did nothing (pairs and
-    rm keep their reads: their keys were recorded so)."""
+    rm keep their reads: their keys were recorded so); decompose and features read the diff only for the reward
+    effect (interp.reward_effect)."""
     if stage == "inspect_rm" and stage_off(config, stage):
         return []
-    return [layers_stage(config) if read == LAYERS else read for read in STAGE_READS[stage]]
+    reads = STAGE_READS[stage]
+    if stage in ("decompose", "features") and not config.interp.reward_effect:
+        reads = tuple(r for r in reads if r != "diff")  # the diff is only the reward effect's reading
+    return [layers_stage(config) if read == LAYERS else read for read in reads]
 
 
 def stage_keys(config: RunConfig) -> dict[str, str]:
