@@ -121,7 +121,8 @@ def _summary(records: list[dict]) -> dict:
         "negative_share": sum(r["negative_share"] for r in records),
         "sign_share": sum(r["sign_share"] for r in records),
         "top_utility": sum(r["top_utility"] for r in records),
-        "mean_simulation_score": (sum(float(r.get("score", 0.0)) for r in records) / len(records)) if records else 0.0,
+        # None when interp.scorer leaves simulation out (no record has a simulation score)
+        "mean_simulation_score": _mean_or_none([float(r["score"]) for r in records if r.get("score") is not None]),
     }
 
 
@@ -161,6 +162,10 @@ def mean_std(values: list[float]) -> dict:
             "values": [float(v) for v in arr], "n": int(arr.size)}
 
 
+def _mean_or_none(values: list[float]) -> float | None:
+    return float(sum(values) / len(values)) if values else None
+
+
 def _mean(values: list[float]) -> float:
     return float(sum(values) / len(values)) if values else 0.0
 
@@ -192,6 +197,8 @@ def seed_scores(records: dict[str, list[dict]], mmcs_within: list[dict], seeds: 
     }
     headline = []
     for name, metric in metrics.items():
+        if any(metric(m, s) is None for m in models for s in seeds):
+            continue  # not measured in this run (the simulation score, with interp.scorer leaving it out)
         row = {"name": name, "n_seeds": len(seeds)}
         for m in models:
             row[m] = mean_std([metric(m, s) for s in seeds])
@@ -230,7 +237,8 @@ def format_table(result: dict) -> str:
                        ("|mean U| top", "top_utility"), ("features", "n_features"),
                        ("mean sim.", "mean_simulation_score")):
         digits = 0 if key == "n_features" else 2
-        lines.append(f"{label:>14}" + "".join(f"{result['total'][m][key]:>{width}.{digits}f}" for m in models))
+        lines.append(f"{label:>14}" + "".join(f"{'-':>{width}}" if result["total"][m][key] is None else
+                                               f"{result['total'][m][key]:>{width}.{digits}f}" for m in models))
     lines.append("reward score = top U>0 - top U<0 (shares of each feature's top tokens the table favours / penalises)")
     return "\n".join(lines)
 
