@@ -83,3 +83,14 @@ def test_the_pooled_verdict_needs_a_real_difference():
     assert all(not s["detection"]["beats_null"] for s in scoring["models"].values())
     assert scoring["reward_effect"]["tuned"]["raises"] == sum(
         1 for f in by_model["tuned"] if f["reward_effect"]["claim"] == "raises")
+
+
+def test_records_without_a_simulation_score_are_summed_without_one():
+    """interp.scorer = ["detection"]: no record has a simulation score; the utility table says "-" for it."""
+    from rlhf_lens.interp.utility import format_table, utility_scores
+
+    records = [{k: v for k, v in f.items() if k != "score"} | {"score": None}
+               for f in make_results()["features"] if f["model"] == "tuned"]
+    result = utility_scores({"tuned": records}, {"great": 3.1, "fun": 2.3})
+    assert result["total"]["tuned"]["mean_simulation_score"] is None
+    assert format_table(result).splitlines()[-2].split()[-1] == "-"
