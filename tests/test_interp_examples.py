@@ -10,9 +10,8 @@ import torch
 from rlhf_lens.errors import UserError
 from rlhf_lens.interp import ExampleConfig, collect_examples, normalise
 from rlhf_lens.interp.text import unit_counts
-from rlhf_lens.io import save_safetensors, write_json
 from rlhf_lens.sae import SAEConfig, SparseAutoencoder
-from rlhf_lens.store import FORMAT, VERSION, ActivationStore
+from rlhf_lens.store import ActivationStore, StoreWriter
 
 # Feature activations by hand: doc -> per-token rows of 3 features (an identity SAE reads their ReLU).
 # Feature 0's document maxima over the first 3 tokens: d0 2, d1 5, d2 5, d3 0.5, d4 9, d5 0, d6 3, d7 1
@@ -40,24 +39,16 @@ def identity_sae(d: int, order: list[int] | None = None) -> SparseAutoencoder:
 
 
 def write_store(folder, token_ids: dict[int, list[int]]) -> ActivationStore:
-    """A complete activation store in the store.py format, written by hand."""
-    entries, total = [], 0
-    for k, (start, end) in enumerate(SHARDS):
+    """A complete activation store of DOCS (layer 2, the shards SHARDS), by `store.StoreWriter`."""
+    writer = StoreWriter(folder, {"model": "hand", "tokenizer": "hand", "corpus": "hand", "split": "test",
+                                  "layers": [2], "d": D, "dtype": "float32", "n_docs": len(DOCS)})
+    for start, end in SHARDS:
         rows = [(doc, pos) for doc in range(start, end) for pos in range(len(DOCS[doc]))]
-        acts = torch.tensor([DOCS[doc][pos] for doc, pos in rows], dtype=torch.float32)
-        tensors = {"layer2": acts, "token_ids": torch.tensor([token_ids[doc][pos] for doc, pos in rows],
-                                                              dtype=torch.int32),
-                   "doc": torch.tensor([doc for doc, _ in rows], dtype=torch.int64),
-                   "pos": torch.tensor([pos for _, pos in rows], dtype=torch.int32)}
-        name = f"shard-{k:05d}.safetensors"
-        save_safetensors(folder / name, tensors)
-        entries.append({"file": name, "doc_start": start, "doc_end": end, "n_tokens": len(rows)})
-        total += len(rows)
-    write_json(folder / "manifest.json", {
-        "format": FORMAT, "version": VERSION, "model": "hand", "tokenizer": "hand", "corpus": "hand",
-        "split": "test", "layers": [2], "d": D, "dtype": "float32", "n_docs": len(DOCS), "n_tokens": total,
-        "complete": True, "shards": entries})
-    return ActivationStore(folder)
+        writer.add_shard({2: torch.tensor([DOCS[doc][pos] for doc, pos in rows], dtype=torch.float32)},
+                         {"token_ids": torch.tensor([token_ids[doc][pos] for doc, pos in rows]),
+                          "doc": torch.tensor([doc for doc, _ in rows]), "pos": torch.tensor([pos for _, pos in rows])},
+                         start, end)
+    return writer.finish()
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,9 @@ from rlhf_lens.interp.explainers import Capabilities, Explainer, simulate_offlin
 from rlhf_lens.interp.fuzzing import mark
 from rlhf_lens.interp.samples import AFTER_PEAK
 from rlhf_lens.interp.scorers import BEATS, NO_BETTER, TOO_FEW, auroc, choose_null_explanations, scorer_summary
-from rlhf_lens.io import save_safetensors, write_json
 from rlhf_lens.nulls import binomial_interval
 from rlhf_lens.sae import SAEConfig, SparseAutoencoder
-from rlhf_lens.store import FORMAT, VERSION, ActivationStore
+from rlhf_lens.store import ActivationStore, StoreWriter
 
 # Features (activation columns): 0 fires on "film" (strength varies by document), 1 on "scene", 2 on "music";
 # "plot" is a distractor that appears as often, where no feature fires. (Words of one token of the tiny tokenizer.)
@@ -63,23 +62,16 @@ def build_docs(seed: int = 0) -> list[tuple[list[str], list[list[float]]]]:
 
 
 def write_store(folder, docs, ids) -> ActivationStore:
-    entries, total = [], 0
-    for k, start in enumerate(range(0, len(docs), SHARD)):
+    """The documents as a complete activation store (layer 1, shards of SHARD documents), by `store.StoreWriter`."""
+    writer = StoreWriter(folder, {"model": "hand", "tokenizer": "hand", "corpus": "hand", "split": "test",
+                                  "layers": [1], "d": 3, "dtype": "float32", "n_docs": len(docs)})
+    for start in range(0, len(docs), SHARD):
         rows = [(doc, pos) for doc in range(start, min(start + SHARD, len(docs))) for pos in range(LENGTH)]
-        tensors = {"layer1": torch.tensor([docs[d][1][p] for d, p in rows], dtype=torch.float32),
-                   "token_ids": torch.tensor([ids[docs[d][0][p]] for d, p in rows], dtype=torch.int32),
-                   "doc": torch.tensor([d for d, _ in rows], dtype=torch.int64),
-                   "pos": torch.tensor([p for _, p in rows], dtype=torch.int32)}
-        name = f"shard-{k:05d}.safetensors"
-        save_safetensors(folder / name, tensors)
-        entries.append({"file": name, "doc_start": start, "doc_end": min(start + SHARD, len(docs)),
-                        "n_tokens": len(rows)})
-        total += len(rows)
-    write_json(folder / "manifest.json", {
-        "format": FORMAT, "version": VERSION, "model": "hand", "tokenizer": "hand", "corpus": "hand",
-        "split": "test", "layers": [1], "d": 3, "dtype": "float32", "n_docs": len(docs), "n_tokens": total,
-        "complete": True, "shards": entries})
-    return ActivationStore(folder)
+        writer.add_shard({1: torch.tensor([docs[d][1][p] for d, p in rows], dtype=torch.float32)},
+                         {"token_ids": torch.tensor([ids[docs[d][0][p]] for d, p in rows]),
+                          "doc": torch.tensor([d for d, _ in rows]), "pos": torch.tensor([p for _, p in rows])},
+                         start, min(start + SHARD, len(docs)))
+    return writer.finish()
 
 
 @pytest.fixture(scope="module")
