@@ -115,6 +115,21 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
         assert fragment in result.stderr, result.stderr
 
 
+def planted_tune(model_dir, folder, norm: float, block: int = 1) -> tuple:
+    """A tuned copy of the model at `model_dir`, saved in `folder`/tuned, whose block `block` MLP output bias adds
+    `plant_direction`'s vector of `norm`: (the tuned model's folder, the vector, the three words it pushes most).
+    The planted tune of tests/test_diff.py, tests/test_report_diff.py and tests/test_interp_reward_effect.py."""
+    import torch
+
+    from rlhf_lens.models import load_model, save_model
+
+    model, tok = load_model(str(model_dir))
+    vector, words, _ = plant_direction(model, tok, norm)
+    with torch.no_grad():
+        model.gpt_neox.layers[block].mlp.dense_4h_to_h.bias += vector
+    return save_model(model, tok, folder / "tuned"), vector, words
+
+
 def plant_direction(model, tokenizer, norm: float) -> tuple:
     """A residual-stream vector of `norm` aimed at four whole words of 4+ letters through the final norm and the
     unembedding (against the other word-start tokens, which share a "a word starts here" direction), and the three

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_user_error, plant_direction, run_cli
+from conftest import assert_user_error, planted_tune, run_cli
 
 PLANTED_BLOCK = 1
 PLANT_SCALE = 2.0
@@ -30,14 +30,8 @@ def _config(**kw):
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory, tiny_model_dir):
     """A copy of the tiny model whose block 1 MLP bias adds a vector pushing 4 chosen words, and a table of them."""
-    from rlhf_lens.models import load_model, save_model
-
-    model, tok = load_model(str(tiny_model_dir))
-    v, words, _ = plant_direction(model, tok, PLANT_SCALE)
-    with torch.no_grad():
-        model.gpt_neox.layers[PLANTED_BLOCK].mlp.dense_4h_to_h.bias += v
     root = tmp_path_factory.mktemp("planted")
-    tuned = save_model(model, tok, root / "tuned")
+    tuned, _, words = planted_tune(tiny_model_dir, root, PLANT_SCALE, PLANTED_BLOCK)
     table = root / "table.tsv"
     table.write_text("".join(f"{w}\t3\n" for w in words))
     return {"tuned": tuned, "words": words, "table": table, "root": root}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import plant_direction
+from conftest import planted_tune
 
 PLANTED_BLOCK = 1
 
@@ -21,14 +21,10 @@ def planted(tmp_path_factory, tiny_model_dir, corpus_file):
     penalising them (-3), and the diff of that tune (blocks 1 and 2 steered)."""
     from rlhf_lens.diff.config import DiffConfig
     from rlhf_lens.diff.run import diff_models
-    from rlhf_lens.models import load_model, save_model
+    from rlhf_lens.models import load_model
 
-    model, tok = load_model(str(tiny_model_dir))
-    v, words, _ = plant_direction(model, tok, 2.0)
-    with torch.no_grad():
-        model.gpt_neox.layers[PLANTED_BLOCK].mlp.dense_4h_to_h.bias += v
     root = tmp_path_factory.mktemp("reward-effect")
-    tuned = save_model(model, tok, root / "tuned")
+    tuned, v, words = planted_tune(tiny_model_dir, root, 2.0, PLANTED_BLOCK)
     for name, value in (("good", 3), ("bad", -3)):
         (root / f"{name}.tsv").write_text("".join(f"{w}\t{value}\n" for w in words))
     config = DiffConfig(max_docs=24, max_tokens=48, prompts=24, new_tokens=6, alphas=[0.0, 0.5, 1.0],

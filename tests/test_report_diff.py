@@ -8,9 +8,8 @@ import re
 from html.parser import HTMLParser
 
 import pytest
-import torch
 
-from conftest import assert_user_error, plant_direction, run_cli
+from conftest import assert_user_error, planted_tune, run_cli
 from report_results import make_results, section, with_placebo_and_crosscoder
 from rlhf_lens.report import render_html, render_markdown
 
@@ -21,14 +20,8 @@ PLANTED_BLOCK = 1
 def diff_folder(tmp_path_factory, tiny_model_dir, corpus_file):
     """`rlhf-lens diff` of the tiny model against a copy whose block-1 MLP adds a vector pushing four words, at blocks
     0 and 1: block 0 is before the change (Δ is exactly zero there), block 1 carries it."""
-    from rlhf_lens.models import load_model, save_model
-
-    model, tok = load_model(str(tiny_model_dir))
-    vector, words, _ = plant_direction(model, tok, 2.0)
-    with torch.no_grad():
-        model.gpt_neox.layers[PLANTED_BLOCK].mlp.dense_4h_to_h.bias += vector
     root = tmp_path_factory.mktemp("report-diff")
-    tuned = save_model(model, tok, root / "tuned")
+    tuned, _, words = planted_tune(tiny_model_dir, root, 2.0, PLANTED_BLOCK)
     table = root / "table.tsv"
     table.write_text("".join(f"{w}\t3\n" for w in words))
     out = root / "diff"
