@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .format import _float, _num
+from .format import _float, _num, _signed
 
 SCORER_NAMES = {"simulation": "simulation (Pearson r)", "detection": "detection (AUROC)", "fuzzing": "fuzzing (AUROC)"}
 
@@ -49,7 +49,7 @@ def reward_effect_cell(feature: dict) -> str | None:
     claim = effect.get("claim")
     said = {"raises": "raises", "lowers": "lowers"}.get(str(claim), "none")
     q = _float(effect.get("q"))
-    return f"{value:+.3g} {said}" + (f" (q {_num(q)})" if q is not None else "")
+    return f"{_signed(value)} {said}" + (f" (q {_num(q)})" if q is not None else "")
 
 
 def promoted_words(feature: dict, n: int = 5) -> str | None:
