@@ -75,7 +75,8 @@ def explain_model_features(job: FeaturesJob) -> dict:
     first = f"s{job.first_seed}"  # mmcs.json's `new`: the first seed's tuned dictionary against the base
     new_records = []
     store = ActivationStore(Path(job.store))
-    tokenizer = load_tokenizer(job.model_spec)
+    # the reward effect loads the model with its tokenizer: no second load of the tokenizer then
+    tokenizer = effects.tokenizer if effects is not None else load_tokenizer(job.model_spec)
     records = []
     units = job.units_before
     for layer in job.layers:
@@ -120,8 +121,8 @@ class EffectReader:
         from ..models import load_model
         from .reward_effect import output_reading
 
-        self.model, tokenizer = load_model(job.model_spec, device=job.device, dtype=job.dtype)
-        self.reading = output_reading(job.diff_dir, self.model, tokenizer, job.reward_spec, job.diff_table,
+        self.model, self.tokenizer = load_model(job.model_spec, device=job.device, dtype=job.dtype)
+        self.reading = output_reading(job.diff_dir, self.model, self.tokenizer, job.reward_spec, job.diff_table,
                                       prompt_min_chars=job.prompt_min_chars, match_kl=job.interp.effect_match_kl)
 
     def add(self, records: list[dict], saes: dict, layer: int, output_top: int) -> None:
