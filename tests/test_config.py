@@ -67,6 +67,11 @@ def _at(config, key: str):
     (["decompose.crosscoder=true", "decompose.crosscoder.k=1"], "decompose.crosscoder is a setting, not a section"),
     (["decompose.steer.norm=\"x\""], "decompose.steer.norm must be one of contribution, delta (got 'x')"),
     (["interp.explainer=\"openai\""], "interp.llm.base_url must start with http:// or https:// (got '')"),
+    (["interp.scorer=[\"simulation\", \"judge\"]"], "unknown interp.scorer 'judge'; use one or more of simulation,"),
+    (["interp.scorer=[]"], "interp.scorer is empty; name one or more of simulation, detection, fuzzing"),
+    (["interp.scorer_model=\"gpt\""], "unknown interp.scorer_model 'gpt'; use hf:MODEL"),
+    (["interp.scorer=[\"detection\"]", "interp.scorer_model=\"openai\""],
+     "interp.llm.base_url must start with http:// or https:// (got '')"),
     (["sae.arch=\"topk\"", "sae.k=4", "sae.target_l0=3.0"], "sae.target_l0 does not apply to sae.arch topk: its L0 "
                                                             "is sae.k"),
     (["sae.epochs=0", "sae.holdout=0"], "training until converged (sae.epochs 0) needs held-out rows: set "

@@ -109,6 +109,10 @@ def test_bad_input(setup, tmp_path):
     assert_user_error(run_cli("explain", setup["small"], *common, "--features", "0", "--explainer", "openai",
                               "--base-url", url, "--retries", "1", "--timeout", "2"),
                       f"cannot connect to the explainer API at {url.split('/')[2]}", "--base-url")
+    assert_user_error(run_cli("explain", setup["small"], *common, "--features", "0", "--diff", tmp_path / "nodiff"),
+                      "--diff", "no diff.json there")
+    assert_user_error(run_cli("explain", setup["small"], *common, "--features", "0", "--scorer", "detection | judge"),
+                      "unknown --scorer 'judge'")
     assert out.read_text() == "[]\n"
 
     assert_user_error(run_cli("utility-score", tmp_path / "missing.json", out), "missing.json: no such file")
